@@ -1,0 +1,679 @@
+"""The project's own local services: PostgreSQL (TimescaleDB + PostGIS), Mosquitto and Redis.
+
+They live under ``.fleet/`` on project ports, so nothing depends on whatever else runs on the
+machine (DESIGN.md decision 6). As root, each daemon runs as an unprivileged system user
+(PostgreSQL refuses root). Passwords are generated on the first ``up`` and kept in
+``.fleet/credentials.json`` (mode 600); ``.fleet/local.toml`` holds the connection URLs that
+every ``fleet`` process reads by default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import msgspec
+
+from deploy.errors import ServiceError
+from deploy.settings import LOCAL_SERVICES_FILE, to_toml_lines
+
+ADMIN_ROLE = "fleet_admin"
+OWNER_ROLE = "fleet_owner"
+APP_ROLE = "fleet_app"
+INGEST_ROLE = "fleet_ingest"
+MQTT_SERVICE_USER = "fleet-service"
+DATABASE = "fleet"
+
+
+class ServicesSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where and how the local services run."""
+
+    state_dir: str = ".fleet"
+    host: str = "127.0.0.1"
+    postgres_port: int = 55432
+    mqtt_port: int = 51883
+    redis_port: int = 56379
+    postgres_bin_dir: str = "/usr/lib/postgresql/15/bin"
+    postgres_os_user: str = "postgres"
+    """Unprivileged user that runs PostgreSQL when `fleet services` runs as root."""
+    mosquitto_os_user: str = "mosquitto"
+    redis_os_user: str = "redis"
+    start_timeout_s: float = 60.0
+    postgres_shared_buffers_mb: int = 256
+
+
+class ServicesProcessSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of the `fleet services` process."""
+
+    services: ServicesSettings = msgspec.field(default_factory=ServicesSettings)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """Health of one service as `fleet services status` reports it."""
+
+    name: str
+    url: str
+    running: bool
+    healthy: bool
+    detail: str
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _world_traversable(path: Path) -> bool:
+    """True when every ancestor lets other users through (needed by the daemons' users)."""
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def resolve_state_dir(settings: ServicesSettings) -> Path:
+    """The folder holding data, logs and pids.
+
+    As root, the daemons run as other users, who must be able to reach the folder; when the
+    checkout sits below a private folder (say /root) the state moves to /var/lib/fleet-telemetry,
+    keyed by the checkout's path so two checkouts never share a cluster.
+    """
+    wanted = Path(settings.state_dir).absolute()
+    if not _is_root() or _world_traversable(wanted.parent):
+        return wanted
+    digest = hashlib.sha256(str(wanted).encode()).hexdigest()[:12]
+    return Path("/var/lib/fleet-telemetry") / digest
+
+
+class LocalServices:
+    """Starts, stops and checks the three local services; every operation is idempotent."""
+
+    def __init__(self, settings: ServicesSettings, log: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.log = log
+        self.project_state = Path(settings.state_dir).absolute()
+        self.state = resolve_state_dir(settings)
+        self.pg_data = self.state / "postgres" / "data"
+        self.pg_run = self.state / "postgres" / "run"
+        self.pg_log = self.state / "postgres" / "postgres.log"
+        self.mq_dir = self.state / "mosquitto"
+        self.redis_dir = self.state / "redis"
+        self.credentials_file = self.project_state / "credentials.json"
+
+    # ---- credentials and URLs -------------------------------------------------------------
+
+    def credentials(self) -> dict[str, str]:
+        """Passwords of the local services, generated once and kept private."""
+        if self.credentials_file.is_file():
+            data: dict[str, str] = json.loads(self.credentials_file.read_text())
+            return data
+        self.project_state.mkdir(parents=True, exist_ok=True)
+        data = {
+            name: secrets.token_urlsafe(18)
+            for name in (ADMIN_ROLE, OWNER_ROLE, APP_ROLE, INGEST_ROLE, MQTT_SERVICE_USER, "redis")
+        }
+        fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+        return data
+
+    def pg_url(self, role: str, database: str = DATABASE) -> str:
+        """Connection URL of one PostgreSQL role."""
+        pw = quote(self.credentials()[role], safe="")
+        return f"postgresql://{role}:{pw}@{self.settings.host}:{self.settings.postgres_port}/{database}"
+
+    def mqtt_url(self) -> str:
+        """Connection URL of the MQTT service account."""
+        pw = quote(self.credentials()[MQTT_SERVICE_USER], safe="")
+        return f"mqtt://{MQTT_SERVICE_USER}:{pw}@{self.settings.host}:{self.settings.mqtt_port}"
+
+    def redis_url(self) -> str:
+        """Connection URL of Redis."""
+        pw = quote(self.credentials()["redis"], safe="")
+        return f"redis://:{pw}@{self.settings.host}:{self.settings.redis_port}/0"
+
+    def env(self) -> dict[str, str]:
+        """The settings other processes need, as `FLEET_*` variables."""
+        return {
+            "FLEET_DATABASE_URL": self.pg_url(APP_ROLE),
+            "FLEET_DATABASE_OWNER_URL": self.pg_url(OWNER_ROLE),
+            "FLEET_DATABASE_INGEST_URL": self.pg_url(INGEST_ROLE),
+            "FLEET_DATABASE_ADMIN_URL": self.pg_url(ADMIN_ROLE),
+            "FLEET_MQTT_URL": self.mqtt_url(),
+            "FLEET_REDIS_URL": self.redis_url(),
+        }
+
+    def write_local_settings(self) -> Path:
+        """Write `.fleet/local.toml`, read by every `fleet` process started in this checkout."""
+        lines = ["# Written by `fleet services up`: connection settings of the local services.", ""]
+        lines += to_toml_lines("database", {
+            "url": self.pg_url(APP_ROLE),
+            "owner_url": self.pg_url(OWNER_ROLE),
+            "ingest_url": self.pg_url(INGEST_ROLE),
+            "admin_url": self.pg_url(ADMIN_ROLE),
+        })
+        lines += ["", *to_toml_lines("mqtt", {"url": self.mqtt_url()})]
+        lines += ["", *to_toml_lines("redis", {"url": self.redis_url()})]
+        path = self.project_state / LOCAL_SERVICES_FILE.name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        return path
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _as_user(self, user: str, argv: list[str]) -> list[str]:
+        """Prefix a command so that it runs as `user` when we are root."""
+        if not _is_root():
+            return argv
+        return ["runuser", "-u", user, "--", *argv]
+
+    def _own(self, path: Path, user: str) -> None:
+        """Give a folder tree to the daemon's user (only as root) and keep it private."""
+        path.mkdir(parents=True, exist_ok=True)
+        if not _is_root():
+            return
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError as exc:
+            raise ServiceError(
+                f"system user {user!r} does not exist; install its package or set another user"
+            ) from exc
+        for root, dirs, files in os.walk(path):
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+        for parent in path.parents:
+            if parent == self.state.parent:
+                break
+            # Parents stay root's but must let the daemon's user through.
+            parent.chmod(parent.stat().st_mode | stat.S_IXOTH)
+
+    def _run(self, argv: list[str], what: str, log_file: Path | None = None) -> str:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        except FileNotFoundError as exc:
+            raise ServiceError(f"{what}: {argv[0]} not found; run `make setup`") from exc
+        if proc.returncode != 0:
+            tail = _tail(log_file) if log_file else ""
+            raise ServiceError(
+                f"{what} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}{tail}"
+            )
+        return proc.stdout
+
+    def _wait_port(self, port: int, what: str, log_file: Path) -> None:
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(
+                (self.settings.host, port), timeout=1
+            ):
+                return
+            time.sleep(0.1)
+        raise ServiceError(
+            f"{what} did not answer on {self.settings.host}:{port} within "
+            f"{self.settings.start_timeout_s:.0f} s{_tail(log_file)}"
+        )
+
+    # ---- PostgreSQL ----------------------------------------------------------------------
+
+    def _pg_bin(self, name: str) -> str:
+        path = Path(self.settings.postgres_bin_dir) / name
+        if not path.exists():
+            raise ServiceError(f"{path} not found: install postgresql-15 (`make setup`)")
+        return str(path)
+
+    def _pg_running(self) -> bool:
+        if not (self.pg_data / "PG_VERSION").exists():
+            return False
+        proc = subprocess.run(
+            self._as_user(self.settings.postgres_os_user,
+                          [self._pg_bin("pg_ctl"), "-D", str(self.pg_data), "status"]),
+            capture_output=True, check=False,
+        )
+        return proc.returncode == 0
+
+    def _pg_conf(self) -> str:
+        s = self.settings
+        return "\n".join([
+            "# Written by `fleet services up`; edit the project settings, not this file.",
+            f"port = {s.postgres_port}",
+            f"listen_addresses = '{s.host}'",
+            f"unix_socket_directories = '{self.pg_run}'",
+            "shared_preload_libraries = 'timescaledb'",
+            "timescaledb.telemetry_level = off",
+            "max_connections = 200",
+            f"shared_buffers = {s.postgres_shared_buffers_mb}MB",
+            "max_locks_per_transaction = 256",
+            "password_encryption = 'scram-sha-256'",
+            "log_min_messages = warning",
+            "",
+        ])
+
+    def postgres_up(self) -> None:
+        """Create the cluster on first use, start it and provision roles and extensions."""
+        user = self.settings.postgres_os_user
+        creds = self.credentials()
+        if not (self.pg_data / "PG_VERSION").exists():
+            self.log(f"postgres: initdb into {self.pg_data}")
+            if self.pg_data.exists():
+                shutil.rmtree(self.pg_data)
+            self._own(self.pg_data.parent, user)
+            pwfile = self.pg_data.parent / "initdb.pw"
+            pwfile.write_text(creds[ADMIN_ROLE] + "\n")
+            self._own(self.pg_data.parent, user)
+            try:
+                self._run(self._as_user(user, [
+                    self._pg_bin("initdb"), "-D", str(self.pg_data), "-U", ADMIN_ROLE,
+                    "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
+                    f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8",
+                ]), "initdb")
+            finally:
+                pwfile.unlink(missing_ok=True)
+            conf = self.pg_data / "postgresql.conf"
+            conf.write_text(conf.read_text() + "\ninclude_if_exists = 'fleet.conf'\n")
+        (self.pg_data / "fleet.conf").write_text(self._pg_conf())
+        self.pg_run.mkdir(parents=True, exist_ok=True)
+        self._own(self.pg_data.parent, user)
+        (self.pg_data).chmod(0o700)
+        if not self._pg_running():
+            self.log(f"postgres: starting on {self.settings.host}:{self.settings.postgres_port}")
+            self._run(self._as_user(user, [
+                self._pg_bin("pg_ctl"), "-D", str(self.pg_data), "-l", str(self.pg_log),
+                "-w", "-t", str(int(self.settings.start_timeout_s)), "start",
+            ]), "postgres start", self.pg_log)
+        self._wait_port(self.settings.postgres_port, "postgres", self.pg_log)
+        provision_cluster(self.pg_url(ADMIN_ROLE, "postgres"), creds)
+        provision_database(self.pg_url(ADMIN_ROLE, "postgres"), DATABASE)
+
+    def postgres_down(self) -> None:
+        """Stop the cluster (fast shutdown: open transactions roll back)."""
+        if self._pg_running():
+            self.log("postgres: stopping")
+            self._run(self._as_user(self.settings.postgres_os_user, [
+                self._pg_bin("pg_ctl"), "-D", str(self.pg_data), "-m", "fast", "-w", "stop",
+            ]), "postgres stop", self.pg_log)
+
+    def postgres_status(self) -> ServiceStatus:
+        """Health plus the TimescaleDB and PostGIS versions and the TimescaleDB licence."""
+        url = f"postgresql://{self.settings.host}:{self.settings.postgres_port}/{DATABASE}"
+        running = self._pg_running()
+        if not running:
+            return ServiceStatus("postgres", url, False, False, "not running")
+        try:
+            info = database_info(self.pg_url(ADMIN_ROLE))
+        except ServiceError as exc:
+            return ServiceStatus("postgres", url, True, False, str(exc))
+        detail = (f"PostgreSQL {info['server_version']}, timescaledb {info['timescaledb']} "
+                  f"(license {info['license']}), postgis {info['postgis']}")
+        return ServiceStatus("postgres", url, True, True, detail)
+
+    # ---- Mosquitto -----------------------------------------------------------------------
+
+    @property
+    def mq_pid(self) -> Path:
+        return self.mq_dir / "mosquitto.pid"
+
+    @property
+    def mq_log(self) -> Path:
+        return self.mq_dir / "mosquitto.log"
+
+    @property
+    def mq_passwd(self) -> Path:
+        return self.mq_dir / "passwd"
+
+    def _mosquitto_conf(self) -> str:
+        s = self.settings
+        lines = [
+            "# Written by `fleet services up`.",
+            "per_listener_settings false",
+            f"listener {s.mqtt_port} {s.host}",
+            "protocol mqtt",
+            "allow_anonymous false",
+            f"password_file {self.mq_passwd}",
+            f"acl_file {self.mq_dir / 'acl'}",
+            "persistence true",
+            f"persistence_location {self.mq_dir / 'data'}/",
+            "autosave_interval 10",
+            # Measured: the defaults throttle a Python consumer ~16x (DESIGN.md).
+            "set_tcp_nodelay true",
+            "max_inflight_messages 1000",
+            "max_queued_messages 100000",
+            "message_size_limit 1048576",
+            f"log_dest file {self.mq_log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages false",
+            f"pid_file {self.mq_pid}",
+        ]
+        if _is_root():
+            lines.append(f"user {s.mosquitto_os_user}")
+        return "\n".join(lines) + "\n"
+
+    def _acl(self) -> str:
+        # Devices log in as "{tenant}/{vehicle}", so %u expands to their own topic prefix and a
+        # device can write nothing but its own telemetry/status/events/cmd-acks.
+        return "\n".join([
+            "# Written by `fleet services up`.",
+            f"user {MQTT_SERVICE_USER}",
+            "topic readwrite fleet/#",
+            "topic readwrite $share/#",
+            "topic read $SYS/#",
+            "",
+            "pattern write fleet/v1/%u/telemetry",
+            "pattern write fleet/v1/%u/status",
+            "pattern write fleet/v1/%u/events",
+            "pattern write fleet/v1/%u/cmd/ack",
+            "pattern read fleet/v1/%u/cmd",
+            "",
+        ])
+
+    def _pid_alive(self, pid_file: Path) -> int | None:
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid
+
+    def mosquitto_up(self) -> None:
+        """Write config, password file and ACL, then start the broker when it is not running."""
+        creds = self.credentials()
+        (self.mq_dir / "data").mkdir(parents=True, exist_ok=True)
+        (self.mq_dir / "mosquitto.conf").write_text(self._mosquitto_conf())
+        (self.mq_dir / "acl").write_text(self._acl())
+        self.set_mqtt_user(MQTT_SERVICE_USER, creds[MQTT_SERVICE_USER], reload=False)
+        self._own(self.mq_dir, self.settings.mosquitto_os_user)
+        if self._pid_alive(self.mq_pid) is None:
+            self.mq_pid.unlink(missing_ok=True)
+            self.log(f"mosquitto: starting on {self.settings.host}:{self.settings.mqtt_port}")
+            self._run(["mosquitto", "-d", "-c", str(self.mq_dir / "mosquitto.conf")],
+                      "mosquitto start", self.mq_log)
+        else:
+            self._signal(self.mq_pid, signal.SIGHUP)
+        self._wait_port(self.settings.mqtt_port, "mosquitto", self.mq_log)
+
+    def set_mqtt_user(self, username: str, password: str, *, reload: bool = True) -> None:
+        """Add or change one broker login (a device's or a service's) and reload the broker."""
+        self.mq_dir.mkdir(parents=True, exist_ok=True)
+        argv = ["mosquitto_passwd", "-b"]
+        if not self.mq_passwd.exists():
+            argv.append("-c")
+        self._run([*argv, str(self.mq_passwd), username, password], "mosquitto_passwd")
+        self.mq_passwd.chmod(0o600)
+        self._own(self.mq_dir, self.settings.mosquitto_os_user)
+        if reload:
+            self._signal(self.mq_pid, signal.SIGHUP)
+
+    def _signal(self, pid_file: Path, sig: signal.Signals) -> None:
+        pid = self._pid_alive(pid_file)
+        if pid is not None:
+            os.kill(pid, sig)
+
+    def _stop_pid(self, pid_file: Path, what: str) -> None:
+        pid = self._pid_alive(pid_file)
+        if pid is None:
+            return
+        self.log(f"{what}: stopping")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise ServiceError(f"{what} (pid {pid}) did not stop")
+        pid_file.unlink(missing_ok=True)
+
+    def mosquitto_down(self) -> None:
+        """Stop the broker; its persistence file keeps queued QoS 1 messages."""
+        self._stop_pid(self.mq_pid, "mosquitto")
+
+    def mosquitto_status(self) -> ServiceStatus:
+        """Health: a real MQTT login with the service account."""
+        url = f"mqtt://{self.settings.host}:{self.settings.mqtt_port}"
+        pid = self._pid_alive(self.mq_pid)
+        if pid is None:
+            return ServiceStatus("mosquitto", url, False, False, "not running")
+        try:
+            version = mqtt_ping(self.mqtt_url())
+        except ServiceError as exc:
+            return ServiceStatus("mosquitto", url, True, False, str(exc))
+        return ServiceStatus("mosquitto", url, True, True, f"{version} (pid {pid})")
+
+    # ---- Redis ---------------------------------------------------------------------------
+
+    @property
+    def redis_pid(self) -> Path:
+        return self.redis_dir / "redis.pid"
+
+    @property
+    def redis_log(self) -> Path:
+        return self.redis_dir / "redis.log"
+
+    def redis_up(self) -> None:
+        """Start Redis (no persistence: it carries live fan-out, rate limits and caches)."""
+        self.redis_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.redis_dir / "redis.conf"
+        conf.write_text("\n".join([
+            "# Written by `fleet services up`.",
+            f"bind {self.settings.host}",
+            f"port {self.settings.redis_port}",
+            "daemonize yes",
+            f"pidfile {self.redis_pid}",
+            f"logfile {self.redis_log}",
+            f"dir {self.redis_dir}",
+            'save ""',
+            "appendonly no",
+            f"requirepass {self.credentials()['redis']}",
+            "maxmemory 1gb",
+            # Caches and rate-limit keys carry TTLs; evicting those first keeps pub/sub alive.
+            "maxmemory-policy volatile-lru",
+            "",
+        ]))
+        conf.chmod(0o600)
+        user = self.settings.redis_os_user
+        self._own(self.redis_dir, user)
+        if self._pid_alive(self.redis_pid) is None:
+            self.redis_pid.unlink(missing_ok=True)
+            self.log(f"redis: starting on {self.settings.host}:{self.settings.redis_port}")
+            self._run(self._as_user(user, ["redis-server", str(conf)]), "redis start",
+                      self.redis_log)
+        self._wait_port(self.settings.redis_port, "redis", self.redis_log)
+
+    def redis_down(self) -> None:
+        """Stop Redis."""
+        self._stop_pid(self.redis_pid, "redis")
+
+    def redis_status(self) -> ServiceStatus:
+        """Health: PING with the password."""
+        url = f"redis://{self.settings.host}:{self.settings.redis_port}/0"
+        pid = self._pid_alive(self.redis_pid)
+        if pid is None:
+            return ServiceStatus("redis", url, False, False, "not running")
+        try:
+            version = redis_ping(self.redis_url())
+        except ServiceError as exc:
+            return ServiceStatus("redis", url, True, False, str(exc))
+        return ServiceStatus("redis", url, True, True, f"Redis {version} (pid {pid})")
+
+    # ---- all -----------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Start all three and write the local settings file."""
+        if self.state != self.project_state:
+            self.log(f"services: state kept in {self.state} (the checkout is private to root)")
+        self.postgres_up()
+        self.mosquitto_up()
+        self.redis_up()
+        self.write_local_settings()
+
+    def down(self) -> None:
+        """Stop all three; data stays for the next `up`."""
+        self.redis_down()
+        self.mosquitto_down()
+        self.postgres_down()
+
+    def status(self) -> list[ServiceStatus]:
+        """One status line per service."""
+        return [self.postgres_status(), self.mosquitto_status(), self.redis_status()]
+
+
+def _tail(path: Path | None, lines: int = 20) -> str:
+    if path is None or not path.exists():
+        return ""
+    text = path.read_text(errors="replace").splitlines()[-lines:]
+    return f"\n--- last lines of {path} ---\n" + "\n".join(text)
+
+
+@contextlib.contextmanager
+def _pg_connect(url: str) -> Iterator[object]:
+    import psycopg
+
+    try:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise ServiceError(f"cannot connect to PostgreSQL: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def provision_cluster(admin_url: str, creds: dict[str, str]) -> None:
+    """Create (or re-password) the owner, application and ingest roles.
+
+    The application role is subject to row-level security; the ingest role writes every
+    tenant's data, which the policies allow it explicitly (no BYPASSRLS, no superuser).
+    """
+    import psycopg
+    from psycopg import sql
+
+    with _pg_connect(admin_url) as conn:
+        assert isinstance(conn, psycopg.Connection)
+        for role, extra in ((OWNER_ROLE, "CREATEROLE"), (APP_ROLE, ""), (INGEST_ROLE, "")):
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS {} PASSWORD {}").format(
+                sql.SQL(verb), sql.Identifier(role), sql.SQL(extra), sql.Literal(creds[role])))
+
+
+def provision_database(admin_url: str, database: str) -> None:
+    """Create a database owned by the owner role, with the timescaledb and postgis extensions."""
+    import psycopg
+    from psycopg import sql
+
+    with _pg_connect(admin_url) as conn:
+        assert isinstance(conn, psycopg.Connection)
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(database), sql.Identifier(OWNER_ROLE)))
+    db_url = _replace_db(admin_url, database)
+    with _pg_connect(db_url) as conn:
+        assert isinstance(conn, psycopg.Connection)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
+        conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}, {}").format(
+            sql.Identifier(database), sql.Identifier(APP_ROLE), sql.Identifier(INGEST_ROLE)))
+        conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(OWNER_ROLE)))
+
+
+def drop_database(admin_url: str, database: str) -> None:
+    """Drop a database (used by tests for their throwaway databases)."""
+    from psycopg import sql
+
+    with _pg_connect(admin_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(  # type: ignore[attr-defined]
+            sql.Identifier(database)))
+
+
+def _replace_db(url: str, database: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{database}"
+
+
+def database_info(url: str) -> dict[str, str]:
+    """Server version, extension versions and the TimescaleDB licence in force."""
+    import psycopg
+
+    with _pg_connect(url) as conn:
+        assert isinstance(conn, psycopg.Connection)
+        version = conn.execute("SHOW server_version").fetchone()
+        ext = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+        license_row = conn.execute("SHOW timescaledb.license").fetchone()
+    return {
+        "server_version": str(version[0]) if version else "?",
+        "timescaledb": str(ext.get("timescaledb", "missing")),
+        "postgis": str(ext.get("postgis", "missing")),
+        "license": str(license_row[0]) if license_row else "?",
+    }
+
+
+def mqtt_ping(url: str, timeout_s: float = 5.0) -> str:
+    """Log in to the broker and read its version from $SYS; raises ServiceError on failure."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_gateway.mqtt_url import parse_mqtt_url
+
+    target = parse_mqtt_url(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if target.username:
+        client.username_pw_set(target.username, target.password)
+    version: list[str] = []
+    client.on_message = lambda _c, _u, msg: version.append(msg.payload.decode(errors="replace"))
+    try:
+        rc = client.connect(target.host, target.port, keepalive=10)
+        if rc != 0:
+            raise ServiceError(f"MQTT connect failed: {mqtt.error_string(rc)}")
+        client.subscribe("$SYS/broker/version")
+        deadline = time.monotonic() + timeout_s
+        while not version and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+            if not client.is_connected() and time.monotonic() > deadline - timeout_s + 1:
+                raise ServiceError("MQTT login refused")
+    except OSError as exc:
+        raise ServiceError(f"MQTT connect failed: {exc}") from exc
+    finally:
+        client.disconnect()
+    if not version:
+        raise ServiceError("MQTT broker accepted the connection but sent no $SYS version")
+    return version[0]
+
+
+def redis_ping(url: str) -> str:
+    """PING Redis and return its version; raises ServiceError on failure."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        client.ping()
+        info = client.info("server")
+        client.close()
+    except redis.RedisError as exc:
+        raise ServiceError(f"Redis: {exc}") from exc
+    return str(info.get("redis_version", "?"))

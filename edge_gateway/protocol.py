@@ -1,0 +1,309 @@
+"""The wire contract: MQTT topics and payloads, defined once for every part of the project.
+
+Gateways, API pullers and simulators encode with it; the stream decodes with it. Topics are
+``fleet/v1/{tenant}/{vehicle}/{channel}``; payloads are JSON objects carrying ``"v": 1``.
+A telemetry message carries a batch of samples, each with a per-vehicle sequence number
+that increases monotonically across gateway restarts: ``(vehicle, seq)`` is the idempotency
+key. Units are in the field names. See docs/protocol.md and docs/protocol.schema.json.
+
+Decoding never raises: bad input comes back as a `Reject` with a reason, so a pipeline can
+turn it into a dead letter.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+PROTOCOL_VERSION: Final = 1
+TOPIC_ROOT: Final = "fleet"
+TOPIC_VERSION: Final = "v1"
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
+"""Larger messages are rejected before parsing (the broker's limit is 1 MiB)."""
+MAX_SAMPLES_PER_MESSAGE: Final = 1000
+MAX_EXTRA_SIGNALS: Final = 64
+MAX_DTCS: Final = 64
+# Year 2000 .. 2200 in Unix milliseconds: anything outside is a broken clock, not data.
+MIN_T_MS: Final = 946_684_800_000
+MAX_T_MS: Final = 7_258_118_400_000
+
+ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Tenant and vehicle ids in topics: no '/', '+', '#' or '$', so ACL patterns stay safe."""
+_ID_RE = re.compile(ID_PATTERN)
+
+Id = Annotated[str, Meta(pattern=ID_PATTERN, description="tenant slug or vehicle code")]
+DtcCode = Annotated[str, Meta(pattern=r"^[PCBU][0-3][0-9A-F]{3}$", description="SAE J2012 DTC")]
+SignalName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1, description="per-vehicle sequence number")]
+TimeMs = Annotated[int, Meta(ge=MIN_T_MS, le=MAX_T_MS, description="Unix time, milliseconds, UTC")]
+
+
+def _bounded(lo: float, hi: float, unit: str) -> Any:
+    return Annotated[float, Meta(ge=lo, le=hi, description=unit)]
+
+
+class Channel(enum.StrEnum):
+    """The last topic level(s): what kind of message travels on the topic."""
+
+    TELEMETRY = "telemetry"
+    STATUS = "status"
+    EVENTS = "events"
+    CMD = "cmd"
+    CMD_ACK = "cmd/ack"
+
+
+class Source(enum.StrEnum):
+    """Where the samples of a telemetry message came from."""
+
+    GATEWAY = "gateway"
+    OBD = "obd"
+    CAN = "can"
+    GPS = "gps"
+    SAMSARA = "samsara"
+    SMARTCAR = "smartcar"
+    SIMULATOR = "simulator"
+
+
+class RejectReason(enum.StrEnum):
+    """Why a message became a dead letter (stored in ingest_rejects.reason)."""
+
+    BAD_TOPIC = "bad_topic"
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"
+    INVALID = "invalid"
+    UNKNOWN_VERSION = "unknown_version"
+    UNKNOWN_VEHICLE = "unknown_vehicle"
+    INACTIVE_VEHICLE = "inactive_vehicle"
+    VEHICLE_NOT_IN_TENANT = "vehicle_not_in_tenant"
+    GPS_FILTERED = "gps_filtered"
+
+
+class Reject(msgspec.Struct, frozen=True):
+    """A message that cannot be used, with a machine-readable reason and a human detail."""
+
+    reason: RejectReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed topic."""
+
+    tenant: str
+    vehicle: str
+    channel: Channel
+
+    def __str__(self) -> str:
+        return topic_for(self.tenant, self.vehicle, self.channel)
+
+
+def topic_for(tenant: str, vehicle: str, channel: Channel) -> str:
+    """Build a topic; raises ValueError for an id that topics cannot carry."""
+    for kind, value in (("tenant", tenant), ("vehicle", vehicle)):
+        if not _ID_RE.match(value):
+            raise ValueError(f"{kind} id {value!r} does not match {ID_PATTERN}")
+    return f"{TOPIC_ROOT}/{TOPIC_VERSION}/{tenant}/{vehicle}/{channel.value}"
+
+
+def subscription(channel: Channel, *, tenant: str = "+", vehicle: str = "+",
+                 share_group: str | None = None) -> str:
+    """A subscription filter; with `share_group`, an MQTT v5 shared subscription."""
+    filt = f"{TOPIC_ROOT}/{TOPIC_VERSION}/{tenant}/{vehicle}/{channel.value}"
+    return f"$share/{share_group}/{filt}" if share_group else filt
+
+
+def parse_topic(topic: str) -> Topic | Reject:
+    """Split a topic into tenant, vehicle and channel, or say why it is not ours."""
+    parts = topic.split("/")
+    if len(parts) < 5 or parts[0] != TOPIC_ROOT:
+        return Reject(RejectReason.BAD_TOPIC, f"topic {topic!r} is not fleet/v1/...")
+    if parts[1] != TOPIC_VERSION:
+        return Reject(RejectReason.UNKNOWN_VERSION, f"topic version {parts[1]!r} is not v1")
+    tenant, vehicle = parts[2], parts[3]
+    if not _ID_RE.match(tenant) or not _ID_RE.match(vehicle):
+        return Reject(RejectReason.BAD_TOPIC, f"topic {topic!r} has an invalid tenant or vehicle")
+    try:
+        channel = Channel("/".join(parts[4:]))
+    except ValueError:
+        return Reject(RejectReason.BAD_TOPIC, f"topic {topic!r} has an unknown channel")
+    return Topic(tenant, vehicle, channel)
+
+
+class Sample(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True,
+             omit_defaults=True):
+    """One timestamped reading of a vehicle. Every signal but `seq` and `t_ms` is optional."""
+
+    seq: Seq
+    t_ms: TimeMs
+    lat_deg: _bounded(-90, 90, "WGS84 latitude, degrees") | None = None
+    lon_deg: _bounded(-180, 180, "WGS84 longitude, degrees") | None = None
+    alt_m: _bounded(-1000, 20000, "altitude above mean sea level, metres") | None = None
+    speed_kph: _bounded(0, 500, "ground speed, km/h") | None = None
+    heading_deg: _bounded(0, 360, "course over ground, degrees from true north") | None = None
+    hdop: _bounded(0, 100, "horizontal dilution of precision") | None = None
+    sats: Annotated[int, Meta(ge=0, le=128)] | None = None
+    gps_fix: Annotated[int, Meta(ge=0, le=8, description="NMEA GGA fix quality, 0 = none")] | None = None
+    ignition: bool | None = None
+    rpm: _bounded(0, 20000, "engine speed, rev/min") | None = None
+    coolant_c: _bounded(-60, 250, "engine coolant temperature, degC") | None = None
+    fuel_pct: _bounded(0, 100, "fuel level, % of tank") | None = None
+    odometer_km: _bounded(0, 1e8, "odometer, km") | None = None
+    engine_hours_h: _bounded(0, 1e6, "engine hours, h") | None = None
+    battery_v: _bounded(0, 60, "battery / adapter voltage, V") | None = None
+    throttle_pct: _bounded(0, 100, "throttle position, %") | None = None
+    engine_load_pct: _bounded(0, 100, "calculated engine load, %") | None = None
+    dtcs: Annotated[list[DtcCode], Meta(max_length=MAX_DTCS)] | None = None
+    """Stored and pending diagnostic trouble codes currently reported."""
+    extra: Annotated[dict[SignalName, float], Meta(max_length=MAX_EXTRA_SIGNALS)] | None = None
+    """Further signals by name; the name carries the unit (for example `intake_temp_c`)."""
+
+    def __post_init__(self) -> None:
+        if (self.lat_deg is None) != (self.lon_deg is None):
+            raise ValueError("lat_deg and lon_deg must be given together")
+        if self.extra:
+            for name, value in self.extra.items():
+                if not math.isfinite(value):
+                    raise ValueError(f"extra signal {name!r} is not a finite number")
+
+
+class Telemetry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True,
+                omit_defaults=True, tag_field="v", tag=PROTOCOL_VERSION):
+    """A batch of samples of one vehicle (topic channel `telemetry`)."""
+
+    source: Source
+    samples: Annotated[list[Sample], Meta(min_length=1, max_length=MAX_SAMPLES_PER_MESSAGE)]
+    device: Id | None = None
+    sent_ms: TimeMs | None = None
+    """When the publisher sent the message (for latency measurement)."""
+
+
+class Status(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True,
+             omit_defaults=True, tag_field="v", tag=PROTOCOL_VERSION):
+    """Gateway health (channel `status`); the retained Last Will says `offline`."""
+
+    state: Literal["online", "offline", "sleeping"]
+    t_ms: TimeMs
+    software: Annotated[str, Meta(max_length=64)] | None = None
+    spool_samples: Annotated[int, Meta(ge=0)] | None = None
+    dropped_samples: Annotated[int, Meta(ge=0)] | None = None
+    unknown_frames: Annotated[int, Meta(ge=0)] | None = None
+    battery_v: _bounded(0, 60, "battery voltage, V") | None = None
+    sources: dict[Annotated[str, Meta(max_length=32)], Annotated[str, Meta(max_length=200)]] | None = None
+    """State of each source, for example {"obd": "connected", "can": "no frames"}."""
+
+
+class DeviceEvent(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True,
+                  omit_defaults=True, tag_field="v", tag=PROTOCOL_VERSION):
+    """Something the device itself noticed (channel `events`), such as a power-saving switch."""
+
+    t_ms: TimeMs
+    kind: SignalName
+    detail: dict[SignalName, str | float | bool] | None = None
+
+
+CommandName = Literal["set_rate", "read_dtcs", "report_status"]
+
+
+class Command(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True,
+              omit_defaults=True, tag_field="v", tag=PROTOCOL_VERSION):
+    """A downlink command (channel `cmd`), answered with a CommandAck of the same id."""
+
+    id: Id
+    name: CommandName
+    args: dict[SignalName, str | float | bool] | None = None
+    expires_ms: TimeMs | None = None
+
+
+class CommandAck(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True,
+                 omit_defaults=True, tag_field="v", tag=PROTOCOL_VERSION):
+    """The answer to a command (channel `cmd/ack`); `reason` says why when `ok` is false."""
+
+    id: Id
+    ok: bool
+    t_ms: TimeMs
+    reason: Annotated[str, Meta(max_length=500)] | None = None
+    result: dict[SignalName, Any] | None = None
+
+
+Message = Telemetry | Status | DeviceEvent | Command | CommandAck
+M = TypeVar("M", Telemetry, Status, DeviceEvent, Command, CommandAck)
+
+MESSAGE_TYPES: Final[dict[Channel, type[Message]]] = {
+    Channel.TELEMETRY: Telemetry,
+    Channel.STATUS: Status,
+    Channel.EVENTS: DeviceEvent,
+    Channel.CMD: Command,
+    Channel.CMD_ACK: CommandAck,
+}
+
+
+class _Versioned(msgspec.Struct):
+    v: Any = None
+
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
+    tp: msgspec.json.Decoder(tp) for tp in MESSAGE_TYPES.values()
+}
+_version_decoder = msgspec.json.Decoder(_Versioned)
+_encoder = msgspec.json.Encoder()
+
+
+def decode(payload: bytes | bytearray | memoryview, kind: type[M]) -> M | Reject:
+    """Decode and validate one payload; never raises on bad input."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return Reject(RejectReason.TOO_LARGE,
+                      f"{len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
+    try:
+        return _decoders[kind].decode(payload)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        return _classify(payload, exc)
+    except msgspec.DecodeError as exc:
+        return Reject(RejectReason.MALFORMED, str(exc))
+    except RecursionError:
+        return Reject(RejectReason.MALFORMED, "nesting too deep")
+
+
+def _classify(payload: bytes | bytearray | memoryview, exc: msgspec.ValidationError) -> Reject:
+    """Tell an unknown protocol version apart from an invalid v1 message."""
+    try:
+        probe = _version_decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        return Reject(RejectReason.INVALID, str(exc))
+    if probe.v is not None and probe.v != PROTOCOL_VERSION:
+        return Reject(RejectReason.UNKNOWN_VERSION, f"protocol version {probe.v!r} is not 1")
+    return Reject(RejectReason.INVALID, str(exc))
+
+
+def decode_for_channel(channel: Channel, payload: bytes) -> Message | Reject:
+    """Decode a payload by the channel of the topic it came on."""
+    return decode(payload, MESSAGE_TYPES[channel])  # type: ignore[type-var]
+
+
+def encode(message: Message) -> bytes:
+    """Encode a message as compact JSON."""
+    return _encoder.encode(message)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of every payload, for device makers (docs/protocol.schema.json)."""
+    schemas, components = msgspec.json.schema_components(
+        list(MESSAGE_TYPES.values()), ref_template="#/$defs/{name}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://fleet-telemetry.dev/schema/protocol-v1.json",
+        "title": "fleet-telemetry wire contract v1",
+        "description": "Payloads of fleet/v1/{tenant}/{vehicle}/{channel}; see docs/protocol.md.",
+        "oneOf": list(schemas),
+        "$defs": components,
+    }
+
+
+if __name__ == "__main__":  # python -m edge_gateway.protocol > docs/protocol.schema.json
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(json_schema())).decode() + "\n")

@@ -1,0 +1,1 @@
+"""Storage: the TimescaleDB/PostGIS schema (versioned SQL migrations) and its access code."""
