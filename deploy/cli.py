@@ -7,6 +7,8 @@ only the `edge` extra installed.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
@@ -75,7 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="database schema: migrate or show migration status")
     p.add_argument("action", choices=["migrate", "status"])
     p.set_defaults(func=_db)
+
+    for name, module, help_text in SUBCOMMANDS:
+        if importlib.util.find_spec(module) is None:
+            continue  # not built yet, or not part of this install
+        p = sub.add_parser(name, help=help_text)
+        importlib.import_module(module).register(p)
     return parser
+
+
+# Subcommands that live in their own packages. Each module imports only the standard library at
+# import time and defines `register(parser)`, which adds its options and sets `func`.
+SUBCOMMANDS: list[tuple[str, str, str]] = [
+    ("gateway", "edge_gateway.cli", "run the in-vehicle gateway (OBD-II, CAN, GPS -> MQTT)"),
+    ("stream", "stream.cli", "run the stream processor (MQTT -> detectors -> TimescaleDB)"),
+    ("api", "api.cli", "run the REST and WebSocket API with the dispatcher map"),
+    ("sim", "simulators.cli", "device simulators, load generator and vendor mock servers"),
+    ("demo", "deploy.demo", "the whole stack with a simulated fleet on this machine"),
+    ("bench", "deploy.bench", "benchmarks; each prints one JSON object as its last line"),
+    ("audit", "api.audit_cli", "verify the hash-chained audit log"),
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,51 @@
+# Two commands matter: `make demo` (the main job) and `make test` (the whole suite).
+# Both set up everything first, on a fresh Debian 12 machine too: system packages (as root,
+# or through sudo), the virtualenv, the project's own services and the schema.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+EXTRAS := edge,obd,server,dev
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system venv services migrate demo test lint clean services-down
+
+setup: system venv services migrate
+
+system:
+	@$(SUDO) bash deploy/install/system-deps.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+services: venv
+	$(BIN)/fleet services up
+
+migrate: services
+	$(BIN)/fleet db migrate
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest
+
+demo: setup
+	@echo
+	@echo "fleet-telemetry: local stack is up and migrated."
+	@$(BIN)/fleet db status
+	@echo
+	@echo "Connection settings: eval \"\$$($(BIN)/fleet services env)\""
+
+services-down:
+	$(BIN)/fleet services down
+
+clean: services-down
+	rm -rf .fleet $(VENV)

@@ -1,0 +1,31 @@
+"""`fleet bench NAME`: benchmarks that print one JSON object as their last line of output.
+
+Each benchmark lives beside the code it measures and defines `register(parser)` like a
+subcommand; the registry below is the one list of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+
+BENCHMARKS: list[tuple[str, str, str]] = [
+    ("gateway", "edge_gateway.bench", "gateway against the simulators: RSS, CPU, catch-up rate"),
+    ("geofence", "geo.bench", "geofence index against a PostGIS ST_Contains join"),
+    ("ingest", "stream.bench_ingest", "telemetry sink against raw binary COPY"),
+    ("e2e", "stream.bench_e2e", "load generator -> MQTT -> stream -> TimescaleDB"),
+    ("ws", "api.bench_ws", "WebSocket live map fan-out staleness"),
+    ("api", "api.bench_api", "REST GET /api/vehicles under concurrency"),
+]
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add one sub-parser per benchmark that is built."""
+    sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+    for name, module, help_text in BENCHMARKS:
+        if importlib.util.find_spec(module) is None:
+            continue
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--json", action="store_true", help="print only the JSON result line")
+        importlib.import_module(module).register(p)

@@ -1,0 +1,112 @@
+"""Typed values that flow between the stream's steps: readings in, events out.
+
+The dataflow turns a decoded telemetry message into one `Reading` per sample (in event-time
+order per vehicle, duplicates removed) and hands each to the detectors in
+`stream.detectors.DETECTORS`. Detectors return `VehicleEvent`, `GeofenceEvent` and
+`AnomalyRecord` values, which map one-to-one onto the tables of the same names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+from edge_gateway.protocol import Sample, Source
+
+Severity = Literal["info", "warning", "critical"]
+VehicleEventType = Literal[
+    "overspeed", "harsh_acceleration", "harsh_braking", "idling", "ignition_on", "ignition_off",
+    "dtc_new", "low_battery", "fuel_drop", "refuel", "device_offline", "device_online",
+    "coolant_overheat",
+]
+GeofenceEventType = Literal["enter", "exit", "dwell", "crossing"]
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleRef:
+    """Who a reading belongs to, resolved from the topic by the stream."""
+
+    tenant_id: UUID
+    vehicle_id: UUID
+    tenant_slug: str
+    vehicle_code: str
+    model_key: str | None = None
+    """"make model" for fleet-relative comparisons (peers of the same model)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One validated sample of a known vehicle, plus what the geo step found."""
+
+    vehicle: VehicleRef
+    sample: Sample
+    source: Source
+    fences: frozenset[UUID] = frozenset()
+    """Active geofences of the vehicle's tenant whose zone contains the position."""
+
+    @property
+    def t_ms(self) -> int:
+        """Sample time, Unix milliseconds UTC."""
+        return self.sample.t_ms
+
+    @property
+    def has_fix(self) -> bool:
+        """True when the sample carries a usable position."""
+        return self.sample.lat_deg is not None and self.sample.lon_deg is not None
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleEvent:
+    """A row of `vehicle_events`; episodes (overspeed, idling) carry start, end and duration."""
+
+    t_ms: int
+    tenant_id: UUID
+    vehicle_id: UUID
+    event_type: VehicleEventType
+    severity: Severity = "info"
+    started_ms: int | None = None
+    ended_ms: int | None = None
+    duration_s: float | None = None
+    value: float | None = None
+    threshold: float | None = None
+    lat_deg: float | None = None
+    lon_deg: float | None = None
+    geofence_id: UUID | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GeofenceEvent:
+    """A row of `geofence_events`."""
+
+    t_ms: int
+    tenant_id: UUID
+    vehicle_id: UUID
+    geofence_id: UUID
+    event_type: GeofenceEventType
+    lat_deg: float | None = None
+    lon_deg: float | None = None
+    speed_kph: float | None = None
+    dwell_s: float | None = None
+    seq: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyRecord:
+    """A row of `anomalies`: a scored sample, `is_event` when the anomaly fired."""
+
+    t_ms: int
+    tenant_id: UUID
+    vehicle_id: UUID
+    signal: str
+    score: float
+    threshold: float
+    value: float | None = None
+    kind: Literal["signal", "fleet_relative"] = "signal"
+    is_event: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Event = VehicleEvent | GeofenceEvent | AnomalyRecord
