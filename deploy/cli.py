@@ -96,6 +96,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("demo", "deploy.demo", "the whole stack with a simulated fleet on this machine"),
     ("bench", "deploy.bench", "benchmarks; each prints one JSON object as its last line"),
     ("audit", "api.audit_cli", "verify the hash-chained audit log"),
+    ("archive", "api.jobs.archive_cli", "cold archive in Azure Blob: list, restore a day"),
 ]
 
 
