@@ -24,12 +24,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import msgspec
 
 from deploy.errors import ServiceError
 from deploy.settings import LOCAL_SERVICES_FILE, to_toml_lines
+
+if TYPE_CHECKING:
+    import psycopg
 
 ADMIN_ROLE = "fleet_admin"
 OWNER_ROLE = "fleet_owner"
@@ -134,7 +138,8 @@ class LocalServices:
     def pg_url(self, role: str, database: str = DATABASE) -> str:
         """Connection URL of one PostgreSQL role."""
         pw = quote(self.credentials()[role], safe="")
-        return f"postgresql://{role}:{pw}@{self.settings.host}:{self.settings.postgres_port}/{database}"
+        host, port = self.settings.host, self.settings.postgres_port
+        return f"postgresql://{role}:{pw}@{host}:{port}/{database}"
 
     def mqtt_url(self) -> str:
         """Connection URL of the MQTT service account."""
@@ -196,7 +201,8 @@ class LocalServices:
         for root, dirs, files in os.walk(path):
             os.chown(root, entry.pw_uid, entry.pw_gid)
             for name in dirs + files:
-                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid,
+                         follow_symlinks=False)
         for parent in path.parents:
             if parent == self.state.parent:
                 break
@@ -548,7 +554,7 @@ def _tail(path: Path | None, lines: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def _pg_connect(url: str) -> Iterator[object]:
+def _pg_connect(url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
     import psycopg
 
     try:
@@ -567,11 +573,9 @@ def provision_cluster(admin_url: str, creds: dict[str, str]) -> None:
     The application role is subject to row-level security; the ingest role writes every
     tenant's data, which the policies allow it explicitly (no BYPASSRLS, no superuser).
     """
-    import psycopg
     from psycopg import sql
 
     with _pg_connect(admin_url) as conn:
-        assert isinstance(conn, psycopg.Connection)
         for role, extra in ((OWNER_ROLE, "CREATEROLE"), (APP_ROLE, ""), (INGEST_ROLE, "")):
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
@@ -581,25 +585,25 @@ def provision_cluster(admin_url: str, creds: dict[str, str]) -> None:
 
 def provision_database(admin_url: str, database: str) -> None:
     """Create a database owned by the owner role, with the timescaledb and postgis extensions."""
-    import psycopg
     from psycopg import sql
 
     with _pg_connect(admin_url) as conn:
-        assert isinstance(conn, psycopg.Connection)
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                              (database,)).fetchone()
         if not exists:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(database), sql.Identifier(OWNER_ROLE)))
     db_url = _replace_db(admin_url, database)
     with _pg_connect(db_url) as conn:
-        assert isinstance(conn, psycopg.Connection)
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
         conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(
+            sql.Identifier(database)))
         conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}, {}").format(
             sql.Identifier(database), sql.Identifier(APP_ROLE), sql.Identifier(INGEST_ROLE)))
         conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
-        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(OWNER_ROLE)))
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(
+            sql.Identifier(OWNER_ROLE)))
 
 
 def drop_database(admin_url: str, database: str) -> None:
@@ -607,7 +611,7 @@ def drop_database(admin_url: str, database: str) -> None:
     from psycopg import sql
 
     with _pg_connect(admin_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(  # type: ignore[attr-defined]
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(database)))
 
 
@@ -618,10 +622,7 @@ def _replace_db(url: str, database: str) -> str:
 
 def database_info(url: str) -> dict[str, str]:
     """Server version, extension versions and the TimescaleDB licence in force."""
-    import psycopg
-
     with _pg_connect(url) as conn:
-        assert isinstance(conn, psycopg.Connection)
         version = conn.execute("SHOW server_version").fetchone()
         ext = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
         license_row = conn.execute("SHOW timescaledb.license").fetchone()

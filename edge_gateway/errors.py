@@ -9,3 +9,15 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     """A gateway setting is invalid."""
+
+
+class SpoolError(GatewayError):
+    """The on-disk store-and-forward spool cannot be opened or written."""
+
+
+class SourceError(GatewayError):
+    """A vehicle source (OBD-II adapter, CAN interface, GPS receiver) cannot be used."""
+
+
+class DbcError(GatewayError):
+    """A DBC file is missing or cannot be parsed."""

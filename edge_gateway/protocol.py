@@ -45,8 +45,20 @@ Seq = Annotated[int, Meta(ge=0, le=2**63 - 1, description="per-vehicle sequence 
 TimeMs = Annotated[int, Meta(ge=MIN_T_MS, le=MAX_T_MS, description="Unix time, milliseconds, UTC")]
 
 
-def _bounded(lo: float, hi: float, unit: str) -> Any:
-    return Annotated[float, Meta(ge=lo, le=hi, description=unit)]
+# Every signal is bounded: out-of-range values (and the non-finite ones, which fail any bound)
+# are refused at decode time rather than stored.
+LatDeg = Annotated[float, Meta(ge=-90, le=90, description="WGS84 latitude, degrees")]
+LonDeg = Annotated[float, Meta(ge=-180, le=180, description="WGS84 longitude, degrees")]
+AltM = Annotated[float, Meta(ge=-1000, le=20000, description="altitude above MSL, metres")]
+SpeedKph = Annotated[float, Meta(ge=0, le=500, description="ground speed, km/h")]
+HeadingDeg = Annotated[float, Meta(ge=0, le=360, description="course, degrees from true north")]
+Hdop = Annotated[float, Meta(ge=0, le=100, description="horizontal dilution of precision")]
+Rpm = Annotated[float, Meta(ge=0, le=20000, description="engine speed, rev/min")]
+TempC = Annotated[float, Meta(ge=-60, le=250, description="temperature, degC")]
+Percent = Annotated[float, Meta(ge=0, le=100, description="percent")]
+OdometerKm = Annotated[float, Meta(ge=0, le=1e8, description="odometer, km")]
+Hours = Annotated[float, Meta(ge=0, le=1e6, description="engine hours, h")]
+Volts = Annotated[float, Meta(ge=0, le=60, description="battery / adapter voltage, V")]
 
 
 class Channel(enum.StrEnum):
@@ -142,23 +154,24 @@ class Sample(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
 
     seq: Seq
     t_ms: TimeMs
-    lat_deg: _bounded(-90, 90, "WGS84 latitude, degrees") | None = None
-    lon_deg: _bounded(-180, 180, "WGS84 longitude, degrees") | None = None
-    alt_m: _bounded(-1000, 20000, "altitude above mean sea level, metres") | None = None
-    speed_kph: _bounded(0, 500, "ground speed, km/h") | None = None
-    heading_deg: _bounded(0, 360, "course over ground, degrees from true north") | None = None
-    hdop: _bounded(0, 100, "horizontal dilution of precision") | None = None
+    lat_deg: LatDeg | None = None
+    lon_deg: LonDeg | None = None
+    alt_m: AltM | None = None
+    speed_kph: SpeedKph | None = None
+    heading_deg: HeadingDeg | None = None
+    hdop: Hdop | None = None
     sats: Annotated[int, Meta(ge=0, le=128)] | None = None
-    gps_fix: Annotated[int, Meta(ge=0, le=8, description="NMEA GGA fix quality, 0 = none")] | None = None
+    gps_fix: Annotated[int, Meta(ge=0, le=8)] | None = None
+    """NMEA GGA fix quality: 0 no fix, 1 GPS, 2 DGPS, 4 RTK fixed, 5 RTK float, 6 estimated."""
     ignition: bool | None = None
-    rpm: _bounded(0, 20000, "engine speed, rev/min") | None = None
-    coolant_c: _bounded(-60, 250, "engine coolant temperature, degC") | None = None
-    fuel_pct: _bounded(0, 100, "fuel level, % of tank") | None = None
-    odometer_km: _bounded(0, 1e8, "odometer, km") | None = None
-    engine_hours_h: _bounded(0, 1e6, "engine hours, h") | None = None
-    battery_v: _bounded(0, 60, "battery / adapter voltage, V") | None = None
-    throttle_pct: _bounded(0, 100, "throttle position, %") | None = None
-    engine_load_pct: _bounded(0, 100, "calculated engine load, %") | None = None
+    rpm: Rpm | None = None
+    coolant_c: TempC | None = None
+    fuel_pct: Percent | None = None
+    odometer_km: OdometerKm | None = None
+    engine_hours_h: Hours | None = None
+    battery_v: Volts | None = None
+    throttle_pct: Percent | None = None
+    engine_load_pct: Percent | None = None
     dtcs: Annotated[list[DtcCode], Meta(max_length=MAX_DTCS)] | None = None
     """Stored and pending diagnostic trouble codes currently reported."""
     extra: Annotated[dict[SignalName, float], Meta(max_length=MAX_EXTRA_SIGNALS)] | None = None
@@ -194,8 +207,9 @@ class Status(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     spool_samples: Annotated[int, Meta(ge=0)] | None = None
     dropped_samples: Annotated[int, Meta(ge=0)] | None = None
     unknown_frames: Annotated[int, Meta(ge=0)] | None = None
-    battery_v: _bounded(0, 60, "battery voltage, V") | None = None
-    sources: dict[Annotated[str, Meta(max_length=32)], Annotated[str, Meta(max_length=200)]] | None = None
+    battery_v: Volts | None = None
+    sources: dict[Annotated[str, Meta(max_length=32)],
+                  Annotated[str, Meta(max_length=200)]] | None = None
     """State of each source, for example {"obd": "connected", "can": "no frames"}."""
 
 

@@ -22,7 +22,8 @@ import psycopg
 from storage.errors import MigrationError
 
 EDITIONS = ("apache", "timescale")
-_NAME_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<edition>apache|timescale))?\.sql$")
+_NAME_RE = re.compile(
+    r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<edition>apache|timescale))?\.sql$")
 _LOCK_KEY = 0x666C656574  # "fleet": any constant shared by every runner
 
 
@@ -64,7 +65,8 @@ def discover(directory: Path | None = None) -> list[Migration]:
     for filename, text in files:
         match = _NAME_RE.match(filename)
         if not match:
-            raise MigrationError(f"migration file {filename!r} is not named NNNN_name[.edition].sql")
+            raise MigrationError(
+                f"migration file {filename!r} is not named NNNN_name[.edition].sql")
         found.append(Migration(int(match["version"]), match["name"], match["edition"], text))
     return sorted(found, key=lambda m: (m.version, m.edition or ""))
 
@@ -166,5 +168,6 @@ def status(url: str, directory: Path | None = None) -> list[tuple[Migration, boo
         exists = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
         applied: set[int] = set()
         if exists and exists[0]:
-            applied = {int(str(r[0])) for r in conn.execute("SELECT version FROM schema_migrations")}
+            rows = conn.execute("SELECT version FROM schema_migrations")
+            applied = {int(str(r[0])) for r in rows}
     return [(m, m.version in applied) for m in plan(discover(directory), edition)]

@@ -60,7 +60,7 @@ class LiveEvent(msgspec.Struct, tag_field="type", tag="event", omit_defaults=Tru
 
 
 LiveMessage = LivePosition | LiveEvent
-_decoder = msgspec.json.Decoder(LiveMessage)
+_decoder: msgspec.json.Decoder[LiveMessage] = msgspec.json.Decoder(LiveMessage)
 _encoder = msgspec.json.Encoder()
 
 

@@ -70,6 +70,6 @@ COMMENT ON FUNCTION fleet_refresh_rollups(timestamptz, timestamptz) IS
 
 SELECT fleet_enable_tenant_rls('telemetry_1m', false);
 SELECT fleet_enable_tenant_rls('telemetry_1h', false);
-GRANT SELECT ON telemetry_1m, telemetry_1h TO fleet_app;
+GRANT SELECT ON telemetry_1m, telemetry_1h TO fleet_app, fleet_ingest;
 REVOKE ALL ON FUNCTION fleet_refresh_rollups(timestamptz, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION fleet_refresh_rollups(timestamptz, timestamptz) TO fleet_ingest;

@@ -1,0 +1,220 @@
+"""The schema against the real PostgreSQL + TimescaleDB + PostGIS, as each role sees it."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from storage.errors import MigrationError
+from storage.migrate import Migration, discover, migrate, plan, status
+from tests.conftest import TestDatabase
+
+HYPERTABLES = {"telemetry", "geofence_events", "vehicle_events", "anomalies", "video_events",
+               "fuel_transactions", "ingest_rejects", "telemetry_1m", "telemetry_1h"}
+
+
+def connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(url, autocommit=True)
+
+
+@pytest.fixture
+def two_tenants(database: TestDatabase) -> Iterator[tuple[uuid.UUID, uuid.UUID]]:
+    """Tenants A and B with one vehicle each, created by the schema owner."""
+    with connect(database.owner_url) as conn:
+        a, b = uuid.uuid4(), uuid.uuid4()
+        for tid, slug in ((a, "tenant-a"), (b, "tenant-b")):
+            conn.execute("INSERT INTO tenants (id, slug, name) VALUES (%s, %s, %s)",
+                         (tid, slug, slug.upper()))
+            conn.execute("INSERT INTO vehicles (tenant_id, code, make, model) "
+                         "VALUES (%s, 'truck-1', 'Ford', 'Transit')", (tid,))
+    return a, b
+
+
+def test_hypertables_exist(database: TestDatabase) -> None:
+    with connect(database.owner_url) as conn:
+        rows = conn.execute(
+            "SELECT hypertable_name FROM timescaledb_information.hypertables").fetchall()
+    assert {r[0] for r in rows} == HYPERTABLES
+
+
+def test_second_migrate_is_a_no_op(database: TestDatabase) -> None:
+    report = migrate(database.owner_url, log=lambda _m: None)
+    assert report.applied == []
+    assert report.already_applied == len(plan(discover(), report.edition))
+    assert all(applied for _m, applied in status(database.owner_url))
+
+
+def test_edition_detected_here_is_apache(database: TestDatabase) -> None:
+    with connect(database.owner_url) as conn:
+        license_row = conn.execute("SHOW timescaledb.license").fetchone()
+        editions = conn.execute("SELECT edition FROM schema_migrations WHERE edition IS NOT NULL"
+                                ).fetchall()
+    assert license_row == ("apache",)
+    assert {e[0] for e in editions} == {"apache"}
+
+
+def test_plan_picks_the_edition_file() -> None:
+    found = discover()
+    apache = {m.version: m for m in plan(found, "apache")}
+    timescale = {m.version: m for m in plan(found, "timescale")}
+    assert apache[3].edition == "apache"
+    assert timescale[3].edition == "timescale"
+    assert apache[1] is timescale[1]
+    with pytest.raises(MigrationError, match="licence"):
+        plan(found, "enterprise")
+
+
+def test_plan_refuses_a_version_without_a_file_for_the_edition() -> None:
+    only_licensed = [Migration(1, "a", None, "SELECT 1"), Migration(2, "b", "timescale", "X")]
+    with pytest.raises(MigrationError, match="no file for edition 'apache'"):
+        plan(only_licensed, "apache")
+
+
+def test_edited_applied_migration_is_refused(database: TestDatabase, tmp_path: Path) -> None:
+    for m in plan(discover(), "apache"):
+        suffix = f".{m.edition}" if m.edition else ""
+        text = m.sql + ("\n-- edited\n" if m.version == 1 else "")
+        (tmp_path / f"{m.version:04d}_{m.name}{suffix}.sql").write_text(text)
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        migrate(database.owner_url, log=lambda _m: None, directory=tmp_path)
+
+
+def test_badly_named_migration_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "1_oops.sql").write_text("SELECT 1")
+    with pytest.raises(MigrationError, match="not named"):
+        discover(tmp_path)
+
+
+def test_postgis_geofence_zones_are_measured_in_metres(database: TestDatabase,
+                                                       two_tenants: tuple[uuid.UUID, uuid.UUID]
+                                                       ) -> None:
+    a, _b = two_tenants
+    with connect(database.owner_url) as conn:
+        conn.execute(
+            "INSERT INTO geofences (tenant_id, name, kind, geometry, radius_m) VALUES "
+            "(%s, 'depot', 'circle', 'SRID=4326;POINT(13.4 52.5)', 500)", (a,))
+        conn.execute(
+            "INSERT INTO geofences (tenant_id, name, kind, geometry, corridor_width_m) VALUES "
+            "(%s, 'route', 'corridor', 'SRID=4326;LINESTRING(13.0 52.0, 13.1 52.0)', 200)", (a,))
+        # 0.0066 deg of latitude is ~734 m: outside a 500 m circle; 0.004 deg (~445 m) inside.
+        inside, outside = conn.execute(
+            "SELECT ST_Covers(zone, 'SRID=4326;POINT(13.4 52.504)'::geography),"
+            "       ST_Covers(zone, 'SRID=4326;POINT(13.4 52.5066)'::geography)"
+            "  FROM geofences WHERE name = 'depot'").fetchone() or (None, None)
+        assert (inside, outside) == (True, False)
+        # 90 m off the corridor's centre line is inside a 200 m-wide corridor; 120 m is not.
+        near, far = conn.execute(
+            "SELECT ST_Covers(zone, ST_Project('SRID=4326;POINT(13.05 52.0)'::geography, 90, 0)),"
+            "       ST_Covers(zone, ST_Project('SRID=4326;POINT(13.05 52.0)'::geography, 120, 0))"
+            "  FROM geofences WHERE name = 'route'").fetchone() or (None, None)
+        assert (near, far) == (True, False)
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO geofences (tenant_id, name, kind, geometry) VALUES "
+                         "(%s, 'bad', 'circle', 'SRID=4326;POINT(1 1)')", (a,))
+
+
+def test_telemetry_accepts_samples_and_refuses_duplicates(
+        database: TestDatabase, two_tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, _b = two_tenants
+    with connect(database.ingest_url) as conn:
+        vid = conn.execute("SELECT id FROM vehicles WHERE tenant_id = %s", (a,)).fetchone()
+        assert vid is not None
+        row = (a, vid[0])
+        conn.execute("INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, location, "
+                     "speed_kph, source) VALUES ('2026-11-01T10:00:00Z', %s, %s, 1, "
+                     "'SRID=4326;POINT(13.4 52.5)', 42.5, 'gateway')", row)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, source) "
+                         "VALUES ('2026-11-01T10:00:00Z', %s, %s, 1, 'gateway')", row)
+        written = conn.execute("SELECT fleet_refresh_rollups('2026-11-01T09:00Z', "
+                               "'2026-11-01T11:00Z')").fetchone()
+        assert written == (2,)
+        rollup = conn.execute("SELECT samples, max_speed_kph FROM telemetry_1h").fetchone()
+        assert rollup == (1, 42.5)
+
+
+def _as_tenant(conn: psycopg.Connection[tuple[object, ...]], tenant: uuid.UUID) -> None:
+    conn.execute("SELECT set_config('app.tenant_id', %s, false)", (str(tenant),))
+
+
+def test_rls_blocks_cross_tenant_reads_and_writes(
+        database: TestDatabase, two_tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = two_tenants
+    with connect(database.ingest_url) as ingest:
+        for tenant in (a, b):
+            ingest.execute(
+                "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, source) "
+                "SELECT now(), tenant_id, id, 1, 'gateway' FROM vehicles WHERE tenant_id = %s",
+                (tenant,))
+    with connect(database.app_url) as app:
+        # Without a tenant the application role sees nothing at all.
+        assert app.execute("SELECT count(*) FROM vehicles").fetchone() == (0,)
+        _as_tenant(app, a)
+        assert app.execute("SELECT DISTINCT tenant_id FROM vehicles").fetchall() == [(a,)]
+        assert app.execute("SELECT DISTINCT tenant_id FROM telemetry").fetchall() == [(a,)]
+        assert app.execute("SELECT id FROM tenants").fetchall() == [(a,)]
+        # Even an explicit filter on the other tenant returns nothing.
+        assert app.execute("SELECT count(*) FROM vehicles WHERE tenant_id = %s",
+                           (b,)).fetchone() == (0,)
+        # Writing into the other tenant is refused; updating or deleting its rows affects none.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("INSERT INTO vehicles (tenant_id, code) VALUES (%s, 'sneaky')", (b,))
+        cur = app.execute("UPDATE vehicles SET make = 'X' WHERE tenant_id = %s", (b,))
+        assert cur.rowcount == 0
+        cur = app.execute("DELETE FROM vehicles WHERE tenant_id = %s", (b,))
+        assert cur.rowcount == 0
+        # Moving an own row into the other tenant is refused too.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("UPDATE vehicles SET tenant_id = %s", (b,))
+        # The application role does not write raw telemetry (only the stream does).
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, source) "
+                        "SELECT now(), tenant_id, id, 2, 'gateway' FROM vehicles")
+    with connect(database.owner_url) as owner:
+        assert owner.execute("SELECT make FROM vehicles WHERE tenant_id = %s",
+                             (b,)).fetchone() == ("Ford",)
+
+
+def test_audit_log_is_chained_and_append_only_for_the_app(
+        database: TestDatabase, two_tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, b = two_tenants
+    with connect(database.app_url) as app:
+        _as_tenant(app, a)
+        for action in ("login", "vehicle.update"):
+            app.execute("INSERT INTO audit_logs (tenant_id, action, resource_type, outcome, "
+                        "prev_hash, hash) VALUES (%s, %s, 'vehicle', 'success', '', '')",
+                        (a, action))
+        app.execute("INSERT INTO audit_logs (tenant_id, action, resource_type, outcome, "
+                    "prev_hash, hash) VALUES (NULL, 'login', 'user', 'failure', '', '')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("UPDATE audit_logs SET outcome = 'failure'")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("DELETE FROM audit_logs")
+        _as_tenant(app, b)
+        assert app.execute("SELECT count(*) FROM audit_logs").fetchone() == (0,)
+    with connect(database.owner_url) as owner:
+        rows = owner.execute(
+            "SELECT id, prev_hash, hash, encode(sha256(convert_to(audit_canonical(a), 'UTF8')), "
+            "'hex') FROM audit_logs a ORDER BY id").fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3]
+    assert rows[0][1] == "0" * 64
+    for prev, row in itertools.pairwise(rows):
+        assert row[1] == prev[2]
+    assert all(r[2] == r[3] for r in rows)
+
+
+def test_work_order_total_cost_is_generated(database: TestDatabase,
+                                            two_tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    a, _b = two_tenants
+    with connect(database.owner_url) as conn:
+        total = conn.execute(
+            "INSERT INTO work_orders (tenant_id, vehicle_id, type, description, labor_cost, "
+            "parts_cost) SELECT tenant_id, id, 'corrective', 'brakes', 120.50, 79.25 FROM vehicles "
+            "WHERE tenant_id = %s RETURNING total_cost", (a,)).fetchone()
+    assert total is not None
+    assert float(str(total[0])) == pytest.approx(199.75)
