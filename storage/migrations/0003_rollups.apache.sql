@@ -22,10 +22,25 @@ CREATE TABLE telemetry_1m (
   PRIMARY KEY (vehicle_id, bucket)
 );
 SELECT create_hypertable('telemetry_1m', by_range('bucket', INTERVAL '7 days'));
+COMMENT ON TABLE telemetry_1m IS 'Per-vehicle one-minute aggregates of telemetry.';
+COMMENT ON COLUMN telemetry_1m.bucket IS 'Start of the bucket (time_bucket).';
+COMMENT ON COLUMN telemetry_1m.samples IS 'Number of telemetry rows in the bucket.';
+COMMENT ON COLUMN telemetry_1m.avg_speed_kph IS 'Mean ground speed, km/h.';
+COMMENT ON COLUMN telemetry_1m.max_speed_kph IS 'Highest ground speed, km/h.';
+COMMENT ON COLUMN telemetry_1m.avg_rpm IS 'Mean engine speed, rev/min.';
+COMMENT ON COLUMN telemetry_1m.max_coolant_temp_c IS 'Highest coolant temperature, degC.';
+COMMENT ON COLUMN telemetry_1m.min_fuel_level_pct IS 'Lowest fuel level, % of tank.';
+COMMENT ON COLUMN telemetry_1m.last_fuel_level_pct IS 'Fuel level of the newest sample, % of tank.';
+COMMENT ON COLUMN telemetry_1m.min_odometer_km IS 'Lowest odometer, km (distance = max - min).';
+COMMENT ON COLUMN telemetry_1m.max_odometer_km IS 'Highest odometer, km.';
+COMMENT ON COLUMN telemetry_1m.max_engine_hours_h IS 'Highest engine hours, h.';
+COMMENT ON COLUMN telemetry_1m.min_battery_voltage_v IS 'Lowest battery voltage, V.';
+COMMENT ON COLUMN telemetry_1m.last_location IS 'Position of the newest sample (NULL when it had no fix).';
 CREATE INDEX idx_telemetry_1m_tenant_bucket ON telemetry_1m (tenant_id, bucket DESC);
 
 CREATE TABLE telemetry_1h (LIKE telemetry_1m INCLUDING ALL);
 SELECT create_hypertable('telemetry_1h', by_range('bucket', INTERVAL '30 days'));
+COMMENT ON TABLE telemetry_1h IS 'Per-vehicle one-hour aggregates of telemetry (columns as telemetry_1m).';
 CREATE INDEX idx_telemetry_1h_tenant_bucket ON telemetry_1h (tenant_id, bucket DESC);
 
 -- Recomputes every bucket that overlaps [p_from, p_to) from the raw telemetry; idempotent.
