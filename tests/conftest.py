@@ -18,17 +18,20 @@ from deploy.services import (
     INGEST_ROLE,
     OWNER_ROLE,
     LocalServices,
-    ServicesSettings,
+    ServicesProcessSettings,
     drop_database,
     provision_database,
 )
+from deploy.settings import load_settings
 from storage.migrate import migrate
 
 
 @pytest.fixture(scope="session")
 def services() -> LocalServices:
     """The project's PostgreSQL, Mosquitto and Redis, up and healthy (idempotent)."""
-    local = LocalServices(ServicesSettings(), log=lambda _m: None)
+    # The same settings as `fleet services`, so FLEET_SERVICES_* variables move the test stack too.
+    settings = load_settings(ServicesProcessSettings)
+    local = LocalServices(settings.services, log=lambda _m: None)
     local.up()
     return local
 
