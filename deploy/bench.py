@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+
+from deploy.cli import module_available
 
 BENCHMARKS: list[tuple[str, str, str]] = [
     ("gateway", "edge_gateway.bench", "gateway against the simulators: RSS, CPU, catch-up rate"),
@@ -24,7 +25,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Add one sub-parser per benchmark that is built."""
     sub = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, module, help_text in BENCHMARKS:
-        if importlib.util.find_spec(module) is None:
+        if not module_available(module):
             continue
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--json", action="store_true", help="print only the JSON result line")

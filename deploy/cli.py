@@ -63,6 +63,14 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
+def module_available(name: str) -> bool:
+    """True when `name` can be imported (its parent packages included) without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; one sub-parser per subcommand."""
     parser = argparse.ArgumentParser(
@@ -79,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_db)
 
     for name, module, help_text in SUBCOMMANDS:
-        if importlib.util.find_spec(module) is None:
+        if not module_available(module):
             continue  # not built yet, or not part of this install
         p = sub.add_parser(name, help=help_text)
         importlib.import_module(module).register(p)
