@@ -64,8 +64,8 @@ def render(conn: psycopg.Connection[tuple[object, ...]]) -> str:
          ORDER BY c.relname""").fetchall()
     out = [_INTRO]
     for name, kind, comment in tables:
-        label = "hypertable" if name in hypertables else {"v": "view", "m": "materialized view"}.get(
-            str(kind), "table")
+        kinds = {"v": "view", "m": "materialized view"}
+        label = "hypertable" if name in hypertables else kinds.get(str(kind), "table")
         out.append(f"## `{name}` ({label})\n")
         if comment:
             out.append(f"{comment}\n")
