@@ -1,0 +1,409 @@
+"""Anomaly scoring: robust per-signal scores per vehicle, and fuel economy against peers.
+
+Per vehicle and signal, the `AnomalyScorer` (a `Detector`, last in the detector list) keeps a
+rolling window of recent values and scores every sample with a robust z-score,
+``|x - median| / max(1.4826 * MAD, floor)``: the median and the median absolute deviation
+ignore the outliers they are meant to expose, unlike a mean and a standard deviation. An
+anomaly event (`is_event=True`) fires once a signal's score has stayed at or above its
+threshold for `consecutive_samples` samples in a row, and once per run of such samples.
+
+The fleet-relative score needs other vehicles' data, which a per-vehicle step never sees.
+It is split in two steps the dataflow runs in different places:
+
+1. `EconomyTracker`, keyed by vehicle (next to the detectors): accumulates distance and fuel
+   used and, after every `economy_window_km`, emits an `EconomySample` (km per % of tank).
+2. `FleetEconomy`, keyed by ``(tenant, model_key)``: keeps the latest sample of every vehicle
+   of that model and scores each new sample against its peers (robust z-score over the
+   peers' values), returning an `AnomalyRecord` of kind ``fleet_relative``.
+
+Only the small per-window summaries cross the re-keying, never the raw readings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Final
+from uuid import UUID
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+from msgspec import Meta
+
+from edge_gateway.protocol import Sample
+from stream.model import AnomalyRecord, Event, Reading
+
+MAD_TO_SIGMA: Final = 1.4826
+"""MAD times this estimates the standard deviation of normally distributed data."""
+
+ECONOMY_SIGNAL: Final = "fuel_economy_km_per_pct"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSpec:
+    """One scored signal: its name (stored in `anomalies.signal`, unit in the name) and the
+    smallest scale its score divides by, so a flat signal (MAD 0) does not turn sensor
+    quantisation into infinite scores."""
+
+    name: str
+    scale_floor: float
+    description: str
+
+
+SIGNALS: Final[Mapping[str, SignalSpec]] = {s.name: s for s in (
+    SignalSpec("coolant_c", 1.5, "engine coolant temperature, degC"),
+    SignalSpec("battery_v", 0.15, "battery voltage, V"),
+    SignalSpec("rpm", 150.0, "engine speed, rev/min"),
+    SignalSpec("engine_load_pct", 8.0, "calculated engine load, %"),
+    SignalSpec("accel_mps2", 0.6, "longitudinal acceleration from speed deltas, m/s^2"),
+    SignalSpec("fuel_rate_pct_per_min", 0.8,
+               "rate of change of the smoothed fuel level, % of tank per minute"),
+)}
+"""Every signal the scorer knows; `AnomalySettings.signals` picks the ones in use."""
+
+
+class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings of `AnomalyScorer`, `EconomyTracker` and `FleetEconomy`."""
+
+    signals: list[str] = msgspec.field(default_factory=lambda: list(SIGNALS))
+    """Signals to score, from `stream.anomaly.SIGNALS`."""
+    window_samples: Annotated[int, Meta(ge=8, le=4096)] = 120
+    """Rolling window per signal, in samples (2 minutes at 1 Hz)."""
+    min_samples: Annotated[int, Meta(ge=4)] = 30
+    """No scores until a window holds this many samples."""
+    refresh_every_samples: Annotated[int, Meta(ge=1)] = 5
+    """Median and MAD are recomputed every this many samples (cost; they move slowly)."""
+    score_threshold: Annotated[float, Meta(gt=0)] = 6.0
+    """Robust z-score at or above which a sample is anomalous (unitless)."""
+    signal_score_thresholds: dict[str, Annotated[float, Meta(gt=0)]] = msgspec.field(
+        default_factory=dict)
+    """Per-signal overrides of `score_threshold`."""
+    consecutive_samples: Annotated[int, Meta(ge=1)] = 5
+    """An anomaly event fires when this many samples in a row are anomalous."""
+    emit_every_samples: Annotated[int, Meta(ge=1)] = 60
+    """Below-threshold scores are emitted for one sample in this many per signal (rows);
+    anomalous samples are always emitted."""
+    reset_gap_s: Annotated[float, Meta(gt=0)] = 120.0
+    """After a data gap longer than this, windows start afresh (the old baseline is stale:
+    an engine cools while parked)."""
+    rate_max_dt_s: Annotated[float, Meta(gt=0)] = 5.0
+    """Rate signals (acceleration, fuel rate) skip sample pairs further apart than this."""
+    fuel_smoothing_s: Annotated[float, Meta(gt=0)] = 60.0
+    """Time constant, s, of the exponential smoothing of fuel level before its rate is taken
+    (fuel sloshes)."""
+
+    economy_window_km: Annotated[float, Meta(gt=0)] = 50.0
+    """Distance per fuel-economy sample, km."""
+    economy_min_fuel_pct: Annotated[float, Meta(gt=0)] = 2.0
+    """A window that used less fuel than this (% of tank) is too noisy to score; it is merged
+    into the next."""
+    economy_refuel_pct: Annotated[float, Meta(gt=0)] = 5.0
+    """A rise of the smoothed level by this much (% of tank) is a refuel: the window restarts."""
+    economy_max_gap_s: Annotated[float, Meta(gt=0)] = 60.0
+    """Speed is integrated only across gaps up to this long (without an odometer)."""
+    economy_min_peers: Annotated[int, Meta(ge=2)] = 3
+    """Fewer peers of the same model than this: no fleet-relative score."""
+    economy_peer_max_age_s: Annotated[float, Meta(gt=0)] = 7 * 86400.0
+    """Peers' samples older than this (event time) are ignored."""
+    economy_max_vehicles: Annotated[int, Meta(ge=2)] = 10_000
+    """Vehicles kept per model; the stalest is dropped beyond this (bounded state)."""
+    economy_score_threshold: Annotated[float, Meta(gt=0)] = 3.5
+    """Robust z-score against peers at or above which a fleet-relative anomaly fires."""
+    economy_scale_floor_frac: Annotated[float, Meta(gt=0)] = 0.03
+    """Smallest scale of the peer comparison, as a fraction of the peer median."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.signals) - set(SIGNALS))
+        if unknown:
+            raise ValueError(f"unknown anomaly signals {unknown}; known: {sorted(SIGNALS)}")
+        if self.min_samples > self.window_samples:
+            raise ValueError("min_samples must not exceed window_samples")
+
+    def threshold_for(self, signal: str) -> float:
+        """The score threshold of one signal."""
+        return self.signal_score_thresholds.get(signal, self.score_threshold)
+
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class SignalState:
+    """Rolling window and run bookkeeping of one signal of one vehicle."""
+
+    window: FloatArray
+    """Ring buffer of the last `window_samples` values (float32 keeps snapshots small)."""
+    count: int = 0
+    pos: int = 0
+    center: float = math.nan
+    scale: float = math.nan
+    since_refresh: int = 0
+    run: int = 0
+    """Consecutive anomalous samples so far."""
+    fired: bool = False
+    """An event fired for the current run."""
+    seen: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyState:
+    """Per-vehicle scorer state: one `SignalState` per signal plus memory for rate signals."""
+
+    signals: dict[str, SignalState] = field(default_factory=dict)
+    last_ms: int | None = None
+    speed_mps: float | None = None
+    speed_ms: int | None = None
+    fuel_smooth_pct: float | None = None
+    fuel_ms: int | None = None
+
+
+class AnomalyScorer:
+    """Robust per-signal anomaly scores (a `Detector`)."""
+
+    name = "anomaly"
+
+    def __init__(self, settings: AnomalySettings | None = None) -> None:
+        self._s = settings or AnomalySettings()
+        self._specs = tuple(SIGNALS[name] for name in self._s.signals)
+
+    def initial_state(self) -> AnomalyState:
+        """No history."""
+        return AnomalyState()
+
+    def on_reading(self, state: AnomalyState,
+                   reading: Reading) -> tuple[AnomalyState, Sequence[Event]]:
+        """Score every signal the reading carries."""
+        t = reading.t_ms
+        if state.last_ms is not None and t - state.last_ms > self._s.reset_gap_s * 1000:
+            state = AnomalyState()
+        values, state = self._values(state, reading.sample)
+        signals = dict(state.signals)
+        out: list[Event] = []
+        for spec in self._specs:
+            value = values.get(spec.name)
+            if value is None or not math.isfinite(value):
+                continue
+            sig = signals.get(spec.name) or SignalState(
+                np.zeros(self._s.window_samples, dtype=np.float32))
+            sig, record = self._score(spec, sig, value, reading)
+            signals[spec.name] = sig
+            if record is not None:
+                out.append(record)
+        return replace(state, signals=signals, last_ms=t), out
+
+    def _values(self, state: AnomalyState,
+                sample: Sample) -> tuple[dict[str, float], AnomalyState]:
+        """The signal values of a sample, including the derived rates."""
+        values: dict[str, float] = {}
+        for name in ("coolant_c", "battery_v", "rpm", "engine_load_pct"):
+            v = getattr(sample, name)
+            if v is not None:
+                values[name] = float(v)
+        t = sample.t_ms
+        max_dt_ms = self._s.rate_max_dt_s * 1000
+        if sample.speed_kph is not None:
+            v_mps = sample.speed_kph / 3.6
+            if state.speed_ms is not None and state.speed_mps is not None \
+                    and 0 < t - state.speed_ms <= max_dt_ms:
+                values["accel_mps2"] = (v_mps - state.speed_mps) / ((t - state.speed_ms) / 1000)
+            state = replace(state, speed_mps=v_mps, speed_ms=t)
+        if sample.fuel_pct is not None:
+            if state.fuel_ms is not None and state.fuel_smooth_pct is not None \
+                    and 0 < t - state.fuel_ms <= max_dt_ms:
+                dt_s = (t - state.fuel_ms) / 1000
+                alpha = 1 - math.exp(-dt_s / self._s.fuel_smoothing_s)
+                smooth = state.fuel_smooth_pct + alpha * (sample.fuel_pct - state.fuel_smooth_pct)
+                values["fuel_rate_pct_per_min"] = (smooth - state.fuel_smooth_pct) / dt_s * 60
+            else:
+                smooth = float(sample.fuel_pct)
+            state = replace(state, fuel_smooth_pct=smooth, fuel_ms=t)
+        return values, state
+
+    def _score(self, spec: SignalSpec, sig: SignalState, value: float,
+               reading: Reading) -> tuple[SignalState, AnomalyRecord | None]:
+        """Score one value against the window, then add it to the window."""
+        s = self._s
+        threshold = s.threshold_for(spec.name)
+        window = sig.window.copy()
+        scored = sig.count >= s.min_samples
+        score = 0.0
+        insert = value
+        if scored:
+            if sig.since_refresh >= s.refresh_every_samples or math.isnan(sig.center):
+                center, scale = _robust_center_scale(window[:sig.count], spec.scale_floor)
+                sig = replace(sig, center=center, scale=scale, since_refresh=0)
+            score = abs(value - sig.center) / sig.scale
+            # Winsorise what enters the window so a long anomaly only slowly becomes normal.
+            bound = threshold * sig.scale
+            insert = min(max(value, sig.center - bound), sig.center + bound)
+        window[sig.pos] = insert
+        anomalous = scored and score >= threshold
+        run = sig.run + 1 if anomalous else 0
+        fire = anomalous and run >= s.consecutive_samples and not sig.fired
+        new = replace(sig, window=window, count=min(sig.count + 1, s.window_samples),
+                      pos=(sig.pos + 1) % s.window_samples, since_refresh=sig.since_refresh + 1,
+                      run=run, fired=(sig.fired or fire) if anomalous else False,
+                      seen=sig.seen + 1)
+        if not scored or not (anomalous or sig.seen % s.emit_every_samples == 0):
+            return new, None
+        return new, AnomalyRecord(
+            t_ms=reading.t_ms, tenant_id=reading.vehicle.tenant_id,
+            vehicle_id=reading.vehicle.vehicle_id, signal=spec.name, score=round(score, 3),
+            threshold=threshold, value=value, is_event=fire,
+            details={"median": round(sig.center, 4), "scale": round(sig.scale, 4), "run": run})
+
+    def on_tick(self, state: AnomalyState, now_ms: int) -> tuple[AnomalyState, Sequence[Event]]:
+        """Scores move with data only."""
+        return state, ()
+
+
+def _robust_center_scale(values: FloatArray, floor: float) -> tuple[float, float]:
+    """Median and MAD-based scale (never below `floor`) of a window."""
+    center = float(np.median(values))
+    mad = float(np.median(np.abs(values - center)))
+    return center, max(MAD_TO_SIGMA * mad, floor)
+
+
+# -- fleet-relative fuel economy -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EconomySample:
+    """One vehicle's fuel economy over one window: the unit that crosses to the model step."""
+
+    t_ms: int
+    """Event time of the window's end."""
+    tenant_id: UUID
+    vehicle_id: UUID
+    model_key: str
+    distance_km: float
+    fuel_used_pct: float
+    km_per_pct: float
+
+
+@dataclass(frozen=True, slots=True)
+class EconomyAccumulator:
+    """Per-vehicle state of `EconomyTracker`: the open window."""
+
+    start_ms: int | None = None
+    last_ms: int | None = None
+    distance_km: float = 0.0
+    odometer_km: float | None = None
+    fuel_start_pct: float | None = None
+    fuel_smooth_pct: float | None = None
+    fuel_low_pct: float | None = None
+    """Lowest smoothed level of the window (a rise above it by `economy_refuel_pct` = refuel)."""
+
+
+class EconomyTracker:
+    """Keyed by vehicle: turns readings into `EconomySample`s for `FleetEconomy`.
+
+    Distance comes from odometer deltas when the sample has an odometer, otherwise from
+    speed integrated over gaps up to `economy_max_gap_s`. Fuel used is the fall of the
+    exponentially smoothed fuel level over the window; a refuel restarts the window.
+    Vehicles without a `model_key` have no peers and are skipped.
+    """
+
+    name = "fleet_economy"
+
+    def __init__(self, settings: AnomalySettings | None = None) -> None:
+        self._s = settings or AnomalySettings()
+
+    def initial_state(self) -> EconomyAccumulator:
+        """No window open."""
+        return EconomyAccumulator()
+
+    def on_reading(self, state: EconomyAccumulator,
+                   reading: Reading) -> tuple[EconomyAccumulator, list[EconomySample]]:
+        """Advance the window; return a sample when it is complete."""
+        sample = reading.sample
+        model = reading.vehicle.model_key
+        if model is None or sample.fuel_pct is None:
+            return state, []
+        t = sample.t_ms
+        s = self._s
+        if state.start_ms is None or state.last_ms is None or state.fuel_smooth_pct is None:
+            return EconomyAccumulator(t, t, 0.0, sample.odometer_km, float(sample.fuel_pct),
+                                      float(sample.fuel_pct), float(sample.fuel_pct)), []
+        dt_s = (t - state.last_ms) / 1000
+        if dt_s <= 0:
+            return state, []
+        distance = state.distance_km
+        odometer = state.odometer_km
+        if sample.odometer_km is not None and odometer is not None:
+            distance += max(0.0, sample.odometer_km - odometer)
+        elif sample.speed_kph is not None and dt_s <= s.economy_max_gap_s:
+            distance += sample.speed_kph * dt_s / 3600
+        if sample.odometer_km is not None:
+            odometer = sample.odometer_km
+        alpha = 1 - math.exp(-dt_s / s.fuel_smoothing_s)
+        smooth = state.fuel_smooth_pct + alpha * (sample.fuel_pct - state.fuel_smooth_pct)
+        low = min(state.fuel_low_pct if state.fuel_low_pct is not None else smooth, smooth)
+        if smooth - low >= s.economy_refuel_pct:
+            # Refuelled mid-window: what was used before cannot be measured from levels.
+            return EconomyAccumulator(t, t, 0.0, odometer, smooth, smooth, smooth), []
+        state = EconomyAccumulator(state.start_ms, t, distance, odometer, state.fuel_start_pct,
+                                   smooth, low)
+        used = (state.fuel_start_pct or smooth) - smooth
+        if distance < s.economy_window_km or used < s.economy_min_fuel_pct:
+            return state, []
+        out = EconomySample(t, reading.vehicle.tenant_id, reading.vehicle.vehicle_id, model,
+                            round(distance, 3), round(used, 3), distance / used)
+        return EconomyAccumulator(t, t, 0.0, odometer, smooth, smooth, smooth), [out]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEconomyState:
+    """Per-model state of `FleetEconomy`: each vehicle's latest (t_ms, km per %)."""
+
+    latest: dict[UUID, tuple[int, float]] = field(default_factory=dict)
+
+
+class FleetEconomy:
+    """Keyed by ``(tenant_id, model_key)``: scores a vehicle's fuel economy against its peers.
+
+    `on_sample(state, sample)` returns the new state and one `AnomalyRecord` (kind
+    ``fleet_relative``, signal ``fuel_economy_km_per_pct``) once at least
+    `economy_min_peers` other vehicles of the same model have a recent sample. The score is
+    the absolute robust z-score of the vehicle's km per % against the peers' median and MAD;
+    `details` carries the signed z (negative: worse than peers), the peer median and count.
+    """
+
+    name = "fleet_economy_model"
+
+    def __init__(self, settings: AnomalySettings | None = None) -> None:
+        self._s = settings or AnomalySettings()
+
+    def initial_state(self) -> FleetEconomyState:
+        """No vehicles yet."""
+        return FleetEconomyState()
+
+    def on_sample(self, state: FleetEconomyState,
+                  sample: EconomySample) -> tuple[FleetEconomyState, list[AnomalyRecord]]:
+        """Record the vehicle's economy and score it against the other vehicles of the model."""
+        s = self._s
+        oldest_ms = sample.t_ms - s.economy_peer_max_age_s * 1000
+        latest = {vid: v for vid, v in state.latest.items() if v[0] >= oldest_ms}
+        peers = np.array([v[1] for vid, v in latest.items() if vid != sample.vehicle_id])
+        latest[sample.vehicle_id] = (sample.t_ms, sample.km_per_pct)
+        if len(latest) > s.economy_max_vehicles:
+            stalest = min(latest, key=lambda vid: latest[vid][0])
+            del latest[stalest]
+        new_state = FleetEconomyState(latest)
+        if len(peers) < s.economy_min_peers:
+            return new_state, []
+        center = float(np.median(peers))
+        scale = max(MAD_TO_SIGMA * float(np.median(np.abs(peers - center))),
+                    s.economy_scale_floor_frac * abs(center), 1e-9)
+        z = (sample.km_per_pct - center) / scale
+        score = abs(z)
+        return new_state, [AnomalyRecord(
+            t_ms=sample.t_ms, tenant_id=sample.tenant_id, vehicle_id=sample.vehicle_id,
+            signal=ECONOMY_SIGNAL, score=round(score, 3), threshold=s.economy_score_threshold,
+            value=round(sample.km_per_pct, 4), kind="fleet_relative",
+            is_event=score >= s.economy_score_threshold,
+            details={"z": round(z, 3), "peer_median": round(center, 4), "peers": len(peers),
+                     "model_key": sample.model_key, "distance_km": sample.distance_km,
+                     "fuel_used_pct": sample.fuel_used_pct})]

@@ -1,0 +1,105 @@
+"""Harsh acceleration and braking from speed deltas, one event per manoeuvre.
+
+The acceleration is the change of speed over at least `harsh_min_dt_s` (so at 10 Hz the
+noise of single samples is not divided by 0.1 s) and at most `harsh_max_dt_s` (across a
+longer gap the speed curve is unknown and a delta would be fiction). Consecutive samples
+beyond the threshold form one manoeuvre, reported when it ends with its peak in m/s^2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from stream.detectors.common import vehicle_event
+from stream.detectors.config import DetectorSettings
+from stream.model import Event, Reading
+
+KPH_TO_MPS = 1 / 3.6
+
+
+@dataclass(frozen=True, slots=True)
+class Manoeuvre:
+    """An open stretch of harsh acceleration or braking."""
+
+    kind: Literal["harsh_acceleration", "harsh_braking"]
+    started_ms: int
+    last_ms: int
+    peak_mps2: float
+    """Largest magnitude seen, m/s^2 (positive for braking too)."""
+    lat_deg: float | None
+    lon_deg: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HarshState:
+    """Recent (time ms, speed m/s) pairs within `harsh_max_dt_s`, and the open manoeuvre."""
+
+    recent: tuple[tuple[int, float], ...] = ()
+    manoeuvre: Manoeuvre | None = None
+
+
+class HarshDrivingDetector:
+    """Emits `harsh_acceleration` and `harsh_braking` events."""
+
+    name = "harsh_driving"
+
+    def __init__(self, settings: DetectorSettings) -> None:
+        self._s = settings
+
+    def initial_state(self) -> HarshState:
+        """No history."""
+        return HarshState()
+
+    def on_reading(self, state: HarshState,
+                   reading: Reading) -> tuple[HarshState, Sequence[Event]]:
+        """Estimate the acceleration ending at this reading and track manoeuvres."""
+        speed_kph = reading.sample.speed_kph
+        if speed_kph is None:
+            return state, ()
+        t = reading.t_ms
+        v = speed_kph * KPH_TO_MPS
+        max_dt_ms = self._s.harsh_max_dt_s * 1000
+        min_dt_ms = self._s.harsh_min_dt_s * 1000
+        recent = tuple(p for p in state.recent if 0 < t - p[0] <= max_dt_ms)
+        manoeuvre = state.manoeuvre
+        events: list[Event] = []
+        if manoeuvre is not None and not recent:
+            # Gap: the manoeuvre ended somewhere in it; report it as seen so far.
+            events.extend(self._close(manoeuvre, manoeuvre.last_ms, reading))
+            manoeuvre = None
+        # The newest earlier sample at least min_dt before this one (tuples are time-ordered).
+        ref = next((p for p in reversed(recent) if t - p[0] >= min_dt_ms), None)
+        if ref is not None:
+            accel = (v - ref[1]) / ((t - ref[0]) / 1000)
+            kind: Literal["harsh_acceleration", "harsh_braking"] | None = None
+            if accel >= self._s.harsh_accel_mps2:
+                kind = "harsh_acceleration"
+            elif -accel >= self._s.harsh_brake_mps2:
+                kind = "harsh_braking"
+            if manoeuvre is not None and manoeuvre.kind != kind:
+                events.extend(self._close(manoeuvre, t, reading))
+                manoeuvre = None
+            if kind is not None:
+                if manoeuvre is None:
+                    manoeuvre = Manoeuvre(kind, ref[0], t, abs(accel),
+                                          reading.sample.lat_deg, reading.sample.lon_deg)
+                else:
+                    manoeuvre = Manoeuvre(kind, manoeuvre.started_ms, t,
+                                          max(manoeuvre.peak_mps2, abs(accel)),
+                                          manoeuvre.lat_deg, manoeuvre.lon_deg)
+        return HarshState(recent=(*recent, (t, v)), manoeuvre=manoeuvre), events
+
+    def _close(self, m: Manoeuvre, ended_ms: int, reading: Reading) -> Sequence[Event]:
+        threshold = (self._s.harsh_accel_mps2 if m.kind == "harsh_acceleration"
+                     else self._s.harsh_brake_mps2)
+        return (vehicle_event(
+            reading, m.kind, t_ms=m.started_ms, severity="warning", started_ms=m.started_ms,
+            ended_ms=ended_ms, duration_s=(ended_ms - m.started_ms) / 1000,
+            value=round(m.peak_mps2, 3), threshold=threshold,
+            lat_deg=m.lat_deg, lon_deg=m.lon_deg),)
+
+    def on_tick(self, state: HarshState, now_ms: int) -> tuple[HarshState, Sequence[Event]]:
+        """Manoeuvres end on event time only."""
+        return state, ()
