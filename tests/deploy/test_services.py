@@ -106,9 +106,13 @@ def test_device_may_write_only_its_own_topics(services: LocalServices, tenant_sl
         received.append(msg.topic)
         got_message.set()
 
+    subscribed = threading.Event()
     watcher = _client(services.mqtt_url(), target.username, target.password)
     watcher.on_message = on_message
-    watcher.subscribe(f"fleet/v1/{tenant_slug}/#", qos=1)[1]
+    watcher.on_subscribe = lambda *_args: subscribed.set()
+    watcher.subscribe(f"fleet/v1/{tenant_slug}/#", qos=1)
+    # Publishing before the SUBACK would be answered "no matching subscribers" (0x10).
+    assert subscribed.wait(timeout=10)
     acks: dict[int, int] = {}
     acked = threading.Condition()
 
