@@ -10,6 +10,7 @@ every ``fleet`` process reads by default.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -117,6 +118,7 @@ class LocalServices:
         self.mq_dir = self.state / "mosquitto"
         self.redis_dir = self.state / "redis"
         self.credentials_file = self.project_state / "credentials.json"
+        self._lock_depth = 0
 
     # ---- credentials and URLs -------------------------------------------------------------
 
@@ -420,15 +422,39 @@ class LocalServices:
 
     def set_mqtt_user(self, username: str, password: str, *, reload: bool = True) -> None:
         """Add or change one broker login (a device's or a service's) and reload the broker."""
-        self.mq_dir.mkdir(parents=True, exist_ok=True)
-        argv = ["mosquitto_passwd", "-b"]
-        if not self.mq_passwd.exists():
-            argv.append("-c")
-        self._run([*argv, str(self.mq_passwd), username, password], "mosquitto_passwd")
-        self.mq_passwd.chmod(0o600)
-        self._own(self.mq_dir, self.settings.mosquitto_os_user)
-        if reload:
-            self._signal(self.mq_pid, signal.SIGHUP)
+        with self._lock():
+            self.mq_dir.mkdir(parents=True, exist_ok=True)
+            argv = ["mosquitto_passwd", "-b"]
+            if not self.mq_passwd.exists():
+                argv.append("-c")
+            self._run([*argv, str(self.mq_passwd), username, password], "mosquitto_passwd")
+            self.mq_passwd.chmod(0o600)
+            self._own(self.mq_dir, self.settings.mosquitto_os_user)
+            if reload:
+                self._signal(self.mq_pid, signal.SIGHUP)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise changes to the stack (two `up`s at once, parallel test workers).
+
+        Re-entrant within one object, because `up` adds the service login too.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        self.project_state.mkdir(parents=True, exist_ok=True)
+        with (self.project_state / "services.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _signal(self, pid_file: Path, sig: signal.Signals) -> None:
         pid = self._pid_alive(pid_file)
@@ -528,6 +554,10 @@ class LocalServices:
 
     def up(self) -> None:
         """Start all three and write the local settings file."""
+        with self._lock():
+            self._up_locked()
+
+    def _up_locked(self) -> None:
         if self.state != self.project_state:
             self.log(f"services: state kept in {self.state} (the checkout is private to root)")
         self.postgres_up()
@@ -537,6 +567,10 @@ class LocalServices:
 
     def down(self) -> None:
         """Stop all three; data stays for the next `up`."""
+        with self._lock():
+            self._down_locked()
+
+    def _down_locked(self) -> None:
         self.redis_down()
         self.mosquitto_down()
         self.postgres_down()
