@@ -1,0 +1,272 @@
+"""Cold archive: hypertable rows of one tenant and UTC day as a Parquet object in Azure Blob.
+
+Object path: ``{tenant slug}/{table}/{yyyy}/{mm}/{dd}/{table}.parquet``. Column types map to
+Parquet so that a restore gives identical rows: timestamps as UTC microseconds, uuids and
+geography (hex EWKB) and jsonb as text, arrays as lists. `archive_manifest` records the row
+count and the SHA-256 of each object; both are checked on read-back before anything is dropped
+and again before a restore.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import asyncpg
+import pyarrow as pa
+import pyarrow.parquet as pq
+from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.storage.blob.aio import BlobServiceClient
+
+from api.jobs.errors import ArchiveError, VerificationError
+
+# PostgreSQL type (information_schema udt_name) ->
+#   (SQL cast for export, Arrow type, column type of the restore staging table).
+_TYPES: dict[str, tuple[str, pa.DataType, str]] = {
+    "timestamptz": ("", pa.timestamp("us", tz="UTC"), "timestamptz"),
+    "uuid": ("::text", pa.string(), "text"),
+    "int8": ("", pa.int64(), "bigint"),
+    "int4": ("", pa.int32(), "integer"),
+    "int2": ("", pa.int16(), "smallint"),
+    "float4": ("", pa.float32(), "real"),
+    "float8": ("", pa.float64(), "double precision"),
+    "bool": ("", pa.bool_(), "boolean"),
+    "text": ("", pa.string(), "text"),
+    "varchar": ("", pa.string(), "text"),
+    "bpchar": ("", pa.string(), "text"),
+    "geography": ("::text", pa.string(), "text"),
+    "jsonb": ("::text", pa.string(), "text"),
+    "bytea": ("", pa.binary(), "bytea"),
+    "_varchar": ("::text[]", pa.list_(pa.string()), "text[]"),
+    "_text": ("", pa.list_(pa.string()), "text[]"),
+    "numeric": ("::text", pa.string(), "text"),
+}
+# Staged text goes back to the column type with this cast (others need none).
+_RESTORE_CAST = {"uuid": "::uuid", "geography": "::geography", "jsonb": "::jsonb",
+                 "numeric": "::numeric", "_varchar": "::varchar[]"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of an archived table."""
+
+    name: str
+    udt: str
+
+    @property
+    def export_sql(self) -> str:
+        """Select expression giving an Arrow-friendly value."""
+        return f'"{self.name}"{_TYPES[self.udt][0]}'
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        """Arrow type of the exported value."""
+        return _TYPES[self.udt][1]
+
+    @property
+    def staging_type(self) -> str:
+        """Column type in the restore staging table."""
+        return _TYPES[self.udt][2]
+
+    @property
+    def restore_sql(self) -> str:
+        """Expression turning the staged value back into the column's type."""
+        return f'"{self.name}"{_RESTORE_CAST.get(self.udt, "")}'
+
+
+async def table_columns(conn: asyncpg.Connection, table: str) -> list[Column]:
+    """Columns of a table in order; raises ArchiveError for a type the archive cannot hold."""
+    rows = await conn.fetch(
+        "SELECT column_name, udt_name, is_generated FROM information_schema.columns"
+        " WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position", table)
+    if not rows:
+        raise ArchiveError(f"table {table!r} does not exist")
+    cols = [Column(r["column_name"], r["udt_name"]) for r in rows if r["is_generated"] == "NEVER"]
+    unknown = [c for c in cols if c.udt not in _TYPES]
+    if unknown:
+        raise ArchiveError(f"table {table}: cannot archive column types "
+                           f"{[(c.name, c.udt) for c in unknown]}")
+    return cols
+
+
+def blob_path(tenant_slug: str, table: str, day: date) -> str:
+    """Where one tenant-day of a table lives: {tenant}/{table}/{yyyy}/{mm}/{dd}/..."""
+    return f"{tenant_slug}/{table}/{day:%Y}/{day:%m}/{day:%d}/{table}.parquet"
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """[start, end) of a UTC day."""
+    start = datetime.combine(day, time(0), tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def to_parquet(columns: Sequence[Column], records: Sequence[asyncpg.Record]) -> bytes:
+    """Serialise rows (selected with each column's export_sql) to Parquet bytes."""
+    arrays = [pa.array([r[i] for r in records], type=c.arrow_type)
+              for i, c in enumerate(columns)]
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(
+        [pa.field(c.name, c.arrow_type) for c in columns]))
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def parquet_rows(data: bytes) -> pa.Table:
+    """Read Parquet bytes back into an Arrow table."""
+    try:
+        return pq.read_table(io.BytesIO(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise VerificationError(f"archived object is not readable Parquet: {exc}") from exc
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class BlobArchive:
+    """The Azure Blob container of the archive; an async context manager."""
+
+    def __init__(self, connection_string: str, container: str, *, retries: int = 3) -> None:
+        if not connection_string:
+            raise ArchiveError("jobs.azure_connection_string is not set: no archive configured")
+        self._service = BlobServiceClient.from_connection_string(
+            connection_string, retry_total=retries)
+        self._container = container
+
+    async def __aenter__(self) -> BlobArchive:
+        try:
+            await self._service.create_container(self._container)
+        except ResourceExistsError:
+            pass
+        except AzureError as exc:
+            await self._service.close()
+            raise ArchiveError(f"cannot reach the archive container: {exc}") from exc
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._service.close()
+
+    async def put(self, path: str, data: bytes) -> None:
+        """Upload (overwrite) one object."""
+        try:
+            await self._service.get_blob_client(self._container, path).upload_blob(
+                data, overwrite=True)
+        except AzureError as exc:
+            raise ArchiveError(f"upload of {path} failed: {exc}") from exc
+
+    async def get(self, path: str) -> bytes:
+        """Download one object."""
+        try:
+            stream = await self._service.get_blob_client(self._container, path).download_blob()
+            data: bytes = await stream.readall()
+        except AzureError as exc:
+            raise ArchiveError(f"download of {path} failed: {exc}") from exc
+        return data
+
+    async def list(self, prefix: str = "") -> list[str]:
+        """Object names under a prefix."""
+        try:
+            container = self._service.get_container_client(self._container)
+            return [b.name async for b in container.list_blobs(name_starts_with=prefix)]
+        except AzureError as exc:
+            raise ArchiveError(f"listing {prefix!r} failed: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ArchivedDay:
+    """What one export wrote (also a row of archive_manifest)."""
+
+    tenant_id: Any
+    tenant_slug: str
+    table: str
+    day: date
+    path: str
+    rows: int
+    sha256: str
+    size_bytes: int
+
+
+async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *,
+                     columns: Sequence[Column], tenant_id: Any, tenant_slug: str,
+                     day: date) -> ArchivedDay | None:
+    """Export, upload and verify one tenant-day; records it in archive_manifest.
+
+    Returns None when the tenant has no rows that day. Raises ArchiveError (or
+    VerificationError) when the object cannot be written or does not read back identically.
+    """
+    start, end = day_bounds(day)
+    select = ", ".join(c.export_sql for c in columns)
+    records = await conn.fetch(
+        f"SELECT {select} FROM {table} WHERE tenant_id = $1 AND time >= $2 AND time < $3"  # noqa: S608
+        " ORDER BY time, vehicle_id", tenant_id, start, end)
+    if not records:
+        return None
+    data = to_parquet(columns, records)
+    digest = sha256_hex(data)
+    path = blob_path(tenant_slug, table, day)
+    await store.put(path, data)
+    back = await store.get(path)
+    if sha256_hex(back) != digest:
+        raise VerificationError(f"{path}: checksum read back differs from the upload")
+    if parquet_rows(back).num_rows != len(records):
+        raise VerificationError(f"{path}: row count read back differs from the export")
+    await conn.execute(
+        "INSERT INTO archive_manifest (tenant_id, table_name, day, blob_path, row_count, sha256,"
+        " size_bytes, exported_at, verified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now(), now())"
+        " ON CONFLICT (tenant_id, table_name, day) DO UPDATE SET blob_path = EXCLUDED.blob_path,"
+        " row_count = EXCLUDED.row_count, sha256 = EXCLUDED.sha256,"
+        " size_bytes = EXCLUDED.size_bytes, exported_at = now(), verified_at = now(),"
+        " dropped_at = NULL", tenant_id, table, day, path, len(records), digest, len(data))
+    return ArchivedDay(tenant_id, tenant_slug, table, day, path, len(records), digest, len(data))
+
+
+async def restore_day(conn: asyncpg.Connection, store: BlobArchive, day: date, *,
+                      table: str = "telemetry", tenant_slug: str | None = None) -> dict[str, int]:
+    """Bring archived rows of a day back into the hypertable; returns rows restored per tenant.
+
+    Each object is verified against the manifest (checksum, row count) first. Rows already
+    present are left alone (ON CONFLICT DO NOTHING), so a restore can be repeated.
+    """
+    manifest = await conn.fetch(
+        "SELECT m.tenant_id, t.slug, m.blob_path, m.row_count, m.sha256 FROM archive_manifest m"
+        " JOIN tenants t ON t.id = m.tenant_id WHERE m.table_name = $1 AND m.day = $2"
+        " AND ($3::text IS NULL OR t.slug = $3) ORDER BY t.slug", table, day, tenant_slug)
+    if not manifest:
+        raise ArchiveError(f"no archived {table} for {day}"
+                           + (f" and tenant {tenant_slug}" if tenant_slug else ""))
+    columns = await table_columns(conn, table)
+    restored: dict[str, int] = {}
+    for entry in manifest:
+        data = await store.get(entry["blob_path"])
+        if sha256_hex(data) != entry["sha256"]:
+            raise VerificationError(f"{entry['blob_path']}: checksum differs from the manifest")
+        arrow = parquet_rows(data)
+        if arrow.num_rows != entry["row_count"]:
+            raise VerificationError(f"{entry['blob_path']}: row count differs from the manifest")
+        names = [c.name for c in columns]
+        missing = [n for n in names if n not in arrow.column_names]
+        if missing:
+            raise ArchiveError(f"{entry['blob_path']}: archived object lacks columns {missing}")
+        pylists = [arrow.column(n).to_pylist() for n in names]
+        records = list(zip(*pylists, strict=True))
+        async with conn.transaction():
+            staging = "archive_restore_staging"
+            await conn.execute(
+                f"CREATE TEMP TABLE {staging} ("
+                + ", ".join(f'"{c.name}" {c.staging_type}' for c in columns)
+                + ") ON COMMIT DROP")
+            await conn.copy_records_to_table(staging, records=records, columns=names)
+            status = await conn.execute(
+                f"INSERT INTO {table} ({', '.join(chr(34) + n + chr(34) for n in names)})"  # noqa: S608
+                f" SELECT {', '.join(c.restore_sql for c in columns)} FROM {staging}"
+                " ON CONFLICT DO NOTHING")
+            await conn.execute("UPDATE archive_manifest SET restored_at = now()"
+                               " WHERE tenant_id = $1 AND table_name = $2 AND day = $3",
+                               entry["tenant_id"], table, day)
+        restored[entry["slug"]] = int(status.split()[-1])
+    return restored

@@ -1,0 +1,191 @@
+"""Retention: archive hot chunks older than the window, then drop them; housekeeping.
+
+For each chunk of an archived hypertable whose whole range ends before ``now - hot_days``
+(``timescaledb_information.chunks``), every tenant-day in it is exported to the archive and
+verified (see archive.export_day). Only when every tenant-day of the chunk verified does the
+job drop it, inside one transaction that first locks the chunk against writers and recounts
+its rows against the manifest: a row that arrived after the export (late data) stops the drop
+and the next run exports again. A failed upload or verification leaves the chunk in place.
+Audit logs are a plain table and are never touched. Days an analyst restored are left hot for
+`restore_keep_days`.
+
+Also here: the Apache edition has no retention policies or continuous aggregates, so the job
+drops old `ingest_rejects` chunks and a separate job refreshes the rollups.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from api.jobs.archive import ArchivedDay, BlobArchive, export_day, table_columns
+from api.jobs.config import JobsSettings
+from api.jobs.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+RESTORE_KEEP_DAYS = 7
+"""A restored day stays in the hot store at least this long before it may be dropped again."""
+
+
+@dataclass
+class RetentionReport:
+    """What one retention pass did."""
+
+    chunks_considered: int = 0
+    chunks_dropped: int = 0
+    days_archived: int = 0
+    rows_archived: int = 0
+    failures: list[str] = field(default_factory=list)
+    rejects_chunks_dropped: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form for job_runs.details."""
+        return {"chunks_considered": self.chunks_considered,
+                "chunks_dropped": self.chunks_dropped, "days_archived": self.days_archived,
+                "rows_archived": self.rows_archived, "failures": self.failures[:20],
+                "rejects_chunks_dropped": self.rejects_chunks_dropped}
+
+
+def _days(start: datetime, end: datetime) -> list[date]:
+    out = []
+    day = start.astimezone(UTC).date()
+    while datetime.combine(day, datetime.min.time(), tzinfo=UTC) < end:
+        out.append(day)
+        day += timedelta(days=1)
+    return out
+
+
+async def archive_and_drop(conn: asyncpg.Connection, store: BlobArchive, table: str, *,
+                           hot_days: int, now: datetime | None = None,
+                           report: RetentionReport | None = None) -> RetentionReport:
+    """Archive every chunk of `table` older than the hot window; drop those fully verified."""
+    report = report or RetentionReport()
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(days=hot_days)
+    columns = await table_columns(conn, table)
+    chunks = await conn.fetch(
+        "SELECT chunk_schema, chunk_name, range_start, range_end"
+        " FROM timescaledb_information.chunks WHERE hypertable_schema = 'public'"
+        " AND hypertable_name = $1 AND range_end <= $2 ORDER BY range_start", table, cutoff)
+    for chunk in chunks:
+        report.chunks_considered += 1
+        qualified = f'"{chunk["chunk_schema"]}"."{chunk["chunk_name"]}"'
+        start, end = chunk["range_start"], chunk["range_end"]
+        if start.astimezone(UTC).time() != datetime.min.time() or \
+                end.astimezone(UTC).time() != datetime.min.time():
+            report.failures.append(f"{qualified}: range {start}..{end} is not whole UTC days")
+            continue
+        recent_restore = await conn.fetchval(
+            "SELECT count(*) FROM archive_manifest WHERE table_name = $1 AND day >= $2"
+            " AND day < $3 AND restored_at > $4", table, start.date(), end.date(),
+            now - timedelta(days=RESTORE_KEEP_DAYS))
+        if recent_restore:
+            continue
+        tenants = await conn.fetch(
+            f"SELECT DISTINCT c.tenant_id, t.slug FROM {qualified} c"  # noqa: S608 - catalogue name
+            " JOIN tenants t ON t.id = c.tenant_id")
+        exported: list[ArchivedDay] = []
+        try:
+            for tenant in tenants:
+                for day in _days(start, end):
+                    done = await export_day(conn, store, table, columns=columns,
+                                            tenant_id=tenant["tenant_id"],
+                                            tenant_slug=tenant["slug"], day=day)
+                    if done is not None:
+                        exported.append(done)
+        except ArchiveError as exc:
+            # Nothing of this chunk is dropped; the next run starts the chunk again.
+            report.failures.append(f"{qualified}: {exc}")
+            log.warning("retention: %s kept: %s", qualified, exc)
+            continue
+        report.days_archived += len(exported)
+        report.rows_archived += sum(e.rows for e in exported)
+        if await _drop_verified(conn, table, qualified, start=start, end=end,
+                                exported=exported):
+            report.chunks_dropped += 1
+        else:
+            report.failures.append(f"{qualified}: rows changed after export; kept")
+    return report
+
+
+async def _drop_verified(conn: asyncpg.Connection, table: str, qualified: str, *,
+                         start: datetime, end: datetime, exported: list[ArchivedDay]) -> bool:
+    async with conn.transaction():
+        # SHARE mode blocks INSERT/UPDATE/DELETE on the chunk until the drop commits, so the
+        # count below is the final content of the chunk.
+        await conn.execute(f"LOCK TABLE {qualified} IN SHARE MODE")
+        counts = await conn.fetch(
+            f"SELECT tenant_id, (time AT TIME ZONE 'UTC')::date AS day, count(*) AS n"  # noqa: S608
+            f" FROM {qualified} GROUP BY 1, 2")
+        expected = {(e.tenant_id, e.day): e.rows for e in exported}
+        actual = {(r["tenant_id"], r["day"]): r["n"] for r in counts}
+        if actual != expected:
+            return False
+        await conn.execute(
+            "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz,"
+            " newer_than => $3::timestamptz)", table, end, start)
+        await conn.execute(
+            "UPDATE archive_manifest SET dropped_at = now() WHERE table_name = $1"
+            " AND day >= $2 AND day < $3", table, start.date(), end.date())
+    return True
+
+
+class RetentionJob:
+    """Archive + drop for each configured table, and drop old dead letters."""
+
+    name = "retention"
+
+    def __init__(self, db_url: str, settings: JobsSettings) -> None:
+        self._db_url = db_url
+        self._s = settings
+
+    async def run(self) -> dict[str, Any]:
+        """One retention pass."""
+        report = RetentionReport()
+        conn = await asyncpg.connect(self._db_url)
+        try:
+            if self._s.azure_connection_string:
+                async with BlobArchive(self._s.azure_connection_string,
+                                       self._s.azure_container) as store:
+                    for table in self._s.archive_tables:
+                        await archive_and_drop(conn, store, table, hot_days=self._s.hot_days,
+                                               report=report)
+            else:
+                report.failures.append("no archive configured: nothing archived or dropped")
+            dropped = await conn.fetch(
+                "SELECT drop_chunks('ingest_rejects', older_than => $1::timestamptz)",
+                datetime.now(UTC) - timedelta(days=self._s.ingest_rejects_keep_days))
+            report.rejects_chunks_dropped = len(dropped)
+        finally:
+            await conn.close()
+        return report.as_dict()
+
+
+class RollupsJob:
+    """Refresh telemetry_1m/1h for recent buckets (the Apache edition has no caggs)."""
+
+    name = "rollups"
+
+    def __init__(self, db_url: str, settings: JobsSettings) -> None:
+        self._db_url = db_url
+        self._s = settings
+
+    async def run(self) -> dict[str, Any]:
+        """Recompute the rollup buckets of the last `rollups_window_s` seconds."""
+        conn = await asyncpg.connect(self._db_url)
+        try:
+            edition = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+            if edition == "timescale":
+                return {"skipped": "continuous aggregates refresh themselves"}
+            now = datetime.now(UTC)
+            rows = await conn.fetchval(
+                "SELECT fleet_refresh_rollups($1, $2)",
+                now - timedelta(seconds=self._s.rollups_window_s), now)
+        finally:
+            await conn.close()
+        return {"rows": rows}

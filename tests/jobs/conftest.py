@@ -1,0 +1,100 @@
+"""Fixtures of the job tests: Azurite (Azure Blob emulator) and a local SMTP sink."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+AZURITE_BIN = (Path(__file__).resolve().parents[2]
+               / "api/jobs/azurite/node_modules/.bin/azurite-blob")
+# Azurite's documented development account (public, emulator only).
+DEV_ACCOUNT = "devstoreaccount1"
+DEV_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
+           "K1SZFPTOtr/KBHBeksoGMGw==")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def azurite_connection_string(port: int) -> str:
+    """Connection string of an Azurite blob endpoint on `port`."""
+    return (f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{DEV_ACCOUNT};")
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An Azurite blob service on a free port with a temporary directory; yields its
+    connection string. Installed by `npm ci --prefix api/jobs/azurite`."""
+    if not AZURITE_BIN.exists():
+        node = shutil.which("node")
+        pytest.fail(f"Azurite is not installed ({AZURITE_BIN} missing; node: {node}); run "
+                    "`npm ci --prefix api/jobs/azurite`")
+    port = _free_port()
+    location = tmp_path_factory.mktemp("azurite")
+    proc = subprocess.Popen(
+        [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+         "--location", str(location), "--skipApiVersionCheck", "--loose",
+         "--disableTelemetry", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(f"Azurite did not start: {err[-2000:]}")
+            time.sleep(0.1)
+    try:
+        yield azurite_connection_string(port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class SmtpSink:
+    """Messages received by the local SMTP server."""
+
+    host: str
+    port: int
+    messages: list[Message] = field(default_factory=list)
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """An aiosmtpd server on a free port collecting every message."""
+    from aiosmtpd.controller import Controller
+
+    sink = SmtpSink("127.0.0.1", _free_port())
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            sink.messages.append(message_from_bytes(envelope.content))
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname=sink.host, port=sink.port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()

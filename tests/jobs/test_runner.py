@@ -1,0 +1,111 @@
+"""Exactly one job runner across replicas: two runners with their own connections."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from api.jobs.errors import ScheduleError
+from api.jobs.runner import JobRunner, ScheduledJob
+from api.jobs.schedule import parse_schedule
+
+pytestmark = pytest.mark.services
+
+
+class CountingJob:
+    name = "counting"
+
+    def __init__(self, runs: list[str], who: str) -> None:
+        self.runs = runs
+        self.who = who
+
+    async def run(self) -> dict[str, Any]:
+        self.runs.append(self.who)
+        return {"who": self.who}
+
+
+def test_schedules() -> None:
+    daily = parse_schedule("daily 06:00")
+    now = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
+    assert daily.next_after(now) == datetime(2026, 11, 28, 6, 0, tzinfo=UTC)
+    assert daily.next_after(now.replace(hour=5)) == datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+    assert parse_schedule("every 2.5").every_s == 2.5
+    for bad in ("daily 25:00", "every 0", "hourly"):
+        with pytest.raises(ScheduleError):
+            parse_schedule(bad)
+
+
+async def _wait(predicate, timeout_s: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_single_leader_and_failover(database) -> None:
+    runs: list[str] = []
+    services_running: set[str] = set()
+
+    def make(who: str) -> JobRunner:
+        async def service() -> None:
+            services_running.add(who)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                services_running.discard(who)
+
+        job = ScheduledJob(CountingJob(runs, who), parse_schedule("every 0.2"))
+        return JobRunner(database.owner_url, [job], lock_key=4242, tick_s=0.05,
+                         services=[("svc", service)], runner_id=who)
+
+    a, b = make("a"), make("b")
+    async with a, b:
+        await _wait(lambda: len(runs) >= 5, 10, "five runs")
+        assert a.is_leader != b.is_leader
+        leader, follower = (a, b) if a.is_leader else (b, a)
+        assert set(runs) == {leader.runner_id}
+        assert services_running == {leader.runner_id}
+        # The leader goes away (replica shut down): the other takes over.
+        await leader.stop()
+        assert services_running == set()
+        n = len(runs)
+        await _wait(lambda: follower.is_leader and len(runs) >= n + 3, 10, "failover")
+        assert set(runs[n:]) == {follower.runner_id}
+        assert services_running == {follower.runner_id}
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        rows = await conn.fetch("SELECT runner, status FROM job_runs ORDER BY id")
+        assert {r["status"] for r in rows} == {"succeeded"}
+        assert [r["runner"] for r in rows] == runs
+    finally:
+        await conn.close()
+
+
+async def test_leader_connection_killed(database) -> None:
+    runs: list[str] = []
+    runners = [JobRunner(database.owner_url,
+                         [ScheduledJob(CountingJob(runs, w), parse_schedule("every 0.2"))],
+                         lock_key=77, tick_s=0.05, runner_id=w) for w in ("x", "y")]
+    async with runners[0], runners[1]:
+        await _wait(lambda: any(r.is_leader for r in runners), 10, "a leader")
+        leader = next(r for r in runners if r.is_leader)
+        other = next(r for r in runners if r is not leader)
+        # Kill the leader's session from outside (a network partition, say).
+        admin = await asyncpg.connect(database.admin_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND objid = 77 AND granted")
+        finally:
+            await admin.close()
+        await _wait(lambda: other.is_leader, 10, "the other runner to lead")
+        n = len(runs)
+        await _wait(lambda: len(runs) >= n + 3, 10, "runs by the new leader")
+        # The old leader noticed that its session (and so the lock) is gone and stepped down.
+        assert not leader.is_leader
