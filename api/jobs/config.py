@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
+from api.integrations.config import IntegrationsSettings
+from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
+
 
 class JobsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Schedules, retention windows, the archive store and SMTP. Times of day are UTC."""
@@ -39,3 +42,13 @@ class JobsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     smtp_timeout_s: float = 10.0
     maintenance_notify_to: list[str] = msgspec.field(default_factory=list)
     """Extra recipients of work-order mail, besides the tenant's admins and fleet managers."""
+
+
+class JobsProcessSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings `fleet archive` and a stand-alone job runner read (unknown sections ignored)."""
+
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
+    integrations: IntegrationsSettings = msgspec.field(default_factory=IntegrationsSettings)

@@ -161,3 +161,41 @@ async def test_retention_job_and_rollups(database, azurite, two_tenants) -> None
         assert conn.execute("SELECT count(*) FROM show_chunks('telemetry')").fetchone()[0] == 1
     roll = await RollupsJob(database.owner_url, JobsSettings(rollups_window_s=3 * 86400)).run()
     assert roll["rows"] > 0
+
+
+def test_fleet_archive_cli(database, azurite, two_tenants) -> None:
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    a, _b = two_tenants
+    container = f"c{uuid.uuid4().hex[:12]}"
+    old_day = (NOW - timedelta(days=40)).date()
+    before = _snapshot(database.owner_url, old_day)
+
+    async def archive() -> None:
+        conn = await asyncpg.connect(database.owner_url)
+        try:
+            async with BlobArchive(azurite, container) as store:
+                await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
+        finally:
+            await conn.close()
+
+    asyncio.run(archive())
+    env = {**os.environ, "FLEET_DATABASE_OWNER_URL": database.owner_url,
+           "FLEET_JOBS_AZURE_CONNECTION_STRING": azurite, "FLEET_JOBS_AZURE_CONTAINER": container}
+    fleet = [sys.executable, "-m", "deploy.cli", "archive"]
+    listed = subprocess.run([*fleet, "list", "--tenant", a.slug], env=env, capture_output=True,
+                            text=True, timeout=60, check=True).stdout
+    assert f"{old_day}  {a.slug}" in listed
+    assert "no" in listed
+    out = subprocess.run([*fleet, "restore", "--day", old_day.isoformat(), "--tenant", a.slug],
+                         env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"{a.slug}: 24 rows restored" in out
+    assert len(_snapshot(database.owner_url, old_day)) == 24
+    assert set(_snapshot(database.owner_url, old_day)) <= set(before)
+    bad = subprocess.run([*fleet, "restore", "--day", "2001-01-01"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 1
+    assert "no archived telemetry" in bad.stderr
