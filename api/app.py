@@ -1,0 +1,168 @@
+"""The aiohttp application factory: `create_app(settings)`.
+
+Mounts the REST resources (route tables in `api.routes.*`), the live WebSocket, the dispatcher
+map (static files, Leaflet from `api/web/node_modules`), operations endpoints, and — when
+those packages exist — `api.integrations.routes.setup(app)` and `api.jobs.runner.setup(app)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from api.auth import SECTION_KEY, TOKENS_KEY, TokenIssuer
+from api.cache import REDIS_KEY
+from api.config import SETTINGS_KEY, ApiSettings
+from api.db import POOL_KEY, create_pool
+from api.errors import ApiConfigError, Unavailable, error_middleware
+from api.live import HUB_KEY, LiveHub, live_handler
+from api.metrics import METRICS_KEY, ApiMetrics, metrics_handler
+from api.middleware import (
+    RATE_LIMIT_KEY,
+    audit_middleware,
+    observe_middleware,
+    security_middleware,
+)
+from api.openapi import openapi_handler
+from api.routes import auth as auth_routes
+from api.routes import devices, drivers, geofences, history, vehicles
+from api.routes.common import json_response
+from api.routing import ROUTES_KEY, ApiRoute, register
+
+log = logging.getLogger("api")
+WEB_DIR = Path(__file__).parent / "web"
+LEAFLET_DIR = WEB_DIR / "node_modules" / "leaflet" / "dist"
+
+RESOURCE_MODULES = (auth_routes, vehicles, drivers, devices, geofences, history)
+"""Every REST resource module, in the order their routes are registered."""
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """GET /healthz: the process is alive."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """GET /readyz: database and Redis answer, and the live feed is subscribed."""
+    checks: dict[str, str] = {}
+    try:
+        async with request.app[POOL_KEY].acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+        checks["database"] = "ok"
+    except (OSError, TimeoutError, Unavailable) as exc:
+        checks["database"] = f"error: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any driver failure means not ready
+        checks["database"] = f"error: {exc}"
+    try:
+        await request.app[REDIS_KEY].ping()
+        checks["redis"] = "ok"
+    except (RedisError, OSError) as exc:
+        checks["redis"] = f"error: {exc}"
+    checks["live"] = "ok" if request.app[HUB_KEY].connected.is_set() else "connecting"
+    ready = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ready" if ready else "not_ready", "checks": checks},
+                         status=200 if ready else 503)
+
+
+async def map_config(request: web.Request) -> web.Response:
+    """GET /api/map-config: what the dispatcher page needs before login (tiles)."""
+    section = request.app[SECTION_KEY]
+    return json_response({"tiles_url": section.tiles_url,
+                          "tiles_attribution": section.tiles_attribution,
+                          "live_flush_ms": section.live_flush_ms})
+
+
+async def index(_request: web.Request) -> web.FileResponse:
+    """GET /: the dispatcher map."""
+    return web.FileResponse(WEB_DIR / "index.html",
+                            headers={"Cache-Control": "no-cache"})
+
+
+OPS_ROUTES = [
+    ApiRoute("GET", "/healthz", healthz, "Liveness", "operations", None),
+    ApiRoute("GET", "/readyz", readyz, "Readiness (database, Redis, live feed)", "operations",
+             None),
+    ApiRoute("GET", "/metrics", metrics_handler, "Prometheus metrics", "operations", None,
+             response={"type": "string"}),
+    ApiRoute("GET", "/api/openapi.json", openapi_handler, "This document", "operations", None),
+    ApiRoute("GET", "/api/map-config", map_config, "Dispatcher map settings (tiles)", "map",
+             None),
+    ApiRoute("GET", "/api/live", live_handler,
+             "Live WebSocket: subscribe, snapshot, coalesced updates (see docs/api.md)",
+             "live", None, status=101),
+]
+
+
+def _optional_setup(module: str, app: web.Application) -> None:
+    parent = module.rsplit(".", 1)[0]
+    if importlib.util.find_spec(parent) is None or importlib.util.find_spec(module) is None:
+        return
+    setup = getattr(importlib.import_module(module), "setup", None)
+    if setup is None:
+        log.warning("%s has no setup(app); not mounted", module)
+        return
+    setup(app)
+
+
+def create_app(settings: ApiSettings) -> web.Application:
+    """Build the application; raises ApiConfigError for settings it refuses."""
+    section = settings.api
+    if section.dev_auth_bypass and section.environment == "production":
+        raise ApiConfigError("api.dev_auth_bypass is refused with environment=production")
+    if section.dev_auth_bypass and not section.dev_tenant_id:
+        raise ApiConfigError("api.dev_auth_bypass needs api.dev_tenant_id")
+    app = web.Application(
+        middlewares=[observe_middleware, error_middleware, security_middleware,
+                     audit_middleware],
+        client_max_size=1024 * 1024)
+    metrics = ApiMetrics()
+    app[SETTINGS_KEY] = settings
+    app[SECTION_KEY] = section
+    app[TOKENS_KEY] = TokenIssuer(section)
+    app[METRICS_KEY] = metrics
+    app[RATE_LIMIT_KEY] = section.rate_limit_per_min
+    app[ROUTES_KEY] = []
+    app[HUB_KEY] = LiveHub(settings.redis.url, section, metrics)
+    if section.dev_auth_bypass:
+        log.warning("DEVELOPMENT AUTH BYPASS ON: requests without a token act as admin")
+
+    for module in RESOURCE_MODULES:
+        register(app, module.ROUTES)
+    register(app, OPS_ROUTES)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/app", WEB_DIR / "static")
+    if LEAFLET_DIR.is_dir():
+        app.router.add_static("/static/leaflet", LEAFLET_DIR)
+    else:
+        log.warning("Leaflet not installed: run `npm ci --prefix api/web`")
+    app.cleanup_ctx.append(_resources)
+    if section.extensions:
+        _optional_setup("api.integrations.routes", app)
+        _optional_setup("api.jobs.runner", app)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS_KEY]
+    section = settings.api
+    app[POOL_KEY] = await create_pool(settings.database.url, min_size=section.db_pool_min,
+                                      max_size=section.db_pool_max,
+                                      timeout_s=settings.database.connect_timeout_s)
+    app[REDIS_KEY] = aioredis.Redis.from_url(settings.redis.url)
+    hub = app[HUB_KEY]
+    await hub.start()
+    try:
+        yield
+    finally:
+        await hub.stop()
+        await app[REDIS_KEY].aclose()
+        await app[POOL_KEY].close()
+
+

@@ -1,0 +1,66 @@
+"""Redis-backed response caches (the seed's: vehicle list 5 min, dashboard 1 h).
+
+Invalidation without key scans: each cache name has a per-tenant generation counter that is
+part of every key; a write bumps the counter, so older entries are never read again and
+expire on their own TTL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from api.metrics import METRICS_KEY
+
+log = logging.getLogger("api.cache")
+REDIS_KEY: web.AppKey[aioredis.Redis] = web.AppKey("redis", aioredis.Redis)
+PREFIX = "fleet:cache:"
+
+
+def _gen_key(name: str, tenant_id: UUID) -> str:
+    return f"{PREFIX}{name}:{tenant_id}:gen"
+
+
+async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: str,
+                 ttl_s: int, compute: Callable[[], Awaitable[Any]]) -> Any:
+    """Return the cached JSON value or compute, store and return it.
+
+    Redis trouble degrades to computing every time (logged), never to an error answer.
+    """
+    redis = request.app[REDIS_KEY]
+    metrics = request.app[METRICS_KEY]
+    digest = hashlib.sha256(variant.encode()).hexdigest()[:24]
+    try:
+        gen = await redis.get(_gen_key(name, tenant_id)) or b"0"
+        gen_s = gen.decode() if isinstance(gen, bytes) else str(gen)
+        key = f"{PREFIX}{name}:{tenant_id}:{gen_s}:{digest}"
+        hit = await redis.get(key)
+    except RedisError as exc:
+        log.warning("cache %s unavailable: %s", name, exc)
+        return await compute()
+    if hit is not None:
+        metrics.cache.labels(name, "hit").inc()
+        return msgspec.json.decode(hit)
+    metrics.cache.labels(name, "miss").inc()
+    value = await compute()
+    try:
+        await redis.set(key, msgspec.json.encode(value), ex=ttl_s)
+    except RedisError as exc:
+        log.warning("cache %s store failed: %s", name, exc)
+    return value
+
+
+async def invalidate(request: web.Request, name: str, tenant_id: UUID) -> None:
+    """Make every cached entry of `name` for the tenant stale (after a write)."""
+    try:
+        await request.app[REDIS_KEY].incr(_gen_key(name, tenant_id))
+    except RedisError as exc:
+        log.warning("cache %s invalidation failed: %s", name, exc)

@@ -1,0 +1,39 @@
+"""`fleet api [--host H] [--port P]`: run the API (REST, live WebSocket, dispatcher map)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `fleet api`."""
+    parser.add_argument("--host", help="listen address (default: api.host)")
+    parser.add_argument("--port", type=int, help="listen port (default: api.port)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the settings, build the app and serve until interrupted."""
+    import sys
+
+    from aiohttp import web
+
+    from api.app import create_app
+    from api.config import load_api_settings
+    from api.errors import ApiError
+    from api.logs import configure_logging
+    from deploy.errors import DeployError
+
+    try:
+        settings = load_api_settings(getattr(args, "config", None))
+        configure_logging(json_lines=settings.api.log_json)
+        app = create_app(settings)
+    except (ApiError, DeployError) as exc:
+        print(f"fleet api: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or settings.api.host
+    port = args.port or settings.api.port
+    print(f"fleet api: serving on http://{host}:{port}/", file=sys.stderr, flush=True)
+    web.run_app(app, host=host, port=port, access_log=None, print=None,
+                handle_signals=True, shutdown_timeout=5)
+    return 0

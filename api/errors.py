@@ -1,0 +1,142 @@
+"""The API's one root exception and the stable JSON error shape.
+
+Every error answer is ``{"error": {"code": str, "message": str, "field"?: str, "details"?: {}}}``;
+validation errors name the offending field (dotted path for nested bodies).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("api")
+
+
+class ApiError(Exception):
+    """Root exception of the API package; carries an HTTP status and a stable code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 details: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+                 status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details
+        self.headers = headers or {}
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error object."""
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            err["field"] = self.field
+        if self.details:
+            err["details"] = self.details
+        return {"error": err}
+
+
+class ApiConfigError(ApiError):
+    """Settings that the API refuses to start with."""
+
+    code = "config_error"
+
+
+class ValidationError(ApiError):
+    """A request parameter or body field is invalid (400); `field` names it."""
+
+    status = 400
+    code = "validation_error"
+
+
+class Unauthorized(ApiError):  # noqa: N818 - HTTP status names
+    """No or invalid credentials (401)."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):  # noqa: N818 - HTTP status names
+    """Authenticated but not allowed (403)."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):  # noqa: N818 - HTTP status names
+    """The resource does not exist in the caller's tenant (404)."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ApiError):  # noqa: N818 - HTTP status names
+    """Uniqueness or state conflict (409)."""
+
+    status = 409
+    code = "conflict"
+
+
+class Locked(ApiError):  # noqa: N818 - HTTP status names
+    """Account locked after repeated failed logins (423, AC-7)."""
+
+    status = 423
+    code = "account_locked"
+
+
+class TooManyRequests(ApiError):  # noqa: N818 - HTTP status names
+    """Rate limit exceeded (429) with Retry-After."""
+
+    status = 429
+    code = "rate_limited"
+
+
+class Unavailable(ApiError):  # noqa: N818 - HTTP status names
+    """A dependency (database, Redis) is unavailable (503)."""
+
+    status = 503
+    code = "unavailable"
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+               415: "unsupported_media_type", 429: "rate_limited"}
+
+
+def error_response(err: ApiError) -> web.Response:
+    """Render an ApiError as the stable JSON shape."""
+    return web.Response(status=err.status, text=json.dumps(err.body()),
+                        content_type="application/json", headers=err.headers)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Turn ApiError, aiohttp HTTP errors and unexpected exceptions into JSON errors."""
+    try:
+        return await handler(request)
+    except ApiError as err:
+        request["error"] = err
+        return error_response(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        http_err = ApiError(exc.reason or "error", status=exc.status,
+                            code=_HTTP_CODES.get(exc.status, "http_error"))
+        request["error"] = http_err
+        return error_response(http_err)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        internal = ApiError("internal server error")
+        request["error"] = internal
+        return error_response(internal)

@@ -1,0 +1,447 @@
+"""Live WebSocket `/api/live`: Redis pub/sub fan-out with per-client coalescing.
+
+Protocol (JSON text frames):
+
+- client -> ``{"type": "subscribe", "token": "<access token>", "bbox": [w, s, e, n] | null,
+  "vehicles": [id or code, ...] | null}`` (the token may instead come in an
+  ``Authorization: Bearer`` header); sent again, it replaces the filters;
+- server -> ``{"type": "subscribed", ...}``, then ``{"type": "snapshot", "positions": [...]}``
+  from `vehicle_state`, then ``{"type": "batch", "positions": [...], "events": [...]}`` at
+  most every `live_flush_ms`, ``{"type": "heartbeat"}`` when idle, and
+  ``{"type": "error", ...}`` before closing (4400 bad request, 4401 unauthenticated or token
+  expired, 4403 forbidden).
+
+Every API process subscribes to the ``fleet:live:*`` pattern (`stream.live`), so any number of
+replicas serve clients of any tenant. Per tenant and per tick, changed positions are coalesced
+(latest per vehicle) and encoded once; a client that is still busy sending keeps at most the
+latest position per vehicle plus a bounded event deque, never an unbounded buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import msgspec
+import redis.asyncio as aioredis
+from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
+
+from api.auth import TOKENS_KEY, AuthUser, bearer_token
+from api.config import ApiSection
+from api.db import POOL_KEY, tenant_connection
+from api.errors import Unauthorized
+from api.metrics import ApiMetrics
+from api.routes.common import driver_scope
+from api.routes.history import POSITIONS_SQL
+from stream.live import LIVE_CHANNEL_PREFIX, LiveEvent, LivePosition, decode_live
+
+log = logging.getLogger("api.live")
+
+LIVE_ROLES = ("admin", "fleet_manager", "driver")
+"""The seed's "Dispatch" column: admin, fleet_manager (read) and drivers (their vehicle)."""
+
+
+class Batch(msgspec.Struct, tag_field="type", tag="batch", kw_only=True):
+    """Coalesced changes since the previous frame."""
+
+    t_ms: int
+    positions: list[LivePosition]
+    events: list[LiveEvent]
+    dropped_events: int = 0
+
+
+class Snapshot(msgspec.Struct, tag_field="type", tag="snapshot", kw_only=True):
+    """The latest known state of every vehicle the client watches."""
+
+    t_ms: int
+    positions: list[LivePosition]
+
+
+class Subscribe(msgspec.Struct, tag_field="type", tag="subscribe", kw_only=True,
+                forbid_unknown_fields=True):
+    """A client's subscription request."""
+
+    token: str | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    vehicles: list[str] | None = None
+    tenant_id: str | None = None
+    """Optional; must equal the token's tenant (a foreign tenant is refused)."""
+
+
+_encoder = msgspec.json.Encoder()
+_subscribe_decoder = msgspec.json.Decoder(Subscribe)
+
+
+def now_ms() -> int:
+    """Wall clock, ms since the epoch."""
+    return int(time.time() * 1000)
+
+
+@dataclass(eq=False)
+class LiveClient:
+    """One WebSocket subscriber and its bounded outbox."""
+
+    ws: web.WebSocketResponse
+    user: AuthUser
+    expires_at: float
+    event_buffer: int
+    vehicles: frozenset[str] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    pending: dict[str, LivePosition] = field(default_factory=dict)
+    events: deque[LiveEvent] = field(init=False)
+    dropped_events: int = 0
+    ready: bytes | None = None
+    snapshot: bytes | None = None
+    sending: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    last_frame: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Overflow policy: the oldest events are dropped (and counted in `dropped_events`).
+        self.events = deque(maxlen=self.event_buffer)
+
+    @property
+    def filtered(self) -> bool:
+        """True when the client sees only part of the tenant."""
+        return self.vehicles is not None or self.bbox is not None
+
+    @property
+    def busy(self) -> bool:
+        """Something is still waiting to be sent."""
+        return self.sending or self.ready is not None or bool(self.pending) or bool(self.events)
+
+    def wants(self, vehicle_id: str, code: str, lat: float | None, lon: float | None) -> bool:
+        """Whether a message about this vehicle (at this place) passes the filters."""
+        if self.vehicles is not None and vehicle_id not in self.vehicles \
+                and code not in self.vehicles:
+            return False
+        if self.bbox is not None:
+            if lat is None or lon is None:
+                return False
+            w, s, e, n = self.bbox
+            return w <= lon <= e and s <= lat <= n
+        return True
+
+    def offer(self, positions: list[LivePosition], events: list[LiveEvent],
+              shared: Callable[[], bytes], metrics: ApiMetrics) -> None:
+        """Take one tick's changes: share the encoded frame, or coalesce when busy/filtered."""
+        if not self.filtered and not self.busy:
+            self.ready = shared()
+            self.wake.set()
+            return
+        coalesced = 0
+        for pos in positions:
+            if self.wants(pos.vehicle_id, pos.code, pos.lat, pos.lon):
+                if pos.vehicle_id in self.pending:
+                    coalesced += 1
+                self.pending[pos.vehicle_id] = pos
+        for ev in events:
+            if self.vehicles is None or ev.vehicle_id in self.vehicles or \
+                    ev.code in self.vehicles:
+                if self.bbox is not None and ev.lat is not None and ev.lon is not None and \
+                        not self.wants(ev.vehicle_id, ev.code, ev.lat, ev.lon):
+                    continue
+                if len(self.events) == self.events.maxlen:
+                    self.dropped_events += 1
+                    metrics.ws_dropped_events.inc()
+                self.events.append(ev)
+        if coalesced:
+            metrics.ws_coalesced.inc(coalesced)
+        if self.pending or self.events:
+            self.wake.set()
+
+    def take_frame(self) -> bytes | None:
+        """The next frame to send: snapshot, then the shared frame, then own coalesced state."""
+        if self.snapshot is not None:
+            frame, self.snapshot = self.snapshot, None
+            return frame
+        if self.ready is not None:
+            frame, self.ready = self.ready, None
+            return frame
+        if self.pending or self.events:
+            batch = Batch(t_ms=now_ms(), positions=list(self.pending.values()),
+                          events=list(self.events), dropped_events=self.dropped_events)
+            self.pending = {}
+            self.events.clear()
+            self.dropped_events = 0
+            return _encoder.encode(batch)
+        return None
+
+
+@dataclass(eq=False)
+class TenantFeed:
+    """Per-tenant state of one process: its clients and the changes of the current tick."""
+
+    clients: set[LiveClient] = field(default_factory=set)
+    changed: dict[str, LivePosition] = field(default_factory=dict)
+    events: list[LiveEvent] = field(default_factory=list)
+
+
+class LiveHub:
+    """Reads the tenants' live channels from Redis and fans out to local WebSocket clients."""
+
+    def __init__(self, redis_url: str, section: ApiSection, metrics: ApiMetrics) -> None:
+        self.redis_url = redis_url
+        self.section = section
+        self.metrics = metrics
+        self.flush_s = section.live_flush_ms / 1000
+        self.tenants: dict[str, TenantFeed] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._redis: aioredis.Redis | None = None
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start the Redis reader and the tick loop."""
+        self._redis = aioredis.Redis.from_url(self.redis_url)
+        self._tasks = [asyncio.create_task(self._read_loop(), name="live-redis"),
+                       asyncio.create_task(self._tick_loop(), name="live-tick")]
+
+    async def stop(self) -> None:
+        """Stop the loops and close the Redis connection."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def add(self, client: LiveClient) -> None:
+        """Register a client (before its snapshot is read, so nothing falls in between)."""
+        self.tenants.setdefault(str(client.user.tenant_id), TenantFeed()).clients.add(client)
+        self.metrics.ws_clients.inc()
+
+    def remove(self, client: LiveClient) -> None:
+        """Unregister a client; the tenant's state goes when its last client leaves."""
+        key = str(client.user.tenant_id)
+        feed = self.tenants.get(key)
+        if feed is not None and client in feed.clients:
+            feed.clients.discard(client)
+            self.metrics.ws_clients.dec()
+            if not feed.clients:
+                del self.tenants[key]
+
+    def dispatch(self, channel: bytes, data: bytes) -> None:
+        """Route one pub/sub message to its tenant's tick state (skipped without clients)."""
+        feed = self.tenants.get(channel[len(LIVE_CHANNEL_PREFIX):].decode())
+        if feed is None:
+            return
+        try:
+            msg = decode_live(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            self.metrics.live_messages.labels("invalid").inc()
+            return
+        if isinstance(msg, LivePosition):
+            self.metrics.live_messages.labels("position").inc()
+            if msg.vehicle_id in feed.changed:
+                self.metrics.ws_coalesced.inc()
+            feed.changed[msg.vehicle_id] = msg
+        else:
+            self.metrics.live_messages.labels("event").inc()
+            # Bounded: a tick never holds more events than a client keeps.
+            if len(feed.events) < self.section.live_event_buffer:
+                feed.events.append(msg)
+
+    async def _read_loop(self) -> None:
+        if self._redis is None:
+            raise RuntimeError("LiveHub.start() was not called")
+        backoff_s = 0.5
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.psubscribe(f"{LIVE_CHANNEL_PREFIX}*")
+                self.connected.set()
+                backoff_s = 0.5
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None and msg["type"] == "pmessage":
+                        self.dispatch(msg["channel"], msg["data"])
+            except (RedisError, OSError) as exc:
+                self.connected.clear()
+                log.warning("live: Redis pub/sub lost (%s); reconnecting", exc)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 10.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            self.tick()
+
+    def tick(self) -> None:
+        """Hand each tenant's changes of this tick to its clients."""
+        for feed in list(self.tenants.values()):
+            if not feed.changed and not feed.events:
+                continue
+            positions = list(feed.changed.values())
+            events = feed.events
+            feed.changed = {}
+            feed.events = []
+            encoded: list[bytes] = []
+
+            def shared(p: list[LivePosition] = positions, e: list[LiveEvent] = events,
+                       cache: list[bytes] = encoded) -> bytes:
+                # Encoded once per tenant and tick, only if some client takes it as is.
+                if not cache:
+                    cache.append(_encoder.encode(Batch(t_ms=now_ms(), positions=p, events=e)))
+                return cache[0]
+
+            for client in feed.clients:
+                client.offer(positions, events, shared, self.metrics)
+
+
+HUB_KEY: web.AppKey[LiveHub] = web.AppKey("live_hub", LiveHub)
+
+
+def _error(code: str, message: str) -> bytes:
+    return _encoder.encode({"type": "error", "code": code, "message": message})
+
+
+async def _snapshot(pool: asyncpg.Pool, client: LiveClient) -> bytes:
+    user = client.user
+    bbox: tuple[float | None, ...] = client.bbox or (None, None, None, None)
+    async with tenant_connection(pool, user.tenant_id) as conn:
+        rows = await conn.fetch(POSITIONS_SQL, user.tenant_id, driver_scope(user), None, *bbox)
+    positions = [
+        LivePosition(vehicle_id=str(r["vehicle_id"]), code=r["code"],
+                     t_ms=int(r["time"].timestamp() * 1000), lat=r["lat"], lon=r["lon"],
+                     speed_kph=r["speed_kph"], heading_deg=r["heading_deg"],
+                     ignition=r["ignition"], moving=r["moving"], fuel_pct=r["fuel_level_pct"],
+                     coolant_c=r["coolant_temp_c"], battery_v=r["battery_voltage_v"])
+        for r in rows if client.wants(str(r["vehicle_id"]), r["code"], r["lat"], r["lon"])]
+    return _encoder.encode(Snapshot(t_ms=now_ms(), positions=positions))
+
+
+async def _allowed_vehicles(pool: asyncpg.Pool, user: AuthUser) -> frozenset[str] | None:
+    """Drivers: their assigned vehicles (ids and codes); everyone else: no restriction."""
+    if not user.is_driver:
+        return None
+    async with tenant_connection(pool, user.tenant_id) as conn:
+        rows = await conn.fetch("SELECT id, code FROM vehicles WHERE tenant_id = $1 AND "
+                                "assigned_driver_id = $2", user.tenant_id, driver_scope(user))
+    return frozenset([str(r["id"]) for r in rows] + [r["code"] for r in rows])
+
+
+async def _writer(client: LiveClient, hub: LiveHub) -> None:
+    """Send frames no more often than every flush interval; JSON heartbeats when idle."""
+    heartbeat_s = hub.section.live_heartbeat_s
+    while not client.ws.closed:
+        try:
+            await asyncio.wait_for(client.wake.wait(), timeout=heartbeat_s)
+        except TimeoutError:
+            if time.time() >= client.expires_at:
+                await client.ws.send_frame(_error("token_expired", "token expired"),
+                                           WSMsgType.TEXT)
+                await client.ws.close(code=4401, message=b"token expired")
+                return
+            await client.ws.send_frame(_encoder.encode({"type": "heartbeat", "t_ms": now_ms()}),
+                                       WSMsgType.TEXT)
+            continue
+        client.wake.clear()
+        wait_s = client.last_frame + hub.flush_s - time.monotonic()
+        if wait_s > 0 and client.snapshot is None:
+            await asyncio.sleep(wait_s)
+        while (frame := client.take_frame()) is not None:
+            client.sending = True
+            client.last_frame = time.monotonic()
+            try:
+                # Awaits the socket's drain: a slow reader keeps `sending` True, so the next
+                # ticks coalesce into `pending` instead of queueing frames.
+                await client.ws.send_frame(frame, WSMsgType.TEXT)
+            finally:
+                client.sending = False
+            hub.metrics.ws_frames.inc()
+            if client.ready is None and not client.pending and not client.events:
+                break
+            wait_s = client.last_frame + hub.flush_s - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+
+
+def _authenticate(request: web.Request, sub: Subscribe) -> tuple[AuthUser, float]:
+    token = sub.token or bearer_token(request)
+    if not token:
+        raise Unauthorized("a token is required")
+    tokens = request.app[TOKENS_KEY]
+    claims = tokens.decode(token, typ="access")
+    return tokens.user_from_access(token), float(claims["exp"])
+
+
+async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR0912, PLR0915
+    """GET /api/live: the WebSocket (authenticated by the first `subscribe` message)."""
+    hub = request.app[HUB_KEY]
+    section = hub.section
+    ws = web.WebSocketResponse(heartbeat=section.live_heartbeat_s, compress=False,
+                               max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    client: LiveClient | None = None
+    writer: asyncio.Task[None] | None = None
+    try:
+        first = await ws.receive(timeout=section.live_auth_timeout_s)
+        while first.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            try:
+                sub = _subscribe_decoder.decode(first.data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                await ws.send_frame(_error("bad_request", str(exc)), WSMsgType.TEXT)
+                await ws.close(code=4400, message=b"bad subscribe message")
+                return ws
+            try:
+                if client is None or sub.token is not None:
+                    user, expires_at = _authenticate(request, sub)
+                else:
+                    user, expires_at = client.user, client.expires_at
+            except Unauthorized as err:
+                await ws.send_frame(_error(err.code, err.message), WSMsgType.TEXT)
+                await ws.close(code=4401, message=b"unauthenticated")
+                return ws
+            if user.role not in LIVE_ROLES or \
+                    (sub.tenant_id is not None and sub.tenant_id != str(user.tenant_id)):
+                await ws.send_frame(_error("forbidden", "not allowed to watch this tenant"),
+                                    WSMsgType.TEXT)
+                await ws.close(code=4403, message=b"forbidden")
+                return ws
+            allowed = await _allowed_vehicles(request.app[POOL_KEY], user)
+            wanted = frozenset(sub.vehicles) if sub.vehicles is not None else None
+            vehicles = (allowed & wanted if allowed is not None and wanted is not None
+                        else allowed if allowed is not None else wanted)
+            if client is None:
+                client = LiveClient(ws=ws, user=user, expires_at=expires_at,
+                                    event_buffer=section.live_event_buffer,
+                                    vehicles=vehicles, bbox=sub.bbox)
+                hub.add(client)
+            else:
+                client.vehicles, client.bbox, client.expires_at = vehicles, sub.bbox, expires_at
+                client.pending.clear()
+            await ws.send_frame(_encoder.encode({
+                "type": "subscribed", "tenant_id": str(user.tenant_id), "role": user.role,
+                "bbox": sub.bbox, "vehicles": sorted(vehicles) if vehicles is not None else None,
+                "flush_ms": section.live_flush_ms}), WSMsgType.TEXT)
+            client.snapshot = await _snapshot(request.app[POOL_KEY], client)
+            client.wake.set()
+            if writer is None:
+                writer = asyncio.create_task(_writer(client, hub), name="live-writer")
+            first = await ws.receive()
+    except TimeoutError:
+        await ws.send_frame(_error("timeout", "no subscribe message"), WSMsgType.TEXT)
+        await ws.close(code=4401, message=b"no subscribe message")
+    finally:
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await writer
+        if client is not None:
+            hub.remove(client)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+

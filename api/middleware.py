@@ -1,0 +1,147 @@
+"""Request pipeline, outermost first (the order is this list, in `app.py`):
+
+1. `observe_middleware` — one structured log line and metrics per request;
+2. `errors.error_middleware` — every failure becomes the stable JSON error shape;
+3. `security_middleware` — who calls (token), rate limit per client, authentication required;
+4. `audit_middleware` — an audit row for every mutating request, success or failure;
+then the handler, wrapped by its role check (`auth.require_roles`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import asyncpg
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from api import audit
+from api.auth import AuthUser, Handler, identify, is_public
+from api.cache import REDIS_KEY
+from api.errors import ApiError, TooManyRequests
+from api.metrics import METRICS_KEY
+from api.routing import find_route
+
+access_log = logging.getLogger("api.access")
+log = logging.getLogger("api")
+
+RATE_LIMIT_KEY: web.AppKey[int] = web.AppKey("rate_limit_per_min", int)
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Log one JSON line per request and count it (route template, not raw path)."""
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    else:
+        status = response.status
+        return response
+    finally:
+        elapsed = time.perf_counter() - start
+        route = _route_label(request)
+        metrics = request.app[METRICS_KEY]
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.latency.labels(request.method, route).observe(elapsed)
+        user: AuthUser | None = request.get("user")
+        access_log.info("request", extra={"fields": {
+            "method": request.method, "path": request.path, "route": route, "status": status,
+            "duration_ms": round(elapsed * 1000, 2), "remote": request.remote,
+            "user_id": str(user.id) if user else None,
+            "tenant_id": str(user.tenant_id) if user else None}})
+
+
+async def _rate_limit(request: web.Request, client: str) -> dict[str, str]:
+    """Fixed one-minute window per client in Redis; raises TooManyRequests with Retry-After."""
+    limit = request.app[RATE_LIMIT_KEY]
+    now = time.time()
+    window = int(now // 60)
+    key = f"fleet:ratelimit:{client}:{window}"
+    try:
+        async with request.app[REDIS_KEY].pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 61)
+            count, _ = await pipe.execute()
+    except RedisError as exc:
+        # Availability over strictness: a Redis outage must not take the API down.
+        log.warning("rate limiter unavailable: %s", exc)
+        return {}
+    retry_after = max(1, int((window + 1) * 60 - now + 0.999))
+    headers = {"X-RateLimit-Limit": str(limit),
+               "X-RateLimit-Remaining": str(max(0, limit - int(count)))}
+    if int(count) > limit:
+        request.app[METRICS_KEY].rate_limited.inc()
+        raise TooManyRequests(f"rate limit of {limit} requests per minute exceeded",
+                              headers={**headers, "Retry-After": str(retry_after)},
+                              details={"retry_after_s": retry_after})
+    return headers
+
+
+@web.middleware
+async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate (Bearer token), rate-limit /api/ per user or IP, enforce authentication."""
+    user, problem = identify(request)
+    if user is not None:
+        request["user"] = user
+    headers: dict[str, str] = {}
+    if request.path.startswith("/api/") and request.app[RATE_LIMIT_KEY] > 0:
+        client = f"u:{user.id}" if user is not None else f"ip:{request.remote}"
+        headers = await _rate_limit(request, client)
+    route_handler = request.match_info.handler
+    needs_auth = request.path.startswith("/api/") and not is_public(route_handler) \
+        and request.match_info.http_exception is None
+    if needs_auth and user is None and problem is not None:
+        raise problem
+    response = await handler(request)
+    if headers and not response.prepared:
+        response.headers.update(headers)
+    return response
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Audit every mutating /api/ request with its outcome (routes may audit themselves)."""
+    if request.method not in MUTATING or not request.path.startswith("/api/"):
+        return await handler(request)
+    route = find_route(request)
+    if route is not None and not route.audit:
+        return await handler(request)
+    resource = route.resource if route is not None else "unknown"
+    action = f"{resource}.{request.method.lower()}"
+    resource_id = request.match_info.get("id")
+    try:
+        response = await handler(request)
+    except ApiError as err:
+        await _safe_record(request, action, resource, resource_id=resource_id,
+                           outcome="failure", error=err.message,
+                           details={"path": request.path, "status": err.status,
+                                    "code": err.code})
+        raise
+    outcome = "success" if response.status < 400 else "failure"
+    await _safe_record(request, action, resource,
+                       resource_id=request.get("audit_resource_id", resource_id),
+                       outcome=outcome, error=None,
+                       details={"path": request.path, "status": response.status})
+    return response
+
+
+async def _safe_record(request: web.Request, action: str, resource: str, *,
+                       resource_id: object, outcome: str, details: dict[str, object],
+                       error: str | None) -> None:
+    try:
+        await audit.record(request, action, resource,
+                           None if resource_id is None else str(resource_id), outcome, details,
+                           error_message=error)
+    except (OSError, asyncpg.PostgresError, ApiError):
+        log.exception("audit write failed for %s %s", request.method, request.path)

@@ -1,0 +1,1 @@
+"""REST resources; each module exposes ROUTES, a list of `api.routing.ApiRoute`."""

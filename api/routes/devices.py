@@ -1,0 +1,187 @@
+"""Devices: provision an edge gateway (MQTT credentials + a ready config file), list, revoke.
+
+The broker login is ``{tenant slug}/{vehicle code}`` so the broker's pattern ACL lets the
+device write only its own topics. The password is generated here, returned once, and stored
+only as Mosquitto's PBKDF2-SHA512 hash (``$7$`` format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import secrets
+from typing import Any, Literal
+from urllib.parse import quote
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from api.auth import current_user
+from api.config import SETTINGS_KEY
+from api.db import tenant_transaction
+from api.errors import ApiError, Conflict, NotFound
+from api.params import page_params, path_uuid, read_json
+from api.routes.common import ensure_in_tenant, json_response, page_body
+from api.routing import PAGE_PARAMS, ApiRoute, Param
+from edge_gateway.mqtt_url import parse_mqtt_url
+
+MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default for $7$ hashes
+
+
+def mosquitto_hash(password: str, *, salt: bytes | None = None,
+                   iterations: int = MOSQUITTO_ITERATIONS) -> str:
+    """A Mosquitto 2 password-file hash: ``$7$iterations$b64(salt)$b64(pbkdf2_sha512)``."""
+    salt = salt or secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def gateway_toml(*, tenant: str, vehicle: str, mqtt_url: str, username: str, password: str
+                 ) -> str:
+    """A ready gateway configuration file for one vehicle."""
+    target = parse_mqtt_url(mqtt_url)
+    scheme = "mqtts" if target.tls else "mqtt"
+    url = f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@" \
+          f"{target.host}:{target.port}"
+    return (
+        "# fleet-telemetry edge gateway, provisioned by the API.\n"
+        "# Keep this file private: it holds the device's MQTT password.\n"
+        "[gateway]\n"
+        f"tenant = {msgspec.json.encode(tenant).decode()}\n"
+        f"vehicle = {msgspec.json.encode(vehicle).decode()}\n"
+        "\n[mqtt]\n"
+        f"url = {msgspec.json.encode(url).decode()}\n"
+    )
+
+
+class DeviceIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Provision a gateway for a vehicle."""
+
+    vehicle_id: UUID
+    kind: Literal["edge_gateway", "telematics_unit", "simulator"] = "edge_gateway"
+    serial: str | None = None
+
+
+COLUMNS = ("id", "vehicle_id", "kind", "serial", "mqtt_username", "software_version", "status",
+           "last_seen_at", "created_at", "updated_at")
+_SELECT = ", ".join(COLUMNS)
+
+
+def _json(row: asyncpg.Record) -> dict[str, Any]:
+    return {c: row[c] for c in COLUMNS}
+
+
+async def _apply_broker_login(request: web.Request, username: str, password: str) -> None:
+    """Tell the local broker about the login (mode "local"); the database keeps the hash."""
+    settings = request.app[SETTINGS_KEY]
+    if settings.api.mqtt_credentials != "local":
+        return
+    from deploy.errors import DeployError
+    from deploy.services import LocalServices, ServicesSettings
+
+    services = LocalServices(ServicesSettings(), log=lambda _m: None)
+    try:
+        # mosquitto_passwd is a subprocess: keep it off the event loop.
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: services.set_mqtt_user(username, password))
+    except (DeployError, OSError) as exc:
+        raise ApiError(f"could not add the broker login: {exc}", status=502,
+                       code="broker_error") from exc
+
+
+async def provision_device(request: web.Request) -> web.Response:
+    """POST /api/devices: create credentials and return them once with a gateway config."""
+    user = current_user(request)
+    body = await read_json(request, DeviceIn)
+    password = secrets.token_urlsafe(24)
+    async with tenant_transaction(request) as conn:
+        await ensure_in_tenant(conn, "vehicles", body.vehicle_id, user.tenant_id, "vehicle_id")
+        names = await conn.fetchrow(
+            "SELECT t.slug, v.code FROM vehicles v JOIN tenants t ON t.id = v.tenant_id "
+            "WHERE v.id = $1 AND v.tenant_id = $2", body.vehicle_id, user.tenant_id)
+        if names is None:
+            raise NotFound("vehicle not found")
+        username = f"{names['slug']}/{names['code']}"
+        try:
+            row = await conn.fetchrow(
+                "INSERT INTO devices (tenant_id, vehicle_id, kind, serial, mqtt_username, "  # noqa: S608 - constant column list
+                f"mqtt_password_hash) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_SELECT}",
+                user.tenant_id, body.vehicle_id, body.kind, body.serial, username,
+                mosquitto_hash(password))
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict("this vehicle already has a device; revoke it first",
+                           field="vehicle_id") from exc
+        if row is None:
+            raise ApiError("insert returned no row")
+        # Inside the transaction: if the broker refuses, no device row is left behind.
+        await _apply_broker_login(request, username, password)
+    settings = request.app[SETTINGS_KEY]
+    mqtt_url = settings.api.mqtt_public_url or settings.mqtt.url
+    request["audit_resource_id"] = str(row["id"])
+    return json_response({
+        **_json(row), "mqtt_password": password,
+        "gateway_config": gateway_toml(tenant=names["slug"], vehicle=names["code"],
+                                       mqtt_url=mqtt_url, username=username,
+                                       password=password)}, status=201)
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    """GET /api/devices."""
+    user = current_user(request)
+    page, limit, offset = page_params(request)
+    async with tenant_transaction(request) as conn:
+        total = await conn.fetchval("SELECT count(*) FROM devices WHERE tenant_id = $1",
+                                    user.tenant_id)
+        rows = await conn.fetch(
+            f"SELECT {_SELECT} FROM devices WHERE tenant_id = $1 "  # noqa: S608
+            "ORDER BY mqtt_username LIMIT $2 OFFSET $3", user.tenant_id, limit, offset)
+    return json_response(page_body([_json(r) for r in rows], page, limit, int(total)))
+
+
+async def get_device(request: web.Request) -> web.Response:
+    """GET /api/devices/{id}."""
+    user = current_user(request)
+    async with tenant_transaction(request) as conn:
+        row = await conn.fetchrow(
+            f"SELECT {_SELECT} FROM devices WHERE id = $1 AND tenant_id = $2",  # noqa: S608
+            path_uuid(request), user.tenant_id)
+    if row is None:
+        raise NotFound("device not found")
+    return json_response(_json(row))
+
+
+async def revoke_device(request: web.Request) -> web.Response:
+    """DELETE /api/devices/{id}: revoke; the broker login gets an unknown random password."""
+    user = current_user(request)
+    async with tenant_transaction(request) as conn:
+        username = await conn.fetchval(
+            "UPDATE devices SET status = 'revoked', mqtt_password_hash = $3, "
+            "mqtt_username = mqtt_username || '#revoked-' || id::text "
+            "WHERE id = $1 AND tenant_id = $2 AND status <> 'revoked' "
+            "RETURNING split_part(mqtt_username, '#', 1)",
+            path_uuid(request), user.tenant_id, mosquitto_hash(secrets.token_urlsafe(24)))
+        if username is None:
+            raise NotFound("device not found")
+        await _apply_broker_login(request, username, secrets.token_urlsafe(24))
+    return web.Response(status=204)
+
+
+# Gateways are vehicle equipment: the seed's "Vehicles" column, without drivers (a device
+# inventory with broker logins is not a driver's business).
+READ = ("admin", "fleet_manager", "technician", "viewer")
+WRITE = ("admin", "fleet_manager")
+ID = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
+ROUTES = [
+    ApiRoute("GET", "/api/devices", list_devices, "List devices", "devices", READ,
+             params=PAGE_PARAMS, response={"$ref": "#/components/schemas/Page"}),
+    ApiRoute("POST", "/api/devices", provision_device,
+             "Provision a gateway: MQTT login and a ready config file", "devices", WRITE,
+             body=DeviceIn, status=201, resource="device"),
+    ApiRoute("GET", "/api/devices/{id}", get_device, "One device", "devices", READ,
+             params=(ID,)),
+    ApiRoute("DELETE", "/api/devices/{id}", revoke_device, "Revoke a device", "devices", WRITE,
+             params=(ID,), status=204, resource="device"),
+]

@@ -1,0 +1,229 @@
+"""Drivers (CRUD; a driver reads only their own record) and user accounts (admin)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from api.auth import ROLES, current_user, hash_password
+from api.db import tenant_transaction
+from api.errors import ApiError, NotFound, ValidationError
+from api.params import page_params, path_uuid, query_choice, read_json
+from api.routes.common import db_error, ensure_in_tenant, json_response, page_body
+from api.routing import PAGE_PARAMS, ApiRoute, Param
+
+UNSET = msgspec.UNSET
+Unset = msgspec.UnsetType
+DriverStatus = Literal["active", "inactive", "suspended"]
+
+
+class DriverIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new driver record."""
+
+    first_name: str
+    last_name: str
+    email: str | None = None
+    phone: str | None = None
+    license_number: str | None = None
+    license_state: str | None = None
+    license_expiry: date | None = None
+    cdl_class: str | None = None
+    status: DriverStatus = "active"
+
+
+class DriverPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A partial driver update."""
+
+    first_name: str | Unset = UNSET
+    last_name: str | Unset = UNSET
+    email: str | Unset | None = UNSET
+    phone: str | Unset | None = UNSET
+    license_number: str | Unset | None = UNSET
+    license_state: str | Unset | None = UNSET
+    license_expiry: date | Unset | None = UNSET
+    cdl_class: str | Unset | None = UNSET
+    status: DriverStatus | Unset = UNSET
+
+
+COLUMNS = ("id", "first_name", "last_name", "email", "phone", "license_number",
+           "license_state", "license_expiry", "cdl_class", "status", "created_at", "updated_at")
+_SELECT = ", ".join(COLUMNS)
+
+
+def _json(row: asyncpg.Record) -> dict[str, Any]:
+    return {c: row[c] for c in COLUMNS}
+
+
+async def list_drivers(request: web.Request) -> web.Response:
+    """GET /api/drivers (drivers: only themselves)."""
+    user = current_user(request)
+    page, limit, offset = page_params(request)
+    status = query_choice(request, "status", ("active", "inactive", "suspended"))
+    self_only = user.driver_id or UUID(int=0) if user.is_driver else None
+    where = ("tenant_id = $1 AND ($2::uuid IS NULL OR id = $2) "
+             "AND ($3::text IS NULL OR status = $3)")
+    async with tenant_transaction(request) as conn:
+        total = await conn.fetchval(f"SELECT count(*) FROM drivers WHERE {where}",  # noqa: S608
+                                    user.tenant_id, self_only, status)
+        rows = await conn.fetch(
+            f"SELECT {_SELECT} FROM drivers WHERE {where} "  # noqa: S608
+            "ORDER BY last_name, first_name LIMIT $4 OFFSET $5",
+            user.tenant_id, self_only, status, limit, offset)
+    return json_response(page_body([_json(r) for r in rows], page, limit, int(total)))
+
+
+async def get_driver(request: web.Request) -> web.Response:
+    """GET /api/drivers/{id}."""
+    user = current_user(request)
+    did = path_uuid(request)
+    if user.is_driver and did != user.driver_id:
+        raise NotFound("driver not found")
+    async with tenant_transaction(request) as conn:
+        row = await conn.fetchrow(
+            f"SELECT {_SELECT} FROM drivers WHERE id = $1 AND tenant_id = $2",  # noqa: S608
+            did, user.tenant_id)
+    if row is None:
+        raise NotFound("driver not found")
+    return json_response(_json(row))
+
+
+async def create_driver(request: web.Request) -> web.Response:
+    """POST /api/drivers."""
+    user = current_user(request)
+    values = msgspec.structs.asdict(await read_json(request, DriverIn))
+    cols = ["tenant_id", *values]
+    ph = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    async with tenant_transaction(request) as conn:
+        try:
+            row = await conn.fetchrow(
+                f"INSERT INTO drivers ({', '.join(cols)}) VALUES ({ph}) RETURNING {_SELECT}",  # noqa: S608
+                user.tenant_id, *values.values())
+        except asyncpg.PostgresError as exc:
+            raise db_error(exc) from exc
+    if row is None:
+        raise ApiError("insert returned no row")
+    request["audit_resource_id"] = str(row["id"])
+    return json_response(_json(row), status=201)
+
+
+async def update_driver(request: web.Request) -> web.Response:
+    """PATCH /api/drivers/{id}."""
+    user = current_user(request)
+    did = path_uuid(request)
+    body = await read_json(request, DriverPatch)
+    values = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not UNSET}
+    if not values:
+        raise ValidationError("no field to update", field="body")
+    sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(values, start=3))
+    async with tenant_transaction(request) as conn:
+        try:
+            row = await conn.fetchrow(
+                f"UPDATE drivers SET {sets} WHERE id = $1 AND tenant_id = $2 "  # noqa: S608
+                f"RETURNING {_SELECT}", did, user.tenant_id, *values.values())
+        except asyncpg.PostgresError as exc:
+            raise db_error(exc) from exc
+    if row is None:
+        raise NotFound("driver not found")
+    return json_response(_json(row))
+
+
+async def delete_driver(request: web.Request) -> web.Response:
+    """DELETE /api/drivers/{id}."""
+    user = current_user(request)
+    did = path_uuid(request)
+    async with tenant_transaction(request) as conn:
+        deleted = await conn.fetchval(
+            "DELETE FROM drivers WHERE id = $1 AND tenant_id = $2 RETURNING id",
+            did, user.tenant_id)
+    if deleted is None:
+        raise NotFound("driver not found")
+    return web.Response(status=204)
+
+
+# -- users -----------------------------------------------------------------------------------
+
+class UserIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new user account; the password must meet the IA-5 rules."""
+
+    email: str
+    password: str
+    role: Literal["admin", "fleet_manager", "driver", "technician", "viewer"]
+    first_name: str | None = None
+    last_name: str | None = None
+    driver_id: UUID | None = None
+
+
+USER_COLUMNS = ("id", "email", "role", "first_name", "last_name", "driver_id", "is_active",
+                "failed_login_attempts", "account_locked_until", "last_login_at", "created_at")
+
+
+async def list_users(request: web.Request) -> web.Response:
+    """GET /api/users (never the password hash)."""
+    user = current_user(request)
+    page, limit, offset = page_params(request)
+    async with tenant_transaction(request) as conn:
+        total = await conn.fetchval("SELECT count(*) FROM users WHERE tenant_id = $1",
+                                    user.tenant_id)
+        rows = await conn.fetch(
+            f"SELECT {', '.join(USER_COLUMNS)} FROM users WHERE tenant_id = $1 "  # noqa: S608
+            "ORDER BY email LIMIT $2 OFFSET $3", user.tenant_id, limit, offset)
+    items = [{c: r[c] for c in USER_COLUMNS} for r in rows]
+    return json_response(page_body(items, page, limit, int(total)))
+
+
+async def create_user(request: web.Request) -> web.Response:
+    """POST /api/users: create an account (argon2id hash; IA-5 rules)."""
+    user = current_user(request)
+    body = await read_json(request, UserIn)
+    if "@" not in body.email:
+        raise ValidationError("email must be an e-mail address", field="email")
+    if body.role == "driver" and body.driver_id is None:
+        raise ValidationError("a driver account needs driver_id", field="driver_id")
+    pw_hash = hash_password(body.password, body.email)
+    async with tenant_transaction(request) as conn:
+        await ensure_in_tenant(conn, "drivers", body.driver_id, user.tenant_id, "driver_id")
+        try:
+            row = await conn.fetchrow(
+                "INSERT INTO users (tenant_id, email, role, password_hash, first_name, last_name,"  # noqa: S608 - constant column list
+                " driver_id) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+                f"RETURNING {', '.join(USER_COLUMNS)}",
+                user.tenant_id, body.email, body.role, pw_hash, body.first_name,
+                body.last_name, body.driver_id)
+        except asyncpg.UniqueViolationError as exc:
+            raise ValidationError("email is already registered", field="email") from exc
+        except asyncpg.PostgresError as exc:
+            raise db_error(exc) from exc
+    if row is None:
+        raise ApiError("insert returned no row")
+    request["audit_resource_id"] = str(row["id"])
+    return json_response({c: row[c] for c in USER_COLUMNS}, status=201)
+
+
+READ = ROLES
+WRITE = ("admin", "fleet_manager")
+ID = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
+DRIVER = {"$ref": "#/components/schemas/Driver"}
+
+ROUTES = [
+    ApiRoute("GET", "/api/drivers", list_drivers, "List drivers (drivers: themselves)",
+             "drivers", READ, params=(*PAGE_PARAMS, Param("status")),
+             response={"$ref": "#/components/schemas/Page"}),
+    ApiRoute("POST", "/api/drivers", create_driver, "Create a driver", "drivers", WRITE,
+             body=DriverIn, response=DRIVER, status=201, resource="driver"),
+    ApiRoute("GET", "/api/drivers/{id}", get_driver, "One driver", "drivers", READ,
+             params=(ID,), response=DRIVER),
+    ApiRoute("PATCH", "/api/drivers/{id}", update_driver, "Update a driver", "drivers", WRITE,
+             params=(ID,), body=DriverPatch, response=DRIVER, resource="driver"),
+    ApiRoute("DELETE", "/api/drivers/{id}", delete_driver, "Delete a driver", "drivers", WRITE,
+             params=(ID,), status=204, resource="driver"),
+    ApiRoute("GET", "/api/users", list_users, "List user accounts", "users",
+             ("admin", "fleet_manager"), params=PAGE_PARAMS,
+             response={"$ref": "#/components/schemas/Page"}),
+    ApiRoute("POST", "/api/users", create_user, "Create a user account (IA-5 password rules)",
+             "users", ("admin",), body=UserIn, status=201, resource="user"),
+]

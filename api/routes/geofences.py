@@ -1,0 +1,245 @@
+"""Geofences as GeoJSON Features (RFC 7946): polygons, circles (centre + radius_m), corridors.
+
+Geometry is validated with shapely before it reaches PostGIS, so an invalid shape gets a 400
+that says where (``explain_validity``: "Self-intersection[lon lat]").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from aiohttp import web
+from shapely.geometry import shape
+from shapely.validation import explain_validity
+
+from api.auth import current_user
+from api.db import tenant_transaction
+from api.errors import NotFound, ValidationError
+from api.params import path_uuid, query_bool, query_choice, read_json
+from api.routes.common import db_error, json_response
+from api.routing import ApiRoute, Param
+
+Kind = Literal["polygon", "circle", "corridor"]
+KINDS = ("polygon", "circle", "corridor")
+_GEOMETRY_FOR_KIND = {"polygon": ("Polygon", "MultiPolygon"), "circle": ("Point",),
+                      "corridor": ("LineString",)}
+
+
+class FenceProperties(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Feature properties of a geofence."""
+
+    name: str
+    kind: Kind | None = None
+    """Default: polygon for (Multi)Polygon, circle for Point, corridor for LineString."""
+    radius_m: float | None = None
+    corridor_width_m: float | None = None
+    category: str | None = None
+    speed_limit_kph: float | None = None
+    dwell_s: int | None = None
+    debounce_s: int = 0
+    alert_on_entry: bool = False
+    alert_on_exit: bool = False
+    alert_recipients: list[str] = msgspec.field(default_factory=list)
+    is_active: bool = True
+
+
+class FenceFeature(msgspec.Struct, kw_only=True):
+    """A GeoJSON Feature carrying one geofence."""
+
+    type: Literal["Feature"]
+    geometry: dict[str, Any]
+    properties: FenceProperties
+    id: str | None = None
+
+
+def _positions(coords: Any) -> list[tuple[float, float]]:
+    if isinstance(coords, list | tuple) and coords and isinstance(coords[0], int | float):
+        return [(float(coords[0]), float(coords[1]))]
+    out: list[tuple[float, float]] = []
+    for c in coords if isinstance(coords, list | tuple) else []:
+        out.extend(_positions(c))
+    return out
+
+
+def validate_feature(feature: FenceFeature) -> tuple[str, dict[str, Any]]:
+    """Check kind, coordinates and validity; returns (kind, geometry). Raises ValidationError."""
+    geom = feature.geometry
+    gtype = geom.get("type")
+    props = feature.properties
+    kind: str | None = props.kind or next(
+        (k for k, types in _GEOMETRY_FOR_KIND.items() if gtype in types), None)
+    if kind is None or gtype not in _GEOMETRY_FOR_KIND[kind]:
+        allowed = ", ".join(t for ts in _GEOMETRY_FOR_KIND.values() for t in ts)
+        raise ValidationError(f"geometry type {gtype!r} does not fit kind {kind!r} "
+                              f"(allowed: {allowed})", field="geometry.type")
+    coords = geom.get("coordinates")
+    positions = _positions(coords)
+    if not positions:
+        raise ValidationError("geometry has no coordinates", field="geometry.coordinates")
+    for lon, lat in positions:
+        if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180
+                and -90 <= lat <= 90):
+            raise ValidationError(f"position [{lon}, {lat}] is outside WGS84 longitude/latitude"
+                                  " (RFC 7946 order is [longitude, latitude])",
+                                  field="geometry.coordinates")
+    if gtype in ("Polygon", "MultiPolygon"):
+        polys: list[Any] = [coords] if gtype == "Polygon" else list(coords or [])
+        for poly in polys:
+            for ring in poly or []:
+                if len(ring) < 4 or ring[0] != ring[-1]:
+                    raise ValidationError(
+                        "each polygon ring needs >= 4 positions and must be closed "
+                        "(first position == last, RFC 7946 3.1.6)", field="geometry.coordinates")
+    try:
+        shp = shape(geom)
+    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise ValidationError(f"invalid geometry: {exc}", field="geometry") from exc
+    if not shp.is_valid:
+        raise ValidationError(f"invalid geometry: {explain_validity(shp)}", field="geometry",
+                              details={"reason": explain_validity(shp)})
+    if kind == "circle" and not (props.radius_m and props.radius_m > 0):
+        raise ValidationError("a circle needs radius_m > 0", field="properties.radius_m")
+    if kind == "corridor" and not (props.corridor_width_m and props.corridor_width_m > 0):
+        raise ValidationError("a corridor needs corridor_width_m > 0",
+                              field="properties.corridor_width_m")
+    return kind, geom
+
+
+_SELECT = ("id, name, kind, ST_AsGeoJSON(geometry::geometry, 7)::jsonb AS geometry, radius_m, "
+           "corridor_width_m, category, speed_limit_kph, dwell_s, debounce_s, alert_on_entry, "
+           "alert_on_exit, alert_recipients, is_active, created_at, updated_at")
+_PROPS = ("name", "kind", "radius_m", "corridor_width_m", "category", "speed_limit_kph",
+          "dwell_s", "debounce_s", "alert_on_entry", "alert_on_exit", "alert_recipients",
+          "is_active", "created_at", "updated_at")
+
+
+def feature_json(row: asyncpg.Record) -> dict[str, Any]:
+    """A geofence row as a GeoJSON Feature."""
+    return {"type": "Feature", "id": str(row["id"]), "geometry": row["geometry"],
+            "properties": {k: row[k] for k in _PROPS}}
+
+
+async def list_geofences(request: web.Request) -> web.Response:
+    """GET /api/geofences: a FeatureCollection."""
+    user = current_user(request)
+    kind = query_choice(request, "kind", KINDS)
+    active = query_bool(request, "active")
+    category = request.query.get("category") or None
+    async with tenant_transaction(request) as conn:
+        rows = await conn.fetch(
+            f"SELECT {_SELECT} FROM geofences WHERE tenant_id = $1 "  # noqa: S608
+            "AND ($2::text IS NULL OR kind = $2) AND ($3::boolean IS NULL OR is_active = $3) "
+            "AND ($4::text IS NULL OR category = $4) ORDER BY name",
+            user.tenant_id, kind, active, category)
+    return json_response({"type": "FeatureCollection",
+                          "features": [feature_json(r) for r in rows]})
+
+
+async def get_geofence(request: web.Request) -> web.Response:
+    """GET /api/geofences/{id}."""
+    user = current_user(request)
+    async with tenant_transaction(request) as conn:
+        row = await conn.fetchrow(
+            f"SELECT {_SELECT} FROM geofences WHERE id = $1 AND tenant_id = $2",  # noqa: S608
+            path_uuid(request), user.tenant_id)
+    if row is None:
+        raise NotFound("geofence not found")
+    return json_response(feature_json(row))
+
+
+async def insert_geofence(conn: asyncpg.Connection, tenant_id: UUID, feature: FenceFeature
+                          ) -> asyncpg.Record:
+    """Validate and insert one geofence Feature (also used by the demo seeding)."""
+    kind, geom = validate_feature(feature)
+    p = feature.properties
+    try:
+        return await conn.fetchrow(
+            "INSERT INTO geofences (tenant_id, name, kind, geometry, radius_m, corridor_width_m, "  # noqa: S608 - constant column list
+            "category, speed_limit_kph, dwell_s, debounce_s, alert_on_entry, alert_on_exit, "
+            "alert_recipients, is_active) VALUES ($1, $2, $3, "
+            "ST_SetSRID(ST_GeomFromGeoJSON($4), 4326)::geography, $5, $6, $7, $8, $9, $10, "
+            f"$11, $12, $13, $14) RETURNING {_SELECT}",
+            tenant_id, p.name, kind, msgspec.json.encode(geom).decode(),
+            p.radius_m if kind == "circle" else None,
+            p.corridor_width_m if kind == "corridor" else None, p.category, p.speed_limit_kph,
+            p.dwell_s, p.debounce_s, p.alert_on_entry, p.alert_on_exit, p.alert_recipients,
+            p.is_active)
+    except asyncpg.PostgresError as exc:
+        raise db_error(exc) from exc
+
+
+async def create_geofence(request: web.Request) -> web.Response:
+    """POST /api/geofences: body is a GeoJSON Feature."""
+    user = current_user(request)
+    feature = await read_json(request, FenceFeature)
+    async with tenant_transaction(request) as conn:
+        row = await insert_geofence(conn, user.tenant_id, feature)
+    request["audit_resource_id"] = str(row["id"])
+    return json_response(feature_json(row), status=201)
+
+
+async def replace_geofence(request: web.Request) -> web.Response:
+    """PUT /api/geofences/{id}: replace geometry and properties."""
+    user = current_user(request)
+    fid = path_uuid(request)
+    feature = await read_json(request, FenceFeature)
+    kind, geom = validate_feature(feature)
+    p = feature.properties
+    async with tenant_transaction(request) as conn:
+        try:
+            row = await conn.fetchrow(
+                "UPDATE geofences SET name = $3, kind = $4, "  # noqa: S608 - constant column list
+                "geometry = ST_SetSRID(ST_GeomFromGeoJSON($5), 4326)::geography, radius_m = $6,"
+                " corridor_width_m = $7, category = $8, speed_limit_kph = $9, dwell_s = $10, "
+                "debounce_s = $11, alert_on_entry = $12, alert_on_exit = $13, "
+                "alert_recipients = $14, is_active = $15 WHERE id = $1 AND tenant_id = $2 "
+                f"RETURNING {_SELECT}",
+                fid, user.tenant_id, p.name, kind, msgspec.json.encode(geom).decode(),
+                p.radius_m if kind == "circle" else None,
+                p.corridor_width_m if kind == "corridor" else None, p.category,
+                p.speed_limit_kph, p.dwell_s, p.debounce_s, p.alert_on_entry, p.alert_on_exit,
+                p.alert_recipients, p.is_active)
+        except asyncpg.PostgresError as exc:
+            raise db_error(exc) from exc
+    if row is None:
+        raise NotFound("geofence not found")
+    return json_response(feature_json(row))
+
+
+async def delete_geofence(request: web.Request) -> web.Response:
+    """DELETE /api/geofences/{id}."""
+    user = current_user(request)
+    async with tenant_transaction(request) as conn:
+        deleted = await conn.fetchval(
+            "DELETE FROM geofences WHERE id = $1 AND tenant_id = $2 RETURNING id",
+            path_uuid(request), user.tenant_id)
+    if deleted is None:
+        raise NotFound("geofence not found")
+    return web.Response(status=204)
+
+
+# The seed's "Routes" column: admin/fleet_manager CRUD; driver and viewer read; technician none.
+READ = ("admin", "fleet_manager", "driver", "viewer")
+WRITE = ("admin", "fleet_manager")
+ID = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
+FEATURE = {"$ref": "#/components/schemas/GeofenceFeature"}
+ROUTES = [
+    ApiRoute("GET", "/api/geofences", list_geofences, "Geofences as a FeatureCollection",
+             "geofences", READ,
+             params=(Param("kind", schema={"enum": list(KINDS)}),
+                     Param("active", schema={"type": "boolean"}), Param("category")),
+             response={"$ref": "#/components/schemas/FeatureCollection"}),
+    ApiRoute("POST", "/api/geofences", create_geofence, "Create a geofence from a Feature",
+             "geofences", WRITE, body=FenceFeature, response=FEATURE, status=201,
+             resource="geofence"),
+    ApiRoute("GET", "/api/geofences/{id}", get_geofence, "One geofence", "geofences", READ,
+             params=(ID,), response=FEATURE),
+    ApiRoute("PUT", "/api/geofences/{id}", replace_geofence, "Replace a geofence", "geofences",
+             WRITE, params=(ID,), body=FenceFeature, response=FEATURE, resource="geofence"),
+    ApiRoute("DELETE", "/api/geofences/{id}", delete_geofence, "Delete a geofence",
+             "geofences", WRITE, params=(ID,), status=204, resource="geofence"),
+]
