@@ -1,0 +1,406 @@
+"""The fence index: every tenant's fences, answering point-in-fence for a batch of positions.
+
+Fast path. A uniform grid in longitude/latitude (cells of `grid_cell_m` metres at the fences'
+median latitude) is laid over all fences. At build time every fence is rasterised into it: a
+cell its boundary passes through is a *boundary* cell, a cell wholly inside it is a *full*
+cell, and cells wholly outside are simply absent. The grid key also carries the tenant, so a
+position only ever meets its own tenant's fences. At query time each position's cell key is
+looked up in one sorted array (`numpy.searchsorted`); hits in full cells are accepted without
+any geometry, and only boundary-cell candidates get an exact test, all of them in one
+vectorised `shapely.intersects_xy` call over prepared zones (GEOS point-in-polygon).
+
+Fences too large for the grid (`max_cells_per_fence`) go to a shapely STRtree and are tested
+exactly for every position of their tenant. Segment queries (`crossed`) use a per-tenant
+STRtree. Containment includes the boundary, like PostGIS `ST_Covers`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+import numpy as np
+import shapely
+from numpy.typing import NDArray
+
+from geo.config import GeofenceSettings
+from geo.errors import GeoError
+from geo.fence import Fence
+from geo.geodesy import LocalFrame
+from geo.grid import BLOCK, BLOCK_BITS, EXACT, FULL, HALF, Raster, rasterise, side_tests
+
+IntArray = NDArray[np.int64]
+FloatArray = NDArray[np.float64]
+EMPTY: frozenset[UUID] = frozenset()
+_SIDE_TOL_CELLS = 1e-9
+"""Positions closer than this (in cells) to a segment's line get the exact GEOS test."""
+
+_tenant_keys: dict[UUID, int] = {}
+_tenant_lock = threading.Lock()
+_versions = itertools.count(1)
+
+
+def tenant_key(tenant_id: UUID) -> int:
+    """A small integer for a tenant, stable for the life of the process across index rebuilds."""
+    key = _tenant_keys.get(tenant_id)
+    if key is None:
+        with _tenant_lock:
+            key = _tenant_keys.setdefault(tenant_id, len(_tenant_keys))
+    return key
+
+
+def tenant_keys(tenant_ids: Iterable[UUID]) -> IntArray:
+    """`tenant_key` for many tenants at once, as the int64 array `containing` accepts."""
+    ids = list(tenant_ids)
+    get = _tenant_keys.get
+    keys = [get(t) for t in ids]
+    if any(k is None for k in keys):
+        keys = [tenant_key(t) for t in ids]
+    return np.asarray(keys, dtype=np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    x0: float
+    y0: float
+    cdx: float
+    cdy: float
+    ncols: int
+    nrows: int
+    tenant_slots: int
+    block_keys: IntArray
+    """Sorted keys (tenant, block row, block column) of blocks holding any entry."""
+    ptr: IntArray
+    """Entries of dense cell d = block ordinal * BLOCK**2 + row * BLOCK + col: ptr[d]:ptr[d+1]."""
+    entry_fence: NDArray[np.int32]
+    entry_kind: NDArray[np.int8]
+    entry_line1: NDArray[np.int32]
+    entry_line2: NDArray[np.int32]
+    segments: FloatArray
+
+    @property
+    def bcols(self) -> int:
+        return (self.ncols >> BLOCK_BITS) + 1
+
+    @property
+    def brows(self) -> int:
+        return (self.nrows >> BLOCK_BITS) + 1
+
+    def locate(self, tkeys: IntArray, lons: FloatArray,
+               lats: FloatArray) -> tuple[IntArray, IntArray, NDArray[np.bool_]]:
+        """Cell column and row of each position, and whether it is on the grid at all."""
+        with np.errstate(invalid="ignore"):
+            fx = np.floor((lons - self.x0) / self.cdx)
+            fy = np.floor((lats - self.y0) / self.cdy)
+            ok = ((fx >= 0) & (fx < self.ncols) & (fy >= 0) & (fy < self.nrows)
+                  & (tkeys >= 0) & (tkeys < self.tenant_slots))
+        return np.where(ok, fx, 0).astype(np.int64), np.where(ok, fy, 0).astype(np.int64), ok
+
+    def ranges(self, tkeys: IntArray, ix: IntArray, iy: IntArray,
+               ok: NDArray[np.bool_]) -> tuple[IntArray, IntArray]:
+        """Entry range [lo, hi) of each cell; empty where `ok` is False."""
+        bkey = ((tkeys * self.brows + (iy >> BLOCK_BITS)) * self.bcols + (ix >> BLOCK_BITS))
+        bpos = np.searchsorted(self.block_keys, bkey)
+        np.minimum(bpos, self.block_keys.size - 1, out=bpos)
+        found = ok & (self.block_keys[bpos] == bkey)
+        dense = (bpos << (2 * BLOCK_BITS)) + ((iy & (BLOCK - 1)) << BLOCK_BITS) + (ix & (BLOCK - 1))
+        dense = np.where(found, dense, 0)
+        lo = self.ptr[dense]
+        hi = np.where(found, self.ptr[dense + 1], lo)
+        return lo, hi
+
+
+class FenceIndex:
+    """An immutable index of fences of all tenants; build a new one to change it."""
+
+    def __init__(self, fences: Sequence[Fence], settings: GeofenceSettings, version: int) -> None:
+        """Use `FenceIndex.build`."""
+        self.version = version
+        """Identifies this build; the store uses the fences' change counter."""
+        self.settings = settings
+        self._fences = list(fences)
+        self._ids = [f.id for f in self._fences]
+        self._by_id = {f.id: f for f in self._fences}
+        if len(self._by_id) != len(self._fences):
+            raise GeoError("fence ids must be unique")
+        self._singles = [frozenset((f.id,)) for f in self._fences]
+        self._tkey = np.asarray([tenant_key(f.tenant_id) for f in self._fences], dtype=np.int64)
+        self._zones = np.asarray([f.zone for f in self._fences] or [], dtype=object)
+        shapely.prepare(self._zones)
+        self._grid, large = self._build_grid()
+        self._large = np.asarray(large, dtype=np.int64)
+        self._large_tree = shapely.STRtree(self._zones[self._large]) if large else None
+        self._large_tenants = frozenset(self._tkey[self._large].tolist())
+        self._trees = self._build_tenant_trees()
+
+    @classmethod
+    def build(cls, fences: Iterable[Fence], settings: GeofenceSettings | None = None,
+              version: int | None = None) -> FenceIndex:
+        """Index `fences`; `version` defaults to a process-wide increasing counter."""
+        return cls(list(fences), settings or GeofenceSettings(),
+                   next(_versions) if version is None else version)
+
+    # ---- lookups ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Number of fences."""
+        return len(self._fences)
+
+    def fence(self, fence_id: UUID) -> Fence:
+        """The fence with this id; KeyError if the index has none."""
+        return self._by_id[fence_id]
+
+    def get(self, fence_id: UUID) -> Fence | None:
+        """The fence with this id, or None."""
+        return self._by_id.get(fence_id)
+
+    def fences(self) -> list[Fence]:
+        """All fences, in build order."""
+        return list(self._fences)
+
+    def speed_limit_kph(self, fence_ids: Iterable[UUID]) -> float | None:
+        """The lowest speed limit among these fences, or None when none of them sets one."""
+        limits = [f.speed_limit_kph for i in fence_ids
+                  if (f := self._by_id.get(i)) is not None and f.speed_limit_kph is not None]
+        return min(limits) if limits else None
+
+    @property
+    def grid_stats(self) -> dict[str, float]:
+        """Size of the pre-classification grid (for benchmarks and logs)."""
+        g = self._grid
+        kinds = np.bincount(g.entry_kind, minlength=5) if g.entry_kind.size else np.zeros(5)
+        return {
+            "blocks": int(g.block_keys.size), "entries": int(g.entry_fence.size),
+            "full_entries": int(kinds[FULL]), "exact_entries": int(kinds[EXACT]),
+            "side_entries": int(kinds[2:].sum()),
+            "cell_m": self.settings.grid_cell_m, "large_fences": int(self._large.size),
+        }
+
+    # ---- point queries ------------------------------------------------------------------------
+
+    def containing(self, tenant_ids: IntArray | Sequence[UUID], lons: FloatArray,
+                   lats: FloatArray) -> list[frozenset[UUID]]:
+        """For each position, the ids of its own tenant's fences whose zone covers it.
+
+        `tenant_ids` is either an int array of `tenant_key`s or a sequence of tenant UUIDs.
+        Positions with a NaN coordinate are in no fence.
+        """
+        n = len(lons)
+        pidx, fidx = self.containing_pairs(tenant_ids, lons, lats)
+        out: list[frozenset[UUID]] = [EMPTY] * n
+        if pidx.size == 0:
+            return out
+        counts = np.bincount(pidx, minlength=n)
+        single = counts[pidx] == 1
+        singles = self._singles
+        for p, f in zip(pidx[single].tolist(), fidx[single].tolist(), strict=True):
+            out[p] = singles[f]
+        if not single.all():
+            ids = self._ids
+            mp, mf = pidx[~single], fidx[~single]
+            firsts = np.flatnonzero(np.r_[True, mp[1:] != mp[:-1]])
+            bounds = np.r_[firsts, mp.size].tolist()
+            fence_ids = [ids[f] for f in mf.tolist()]
+            for p, lo, hi in zip(mp[firsts].tolist(), bounds[:-1], bounds[1:], strict=True):
+                out[p] = frozenset(fence_ids[lo:hi])
+        return out
+
+    def containing_pairs(self, tenant_ids: IntArray | Sequence[UUID], lons: FloatArray,
+                         lats: FloatArray) -> tuple[IntArray, IntArray]:
+        """(position index, fence ordinal) of every hit, sorted by position: the raw result."""
+        lons = np.asarray(lons, dtype=np.float64)
+        lats = np.asarray(lats, dtype=np.float64)
+        tk = self._keys_of(tenant_ids)
+        if not lons.shape == lats.shape == tk.shape or lons.ndim != 1:
+            raise GeoError("tenant_ids, lons and lats must be 1-d and of the same length")
+        pidx, fidx = self._grid_hits(tk, lons, lats)
+        if self._large_tree is not None:
+            lp, lf = self._large_hits(tk, lons, lats)
+            if lp.size:
+                pidx, fidx = np.concatenate([pidx, lp]), np.concatenate([fidx, lf])
+                order = np.lexsort((fidx, pidx))
+                pidx, fidx = pidx[order], fidx[order]
+        return pidx, fidx
+
+    def _keys_of(self, tenant_ids: IntArray | Sequence[UUID]) -> IntArray:
+        if isinstance(tenant_ids, np.ndarray) and tenant_ids.dtype.kind in "iu":
+            return tenant_ids.astype(np.int64, copy=False)
+        return tenant_keys(tenant_ids)
+
+    def _grid_hits(self, tk: IntArray, lons: FloatArray,
+                   lats: FloatArray) -> tuple[IntArray, IntArray]:
+        g = self._grid
+        empty = np.empty(0, dtype=np.int64)
+        if g.block_keys.size == 0:
+            return empty, empty
+        ix, iy, ok = g.locate(tk, lons, lats)
+        lo, hi = g.ranges(tk, ix, iy, ok)
+        count = hi - lo
+        hp = np.flatnonzero(count)
+        if hp.size == 0:
+            return empty, empty
+        start, count = lo[hp], count[hp]
+        total = int(count.sum())
+        pidx = np.repeat(hp, count)
+        # Entry offsets of each hit cell, laid end to end: start of its range + rank within it.
+        offs = np.repeat(start - (np.cumsum(count) - count), count) + np.arange(total)
+        fidx = g.entry_fence[offs].astype(np.int64)
+        kind = g.entry_kind[offs]
+        ok_hit = kind == FULL
+        exact = kind == EXACT
+        sided = np.flatnonzero(kind >= HALF)
+        if sided.size:
+            so = offs[sided]
+            sp = pidx[sided]
+            inside, undecided = side_tests(
+                kind[sided], (g.entry_line1[so], g.entry_line2[so]), g.segments,
+                px=lons[sp], py=lats[sp], tol_deg=_SIDE_TOL_CELLS * g.cdy)
+            ok_hit[sided] = inside
+            exact[sided[undecided]] = True
+        ex = np.flatnonzero(exact)
+        if ex.size:
+            ep = pidx[ex]
+            ok_hit[ex] = shapely.intersects_xy(self._zones[fidx[ex]], lons[ep], lats[ep])
+        return pidx[ok_hit], fidx[ok_hit]
+
+    def _large_hits(self, tk: IntArray, lons: FloatArray,
+                    lats: FloatArray) -> tuple[IntArray, IntArray]:
+        empty = np.empty(0, dtype=np.int64)
+        if self._large_tree is None:
+            return empty, empty
+        finite = np.isfinite(lons) & np.isfinite(lats)
+        sel = np.flatnonzero(finite & np.isin(tk, self._tkey[self._large]))
+        if sel.size == 0:
+            return empty, empty
+        pairs = self._large_tree.query(shapely.points(lons[sel], lats[sel]), predicate="intersects")
+        pidx = sel[pairs[0]]
+        fidx = self._large[pairs[1]]
+        same = self._tkey[fidx] == tk[pidx]
+        return pidx[same].astype(np.int64), fidx[same].astype(np.int64)
+
+    # ---- segment queries ----------------------------------------------------------------------
+
+    def crossed(self, tenant_id: UUID, lon0: float, lat0: float, lon1: float,
+                lat1: float) -> frozenset[UUID]:
+        """Ids of the tenant's fences that the straight segment between two fixes touches."""
+        entry = self._trees.get(_tenant_keys.get(tenant_id, -1))
+        if entry is None:
+            return EMPTY
+        tree, members = entry
+        if self._segment_in_empty_cells(tenant_id, lon0, lat0, lon1, lat1):
+            return EMPTY
+        segment = shapely.LineString([(lon0, lat0), (lon1, lat1)])
+        hits = tree.query(segment, predicate="intersects")
+        if hits.size == 0:
+            return EMPTY
+        ids = self._ids
+        return frozenset(ids[int(members[h])] for h in hits)
+
+    def _segment_in_empty_cells(self, tenant_id: UUID, lon0: float, lat0: float, lon1: float,
+                                lat1: float) -> bool:
+        """True when the segment provably meets no fence: every grid cell of its box is empty.
+
+        Most consecutive fixes are metres apart and far from any fence, so this skips the
+        STRtree query for them. Only tried for short segments of tenants with no large fences.
+        """
+        g = self._grid
+        tk = _tenant_keys.get(tenant_id, -1)
+        if tk in self._large_tenants or not (
+                math.isfinite(lon0) and math.isfinite(lat0)
+                and math.isfinite(lon1) and math.isfinite(lat1)):
+            return False
+        if g.block_keys.size == 0:
+            return True
+        cx0, cx1 = sorted((math.floor((lon0 - g.x0) / g.cdx), math.floor((lon1 - g.x0) / g.cdx)))
+        cy0, cy1 = sorted((math.floor((lat0 - g.y0) / g.cdy), math.floor((lat1 - g.y0) / g.cdy)))
+        if (cx1 - cx0 + 1) * (cy1 - cy0 + 1) > 16:
+            return False
+        cols = np.arange(cx0, cx1 + 1, dtype=np.int64)
+        rows = np.arange(cy0, cy1 + 1, dtype=np.int64)
+        ix = np.broadcast_to(cols[None, :], (rows.size, cols.size)).ravel()
+        iy = np.broadcast_to(rows[:, None], (rows.size, cols.size)).ravel()
+        ok = (ix >= 0) & (ix < g.ncols) & (iy >= 0) & (iy < g.nrows)
+        tks = np.full(ix.size, tk, dtype=np.int64)
+        lo, hi = g.ranges(tks, np.where(ok, ix, 0), np.where(ok, iy, 0), ok)
+        return not bool((hi > lo).any())
+
+    # ---- build --------------------------------------------------------------------------------
+
+    def _build_tenant_trees(self) -> dict[int, tuple[shapely.STRtree, IntArray]]:
+        trees: dict[int, tuple[shapely.STRtree, IntArray]] = {}
+        if not self._fences:
+            return trees
+        order = np.argsort(self._tkey, kind="stable")
+        keys, starts = np.unique(self._tkey[order], return_index=True)
+        for key, members in zip(keys.tolist(), np.split(order, starts[1:]), strict=True):
+            trees[key] = (shapely.STRtree(self._zones[members]), members.astype(np.int64))
+        return trees
+
+    def _build_grid(self) -> tuple[_Grid, list[int]]:
+        s = self.settings
+        if not self._fences:
+            return _empty_grid(), []
+        bounds = shapely.bounds(self._zones)
+        ref_lat = float(np.median((bounds[:, 1] + bounds[:, 3]) / 2))
+        frame = LocalFrame.at(0.0, ref_lat)
+        cdx = s.grid_cell_m / frame.m_per_deg_x
+        cdy = s.grid_cell_m / frame.m_per_deg_y
+        x0 = float(bounds[:, 0].min()) - cdx
+        y0 = float(bounds[:, 1].min()) - cdy
+        ncols = math.ceil((float(bounds[:, 2].max()) - x0) / cdx) + 2
+        nrows = math.ceil((float(bounds[:, 3].max()) - y0) / cdy) + 2
+        slots = int(self._tkey.max()) + 1
+        brows, bcols = (nrows >> BLOCK_BITS) + 1, (ncols >> BLOCK_BITS) + 1
+        if slots * brows * bcols >= 2**62:
+            raise GeoError(f"grid too large ({nrows}x{ncols} cells x {slots} tenants): "
+                           "raise grid_cell_m")
+        parts: list[tuple[IntArray, IntArray, int, Raster]] = []
+        large: list[int] = []
+        segments: list[FloatArray] = []
+        for i, zone in enumerate(self._zones):
+            b = bounds[i]
+            ix0, iy0 = math.floor((b[0] - x0) / cdx), math.floor((b[1] - y0) / cdy)
+            w = math.floor((b[2] - x0) / cdx) - ix0 + 1
+            h = math.floor((b[3] - y0) / cdy) - iy0 + 1
+            if w * h > s.max_cells_per_fence:
+                large.append(i)
+                continue
+            r = rasterise(zone, (x0 + ix0 * cdx, y0 + iy0 * cdy), (cdx, cdy), (w, h))
+            rows, cols = np.divmod(r.flat, w)
+            parts.append((iy0 + rows, ix0 + cols, i, r))
+            segments.append(r.segments)
+        if not parts:
+            return _empty_grid(), large
+        iy = np.concatenate([p[0] for p in parts])
+        ix = np.concatenate([p[1] for p in parts])
+        fence = np.concatenate([np.full(p[0].size, p[2], dtype=np.int32) for p in parts])
+        rasters = [p[3] for p in parts]
+        kind = np.concatenate([r.kind for r in rasters])
+        sizes = np.asarray([r.segments.shape[0] for r in rasters], dtype=np.int64)
+        offsets = (np.cumsum(sizes) - sizes).tolist()
+        line1 = np.concatenate([np.where(r.line1 >= 0, r.line1 + o, -1)
+                                for r, o in zip(rasters, offsets, strict=True)])
+        line2 = np.concatenate([np.where(r.line2 >= 0, r.line2 + o, -1)
+                                for r, o in zip(rasters, offsets, strict=True)])
+        tk = self._tkey[fence]
+        bkey = (tk * brows + (iy >> BLOCK_BITS)) * bcols + (ix >> BLOCK_BITS)
+        block_keys, block_of = np.unique(bkey, return_inverse=True)
+        dense = ((block_of.astype(np.int64) << (2 * BLOCK_BITS))
+                 + ((iy & (BLOCK - 1)) << BLOCK_BITS) + (ix & (BLOCK - 1)))
+        order = np.argsort(dense, kind="stable")
+        ptr = np.searchsorted(dense[order], np.arange(block_keys.size * BLOCK * BLOCK + 1))
+        grid = _Grid(x0, y0, cdx, cdy, ncols, nrows, slots, block_keys.astype(np.int64),
+                     ptr.astype(np.int64), fence[order], kind[order],
+                     line1[order].astype(np.int32), line2[order].astype(np.int32),
+                     np.vstack(segments))
+        return grid, large
+
+
+def _empty_grid() -> _Grid:
+    return _Grid(0.0, 0.0, 1.0, 1.0, 0, 0, 0, np.empty(0, np.int64), np.zeros(1, np.int64),
+                 np.empty(0, np.int32), np.empty(0, np.int8), np.empty(0, np.int32),
+                 np.empty(0, np.int32), np.empty((0, 4)))
