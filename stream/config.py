@@ -1,0 +1,129 @@
+"""Settings of the `fleet stream` process: one typed root, validated at start-up.
+
+Every threshold carries its unit in its name. Sections: ``database``, ``mqtt``, ``redis``
+(shared, from deploy.settings), ``source`` (the MQTT source and its inbox), ``stream`` (the
+dataflow: scaling, recovery, reordering, sinks), ``filters`` (GPS sanity filters, like
+Traccar's ``filter.*`` keys), and the ``detectors``, ``anomaly`` and ``geofence`` sections of
+the detector packages.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
+from geo.config import GeofenceSettings
+from stream.anomaly import AnomalySettings
+from stream.detectors.config import DetectorSettings
+
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The MQTT source: shared subscription, persistent sessions and the durable inbox."""
+
+    share_group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "fleet-stream"
+    """MQTT v5 shared-subscription group; every stream process of one deployment uses the same."""
+    tenant: Annotated[str, Meta(pattern=r"^(\+|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")] = "+"
+    """Tenant level of the subscription: ``+`` for every tenant, or one tenant id to dedicate
+    a stream deployment to a single tenant (a large customer, or a test)."""
+    client_id_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "fleet-stream"
+    """Partition i connects as ``{prefix}-p{i}``: a stable id, so its broker session survives."""
+    partitions: PositiveInt = 2
+    """MQTT client sessions (Bytewax source partitions) across the whole cluster. Fixed for
+    the life of a recovery directory: the resume state is kept per partition."""
+    session_expiry_s: PositiveInt = 86_400
+    """How long the broker keeps a disconnected partition's session and queued messages."""
+    receive_maximum: Annotated[int, Meta(ge=1, le=65_535)] = 1000
+    """Unacknowledged QoS 1 messages the broker may have in flight to one partition."""
+    poll_interval_ms: PositiveInt = 5
+    """How long an idle partition waits before looking for new messages again."""
+    max_batch_messages: PositiveInt = 2000
+    """Messages committed to the inbox (and handed on) per poll, at most."""
+    inbox_retention_s: PositiveInt = 600
+    """Inbox rows are deleted once a snapshot at least this old covers them."""
+    connect_timeout_s: PositiveFloat = 10.0
+
+
+class FilterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """GPS sanity filters (Traccar ``filter.*``); 0 disables a numeric filter.
+
+    Policy: a sample failing a *position* filter keeps its other signals but loses its
+    position (and speed/heading); a sample failing a *time* or *duplicate* filter is dropped.
+    Either way an ``ingest_rejects`` row with reason ``gps_filtered`` records what was removed.
+    """
+
+    invalid_fix: bool = True
+    """Drop positions whose gps_fix is 0 (no fix)."""
+    zero_position: bool = True
+    """Drop positions at exactly 0,0 (a receiver's default, not a place)."""
+    max_hdop: NonNegFloat = 20.0
+    """Drop positions with a larger horizontal dilution of precision."""
+    min_satellites: Annotated[int, Meta(ge=0)] = 0
+    """Drop positions computed from fewer satellites."""
+    max_future_s: NonNegFloat = 300.0
+    """Drop samples stamped this far after the time the stream received them."""
+    max_past_s: NonNegFloat = 30 * 86_400.0
+    """Drop samples stamped this far before the time the stream received them."""
+    max_implied_speed_kph: NonNegFloat = 300.0
+    """Drop positions whose distance from the last accepted fix implies a faster speed."""
+    duplicate: bool = True
+    """Drop a sample with the same time and position as the previous one (new seq, same fix)."""
+
+
+class DataflowSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Scaling, recovery and per-vehicle processing of the dataflow."""
+
+    workers_per_process: PositiveInt = 1
+    processes: PositiveInt = 1
+    process_base_port: Annotated[int, Meta(ge=1024, le=65_000)] = 2101
+    """Process i of a local cluster listens on base + i for Bytewax's exchange."""
+    recovery_dir: str = ".fleet/stream-recovery"
+    """Bytewax recovery partitions (SQLite); created on first start. Empty disables recovery."""
+    recovery_partitions: PositiveInt = 1
+    snapshot_interval_s: PositiveInt = 5
+    """Bytewax epoch length: state is snapshotted this often, and replay after a crash
+    starts at most this far back."""
+    reorder_window_ms: Annotated[int, Meta(ge=0)] = 10_000
+    """Event-time watermark lag: a sample whose predecessor (by seq) is missing may be
+    released once samples this much newer have arrived (and it was held `min_hold_ms`)."""
+    min_hold_ms: Annotated[int, Meta(ge=0)] = 500
+    """Processing time a sample after a gap waits at least, so the message holding the gap
+    can still come in through another source partition (shared subscriptions do not keep a
+    vehicle's messages in order across partitions)."""
+    max_hold_ms: Annotated[int, Meta(ge=0)] = 5_000
+    """Processing-time bound on the wait, so a quiet vehicle's samples are not held forever."""
+    dedupe_window_samples: PositiveInt = 4096
+    """Sequence numbers remembered per vehicle for duplicate detection."""
+    tick_interval_s: PositiveFloat = 1.0
+    """Processing-time tick for detector time-outs (device offline) and held samples."""
+    moving_speed_kph: NonNegFloat = 3.0
+    """A vehicle moves when its speed is at least this."""
+    directory_refresh_s: PositiveFloat = 30.0
+    """Vehicle/tenant cache refresh period; an unknown vehicle forces an earlier refresh."""
+    directory_miss_refresh_s: PositiveFloat = 2.0
+    """Minimum time between refreshes forced by unknown vehicles."""
+    rollup_interval_s: PositiveFloat = 60.0
+    """How often touched time ranges are passed to fleet_refresh_rollups(); 0 = never."""
+    live_enabled: bool = True
+    """Publish live positions and events on Redis."""
+    reject_payload_max_bytes: PositiveInt = 65_536
+
+
+class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Root settings object of `fleet stream`."""
+
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    source: SourceSettings = msgspec.field(default_factory=SourceSettings)
+    stream: DataflowSettings = msgspec.field(default_factory=DataflowSettings)
+    filters: FilterSettings = msgspec.field(default_factory=FilterSettings)
+    detectors: DetectorSettings = msgspec.field(default_factory=DetectorSettings)
+    anomaly: AnomalySettings = msgspec.field(default_factory=AnomalySettings)
+    geofence: GeofenceSettings = msgspec.field(default_factory=GeofenceSettings)

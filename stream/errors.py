@@ -1,0 +1,19 @@
+"""The stream's one root exception; library errors are wrapped at the boundary."""
+
+from __future__ import annotations
+
+
+class StreamError(Exception):
+    """Root of every error the stream raises on purpose."""
+
+
+class StreamConfigError(StreamError):
+    """Settings that cannot work (checked at start-up)."""
+
+
+class SourceError(StreamError):
+    """The MQTT source or its inbox could not do its job (broker or database down)."""
+
+
+class SinkError(StreamError):
+    """The database or Redis sink could not write a batch."""

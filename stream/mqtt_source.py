@@ -1,0 +1,321 @@
+"""The stream's own Bytewax source for MQTT, with a durable inbox in PostgreSQL.
+
+`MqttSource` (public) validates its settings; `_MqttPartition` (private) does the I/O. Each
+partition is one MQTT v5 client with a stable client id and a persistent session
+(clean_start false + session expiry), subscribed at QoS 1 to the shared subscription
+``$share/{group}/fleet/v1/+/+/telemetry``, so the broker splits messages across every
+partition of every stream process.
+
+Delivery guarantee (docs/stream.md): messages are acknowledged with manual PUBACKs only
+after they are committed to `stream_inbox`; the dataflow reads from that log by offset and
+Bytewax snapshots the offset each partition has handed on. So:
+
+- killed before the inbox commit: the message is not acknowledged; the broker redelivers it
+  to the session when the partition reconnects (or keeps it queued while it is away);
+- killed after the commit: Bytewax resumes from its last snapshot and the partition replays
+  the inbox from the offset in that snapshot, so the message is processed again, against
+  the per-vehicle state of that same snapshot;
+- a message committed but not yet acknowledged when killed is redelivered as well: the
+  inbox then holds it twice and the per-vehicle dedupe (seq) drops the second copy.
+
+The sinks are idempotent, so replays never leave duplicate rows.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from deploy.settings import MqttSettings
+from edge_gateway.errors import ConfigError
+from edge_gateway.mqtt_url import MqttTarget, parse_mqtt_url
+from edge_gateway.protocol import Channel, subscription
+from stream.config import SourceSettings
+from stream.errors import SourceError, StreamConfigError
+from stream.items import InboxMessage
+
+log = logging.getLogger(__name__)
+
+_PRUNE_EVERY_S = 30.0
+_RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received_ms: int
+
+
+class MqttSource(FixedPartitionedSource[InboxMessage, int]):
+    """Bytewax source: MQTT shared subscription -> durable inbox -> `InboxMessage`s.
+
+    The resume state of a partition is the inbox offset it last handed on.
+    """
+
+    def __init__(self, *, mqtt: MqttSettings, source: SourceSettings, database_url: str,
+                 connect_timeout_s: float = 10.0, recovery: bool = True) -> None:
+        """`recovery` says whether Bytewax snapshots this source (it decides inbox pruning)."""
+        try:
+            self.target = parse_mqtt_url(mqtt.url)
+        except ConfigError as exc:
+            raise StreamConfigError(str(exc)) from exc
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise StreamConfigError("the MQTT source needs a postgresql:// URL for its inbox")
+        if source.receive_maximum < 1:
+            raise StreamConfigError("source.receive_maximum must be at least 1")
+        self.mqtt = mqtt
+        self.settings = source
+        self.database_url = database_url
+        self.connect_timeout_s = connect_timeout_s
+        self.recovery = recovery
+        self.topic_filter = subscription(Channel.TELEMETRY, tenant=source.tenant,
+                                         share_group=source.share_group)
+
+    def list_parts(self) -> list[str]:
+        """Every partition; Bytewax assigns each to exactly one worker of the cluster."""
+        return [f"p{i}" for i in range(self.settings.partitions)]
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: int | None) -> _MqttPartition:
+        """Open the partition's inbox and MQTT session."""
+        return _MqttPartition(self, for_part, resume_state)
+
+
+class _Inbox:
+    """One partition's log in `stream_inbox` (single writer: the partition itself)."""
+
+    def __init__(self, url: str, partition: str, connect_timeout_s: float) -> None:
+        self.url = url
+        self.partition = partition
+        self.connect_timeout_s = connect_timeout_s
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            self.conn = psycopg.connect(self.url, connect_timeout=int(self.connect_timeout_s),
+                                        autocommit=True)
+        return self.conn
+
+    def _retrying(self, what: str, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return fn(self._connect())
+            except psycopg.OperationalError as exc:
+                # The database is down: hold on (nothing is acknowledged meanwhile, so the
+                # broker keeps the messages) and retry.
+                delay = _RETRY_DELAYS_S[min(attempt, len(_RETRY_DELAYS_S) - 1)]
+                log.warning("inbox %s %s failed (%s); retrying in %.1f s", self.partition,
+                            what, exc, delay)
+                self.close()
+                time.sleep(delay)
+                attempt += 1
+            except psycopg.Error as exc:
+                raise SourceError(f"inbox {self.partition}: {what} failed: {exc}") from exc
+
+    def last_offset(self) -> int:
+        """Highest offset stored (0 when empty)."""
+        def q(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute("SELECT coalesce(max(inbox_offset), 0) FROM stream_inbox "
+                               "WHERE source_partition = %s", (self.partition,)).fetchone()
+            return int(row[0]) if row else 0
+        return int(self._retrying("read", q))
+
+    def first_offset(self) -> int:
+        """Lowest offset still stored (0 when empty)."""
+        def q(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute("SELECT coalesce(min(inbox_offset), 0) FROM stream_inbox "
+                               "WHERE source_partition = %s", (self.partition,)).fetchone()
+            return int(row[0]) if row else 0
+        return int(self._retrying("read", q))
+
+    def append(self, first_offset: int, messages: list[_Received]) -> None:
+        """Commit messages at offsets first_offset, first_offset + 1, ... in one transaction."""
+        def q(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction(), conn.cursor() as cur, cur.copy(
+                    "COPY stream_inbox (source_partition, inbox_offset, received_at, topic, "
+                    "payload) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "int8", "timestamptz", "text", "bytea"])
+                for i, m in enumerate(messages):
+                    copy.write_row((self.partition, first_offset + i,
+                                    datetime.fromtimestamp(m.received_ms / 1000, tz=UTC),
+                                    m.topic, m.payload))
+        self._retrying("append", q)
+
+    def read(self, after: int, limit: int) -> list[InboxMessage]:
+        """Stored messages with offsets > after, in order."""
+        def q(conn: psycopg.Connection[Any]) -> list[InboxMessage]:
+            rows = conn.execute(
+                "SELECT inbox_offset, received_at, topic, payload FROM stream_inbox "
+                "WHERE source_partition = %s AND inbox_offset > %s "
+                "ORDER BY inbox_offset LIMIT %s", (self.partition, after, limit)).fetchall()
+            return [InboxMessage(self.partition, int(off), int(at.timestamp() * 1000), topic,
+                                 bytes(payload)) for off, at, topic, payload in rows]
+        result: list[InboxMessage] = self._retrying("read", q)
+        return result
+
+    def prune(self, upto: int) -> None:
+        """Delete offsets <= upto."""
+        def q(conn: psycopg.Connection[Any]) -> None:
+            conn.execute("DELETE FROM stream_inbox WHERE source_partition = %s "
+                         "AND inbox_offset <= %s", (self.partition, upto))
+        self._retrying("prune", q)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+
+class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
+    """One MQTT session and its inbox log."""
+
+    def __init__(self, source: MqttSource, partition: str, resume_state: int | None) -> None:
+        self.src = source
+        self.cfg = source.settings
+        self.partition = partition
+        self.inbox = _Inbox(source.database_url, partition, source.connect_timeout_s)
+        self.last_written = self.inbox.last_offset()
+        if resume_state is None:
+            # No snapshot yet: replay whatever the inbox still holds, so nothing committed
+            # (and acknowledged) before a crash that beat the first snapshot is lost.
+            first = self.inbox.first_offset()
+            self.emitted = max(first - 1, 0)
+        else:
+            self.emitted = resume_state
+        # Bounded by MQTT flow control: the broker never has more than `receive_maximum`
+        # unacknowledged messages in flight to this session, and we acknowledge only what we
+        # have drained and committed, so this queue cannot grow past that.
+        self.received: collections.deque[_Received] = collections.deque()
+        self.snapshots: collections.deque[tuple[float, int]] = collections.deque()
+        self.last_prune = time.monotonic()
+        self.connected = threading.Event()
+        self.client = self._connect()
+
+    # -- MQTT ------------------------------------------------------------------------------
+    def _connect(self) -> Client:
+        target: MqttTarget = self.src.target
+        client = Client(CallbackAPIVersion.VERSION2,
+                        client_id=f"{self.cfg.client_id_prefix}-{self.partition}",
+                        protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+        if target.username is not None:
+            client.username_pw_set(target.username, target.password)
+        if target.tls:
+            mq = self.src.mqtt
+            client.tls_set(ca_certs=mq.ca_file or None, certfile=mq.cert_file or None,
+                           keyfile=mq.key_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        client.on_connect = self._on_connect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.cfg.session_expiry_s
+        props.ReceiveMaximum = self.cfg.receive_maximum
+        try:
+            client.connect(target.host, target.port, keepalive=self.src.mqtt.keepalive_s,
+                           clean_start=False, properties=props)
+        except OSError as exc:
+            raise SourceError(f"cannot connect to the MQTT broker {target.host}:{target.port}: "
+                              f"{exc}") from exc
+        client.loop_start()
+        if not self.connected.wait(self.src.connect_timeout_s):
+            client.loop_stop()
+            raise SourceError(f"MQTT broker {target.host}:{target.port} did not accept "
+                              f"partition {self.partition} within {self.src.connect_timeout_s} s")
+        return client
+
+    def _on_connect(self, client: Client, _userdata: Any, _flags: ConnectFlags,
+                    reason: ReasonCode, _props: Properties | None) -> None:
+        if reason.is_failure:
+            log.error("MQTT partition %s refused: %s", self.partition, reason)
+            return
+        # Subscribing again on every connect is harmless with a persistent session and
+        # repairs a session the broker expired while we were away.
+        client.subscribe(self.src.topic_filter, qos=1)
+        self.connected.set()
+
+    def _on_message(self, _client: Client, _userdata: Any, msg: MQTTMessage) -> None:
+        self.received.append(_Received(msg.mid, msg.qos, msg.topic, bytes(msg.payload),
+                                       time.time_ns() // 1_000_000))
+
+    # -- Bytewax ---------------------------------------------------------------------------
+    def next_batch(self) -> list[InboxMessage]:
+        """Replay the inbox backlog first; then commit new messages, acknowledge, hand on."""
+        limit = self.cfg.max_batch_messages
+        if self.emitted < self.last_written:
+            backlog = self.inbox.read(self.emitted, limit)
+            if backlog:
+                self.emitted = backlog[-1].offset
+                return backlog
+            self.emitted = self.last_written  # pruned meanwhile: nothing left to replay
+        taken: list[_Received] = []
+        while self.received and len(taken) < limit:
+            taken.append(self.received.popleft())
+        if not taken:
+            self._maybe_prune()
+            return []
+        first = self.last_written + 1
+        self.inbox.append(first, taken)
+        self.last_written = first + len(taken) - 1
+        for m in taken:
+            if m.qos > 0:
+                rc = self.client.ack(m.mid, m.qos)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    # Not fatal: the message is in the inbox; the broker will redeliver it
+                    # and dedupe drops the copy.
+                    log.debug("PUBACK of mid %d failed: %s", m.mid, rc)
+        self.emitted = self.last_written
+        return [InboxMessage(self.partition, first + i, m.received_ms, m.topic, m.payload)
+                for i, m in enumerate(taken)]
+
+    def next_awake(self) -> datetime | None:
+        """Poll again soon when idle (never block the worker)."""
+        if self.received or self.emitted < self.last_written:
+            return None
+        return datetime.now(UTC) + timedelta(milliseconds=self.cfg.poll_interval_ms)
+
+    def snapshot(self) -> int:
+        """The offset handed on last; remembered to know what may be pruned later."""
+        self.snapshots.append((time.monotonic(), self.emitted))
+        return self.emitted
+
+    def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self.last_prune < _PRUNE_EVERY_S:
+            return
+        self.last_prune = now
+        if not self.src.recovery:
+            # Without snapshots a restart never rewinds: handed-on rows age out directly.
+            self.snapshots.append((now, self.emitted))
+        # A snapshot older than the retention time is certainly committed by now: the
+        # dataflow will never rewind before it, so the rows it covers can go.
+        upto = None
+        while self.snapshots and now - self.snapshots[0][0] >= self.cfg.inbox_retention_s:
+            upto = self.snapshots.popleft()[1]
+        if upto:
+            self.inbox.prune(upto)
+
+    def close(self) -> None:
+        """Disconnect without ending the broker session (it is persistent)."""
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.inbox.close()

@@ -1,0 +1,79 @@
+"""Build the production dataflow from `StreamSettings` and run it with Bytewax."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from stream.config import DataflowSettings, StreamSettings
+from stream.dataflow import FlowParts, build_flow, load_detectors
+from stream.decode import Decoder
+from stream.directory import VehicleDirectory, postgres_loader
+from stream.mqtt_source import MqttSource
+from stream.sink import PostgresSink
+from stream.vehicle import VehicleStepConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_recovery_dir(cfg: DataflowSettings) -> Path | None:
+    """Create and initialise the recovery partitions on first start; None when disabled."""
+    if not cfg.recovery_dir:
+        return None
+    from bytewax.recovery import init_db_dir
+
+    path = Path(cfg.recovery_dir)
+    if not any(path.glob("*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, cfg.recovery_partitions)  # type: ignore[no-untyped-call]
+    return path
+
+
+def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> None:
+    """Run the dataflow in this process (as process `process_id` of a local cluster)."""
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    from geo.store import FenceWatcher
+
+    db = settings.database
+    cfg = settings.stream
+    recovery_dir = ensure_recovery_dir(cfg)
+    directory = VehicleDirectory(postgres_loader(db.ingest_url, db.connect_timeout_s),
+                                 refresh_s=cfg.directory_refresh_s,
+                                 miss_refresh_s=cfg.directory_miss_refresh_s)
+    watcher = FenceWatcher(db.ingest_url, settings.geofence, log=log.info)
+    watcher.start()
+    try:
+        detectors = load_detectors(settings, watcher.current)
+        parts = FlowParts(
+            source=MqttSource(mqtt=settings.mqtt, source=settings.source,
+                              database_url=db.ingest_url, connect_timeout_s=db.connect_timeout_s,
+                              recovery=recovery_dir is not None),
+            sink=PostgresSink(db.ingest_url,
+                              redis_url=settings.redis.url if cfg.live_enabled else None,
+                              rollup_interval_s=cfg.rollup_interval_s,
+                              connect_timeout_s=db.connect_timeout_s),
+            decoder=Decoder(directory, payload_max_bytes=cfg.reject_payload_max_bytes),
+            index_provider=watcher.current,
+            vehicle=VehicleStepConfig(cfg, settings.filters, detectors),
+        )
+        flow = build_flow(parts)
+        addresses = None
+        if cfg.processes > 1:
+            addresses = [f"127.0.0.1:{cfg.process_base_port + i}" for i in range(cfg.processes)]
+        log.info("stream starting: process %s of %d, %d worker(s), %d detector(s), recovery %s",
+                 process_id or 0, cfg.processes, cfg.workers_per_process, len(detectors),
+                 recovery_dir or "off")
+        cli_main(  # type: ignore[no-untyped-call]
+            flow,
+            workers_per_process=cfg.workers_per_process,
+            process_id=process_id if cfg.processes > 1 else None,
+            addresses=addresses,
+            epoch_interval=timedelta(seconds=cfg.snapshot_interval_s),
+            recovery_config=(RecoveryConfig(str(recovery_dir), timedelta(0))  # type: ignore[no-untyped-call]
+                             if recovery_dir is not None else None),
+        )
+    finally:
+        watcher.stop()

@@ -1,0 +1,509 @@
+"""The sink: TimescaleDB through batched binary COPY, vehicle_state, rollups, Redis live feed.
+
+Each Bytewax worker writes its own batches in one transaction per batch, so a batch is either
+wholly committed or not at all. Writes are idempotent, because after a crash Bytewax replays
+from its last snapshot and re-emits rows already committed:
+
+- every table is written with binary COPY into a temporary staging table (unlogged, no
+  indexes) and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` into the hypertable. The
+  ingest role is subject to row-level security, and PostgreSQL refuses COPY straight into a
+  table with RLS for such a role; where the role may (BYPASSRLS), each batch is first tried
+  with a direct COPY inside a savepoint and only a batch that collides with a unique key (a
+  replay) is staged. `fleet bench ingest` measures the path in use against raw COPY;
+- ``vehicle_state`` is upserted, never moving backwards in time;
+- Redis messages are published after the commit; the live feed is best effort (a subscriber
+  may see a repeat after a replay) because the database is the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg.types.json import Jsonb
+
+from stream.errors import SinkError
+from stream.items import EmittedEvent, RejectRow, SinkItem, StoredSample, VehicleStateRow
+from stream.live import LiveEvent, LivePosition, encode_live, live_channel
+from stream.model import AnomalyRecord, GeofenceEvent, Reading, VehicleEvent
+
+log = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+"""Back-off between attempts when the database is unreachable; the last repeats forever,
+which stalls the dataflow (back-pressure) rather than losing a batch."""
+
+
+class Ewkb(bytes):
+    """A point as PostGIS extended WKB, dumped as `geography` in binary COPY."""
+
+
+def ewkb_point(lon: float, lat: float) -> Ewkb:
+    """Little-endian EWKB of a WGS84 point (type 1 with the SRID flag, SRID 4326)."""
+    return Ewkb(struct.pack("<BIIdd", 1, 0x20000001, 4326, lon, lat))
+
+
+def ts(t_ms: int) -> datetime:
+    """Unix milliseconds to an aware datetime."""
+    return datetime.fromtimestamp(t_ms / 1000.0, tz=UTC)
+
+
+def register_geography(conn: psycopg.Connection[Any]) -> int:
+    """Teach this connection to dump `Ewkb` as geography; returns the type's oid."""
+    row = conn.execute("SELECT 'geography'::regtype::oid").fetchone()
+    if row is None:
+        raise SinkError("PostGIS geography type is missing")
+    oid = int(row[0])
+    conn.commit()
+
+    class GeographyDumper(Dumper):
+        format = Format.BINARY
+
+        def dump(self, obj: Any) -> bytes:
+            return bytes(obj)
+
+    GeographyDumper.oid = oid
+    conn.adapters.register_dumper(Ewkb, GeographyDumper)
+    return oid
+
+
+@dataclass(frozen=True)
+class Table:
+    """How one table is written: its columns and their types for binary COPY."""
+
+    name: str
+    columns: tuple[str, ...]
+    types: tuple[str | int, ...]
+
+
+GEOGRAPHY = -1  # placeholder replaced by the connection's geography oid
+
+TELEMETRY = Table("telemetry", (
+    "time", "tenant_id", "vehicle_id", "seq", "location", "altitude_m", "speed_kph",
+    "heading_deg", "rpm", "coolant_temp_c", "fuel_level_pct", "odometer_km", "engine_hours_h",
+    "battery_voltage_v", "throttle_pct", "engine_load_pct", "ignition", "gps_fix_quality",
+    "gps_hdop", "gps_satellites", "dtc_codes", "extra", "source",
+), ("timestamptz", "uuid", "uuid", "int8", GEOGRAPHY, "float4", "float4", "float4", "float4",
+    "float4", "float4", "float8", "float8", "float4", "float4", "float4", "bool", "int2",
+    "float4", "int2", "varchar[]", "jsonb", "text"))
+
+VEHICLE_EVENTS = Table("vehicle_events", (
+    "time", "tenant_id", "vehicle_id", "event_type", "severity", "started_at", "ended_at",
+    "duration_s", "value", "threshold", "location", "geofence_id", "details",
+), ("timestamptz", "uuid", "uuid", "text", "text", "timestamptz", "timestamptz", "float8",
+    "float8", "float8", GEOGRAPHY, "uuid", "jsonb"))
+
+GEOFENCE_EVENTS = Table("geofence_events", (
+    "time", "tenant_id", "vehicle_id", "geofence_id", "event_type", "location", "speed_kph",
+    "dwell_s", "seq", "details",
+), ("timestamptz", "uuid", "uuid", "uuid", "text", GEOGRAPHY, "float4", "float8", "int8",
+    "jsonb"))
+
+ANOMALIES = Table("anomalies", (
+    "time", "tenant_id", "vehicle_id", "signal", "kind", "value", "score", "threshold",
+    "is_event", "details",
+), ("timestamptz", "uuid", "uuid", "text", "text", "float8", "float8", "float8", "bool",
+    "jsonb"))
+
+REJECTS = Table("ingest_rejects", (
+    "time", "tenant_id", "vehicle_code", "reason", "detail", "topic", "payload",
+    "source_partition", "inbox_offset", "sample_seq",
+), ("timestamptz", "uuid", "text", "text", "text", "text", "bytea", "text", "int8", "int8"))
+
+
+def _point(lat: float | None, lon: float | None) -> Ewkb | None:
+    return ewkb_point(lon, lat) if lat is not None and lon is not None else None
+
+
+def telemetry_row(r: Reading) -> tuple[Any, ...]:
+    """One `telemetry` row from a stored reading."""
+    s = r.sample
+    return (
+        ts(s.t_ms), r.vehicle.tenant_id, r.vehicle.vehicle_id, s.seq,
+        _point(s.lat_deg, s.lon_deg), s.alt_m, s.speed_kph, s.heading_deg, s.rpm,
+        s.coolant_c, s.fuel_pct, s.odometer_km, s.engine_hours_h, s.battery_v,
+        s.throttle_pct, s.engine_load_pct, s.ignition, s.gps_fix, s.hdop, s.sats,
+        s.dtcs, Jsonb(s.extra) if s.extra else None, r.source.value,
+    )
+
+
+def vehicle_event_row(e: VehicleEvent) -> tuple[Any, ...]:
+    """One `vehicle_events` row."""
+    return (
+        ts(e.t_ms), e.tenant_id, e.vehicle_id, e.event_type, e.severity,
+        ts(e.started_ms) if e.started_ms is not None else None,
+        ts(e.ended_ms) if e.ended_ms is not None else None,
+        e.duration_s, e.value, e.threshold, _point(e.lat_deg, e.lon_deg), e.geofence_id,
+        Jsonb(e.details),
+    )
+
+
+def geofence_event_row(e: GeofenceEvent) -> tuple[Any, ...]:
+    """One `geofence_events` row."""
+    return (ts(e.t_ms), e.tenant_id, e.vehicle_id, e.geofence_id, e.event_type,
+            _point(e.lat_deg, e.lon_deg), e.speed_kph, e.dwell_s, e.seq, Jsonb(e.details))
+
+
+def anomaly_row(a: AnomalyRecord) -> tuple[Any, ...]:
+    """One `anomalies` row."""
+    return (ts(a.t_ms), a.tenant_id, a.vehicle_id, a.signal, a.kind, a.value, a.score,
+            a.threshold, a.is_event, Jsonb(a.details))
+
+
+def reject_row(r: RejectRow) -> tuple[Any, ...]:
+    """One `ingest_rejects` row."""
+    return (ts(r.time_ms), r.tenant_id, r.vehicle_code, r.reason, r.detail, r.topic,
+            r.payload, r.partition, r.offset, r.sample_seq)
+
+
+class TableWriter:
+    """Idempotent binary COPY of rows into one table, on one connection (see module doc)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], table: Table, geography_oid: int) -> None:
+        self.conn = conn
+        self.table = table
+        self.types = [geography_oid if t == GEOGRAPHY else t for t in table.types]
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
+        stage = sql.Identifier(f"_stage_{table.name}")
+        self._copy_direct = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(table.name), cols)
+        self._copy_stage = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, cols)
+        self._create_stage = sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
+            "ON COMMIT DELETE ROWS").format(stage, sql.Identifier(table.name))
+        self._merge = sql.SQL(
+            "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+            sql.Identifier(table.name), cols, cols, stage)
+        self.replays = 0
+        """Batches whose direct COPY collided with stored rows (a replay)."""
+        self.direct = True
+        """Try COPY straight into the table first; false once the role may not (RLS)."""
+
+    def _copy(self, cur: psycopg.Cursor[Any], statement: sql.Composed,
+              rows: Sequence[tuple[Any, ...]]) -> None:
+        with cur.copy(statement) as copy:
+            copy.set_types(self.types)
+            for row in rows:
+                copy.write_row(row)
+
+    def write(self, rows: Sequence[tuple[Any, ...]], *, force_merge: bool = False) -> None:
+        """Write rows inside the caller's transaction; duplicates of stored rows are skipped."""
+        if not rows:
+            return
+        cur = self.conn.cursor()
+        if self.direct and not force_merge:
+            try:
+                with self.conn.transaction():  # a savepoint inside the batch transaction
+                    self._copy(cur, self._copy_direct, rows)
+                return  # noqa: TRY300 - the fallback below is for the except branches only
+            except psycopg.errors.UniqueViolation:
+                self.replays += 1
+            except psycopg.errors.FeatureNotSupported:
+                # PostgreSQL refuses COPY into a table with row-level security for a role
+                # that is subject to it (the ingest role is): stage from now on.
+                log.info("COPY into %s is not allowed for this role; staging every batch",
+                         self.table.name)
+                self.direct = False
+        cur.execute(self._create_stage)
+        self._copy(cur, self._copy_stage, rows)
+        cur.execute(self._merge)
+
+
+_STATE_UPSERT = """
+INSERT INTO vehicle_state AS s (vehicle_id, tenant_id, time, last_seq, location, speed_kph,
+  heading_deg, ignition, moving, rpm, coolant_temp_c, fuel_level_pct, odometer_km,
+  engine_hours_h, battery_voltage_v, dtc_codes, inside_geofences, updated_at)
+VALUES (%s, %s, %s, %s,
+  CASE WHEN %s::float8 IS NULL THEN NULL
+       ELSE ST_SetSRID(ST_MakePoint(%s::float8, %s::float8), 4326)::geography END,
+  %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, coalesce(%s::varchar(10)[], '{}'), %s::uuid[], now())
+ON CONFLICT (vehicle_id) DO UPDATE SET
+  time = EXCLUDED.time, last_seq = EXCLUDED.last_seq,
+  location = coalesce(EXCLUDED.location, s.location),
+  speed_kph = coalesce(EXCLUDED.speed_kph, s.speed_kph),
+  heading_deg = coalesce(EXCLUDED.heading_deg, s.heading_deg),
+  ignition = coalesce(EXCLUDED.ignition, s.ignition),
+  moving = coalesce(EXCLUDED.moving, s.moving),
+  rpm = coalesce(EXCLUDED.rpm, s.rpm),
+  coolant_temp_c = coalesce(EXCLUDED.coolant_temp_c, s.coolant_temp_c),
+  fuel_level_pct = coalesce(EXCLUDED.fuel_level_pct, s.fuel_level_pct),
+  odometer_km = coalesce(EXCLUDED.odometer_km, s.odometer_km),
+  engine_hours_h = coalesce(EXCLUDED.engine_hours_h, s.engine_hours_h),
+  battery_voltage_v = coalesce(EXCLUDED.battery_voltage_v, s.battery_voltage_v),
+  dtc_codes = EXCLUDED.dtc_codes, inside_geofences = EXCLUDED.inside_geofences,
+  updated_at = now()
+WHERE s.time <= EXCLUDED.time
+"""
+
+
+def _state_params(row: VehicleStateRow) -> tuple[Any, ...]:
+    s = row.sample
+    return (row.ref.vehicle_id, row.ref.tenant_id, ts(s.t_ms), s.seq, s.lon_deg, s.lon_deg,
+            s.lat_deg, s.speed_kph, s.heading_deg, row.ignition, row.moving, s.rpm, s.coolant_c,
+            s.fuel_pct, s.odometer_km, s.engine_hours_h, s.battery_v, s.dtcs,
+            sorted(row.inside, key=str))
+
+
+@dataclass
+class Batch:
+    """A sink batch sorted by destination."""
+
+    telemetry: list[tuple[Any, ...]]
+    vehicle_events: list[tuple[Any, ...]]
+    geofence_events: list[tuple[Any, ...]]
+    anomalies: list[tuple[Any, ...]]
+    rejects: list[tuple[Any, ...]]
+    states: dict[UUID, VehicleStateRow]
+    live: list[EmittedEvent]
+    min_t_ms: int | None = None
+    max_t_ms: int | None = None
+
+    @classmethod
+    def of(cls, items: Iterable[SinkItem]) -> Batch:
+        """Sort items into rows per table."""
+        b = cls([], [], [], [], [], {}, [])
+        for item in items:
+            if isinstance(item, StoredSample):
+                b.telemetry.append(telemetry_row(item.reading))
+                t = item.reading.sample.t_ms
+                b.min_t_ms = t if b.min_t_ms is None else min(b.min_t_ms, t)
+                b.max_t_ms = t if b.max_t_ms is None else max(b.max_t_ms, t)
+            elif isinstance(item, EmittedEvent):
+                ev = item.event
+                if isinstance(ev, VehicleEvent):
+                    b.vehicle_events.append(vehicle_event_row(ev))
+                elif isinstance(ev, GeofenceEvent):
+                    b.geofence_events.append(geofence_event_row(ev))
+                else:
+                    b.anomalies.append(anomaly_row(ev))
+                if not isinstance(ev, AnomalyRecord) or ev.is_event:
+                    b.live.append(item)
+            elif isinstance(item, RejectRow):
+                b.rejects.append(reject_row(item))
+            else:
+                old = b.states.get(item.ref.vehicle_id)
+                if old is None or old.sample.t_ms <= item.sample.t_ms:
+                    b.states[item.ref.vehicle_id] = item
+        return b
+
+
+class Publisher:
+    """Publishes live messages on Redis (best effort: failures are logged, not raised)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._client = redis.Redis.from_url(url, socket_timeout=2.0)
+
+    def publish(self, states: Iterable[VehicleStateRow], events: Iterable[EmittedEvent]) -> None:
+        """Send one position per vehicle and every event, on their tenants' channels."""
+        now_ms = time.time_ns() // 1_000_000
+        pipe = self._client.pipeline(transaction=False)
+        n = 0
+        for st in states:
+            s = st.sample
+            msg = LivePosition(
+                vehicle_id=str(st.ref.vehicle_id), code=st.ref.vehicle_code, t_ms=s.t_ms,
+                lat=s.lat_deg, lon=s.lon_deg, speed_kph=s.speed_kph, heading_deg=s.heading_deg,
+                ignition=st.ignition, moving=st.moving, fuel_pct=s.fuel_pct,
+                coolant_c=s.coolant_c, battery_v=s.battery_v, sent_ms=now_ms)
+            pipe.publish(live_channel(st.ref.tenant_id), encode_live(msg))
+            n += 1
+        for item in events:
+            pipe.publish(live_channel(item.ref.tenant_id), encode_live(live_event(item)))
+            n += 1
+        if not n:
+            return
+        try:
+            pipe.execute()
+        except Exception:
+            log.warning("live publish of %d messages failed", n, exc_info=True)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._client.close()
+
+
+def live_event(item: EmittedEvent) -> LiveEvent:
+    """The compact live form of a detector event."""
+    ev, code = item.event, item.ref.vehicle_code
+    if isinstance(ev, GeofenceEvent):
+        return LiveEvent(vehicle_id=str(ev.vehicle_id), code=code, t_ms=ev.t_ms, kind="geofence",
+                         event_type=ev.event_type, lat=ev.lat_deg, lon=ev.lon_deg,
+                         geofence_id=str(ev.geofence_id), value=ev.dwell_s)
+    if isinstance(ev, VehicleEvent):
+        return LiveEvent(vehicle_id=str(ev.vehicle_id), code=code, t_ms=ev.t_ms, kind="vehicle",
+                         event_type=ev.event_type, severity=ev.severity, lat=ev.lat_deg,
+                         lon=ev.lon_deg, value=ev.value,
+                         geofence_id=str(ev.geofence_id) if ev.geofence_id else None)
+    return LiveEvent(vehicle_id=str(ev.vehicle_id), code=code, t_ms=ev.t_ms, kind="anomaly",
+                     event_type=ev.signal, severity="warning", value=ev.value,
+                     details={"score": ev.score, "threshold": ev.threshold, "kind": ev.kind})
+
+
+class DatabaseWriter:
+    """Writes whole batches in one transaction each; reconnects on connection loss."""
+
+    def __init__(self, url: str, *, connect_timeout_s: float = 10.0,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self.sleep = sleep
+        self.conn: psycopg.Connection[Any] | None = None
+        self.writers: dict[str, TableWriter] = {}
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            conn = psycopg.connect(self.url, connect_timeout=int(self.connect_timeout_s))
+            oid = register_geography(conn)
+            self.writers = {t.name: TableWriter(conn, t, oid) for t in
+                            (TELEMETRY, VEHICLE_EVENTS, GEOFENCE_EVENTS, ANOMALIES, REJECTS)}
+            self.conn = conn
+        return self.conn
+
+    def write(self, batch: Batch) -> None:
+        """Commit a batch, retrying while the database is unreachable."""
+        attempt = 0
+        while True:
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    self._write(conn, batch)
+                return  # noqa: TRY300
+            except psycopg.OperationalError as exc:
+                delay = _RETRY_DELAYS_S[min(attempt, len(_RETRY_DELAYS_S) - 1)]
+                log.warning("database write failed (%s); retrying in %.1f s", exc, delay)
+                self.close()
+                self.sleep(delay)
+                attempt += 1
+            except psycopg.Error as exc:
+                raise SinkError(f"cannot write a batch of {len(batch.telemetry)} samples: "
+                                f"{exc}") from exc
+
+    def _write(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
+        w = self.writers
+        w["telemetry"].write(batch.telemetry)
+        w["vehicle_events"].write(batch.vehicle_events)
+        w["geofence_events"].write(batch.geofence_events)
+        w["anomalies"].write(batch.anomalies)
+        w["ingest_rejects"].write(batch.rejects)
+        if batch.states:
+            with conn.cursor() as cur:
+                cur.executemany(_STATE_UPSERT, [_state_params(s) for s in batch.states.values()])
+
+    def refresh_rollups(self, from_ms: int, to_ms: int) -> None:
+        """Recompute the minute/hour rollups of a time range (failures only logged)."""
+        try:
+            conn = self._connect()
+            with conn.transaction():
+                conn.execute("SELECT fleet_refresh_rollups(%s, %s)", (ts(from_ms), ts(to_ms)))
+        except psycopg.Error:
+            log.warning("rollup refresh failed; it is retried with the next range",
+                        exc_info=True)
+            self.close()
+
+    def close(self) -> None:
+        """Drop the connection (it is reopened on the next write)."""
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+
+class RollupRefresher:
+    """Calls fleet_refresh_rollups() for the time ranges written, every `interval_s`.
+
+    A thread of its own with its own connection, because the sink is only called when items
+    arrive, and the last minutes of a burst must be rolled up too.
+    """
+
+    def __init__(self, url: str, interval_s: float, connect_timeout_s: float) -> None:
+        self.db = DatabaseWriter(url, connect_timeout_s=connect_timeout_s)
+        self.interval_s = interval_s
+        self._lock = threading.Lock()
+        self._touched: tuple[int, int] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rollups", daemon=True)
+        self._thread.start()
+
+    def touch(self, lo_ms: int, hi_ms: int) -> None:
+        """Record that rows with these sample times were committed."""
+        with self._lock:
+            if self._touched is not None:
+                lo_ms, hi_ms = min(lo_ms, self._touched[0]), max(hi_ms, self._touched[1])
+            self._touched = (lo_ms, hi_ms)
+
+    def flush(self) -> None:
+        """Refresh what was touched since the last refresh."""
+        with self._lock:
+            touched, self._touched = self._touched, None
+        if touched is not None:
+            self.db.refresh_rollups(touched[0], touched[1] + 1)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.flush()
+
+    def close(self) -> None:
+        """Final refresh, then stop the thread."""
+        self._stop.set()
+        self._thread.join(10)
+        self.flush()
+        self.db.close()
+
+
+class _SinkPartition(StatelessSinkPartition[SinkItem]):
+    def __init__(self, sink: PostgresSink) -> None:
+        self.db = DatabaseWriter(sink.database_url, connect_timeout_s=sink.connect_timeout_s)
+        self.publisher = Publisher(sink.redis_url) if sink.redis_url else None
+        self.rollups = (RollupRefresher(sink.database_url, sink.rollup_interval_s,
+                                        sink.connect_timeout_s)
+                        if sink.rollup_interval_s > 0 else None)
+
+    def write_batch(self, items: list[SinkItem]) -> None:
+        batch = Batch.of(items)
+        self.db.write(batch)
+        if self.publisher is not None:
+            self.publisher.publish(batch.states.values(), batch.live)
+        if self.rollups is not None and batch.min_t_ms is not None \
+                and batch.max_t_ms is not None:
+            self.rollups.touch(batch.min_t_ms, batch.max_t_ms)
+
+    def close(self) -> None:
+        if self.rollups is not None:
+            self.rollups.close()
+        self.db.close()
+        if self.publisher is not None:
+            self.publisher.close()
+
+
+class PostgresSink(DynamicSink[SinkItem]):
+    """Bytewax sink writing every worker's output to TimescaleDB (and Redis, if given)."""
+
+    def __init__(self, database_url: str, *, redis_url: str | None = None,
+                 rollup_interval_s: float = 60.0, connect_timeout_s: float = 10.0) -> None:
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise SinkError("the sink needs a postgresql:// URL (the ingest role)")
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.rollup_interval_s = rollup_interval_s
+        self.connect_timeout_s = connect_timeout_s
+
+    def build(self, step_id: str, worker_index: int,
+              worker_count: int) -> StatelessSinkPartition[SinkItem]:
+        """One database connection (and Redis client) per worker."""
+        return _SinkPartition(self)

@@ -1,0 +1,294 @@
+"""The per-vehicle step: dedupe, reorder, GPS filters, motion/ignition, then the detectors.
+
+One `VehicleLogic` per vehicle (Bytewax keyed state). Its whole state is the explicit value
+`VehicleState`, which Bytewax snapshots for recovery, so a restart resumes dedupe windows,
+held samples and every detector's state exactly where the last snapshot left them.
+
+Order inside the step, per sample:
+1. dedupe by ``seq`` (a window of recent sequence numbers; redeliveries end here);
+2. time filters (too far in the future/past of the receive time) -> dead letter;
+3. reorder buffer: a sample is released when it is the next ``seq`` after the last released
+   one (the normal, in-order case: no waiting); after a gap, when the event-time watermark
+   (newest sample time - ``reorder_window_ms``) has passed it and it has waited
+   ``min_hold_ms``, or when it has waited ``max_hold_ms`` of processing time whatever the
+   watermark (a quiet vehicle). Released samples go in time order;
+4. duplicate and position filters against the previous released sample / last good fix;
+5. motion and ignition state;
+6. store the sample; if it is in event-time order, run the detectors, in their one list.
+
+A sample released *after* a newer one (it arrived later than the reorder window allowed) is
+stored but not shown to the detectors, which require event-time order.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from bytewax.operators import StatefulBatchLogic
+
+from edge_gateway.protocol import Channel, RejectReason, Sample, Source, topic_for
+from stream.config import DataflowSettings, FilterSettings
+from stream.detectors.base import Detector
+from stream.filters import Fix, check_position, check_time, is_duplicate, strip_position
+from stream.items import (
+    EmittedEvent,
+    RejectRow,
+    SinkItem,
+    StoredSample,
+    VehicleBatch,
+    VehicleStateRow,
+)
+from stream.model import Reading, VehicleRef
+
+log = logging.getLogger(__name__)
+
+
+def reject_row(ref: VehicleRef, sample: Sample, received_ms: int, partition: str,  # noqa: PLR0917
+               offset: int, detail: str) -> RejectRow:
+    """A ``gps_filtered`` dead letter for one sample (its JSON is the payload)."""
+    return RejectRow(
+        time_ms=received_ms, reason=RejectReason.GPS_FILTERED.value, detail=detail,
+        topic=topic_for(ref.tenant_slug, ref.vehicle_code, Channel.TELEMETRY),
+        payload=msgspec.json.encode(sample), tenant_id=ref.tenant_id,
+        vehicle_code=ref.vehicle_code, partition=partition, offset=offset,
+        sample_seq=sample.seq)
+
+
+@dataclass(slots=True)
+class Held:
+    """A sample waiting in the reorder buffer."""
+
+    ref: VehicleRef
+    sample: Sample
+    fences: frozenset[UUID]
+    source: Source
+    received_ms: int
+    partition: str
+    offset: int
+    held_since_ms: int
+    """Processing time it entered the buffer (wall clock, ms)."""
+
+    def reject(self, detail: str) -> RejectRow:
+        """A gps_filtered dead letter for this sample."""
+        return reject_row(self.ref, self.sample, self.received_ms, self.partition, self.offset,
+                          detail)
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Release order: event time, then seq."""
+        return (self.sample.t_ms, self.sample.seq)
+
+
+@dataclass(slots=True)
+class VehicleState:
+    """Everything the stream remembers about one vehicle (picklable; snapshotted)."""
+
+    ref: VehicleRef | None = None
+    last_seq: int | None = None
+    """Highest seq released in order."""
+    last_t_ms: int | None = None
+    """Event time of the newest released sample."""
+    max_t_ms: int | None = None
+    """Newest event time received (drives the watermark)."""
+    recent: set[int] = field(default_factory=set)
+    """Released or held seqs >= seq_floor (the dedupe window)."""
+    seq_floor: int = -1
+    held: list[Held] = field(default_factory=list)
+    """The reorder buffer, sorted by (t_ms, seq)."""
+    previous: Sample | None = None
+    last_fix: Fix | None = None
+    moving: bool | None = None
+    ignition: bool | None = None
+    inside: frozenset[UUID] = frozenset()
+    detectors: dict[str, Any] = field(default_factory=dict)
+    last_tick_ms: int = 0
+    duplicates: int = 0
+    late: int = 0
+
+
+@dataclass(frozen=True)
+class VehicleStepConfig:
+    """What every VehicleLogic shares: settings, the detector list and the clock."""
+
+    dataflow: DataflowSettings
+    filters: FilterSettings
+    detectors: Sequence[Detector]
+    clock_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
+
+
+class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
+    """Bytewax logic of one vehicle; see the module docstring for the order of work."""
+
+    def __init__(self, config: VehicleStepConfig, resume: VehicleState | None) -> None:
+        self.cfg = config
+        self.state = resume if resume is not None else VehicleState()
+        for det in config.detectors:
+            if det.name not in self.state.detectors:
+                self.state.detectors[det.name] = det.initial_state()
+
+    # -- Bytewax hooks -------------------------------------------------------------------------
+    def on_batch(self, values: list[VehicleBatch]) -> tuple[Iterable[SinkItem], bool]:
+        """Take in the messages of this vehicle that arrived together."""
+        out: list[SinkItem] = []
+        now_ms = self.cfg.clock_ms()
+        for batch in values:
+            self._admit(batch, now_ms, out)
+        self._release(now_ms, out)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[SinkItem], bool]:
+        """Processing-time tick: release long-held samples, run the detectors' time-outs."""
+        out: list[SinkItem] = []
+        now_ms = self.cfg.clock_ms()
+        self._release(now_ms, out)
+        st = self.state
+        if now_ms - st.last_tick_ms >= self.cfg.dataflow.tick_interval_s * 1000 and st.ref:
+            st.last_tick_ms = now_ms
+            for det in self.cfg.detectors:
+                try:
+                    st.detectors[det.name], events = det.on_tick(st.detectors[det.name], now_ms)
+                except Exception:
+                    log.exception("detector %s failed on tick of vehicle %s", det.name,
+                                  st.ref.vehicle_id)
+                    continue
+                out.extend(EmittedEvent(st.ref, ev) for ev in events)
+        return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """The next tick, or earlier when a held sample's hold time runs out."""
+        st = self.state
+        due_ms = st.last_tick_ms + int(self.cfg.dataflow.tick_interval_s * 1000)
+        if st.held:
+            oldest = min(h.held_since_ms for h in st.held)
+            hold = self.cfg.dataflow.min_hold_ms
+            if self.cfg.clock_ms() >= oldest + hold:
+                hold = self.cfg.dataflow.max_hold_ms
+            due_ms = min(due_ms, oldest + hold)
+        return datetime.fromtimestamp(due_ms / 1000.0, tz=UTC)
+
+    def snapshot(self) -> VehicleState:
+        """An independent copy: detectors may mutate their state objects in place."""
+        return copy.deepcopy(self.state)
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _admit(self, batch: VehicleBatch, now_ms: int, out: list[SinkItem]) -> None:
+        st = self.state
+        st.ref = batch.ref
+        if st.last_tick_ms == 0:
+            st.last_tick_ms = now_ms
+        fences = batch.fences or (frozenset(),) * len(batch.samples)
+        for sample, inside in zip(batch.samples, fences, strict=True):
+            seq = sample.seq
+            # Below seq_floor the window no longer tells a duplicate from a very late sample;
+            # such a sample is let through and the database's unique key decides.
+            if seq in st.recent:
+                st.duplicates += 1
+                continue
+            reason = check_time(sample, batch.received_ms, self.cfg.filters)
+            if reason is not None:
+                out.append(reject_row(batch.ref, sample, batch.received_ms, batch.partition,
+                                      batch.offset, reason))
+                continue
+            st.recent.add(seq)
+            held = Held(batch.ref, sample, inside, batch.source, batch.received_ms, batch.partition,
+                        batch.offset, now_ms)
+            bisect.insort(st.held, held, key=lambda h: h.order)
+            if st.max_t_ms is None or sample.t_ms > st.max_t_ms:
+                st.max_t_ms = sample.t_ms
+        self._trim_window()
+
+    def _trim_window(self) -> None:
+        st = self.state
+        limit = self.cfg.dataflow.dedupe_window_samples
+        if len(st.recent) > 2 * limit:
+            keep = sorted(st.recent)[-limit:]
+            st.seq_floor = keep[0]
+            st.recent = set(keep)
+
+    def _release(self, now_ms: int, out: list[SinkItem]) -> None:
+        st = self.state
+        cfg = self.cfg.dataflow
+        newest: Reading | None = None
+        while st.held:
+            head = st.held[0]
+            held_ms = now_ms - head.held_since_ms
+            in_sequence = st.last_seq is None or head.sample.seq == st.last_seq + 1
+            watermark_passed = (st.max_t_ms is not None
+                                and head.sample.t_ms <= st.max_t_ms - cfg.reorder_window_ms)
+            if not (in_sequence or (watermark_passed and held_ms >= cfg.min_hold_ms)
+                    or held_ms >= cfg.max_hold_ms):
+                break
+            st.held.pop(0)
+            reading = self._process(head, out)
+            if reading is not None:
+                newest = reading
+        if newest is not None and st.ref is not None:
+            out.append(VehicleStateRow(st.ref, newest.sample, st.moving, st.ignition, st.inside))
+
+    def _process(self, held: Held, out: list[SinkItem]) -> Reading | None:
+        """Filter, store and detect one released sample; the reading if it was in order."""
+        st = self.state
+        ref = held.ref
+        sample = held.sample
+        in_order = st.last_t_ms is None or sample.t_ms >= st.last_t_ms
+        if st.last_seq is None or sample.seq > st.last_seq:
+            st.last_seq = sample.seq
+        if self.cfg.filters.duplicate and is_duplicate(sample, st.previous):
+            out.append(held.reject("duplicate: same time and position as the previous sample"))
+            return None
+        reason = check_position(sample, st.last_fix if in_order else None, self.cfg.filters)
+        fences = held.fences
+        if reason is not None:
+            out.append(held.reject(reason))
+            sample = strip_position(sample)
+            fences = frozenset()
+        reading = Reading(vehicle=ref, sample=sample, source=held.source, fences=fences)
+        out.append(StoredSample(reading))
+        if not in_order:
+            st.late += 1
+            return None
+        st.last_t_ms = sample.t_ms
+        st.previous = held.sample
+        if sample.lat_deg is not None and sample.lon_deg is not None:
+            st.last_fix = Fix(sample.t_ms, sample.lat_deg, sample.lon_deg)
+            st.inside = fences
+        self._update_motion(sample)
+        for det in self.cfg.detectors:
+            try:
+                st.detectors[det.name], events = det.on_reading(st.detectors[det.name], reading)
+            except Exception:
+                # A detector bug must not stop the vehicle's data: log it and go on.
+                log.exception("detector %s failed on vehicle %s seq %d", det.name,
+                              ref.vehicle_id, sample.seq)
+                continue
+            out.extend(EmittedEvent(ref, ev) for ev in events)
+        return reading
+
+    def _update_motion(self, sample: Sample) -> None:
+        st = self.state
+        if sample.speed_kph is not None:
+            st.moving = sample.speed_kph >= self.cfg.dataflow.moving_speed_kph
+        if sample.ignition is not None:
+            st.ignition = sample.ignition
+        elif sample.rpm is not None:
+            # No ignition line: a turning engine means the ignition is on.
+            st.ignition = sample.rpm > 0
+
+def vehicle_logic_builder(
+    config: VehicleStepConfig,
+) -> Callable[[VehicleState | None], VehicleLogic]:
+    """The `stateful_batch` builder: a new or resumed logic per vehicle key."""
+
+    def build(resume: VehicleState | None) -> VehicleLogic:
+        return VehicleLogic(config, resume)
+
+    return build

@@ -1,0 +1,70 @@
+"""The sink against the real TimescaleDB: COPY fast path, replay path, vehicle_state."""
+
+from __future__ import annotations
+
+import psycopg
+
+from edge_gateway.protocol import Sample, Source
+from stream.items import EmittedEvent, RejectRow, StoredSample, VehicleStateRow
+from stream.model import Reading, VehicleEvent, VehicleRef
+from stream.sink import Batch, DatabaseWriter
+from tests.conftest import TestDatabase
+from tests.stream.conftest import Fleet
+
+T0 = 1_780_000_000_000
+
+
+def items(fleet: Fleet, seqs: range) -> list:
+    ref = VehicleRef(fleet.tenant_id, fleet.vehicles["v1"], fleet.slug, "v1")
+    out: list = []
+    for seq in seqs:
+        s = Sample(seq=seq, t_ms=T0 + seq * 1000, lat_deg=52.5, lon_deg=13.4, speed_kph=50.0,
+                   dtcs=["P0300"], extra={"intake_temp_c": 30.0}, ignition=True)
+        out.append(StoredSample(Reading(ref, s, Source.SIMULATOR)))
+    out.append(EmittedEvent(ref, VehicleEvent(t_ms=T0, tenant_id=fleet.tenant_id,
+                                              vehicle_id=ref.vehicle_id, event_type="overspeed",
+                                              lat_deg=52.5, lon_deg=13.4, value=99.0)))
+    out.append(RejectRow(time_ms=T0, reason="malformed", detail="x", topic="t", payload=b"{",
+                         tenant_id=fleet.tenant_id, partition="p0", offset=7))
+    last = out[len(seqs) - 1].reading.sample
+    out.append(VehicleStateRow(ref, last, True, True, frozenset()))
+    return out
+
+
+def test_replayed_batches_leave_no_duplicates(database: TestDatabase, fleet: Fleet) -> None:
+    writer = DatabaseWriter(database.ingest_url)
+    writer.write(Batch.of(items(fleet, range(1, 101))))
+    # The ingest role is subject to RLS, so the writer stages every batch.
+    assert not writer.writers["telemetry"].direct
+    # A replay overlapping the stored rows adds only the new rows.
+    writer.write(Batch.of(items(fleet, range(50, 151))))
+    writer.refresh_rollups(T0, T0 + 200_000)
+    writer.close()
+    with psycopg.connect(database.owner_url) as conn:
+        n, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT seq) FROM telemetry").fetchone() or (0, 0)
+        assert (n, distinct) == (150, 150)
+        assert conn.execute("SELECT count(*) FROM vehicle_events").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM ingest_rejects").fetchone() == (1,)
+        state = conn.execute("SELECT last_seq, moving, ST_Y(location::geometry), dtc_codes "
+                             "FROM vehicle_state").fetchone()
+        assert state == (150, True, 52.5, ["P0300"])
+        row = conn.execute("SELECT extra, ST_X(location::geometry) FROM telemetry "
+                           "WHERE seq = 1").fetchone()
+        assert row == ({"intake_temp_c": 30.0}, 13.4)
+        assert conn.execute("SELECT sum(samples) FROM telemetry_1m").fetchone() == (150,)
+
+
+def test_direct_copy_falls_back_to_staging_on_a_replay(database: TestDatabase,
+                                                       fleet: Fleet) -> None:
+    # The table owner is not subject to RLS, so it may COPY straight into the hypertable.
+    writer = DatabaseWriter(database.owner_url)
+    writer.write(Batch.of(items(fleet, range(1, 11))))
+    assert writer.writers["telemetry"].direct
+    assert writer.writers["telemetry"].replays == 0
+    writer.write(Batch.of(items(fleet, range(5, 21))))
+    assert writer.writers["telemetry"].replays == 1
+    writer.close()
+    with psycopg.connect(database.owner_url) as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM telemetry").fetchone() \
+            == (20, 20)
