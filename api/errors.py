@@ -126,17 +126,14 @@ async def error_middleware(
     try:
         return await handler(request)
     except ApiError as err:
-        request["error"] = err
         return error_response(err)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         http_err = ApiError(exc.reason or "error", status=exc.status,
                             code=_HTTP_CODES.get(exc.status, "http_error"))
-        request["error"] = http_err
         return error_response(http_err)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         internal = ApiError("internal server error")
-        request["error"] = internal
         return error_response(internal)

@@ -21,7 +21,7 @@ from api.auth import AuthUser, Handler, identify, is_public
 from api.cache import REDIS_KEY
 from api.errors import ApiError, TooManyRequests
 from api.metrics import METRICS_KEY
-from api.routing import find_route
+from api.routing import AUDIT_RESOURCE_ID, find_route
 
 access_log = logging.getLogger("api.access")
 log = logging.getLogger("api")
@@ -130,7 +130,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     outcome = "success" if response.status < 400 else "failure"
     await _safe_record(request, action, resource,
-                       resource_id=request.get("audit_resource_id", resource_id),
+                       resource_id=request.get(AUDIT_RESOURCE_ID, resource_id),
                        outcome=outcome, error=None,
                        details={"path": request.path, "status": response.status})
     return response

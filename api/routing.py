@@ -49,6 +49,8 @@ class ApiRoute:
 
 
 ROUTES_KEY: web.AppKey[list[ApiRoute]] = web.AppKey("api_routes", list)
+AUDIT_RESOURCE_ID: web.RequestKey[str] = web.RequestKey("audit_resource_id", str)
+"""Handlers of create routes set the new row's id here for the audit row."""
 
 PAGE_PARAMS = (
     Param("page", schema={"type": "integer", "minimum": 1, "default": 1}),

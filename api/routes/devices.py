@@ -25,7 +25,7 @@ from api.db import tenant_transaction
 from api.errors import ApiError, Conflict, NotFound
 from api.params import page_params, path_uuid, read_json
 from api.routes.common import ensure_in_tenant, json_response, page_body
-from api.routing import PAGE_PARAMS, ApiRoute, Param
+from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
 from edge_gateway.mqtt_url import parse_mqtt_url
 
 MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default for $7$ hashes
@@ -120,7 +120,7 @@ async def provision_device(request: web.Request) -> web.Response:
         await _apply_broker_login(request, username, password)
     settings = request.app[SETTINGS_KEY]
     mqtt_url = settings.api.mqtt_public_url or settings.mqtt.url
-    request["audit_resource_id"] = str(row["id"])
+    request[AUDIT_RESOURCE_ID] = str(row["id"])
     return json_response({
         **_json(row), "mqtt_password": password,
         "gateway_config": gateway_toml(tenant=names["slug"], vehicle=names["code"],

@@ -15,7 +15,7 @@ from api.db import tenant_transaction
 from api.errors import ApiError, NotFound, ValidationError
 from api.params import page_params, path_uuid, query_choice, read_json
 from api.routes.common import db_error, ensure_in_tenant, json_response, page_body
-from api.routing import PAGE_PARAMS, ApiRoute, Param
+from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
 
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType
@@ -107,7 +107,7 @@ async def create_driver(request: web.Request) -> web.Response:
             raise db_error(exc) from exc
     if row is None:
         raise ApiError("insert returned no row")
-    request["audit_resource_id"] = str(row["id"])
+    request[AUDIT_RESOURCE_ID] = str(row["id"])
     return json_response(_json(row), status=201)
 
 
@@ -200,7 +200,7 @@ async def create_user(request: web.Request) -> web.Response:
             raise db_error(exc) from exc
     if row is None:
         raise ApiError("insert returned no row")
-    request["audit_resource_id"] = str(row["id"])
+    request[AUDIT_RESOURCE_ID] = str(row["id"])
     return json_response({c: row[c] for c in USER_COLUMNS}, status=201)
 
 

@@ -21,7 +21,7 @@ from api.db import tenant_transaction
 from api.errors import NotFound, ValidationError
 from api.params import path_uuid, query_bool, query_choice, read_json
 from api.routes.common import db_error, json_response
-from api.routing import ApiRoute, Param
+from api.routing import AUDIT_RESOURCE_ID, ApiRoute, Param
 
 Kind = Literal["polygon", "circle", "corridor"]
 KINDS = ("polygon", "circle", "corridor")
@@ -178,7 +178,7 @@ async def create_geofence(request: web.Request) -> web.Response:
     feature = await read_json(request, FenceFeature)
     async with tenant_transaction(request) as conn:
         row = await insert_geofence(conn, user.tenant_id, feature)
-    request["audit_resource_id"] = str(row["id"])
+    request[AUDIT_RESOURCE_ID] = str(row["id"])
     return json_response(feature_json(row), status=201)
 
 

@@ -21,7 +21,7 @@ from api.routes.common import (
     json_response,
     page_body,
 )
-from api.routing import PAGE_PARAMS, ApiRoute, Param
+from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Vin = Annotated[str, msgspec.Meta(pattern=r"^[A-HJ-NPR-Z0-9]{17}$")]
@@ -153,7 +153,7 @@ async def create_vehicle(request: web.Request) -> web.Response:
     if row is None:
         raise ApiError("insert returned no row")
     await invalidate(request, CACHE, user.tenant_id)
-    request["audit_resource_id"] = str(row["id"])
+    request[AUDIT_RESOURCE_ID] = str(row["id"])
     return json_response(vehicle_json(row), status=201)
 
 
