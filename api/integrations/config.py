@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import Any
+
 import msgspec
 
 SAMSARA_FEED_TYPES_DEFAULT: tuple[tuple[str, ...], ...] = (
@@ -53,3 +57,25 @@ class IntegrationsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     http_backoff_base_s: float = 0.5
     http_backoff_max_s: float = 60.0
     mqtt_client_id_prefix: str = "fleet-puller"
+
+
+class _Root(msgspec.Struct, kw_only=True):
+    integrations: IntegrationsSettings = msgspec.field(default_factory=IntegrationsSettings)
+
+
+def integrations_settings(section: Mapping[str, Any],
+                          environ: Mapping[str, str] | None = None) -> IntegrationsSettings:
+    """Validate the API's free-form ``[integrations]`` table, with FLEET_INTEGRATIONS_* on top.
+
+    The API settings keep this section as a plain table, which the shared loader cannot
+    resolve environment variables into; the same resolver is applied here instead.
+    """
+    from deploy.errors import SettingsError
+    from deploy.settings import _env_overrides
+
+    env = _env_overrides(_Root, os.environ if environ is None else environ)
+    data = {**section, **env.get("integrations", {})}
+    try:
+        return msgspec.convert(data, IntegrationsSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid [integrations] settings: {exc}") from exc

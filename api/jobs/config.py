@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import Any
+
 import msgspec
 
 from api.integrations.config import IntegrationsSettings
@@ -52,3 +56,21 @@ class JobsProcessSettings(msgspec.Struct, frozen=True, kw_only=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
     integrations: IntegrationsSettings = msgspec.field(default_factory=IntegrationsSettings)
+
+
+class _Root(msgspec.Struct, kw_only=True):
+    jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
+
+
+def jobs_settings(section: Mapping[str, Any],
+                  environ: Mapping[str, str] | None = None) -> JobsSettings:
+    """Validate the API's free-form ``[jobs]`` table, with FLEET_JOBS_* variables on top."""
+    from deploy.errors import SettingsError
+    from deploy.settings import _env_overrides
+
+    env = _env_overrides(_Root, os.environ if environ is None else environ)
+    data = {**section, **env.get("jobs", {})}
+    try:
+        return msgspec.convert(data, JobsSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid [jobs] settings: {exc}") from exc

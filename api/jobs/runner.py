@@ -213,3 +213,29 @@ class JobRunner:
         finally:
             if own:
                 await c.close()
+
+
+def setup(app: Any) -> None:
+    """Start this replica's job runner with the app (called by api.app.create_app)."""
+    from collections.abc import AsyncIterator
+
+    from api.config import SETTINGS_KEY
+    from api.integrations.config import integrations_settings
+    from api.jobs.config import jobs_settings
+    from api.jobs.wiring import build_runner
+
+    settings = app[SETTINGS_KEY]
+    jobs = jobs_settings(settings.jobs)
+    if not jobs.enabled:
+        return
+    runner = build_runner(settings.database, settings.mqtt, settings.redis, jobs,
+                          integrations_settings(settings.integrations))
+
+    async def lifecycle(_app: Any) -> AsyncIterator[None]:
+        runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+
+    app.cleanup_ctx.append(lifecycle)

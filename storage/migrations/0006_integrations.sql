@@ -155,3 +155,17 @@ GRANT SELECT ON integration_credentials TO fleet_ingest;
 GRANT SELECT, INSERT, UPDATE ON samsara_feed_cursors, smartcar_tokens TO fleet_ingest;
 GRANT SELECT, INSERT ON integration_dead_letters TO fleet_ingest;
 GRANT USAGE ON SEQUENCE integration_dead_letters_id_seq TO fleet_ingest;
+
+-- Smartcar webhooks name only the Smartcar vehicle id; the API's role sees one tenant at a
+-- time (RLS), so this narrow definer function finds the owner of a linked vehicle.
+CREATE FUNCTION smartcar_vehicle_owner(p_smartcar_id text)
+RETURNS TABLE (tenant_id uuid, tenant_slug text, vehicle_code text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+  SELECT v.tenant_id, t.slug, v.code
+    FROM vehicles v JOIN tenants t ON t.id = v.tenant_id
+   WHERE v.smartcar_id = p_smartcar_id AND t.is_active AND v.status = 'active'
+$$;
+COMMENT ON FUNCTION smartcar_vehicle_owner(text) IS
+  'Tenant, tenant slug and vehicle code of the active vehicle linked to a Smartcar vehicle id.';
+REVOKE ALL ON FUNCTION smartcar_vehicle_owner(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION smartcar_vehicle_owner(text) TO fleet_app, fleet_ingest;

@@ -1,0 +1,339 @@
+"""HTTP endpoints of the integrations, mounted by `api.app.create_app` through `setup(app)`.
+
+* ``GET /api/smartcar/auth-url`` (admin, fleet_manager): the Connect URL with a one-time state.
+* ``GET /api/smartcar/callback`` (public: the owner's browser): exchange the code, store the
+  encrypted pair, link the vehicle.
+* ``POST /api/smartcar/vehicles/{id}/lock`` and ``/unlock`` (admin, fleet_manager; audited).
+* ``GET /api/smartcar/vehicles/{id}/location``: last location, cached 5 minutes in Redis.
+* ``POST /api/smartcar/webhooks`` (public, SC-Signature verified).
+* ``PUT /api/integrations/samsara/token`` (admin): store the tenant's Samsara API token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from aiohttp import web
+
+from api.audit import record
+from api.auth import current_user
+from api.cache import REDIS_KEY
+from api.config import SETTINGS_KEY
+from api.db import POOL_KEY, tenant_connection, tenant_transaction
+from api.errors import ApiError, Conflict, NotFound, Unauthorized, ValidationError
+from api.integrations.config import IntegrationsSettings, integrations_settings
+from api.integrations.crypto import TokenCipher
+from api.integrations.errors import IntegrationError, NotConnectedError, VendorError
+from api.integrations.http import VendorHttp
+from api.integrations.publisher import MqttPublisher
+from api.integrations.smartcar import (
+    SmartcarClient,
+    SmartcarTokens,
+    challenge_response,
+    location_cache_key,
+    new_state,
+    verify_webhook,
+    webhook_samples,
+)
+from api.params import path_uuid, read_json
+from api.routing import ApiRoute, Param, register
+from edge_gateway.protocol import Source
+
+log = logging.getLogger(__name__)
+
+MANAGERS = ("admin", "fleet_manager")
+
+
+class Integrations:
+    """Per-app state: settings, the vendor HTTP client, the token store, a lazy publisher."""
+
+    def __init__(self, settings: IntegrationsSettings) -> None:
+        self.settings = settings
+        self.http = VendorHttp(timeout_s=settings.http_timeout_s,
+                               max_retries=settings.http_max_retries,
+                               backoff_base_s=settings.http_backoff_base_s,
+                               backoff_max_s=settings.http_backoff_max_s, name="smartcar")
+        self.cipher = TokenCipher(settings.token_key) if settings.token_key else None
+        self.client = SmartcarClient(self.http, settings)
+        self.tokens = (SmartcarTokens(self.client, self.cipher,
+                                      refresh_margin_s=settings.smartcar_refresh_margin_s)
+                       if self.cipher else None)
+        self.publisher: MqttPublisher | None = None
+
+    def need_tokens(self) -> SmartcarTokens:
+        """The token store; 503 when no token key is configured."""
+        if self.tokens is None:
+            raise ApiError("integrations.token_key is not configured", status=503,
+                           code="unavailable")
+        return self.tokens
+
+
+INTEGRATIONS_KEY: web.AppKey[Integrations] = web.AppKey("integrations", Integrations)
+
+
+def _vendor_error(exc: IntegrationError) -> ApiError:
+    if isinstance(exc, NotConnectedError):
+        return Conflict(str(exc), code="not_connected")
+    return ApiError(f"Smartcar: {exc}", status=502, code="vendor_error")
+
+
+class SamsaraTokenBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of PUT /api/integrations/samsara/token."""
+
+    token: str
+
+
+async def auth_url(request: web.Request) -> web.Response:
+    """A Connect URL for the vehicle owner; `vehicle_id` links the consent to our vehicle."""
+    integ = request.app[INTEGRATIONS_KEY]
+    integ.need_tokens()
+    user = current_user(request)
+    vehicle_raw = request.query.get("vehicle_id")
+    try:
+        vehicle_id = UUID(vehicle_raw) if vehicle_raw else None
+    except ValueError as exc:
+        raise ValidationError("vehicle_id must be a UUID", field="vehicle_id") from exc
+    state = new_state()
+    async with tenant_transaction(request) as conn:
+        if vehicle_id is not None and not await conn.fetchval(
+                "SELECT 1 FROM vehicles WHERE id = $1 AND tenant_id = $2", vehicle_id,
+                user.tenant_id):
+            raise NotFound("vehicle not found")
+        await conn.execute(
+            "INSERT INTO smartcar_oauth_states (state, tenant_id, user_id, vehicle_id,"
+            " expires_at) VALUES ($1, $2, $3, $4, $5)", state, user.tenant_id, user.id,
+            vehicle_id,
+            datetime.now(UTC) + timedelta(seconds=integ.settings.smartcar_state_ttl_s))
+    return web.json_response({"url": integ.client.authorize_url(state), "state": state})
+
+
+async def callback(request: web.Request) -> web.Response:
+    """Connect redirects the owner here: check the state, exchange the code, store the pair."""
+    integ = request.app[INTEGRATIONS_KEY]
+    tokens = integ.need_tokens()
+    state = request.query.get("state", "")
+    pool = request.app[POOL_KEY]
+    async with pool.acquire() as conn:
+        pending = await conn.fetchrow(
+            "DELETE FROM smartcar_oauth_states WHERE state = $1 RETURNING tenant_id, user_id,"
+            " vehicle_id, expires_at", state)
+    if pending is None or pending["expires_at"] < datetime.now(UTC):
+        raise ValidationError("unknown or expired state", field="state")
+    if "error" in request.query:
+        raise ApiError(f"consent refused: {request.query.get('error_description') or ''}"
+                       f" ({request.query['error']})", status=400, code="consent_refused")
+    code = request.query.get("code")
+    if not code:
+        raise ValidationError("code is required", field="code")
+    try:
+        pair = await integ.client.exchange_code(code)
+        vehicles = await integ.client.vehicles(pair.access_token)
+    except VendorError as exc:
+        raise _vendor_error(exc) from exc
+    tenant_id: UUID = pending["tenant_id"]
+    vehicle_id: UUID | None = pending["vehicle_id"]
+    async with tenant_connection(pool, tenant_id) as conn:
+        for sc_id in vehicles:
+            await tokens.store(conn, tenant_id, sc_id, pair, vehicle_id=vehicle_id,
+                               connected_by=pending["user_id"])
+        if vehicle_id is not None and vehicles:
+            await conn.execute("UPDATE vehicles SET smartcar_id = $2 WHERE id = $1",
+                               vehicle_id, vehicles[0])
+        await record(conn, "smartcar.connect", "vehicle", vehicle_id, "success",
+                     {"smartcar_vehicle_ids": vehicles}, tenant_id=tenant_id,
+                     user_id=pending["user_id"], ip=request.remote,
+                     user_agent=request.headers.get("User-Agent"))
+    return web.json_response({"connected": vehicles, "vehicle_id": vehicle_id and
+                              str(vehicle_id)})
+
+
+async def _smartcar_id(conn: Any, tenant_id: UUID, vehicle_id: UUID) -> str:
+    sc_id: str | None = await conn.fetchval(
+        "SELECT coalesce(v.smartcar_id, k.smartcar_vehicle_id) FROM vehicles v"
+        " LEFT JOIN smartcar_tokens k ON k.vehicle_id = v.id"
+        " WHERE v.id = $1 AND v.tenant_id = $2", vehicle_id, tenant_id)
+    if sc_id is None:
+        raise Conflict("vehicle is not connected to Smartcar", code="not_connected")
+    return sc_id
+
+
+async def _security(request: web.Request, action: str) -> web.Response:
+    integ = request.app[INTEGRATIONS_KEY]
+    tokens = integ.need_tokens()
+    user = current_user(request)
+    vehicle_id = path_uuid(request)
+    name = f"smartcar.{action.lower()}"
+    try:
+        async with tenant_transaction(request) as conn:
+            exists = await conn.fetchval("SELECT 1 FROM vehicles WHERE id = $1"
+                                         " AND tenant_id = $2", vehicle_id, user.tenant_id)
+            if not exists:
+                raise NotFound("vehicle not found")
+            sc_id = await _smartcar_id(conn, user.tenant_id, vehicle_id)
+            token = await tokens.access_token(conn, user.tenant_id, sc_id)
+        result = await integ.client.security(token, sc_id, action)
+    except IntegrationError as exc:
+        err = _vendor_error(exc)
+        await record(request, name, "vehicle", vehicle_id, "failure", {"action": action},
+                     error_message=err.message)
+        raise err from exc
+    except ApiError as err:
+        await record(request, name, "vehicle", vehicle_id, "failure", {"action": action},
+                     error_message=err.message)
+        raise
+    await record(request, name, "vehicle", vehicle_id, "success",
+                 {"action": action, "smartcar_vehicle_id": sc_id,
+                  "vendor_status": result.get("status")})
+    return web.json_response({"vehicle_id": str(vehicle_id), "action": action,
+                              "status": result.get("status", "success")})
+
+
+async def lock(request: web.Request) -> web.Response:
+    """Lock the doors of a Smartcar-connected vehicle."""
+    return await _security(request, "LOCK")
+
+
+async def unlock(request: web.Request) -> web.Response:
+    """Unlock the doors of a Smartcar-connected vehicle."""
+    return await _security(request, "UNLOCK")
+
+
+async def location(request: web.Request) -> web.Response:
+    """Last Smartcar location; served from Redis when younger than the cache lifetime."""
+    integ = request.app[INTEGRATIONS_KEY]
+    tokens = integ.need_tokens()
+    user = current_user(request)
+    vehicle_id = path_uuid(request)
+    redis = request.app[REDIS_KEY]
+    async with tenant_transaction(request) as conn:
+        sc_id = await _smartcar_id(conn, user.tenant_id, vehicle_id)
+        key = location_cache_key(user.tenant_id, sc_id)
+        cached = await redis.get(key)
+        if cached is not None:
+            return web.json_response({**json.loads(cached), "cached": True})
+        try:
+            token = await tokens.access_token(conn, user.tenant_id, sc_id)
+        except IntegrationError as exc:
+            raise _vendor_error(exc) from exc
+    try:
+        body, t_ms = await integ.client.read(token, sc_id, "location")
+    except VendorError as exc:
+        raise _vendor_error(exc) from exc
+    value = {**body, "t_ms": t_ms}
+    await redis.set(key, json.dumps(value), ex=integ.settings.smartcar_location_cache_s)
+    return web.json_response({**value, "cached": False})
+
+
+async def webhook(request: web.Request) -> web.Response:
+    """Smartcar webhook deliveries: signature checked on the raw body before anything else."""
+    integ = request.app[INTEGRATIONS_KEY]
+    raw = await request.read()
+    if not verify_webhook(integ.settings.smartcar_management_token,
+                          request.headers.get("SC-Signature"), raw):
+        raise Unauthorized("invalid SC-Signature")
+    try:
+        payload = json.loads(raw)
+    except ValueError as exc:
+        raise ValidationError("body is not JSON") from exc
+    event = str(payload.get("eventName") or payload.get("eventType") or "").lower()
+    if event == "verify":
+        challenge = str((payload.get("payload") or payload.get("data") or {}).get("challenge"))
+        return web.json_response({"challenge": challenge_response(
+            integ.settings.smartcar_management_token, challenge)})
+    published = 0
+    by_vehicle: dict[str, list[Any]] = {}
+    for sc_id, sample in webhook_samples(payload):
+        by_vehicle.setdefault(sc_id, []).append(sample)
+    if by_vehicle:
+        pool = request.app[POOL_KEY]
+        publisher = await _publisher(request.app)
+        async with pool.acquire() as conn:
+            for sc_id, samples in by_vehicle.items():
+                owner = await conn.fetchrow("SELECT * FROM smartcar_vehicle_owner($1)", sc_id)
+                if owner is None:
+                    log.warning("smartcar webhook for unlinked vehicle %s", sc_id)
+                    continue
+                try:
+                    await publisher.publish(owner["tenant_slug"], owner["vehicle_code"],
+                                            Source.SMARTCAR, samples)
+                except IntegrationError as exc:
+                    raise ApiError(str(exc), status=503, code="unavailable") from exc
+                published += len(samples)
+    return web.json_response({"status": "received", "samples": published})
+
+
+async def _publisher(app: web.Application) -> MqttPublisher:
+    integ = app[INTEGRATIONS_KEY]
+    if integ.publisher is None:
+        publisher = MqttPublisher(app[SETTINGS_KEY].mqtt,
+                                  client_id_prefix=f"{integ.settings.mqtt_client_id_prefix}-api")
+        await publisher.__aenter__()
+        integ.publisher = publisher
+    return integ.publisher
+
+
+async def samsara_token(request: web.Request) -> web.Response:
+    """Store (encrypted) or replace the tenant's Samsara API token."""
+    integ = request.app[INTEGRATIONS_KEY]
+    if integ.cipher is None:
+        raise ApiError("integrations.token_key is not configured", status=503,
+                       code="unavailable")
+    body = await read_json(request, SamsaraTokenBody)
+    if len(body.token) < 8:
+        raise ValidationError("token looks too short", field="token")
+    user = current_user(request)
+    async with tenant_transaction(request) as conn:
+        await conn.execute(
+            "INSERT INTO integration_credentials (tenant_id, vendor, secret_enc)"
+            " VALUES ($1, 'samsara', $2) ON CONFLICT (tenant_id, vendor) DO UPDATE"
+            " SET secret_enc = EXCLUDED.secret_enc, is_active = true", user.tenant_id,
+            integ.cipher.encrypt(body.token))
+    return web.json_response({"vendor": "samsara", "stored": True})
+
+
+_ID = (Param("id", location="path", schema={"type": "string", "format": "uuid"},
+             required=True),)
+
+ROUTES = [
+    ApiRoute("GET", "/api/smartcar/auth-url", auth_url, "Smartcar Connect URL", "integrations",
+             MANAGERS, params=(Param("vehicle_id", description="our vehicle to link"),)),
+    ApiRoute("GET", "/api/smartcar/callback", callback, "Smartcar Connect redirect target",
+             "integrations", None, params=(Param("code"), Param("state", required=True))),
+    ApiRoute("POST", "/api/smartcar/vehicles/{id}/lock", lock, "Lock a Smartcar vehicle",
+             "integrations", MANAGERS, params=_ID, resource="vehicle", audit=False),
+    ApiRoute("POST", "/api/smartcar/vehicles/{id}/unlock", unlock, "Unlock a Smartcar vehicle",
+             "integrations", MANAGERS, params=_ID, resource="vehicle", audit=False),
+    ApiRoute("GET", "/api/smartcar/vehicles/{id}/location", location,
+             "Last Smartcar location (cached 5 min)", "integrations",
+             ("admin", "fleet_manager", "technician", "viewer"), params=_ID),
+    ApiRoute("POST", "/api/smartcar/webhooks", webhook, "Smartcar webhook receiver",
+             "integrations", None, audit=False),
+    ApiRoute("PUT", "/api/integrations/samsara/token", samsara_token,
+             "Store the tenant's Samsara API token (encrypted)", "integrations", ("admin",),
+             body=SamsaraTokenBody, resource="integration"),
+]
+
+
+def setup(app: web.Application) -> None:
+    """Mount the integration endpoints (called by api.app.create_app)."""
+    settings = integrations_settings(app[SETTINGS_KEY].integrations)
+    integ = Integrations(settings)
+    app[INTEGRATIONS_KEY] = integ
+    register(app, ROUTES)
+
+    async def resources(_app: web.Application) -> AsyncIterator[None]:
+        await integ.http.__aenter__()
+        try:
+            yield
+        finally:
+            if integ.publisher is not None:
+                await integ.publisher.__aexit__(None, None, None)
+            await integ.http.__aexit__(None, None, None)
+
+    app.cleanup_ctx.append(resources)

@@ -1,0 +1,126 @@
+"""Builds the job runner of one API process from its settings (jobs, pullers, schedules)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from api.integrations.config import IntegrationsSettings
+from api.jobs.config import JobsSettings
+from api.jobs.maintenance import MaintenanceJob
+from api.jobs.retention import RetentionJob, RollupsJob
+from api.jobs.runner import JobRunner, ScheduledJob, Service
+from api.jobs.schedule import parse_schedule
+from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
+
+log = logging.getLogger(__name__)
+
+TENANT_RESCAN_S = 60.0
+"""How often the Samsara service looks for tenants that added or removed a token."""
+
+
+def samsara_service(database: DatabaseSettings, mqtt: MqttSettings,
+                    integ: IntegrationsSettings) -> Service:
+    """All tenants' Samsara pullers, started and stopped as credentials come and go."""
+
+    async def run() -> None:
+        import asyncpg
+
+        from api.integrations.crypto import TokenCipher
+        from api.integrations.http import VendorHttp
+        from api.integrations.publisher import MqttPublisher
+        from api.integrations.samsara import SamsaraClient, SamsaraPuller
+        from api.integrations.store import IntegrationStore, TenantRef
+
+        cipher = TokenCipher(integ.token_key)
+        pool = await asyncpg.create_pool(database.ingest_url, min_size=1, max_size=4)
+        tasks: dict[TenantRef, asyncio.Task[None]] = {}
+        try:
+            async with VendorHttp(timeout_s=integ.http_timeout_s,
+                                  max_retries=integ.http_max_retries,
+                                  backoff_base_s=integ.http_backoff_base_s,
+                                  backoff_max_s=integ.http_backoff_max_s,
+                                  name="samsara") as http, \
+                    MqttPublisher(mqtt, client_id_prefix=integ.mqtt_client_id_prefix) as pub:
+                store = IntegrationStore(pool, cipher)
+                while True:
+                    tenants = set(await store.tenants_with("samsara"))
+                    for gone in set(tasks) - tenants:
+                        tasks.pop(gone).cancel()
+                    for tenant in tenants - set(tasks):
+                        token = await store.secret(tenant.id, "samsara")
+                        if token is None:
+                            continue
+                        puller = SamsaraPuller(
+                            tenant, SamsaraClient(http, integ.samsara_base_url, token), store,
+                            pub, integ.samsara_feeds,
+                            caught_up_wait_s=max(5.0, integ.samsara_caught_up_wait_s),
+                            safety_poll_s=integ.samsara_safety_poll_s,
+                            safety_lookback_s=integ.samsara_safety_lookback_s)
+                        tasks[tenant] = asyncio.create_task(puller.run(),
+                                                            name=f"samsara {tenant.slug}")
+                    await asyncio.sleep(TENANT_RESCAN_S)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            for task in tasks.values():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await pool.close()
+
+    return run
+
+
+def smartcar_service(database: DatabaseSettings, mqtt: MqttSettings, redis: RedisSettings,
+                     integ: IntegrationsSettings) -> Service:
+    """The Smartcar puller of every connected vehicle."""
+
+    async def run() -> None:
+        import asyncpg
+        import redis.asyncio as aioredis
+
+        from api.integrations.crypto import TokenCipher
+        from api.integrations.http import VendorHttp
+        from api.integrations.publisher import MqttPublisher
+        from api.integrations.smartcar import SmartcarClient, SmartcarPuller, SmartcarTokens
+
+        cipher = TokenCipher(integ.token_key)
+        pool = await asyncpg.create_pool(database.ingest_url, min_size=1, max_size=4)
+        cache = aioredis.Redis.from_url(redis.url)
+        try:
+            async with VendorHttp(timeout_s=integ.http_timeout_s,
+                                  max_retries=integ.http_max_retries,
+                                  backoff_base_s=integ.http_backoff_base_s,
+                                  backoff_max_s=integ.http_backoff_max_s,
+                                  name="smartcar") as http, \
+                    MqttPublisher(mqtt, client_id_prefix=integ.mqtt_client_id_prefix) as pub:
+                tokens = SmartcarTokens(SmartcarClient(http, integ), cipher,
+                                        refresh_margin_s=integ.smartcar_refresh_margin_s)
+                await SmartcarPuller(pool, tokens, pub, cache, poll_s=integ.smartcar_poll_s,
+                                     location_cache_s=integ.smartcar_location_cache_s).run()
+        finally:
+            await cache.aclose()
+            await pool.close()
+
+    return run
+
+
+def build_runner(database: DatabaseSettings, mqtt: MqttSettings, redis: RedisSettings,
+                 jobs: JobsSettings, integ: IntegrationsSettings) -> JobRunner:
+    """The runner with every scheduled job and, when configured, the pullers."""
+    owner = database.owner_url
+    scheduled = [
+        ScheduledJob(MaintenanceJob(owner, jobs), parse_schedule(jobs.maintenance_schedule)),
+        ScheduledJob(RetentionJob(owner, jobs), parse_schedule(jobs.retention_schedule)),
+        ScheduledJob(RollupsJob(owner, jobs), parse_schedule(jobs.rollups_schedule)),
+    ]
+    services: list[tuple[str, Service]] = []
+    if jobs.pullers_enabled and integ.token_key:
+        services.append(("samsara", samsara_service(database, mqtt, integ)))
+        if integ.smartcar_client_id:
+            services.append(("smartcar", smartcar_service(database, mqtt, redis, integ)))
+    elif jobs.pullers_enabled:
+        log.warning("integrations.token_key is not set: Samsara and Smartcar pullers are off")
+    return JobRunner(owner, scheduled, lock_key=jobs.lock_key, tick_s=jobs.tick_s,
+                     services=services)
