@@ -89,9 +89,14 @@ class _ModelTruck(_Truck):
         self.engine_s = float(hours) * 3600 if hours is not None else self.engine_s + dt_s
 
 
-def _make_truck(i: int, seed: int, lat0: float, lon0: float) -> _Truck:
+def _make_truck(i: int, seed: int, lat0: float, lon0: float, *,
+                use_model: bool = True) -> _Truck:
     name = f"Truck {i + 1:03d}"
     vid = str(281474976710000 + i)
+    if not use_model:
+        truck = _Truck(vid, name, lat0 + 0.05 * i, lon0, phase=i * 0.7)
+        truck.step(0)
+        return truck
     try:
         from simulators.vehicle import VehicleModel  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -131,6 +136,10 @@ class MockSamsara:
     retry_after_s: float = 0.25
     lat0: float = 52.52
     lon0: float = 13.405
+    use_vehicle_model: bool = True
+    """Move vehicles with simulators.vehicle.VehicleModel; False: a steady 50 km/h loop."""
+    start_offset_s: float = 0.0
+    """Simulated time starts this many seconds after the wall clock (negative: in the past)."""
     unknown_vehicle_ids: list[str] = field(default_factory=list)
     """Extra Samsara vehicles that appear in feeds (to exercise unmapped ids)."""
     clock: Callable[[], float] = time.time
@@ -141,7 +150,8 @@ class MockSamsara:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)  # noqa: S311 - simulation, not security
-        self.trucks = [_make_truck(i, self.seed, self.lat0, self.lon0)
+        self.trucks = [_make_truck(i, self.seed, self.lat0, self.lon0,
+                                   use_model=self.use_vehicle_model)
                        for i in range(self.vehicles)]
         for v in self.unknown_vehicle_ids:
             extra = _Truck(v, f"Unlinked {v}", self.lat0 - 0.1, self.lon0, 0.0)
@@ -149,7 +159,7 @@ class MockSamsara:
             self.trucks.append(extra)
         self._window_start = 0.0
         self._window_count = 0
-        self.now = self.clock()
+        self.now = self.clock() + self.start_offset_s
         self.record()
 
     # -- data generation ------------------------------------------------------------------

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
+from aiohttp import web
 
 from api.jobs.schedule import Schedule
 
@@ -215,7 +216,10 @@ class JobRunner:
                 await c.close()
 
 
-def setup(app: Any) -> None:
+RUNNER_KEY: web.AppKey[JobRunner] = web.AppKey("job_runner", JobRunner)
+
+
+def setup(app: web.Application) -> None:
     """Start this replica's job runner with the app (called by api.app.create_app)."""
     from collections.abc import AsyncIterator
 
@@ -230,8 +234,9 @@ def setup(app: Any) -> None:
         return
     runner = build_runner(settings.database, settings.mqtt, settings.redis, jobs,
                           integrations_settings(settings.integrations))
+    app[RUNNER_KEY] = runner
 
-    async def lifecycle(_app: Any) -> AsyncIterator[None]:
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         runner.start()
         try:
             yield

@@ -109,3 +109,46 @@ async def test_leader_connection_killed(database) -> None:
         await _wait(lambda: len(runs) >= n + 3, 10, "runs by the new leader")
         # The old leader noticed that its session (and so the lock) is gone and stepped down.
         assert not leader.is_leader
+
+
+async def test_two_api_apps_run_jobs_once(database, redis_url, mqtt_url) -> None:
+    """Two API replicas (independent app objects, own pools and connections): one runner."""
+    from aiohttp.test_utils import TestServer
+
+    from api.app import create_app
+    from api.config import ApiSection, ApiSettings
+    from api.jobs.runner import RUNNER_KEY
+    from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
+
+    settings = ApiSettings(
+        database=DatabaseSettings(url=database.app_url, owner_url=database.owner_url,
+                                  ingest_url=database.ingest_url),
+        redis=RedisSettings(url=redis_url), mqtt=MqttSettings(url=mqtt_url),
+        api=ApiSection(environment="test"),
+        jobs={"tick_s": 0.05, "pullers_enabled": False, "rollups_schedule": "every 0.2",
+              "maintenance_schedule": "daily 06:00", "retention_schedule": "daily 03:30"})
+    apps = [create_app(settings), create_app(settings)]
+    servers = [TestServer(app, host="127.0.0.1") for app in apps]
+    for server in servers:
+        await server.start_server()
+    try:
+        runners = [app[RUNNER_KEY] for app in apps]
+        conn = await asyncpg.connect(database.owner_url)
+        try:
+            async def runs() -> list[str]:
+                return [r["runner"] for r in await conn.fetch(
+                    "SELECT runner FROM job_runs WHERE job = 'rollups' AND status = 'succeeded'")]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while len(await runs()) < 4:
+                assert loop.time() < deadline, "rollups did not run"
+                await asyncio.sleep(0.1)
+            assert sum(r.is_leader for r in runners) == 1
+            leader = next(r for r in runners if r.is_leader)
+            assert set(await runs()) == {leader.runner_id}
+            assert await conn.fetchval("SELECT runner FROM job_leader") == leader.runner_id
+        finally:
+            await conn.close()
+    finally:
+        for server in servers:
+            await server.close()
