@@ -203,3 +203,35 @@ def test_wrong_key_cannot_decrypt() -> None:
     with pytest.raises(TokenCipherError):
         TokenCipher("another-key-0123456789").decrypt(enc)
     assert isinstance(asyncpg.Pool, type)
+
+
+async def test_samsara_service_follows_every_feed(database, fleet, mqtt_url) -> None:
+    """The runner's Samsara service finds the tenant's token and follows both feeds."""
+    import asyncio
+
+    from api.integrations.config import IntegrationsSettings
+    from api.jobs.wiring import samsara_service
+    from deploy.settings import DatabaseSettings
+
+    mock = MockSamsara(vehicles=3)
+    cipher = TokenCipher(TOKEN_KEY)
+    with psycopg.connect(database.owner_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO integration_credentials (tenant_id, vendor, secret_enc)"
+                     " VALUES (%s, 'samsara', %s)", (fleet.tenant_id, cipher.encrypt(mock.token)))
+    async with serve(mock.app()) as url, telemetry_listener(mqtt_url, fleet.slug) as got:
+        integ = IntegrationsSettings(token_key=TOKEN_KEY, samsara_base_url=url)
+        service = samsara_service(DatabaseSettings(ingest_url=database.ingest_url),
+                                  MqttSettings(url=mqtt_url), integ)
+        task = asyncio.create_task(service())
+        try:
+            # Feed 1: gps, engineStates, obdOdometerMeters; feed 2: fuelPercents,
+            # obdEngineSeconds: 5 latest values per vehicle.
+            await wait_for(lambda: sum(len(m.samples) for _, m in got) >= 15, 20, "15 samples")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    with psycopg.connect(database.owner_url) as conn:
+        feeds = sorted(r[0] for r in conn.execute("SELECT feed FROM samsara_feed_cursors"))
+    assert "fuelPercents,obdEngineSeconds" in feeds
+    assert "gps,engineStates,obdOdometerMeters" in feeds
