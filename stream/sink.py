@@ -48,12 +48,19 @@ which stalls the dataflow (back-pressure) rather than losing a batch."""
 
 
 class Ewkb(bytes):
-    """A point as PostGIS extended WKB, dumped as `geography` in binary COPY."""
+    """A point as PostGIS extended WKB, dumped as `geography` in binary COPY.
+
+    COPY picks dumpers by the column types given to `set_types`, so plain `bytes` from
+    `ewkb_point` work there too (and are much cheaper to make than a bytes subclass).
+    """
 
 
-def ewkb_point(lon: float, lat: float) -> Ewkb:
+_EWKB_POINT = struct.Struct("<BIIdd")
+
+
+def ewkb_point(lon: float, lat: float) -> bytes:
     """Little-endian EWKB of a WGS84 point (type 1 with the SRID flag, SRID 4326)."""
-    return Ewkb(struct.pack("<BIIdd", 1, 0x20000001, 4326, lon, lat))
+    return _EWKB_POINT.pack(1, 0x20000001, 4326, lon, lat)
 
 
 def ts(t_ms: int) -> datetime:
@@ -72,8 +79,8 @@ def register_geography(conn: psycopg.Connection[Any]) -> int:
     class GeographyDumper(Dumper):
         format = Format.BINARY
 
-        def dump(self, obj: Any) -> bytes:
-            return bytes(obj)
+        def dump(self, obj: Any) -> Any:
+            return obj
 
     GeographyDumper.oid = oid
     conn.adapters.register_dumper(Ewkb, GeographyDumper)
@@ -124,8 +131,10 @@ REJECTS = Table("ingest_rejects", (
 ), ("timestamptz", "uuid", "text", "text", "text", "text", "bytea", "text", "int8", "int8"))
 
 
-def _point(lat: float | None, lon: float | None) -> Ewkb | None:
-    return ewkb_point(lon, lat) if lat is not None and lon is not None else None
+def _point(lat: float | None, lon: float | None) -> bytes | None:
+    if lat is None or lon is None:
+        return None
+    return _EWKB_POINT.pack(1, 0x20000001, 4326, lon, lat)
 
 
 def telemetry_row(r: Reading) -> tuple[Any, ...]:

@@ -1,0 +1,287 @@
+"""`fleet bench e2e`: publisher -> Mosquitto -> `fleet stream` -> TimescaleDB, end to end.
+
+Method: a scratch database is created and migrated with one tenant of `--vehicles`
+vehicles. The stream runs as a real subprocess (``python -m stream.cli``; `--processes` x
+`--workers`, one MQTT source partition per process) with every detector on, subscribed to
+this tenant only. A publisher thread in this process sends QoS 1 telemetry at `--rate`
+samples/s for `--duration` seconds, `--batch` samples per message, round-robin over the
+vehicles; each sample's time is its publish time (to the millisecond), so
+``received_at - time`` of a stored row is the publish-to-commit latency (``received_at`` is
+the writing transaction's start, a few ms before its commit). After the publisher stops, the
+bench waits for the stream to drain.
+
+Figures (JSON, last line): samples_per_s (rows committed / (last commit - first publish)),
+offered_per_s (what the publisher achieved), latency_p50_ms, latency_p99_ms, lost
+(acknowledged by the broker but not stored), duplicated (stored twice: impossible by the
+unique key, checked anyway), and the stream's CPU seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Options of `fleet bench e2e` (`--json` is added by deploy.bench)."""
+    parser.add_argument("--duration", type=float, default=60.0, help="publishing time, s")
+    parser.add_argument("--rate", type=int, default=50_000, help="offered samples/s")
+    parser.add_argument("--vehicles", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=50, help="samples per MQTT message")
+    parser.add_argument("--processes", type=int, default=2, help="stream processes")
+    parser.add_argument("--workers", type=int, default=1, help="workers per stream process")
+    parser.add_argument("--drain-timeout", type=float, default=120.0,
+                        help="how long to wait for the stream to catch up, s")
+    parser.set_defaults(func=run)
+
+
+def _db_url(url: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+class _Publisher(threading.Thread):
+    """Offers `rate` samples/s in messages of `batch` samples, round-robin over vehicles."""
+
+    def __init__(self, mqtt_url: str, tenant: str, codes: list[str], *, rate: int,
+                 batch: int, duration_s: float) -> None:
+        super().__init__(name="bench-publisher", daemon=True)
+        self.mqtt_url, self.tenant, self.codes = mqtt_url, tenant, codes
+        self.rate, self.batch, self.duration_s = rate, batch, duration_s
+        self.acked_samples = 0
+        self.sent_samples = 0
+        self.started_ms = 0
+        self.elapsed_s = 0.0
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        from paho.mqtt.client import Client
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        from edge_gateway.mqtt_url import parse_mqtt_url
+        from edge_gateway.protocol import Channel, Sample, Source, Telemetry, encode, topic_for
+
+        target = parse_mqtt_url(self.mqtt_url)
+        client = Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex}",
+                        protocol=MQTTProtocolVersion.MQTTv5)
+        client.username_pw_set(target.username, target.password)
+        client.max_inflight_messages_set(1000)
+        # Unbounded by design: a benchmark publisher must never block on its own queue.
+        client.max_queued_messages_set(0)
+        sizes: dict[int, int] = {}
+
+        def on_publish(_c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+            with self._lock:
+                self.acked_samples += sizes.pop(mid, 0)
+
+        client.on_publish = on_publish
+        client.connect(target.host, target.port)
+        client.loop_start()
+        topics = [topic_for(self.tenant, c, Channel.TELEMETRY) for c in self.codes]
+        seqs = [0] * len(self.codes)
+        lats = [52.40 + i * 1e-3 for i in range(len(self.codes))]
+        tick_s = 0.05
+        per_tick = self.rate * tick_s / self.batch
+        start = time.monotonic()
+        self.started_ms = time.time_ns() // 1_000_000
+        owed = 0.0
+        k = 0
+        while (now := time.monotonic()) - start < self.duration_s:
+            owed += per_tick
+            while owed >= 1:
+                owed -= 1
+                v = k % len(self.codes)
+                k += 1
+                t_ms = time.time_ns() // 1_000_000
+                samples = []
+                for i in range(self.batch):
+                    seqs[v] += 1
+                    lats[v] += 1e-6
+                    samples.append(Sample(
+                        seq=seqs[v], t_ms=t_ms - (self.batch - 1 - i), lat_deg=lats[v],
+                        lon_deg=13.40, speed_kph=40.0, heading_deg=0.0, rpm=1500.0,
+                        coolant_c=88.0, fuel_pct=60.0, battery_v=13.8, ignition=True,
+                        gps_fix=1, hdop=0.9, sats=9))
+                payload = encode(Telemetry(source=Source.SIMULATOR, samples=samples,
+                                           sent_ms=t_ms))
+                info = client.publish(topics[v], payload, qos=1)
+                with self._lock:
+                    sizes[info.mid] = self.batch
+                self.sent_samples += self.batch
+            time.sleep(max(0.0, start + (int((now - start) / tick_s) + 1) * tick_s
+                           - time.monotonic()))
+        self.elapsed_s = time.monotonic() - start
+        deadline = time.monotonic() + 60
+        while self.acked_samples < self.sent_samples and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.disconnect()
+        client.loop_stop()
+
+
+def _presubscribe(mqtt_url: str, prefix: str, group: str, tenant: str, partitions: int) -> None:
+    """Create the stream's persistent sessions first, so nothing published is dropped."""
+    from paho.mqtt.client import Client
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from edge_gateway.mqtt_url import parse_mqtt_url
+    from edge_gateway.protocol import Channel, subscription
+
+    target = parse_mqtt_url(mqtt_url)
+    for i in range(partitions):
+        c = Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-p{i}",
+                   protocol=MQTTProtocolVersion.MQTTv5)
+        c.username_pw_set(target.username, target.password)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 600
+        c.connect(target.host, target.port, clean_start=False, properties=props)
+        c.loop_start()
+        c.subscribe(subscription(Channel.TELEMETRY, tenant=tenant, share_group=group), qos=1)
+        time.sleep(0.3)
+        c.disconnect()
+        c.loop_stop()
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (Linux /proc)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
+    """Run the benchmark; the last line of output is the JSON result."""
+    import psycopg
+
+    from deploy.services import drop_database, provision_database
+    from deploy.settings import load_settings
+    from storage.migrate import migrate
+    from stream.config import StreamSettings
+
+    settings = load_settings(StreamSettings, getattr(args, "config", None))
+    db = settings.database
+    if not db.admin_url:
+        print("fleet bench e2e needs database.admin_url to create a scratch database",
+              file=sys.stderr)
+        return 2
+    name = f"bench_e2e_{uuid.uuid4().hex[:8]}"
+    tenant = f"bench{uuid.uuid4().hex[:8]}"
+    admin_pg = _db_url(db.admin_url, "postgres")
+    provision_database(admin_pg, name)
+    owner, ingest = _db_url(db.owner_url, name), _db_url(db.ingest_url, name)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        migrate(owner, log=lambda _m: None)
+        codes = [f"b{i:05d}" for i in range(args.vehicles)]
+        with psycopg.connect(owner) as conn:
+            row = conn.execute("INSERT INTO tenants (slug, name) VALUES (%s, %s) RETURNING id",
+                               (tenant, tenant)).fetchone()
+            tenant_id = row[0] if row else None
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO vehicles (tenant_id, code) VALUES (%s, %s)",
+                                [(tenant_id, c) for c in codes])
+        group, prefix = f"bench{uuid.uuid4().hex[:6]}", f"bench{uuid.uuid4().hex[:6]}"
+        _presubscribe(settings.mqtt.url, prefix, group, tenant, args.processes)
+        env = dict(os.environ)
+        env.update({
+            "FLEET_DATABASE_INGEST_URL": ingest, "FLEET_MQTT_URL": settings.mqtt.url,
+            "FLEET_REDIS_URL": settings.redis.url, "FLEET_SOURCE_TENANT": tenant,
+            "FLEET_SOURCE_SHARE_GROUP": group, "FLEET_SOURCE_CLIENT_ID_PREFIX": prefix,
+            "FLEET_SOURCE_PARTITIONS": str(args.processes),
+            "FLEET_STREAM_PROCESSES": str(args.processes),
+            "FLEET_STREAM_WORKERS_PER_PROCESS": str(args.workers),
+            "FLEET_STREAM_RECOVERY_DIR": str(tmp / "recovery"),
+            "FLEET_STREAM_PROCESS_BASE_PORT": str(2300 + os.getpid() % 1000),
+        })
+        log_path = tmp / "stream.log"
+        proc = subprocess.Popen([sys.executable, "-m", "stream.cli"], env=env,
+                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        time.sleep(3.0)  # the sessions queue meanwhile; this only keeps start-up out of p99
+        publisher = _Publisher(settings.mqtt.url, tenant, codes, rate=args.rate,
+                               batch=args.batch, duration_s=args.duration)
+        publisher.start()
+        publisher.join(args.duration + 90)
+
+        def stored() -> int:
+            with psycopg.connect(owner) as conn:
+                r = conn.execute("SELECT count(*) FROM telemetry").fetchone()
+            return int(r[0]) if r else 0
+
+        deadline = time.monotonic() + args.drain_timeout
+        last, last_change = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            n = stored()
+            if n >= publisher.acked_samples:
+                break
+            if n != last:
+                last, last_change = n, time.monotonic()
+            elif time.monotonic() - last_change > 30:
+                break  # stalled
+            time.sleep(0.5)
+        cpu_s = _cpu_s(proc.pid)
+        with psycopg.connect(owner) as conn:
+            r = conn.execute(
+                "SELECT count(*), count(DISTINCT (vehicle_id, seq)), "
+                "extract(epoch FROM max(received_at)) * 1000, "
+                "percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP "
+                "(ORDER BY extract(epoch FROM received_at - time) * 1000) FROM telemetry"
+            ).fetchone()
+            rejects = conn.execute("SELECT count(*) FROM ingest_rejects").fetchone()
+        rows, distinct, last_ms, pct = r if r else (0, 0, None, None)
+        span_s = max(1e-3, (float(last_ms) - publisher.started_ms) / 1000) if last_ms else 0
+        result = {
+            "duration_s": round(publisher.elapsed_s, 1),
+            "offered_per_s": round(publisher.sent_samples / max(publisher.elapsed_s, 1e-3)),
+            "samples_per_s": round(distinct / span_s) if span_s else 0,
+            "latency_p50_ms": round(pct[0], 1) if pct else None,
+            "latency_p99_ms": round(pct[1], 1) if pct else None,
+            "published": publisher.acked_samples,
+            "stored": int(distinct),
+            "lost": max(0, publisher.acked_samples - int(distinct)),
+            "duplicated": int(rows) - int(distinct),
+            "rejects": int(rejects[0]) if rejects else 0,
+            "vehicles": args.vehicles, "batch": args.batch,
+            "processes": args.processes, "workers": args.workers,
+            "stream_cpu_s": round(cpu_s, 1),
+        }
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        drop_database(admin_pg, name)
+    if not args.json:
+        for key, value in result.items():
+            print(f"{key:>16}: {value}")
+        print(f"stream log: {tmp / 'stream.log'}")
+    print(json.dumps(result))
+    return 0

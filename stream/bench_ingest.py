@@ -1,0 +1,175 @@
+"""`fleet bench ingest`: the stream's telemetry sink against raw binary COPY, same rows, same run.
+
+Method: a scratch database is created and migrated; N telemetry samples of 100 vehicles are
+generated once. Each contender writes them in batches of `--batch` rows, one transaction per
+batch, into an empty `telemetry` hypertable (truncated between contenders); the contenders
+alternate for `--rounds` rounds and each reports its median:
+
+- ``raw_copy``: psycopg binary COPY of pre-built row tuples straight into the hypertable (as
+  the table owner: the ingest role may not COPY into a table with row-level security);
+- ``sink``: the stream's `DatabaseWriter` as the ingest role, from `StoredSample` items
+  (row building, staging COPY and ``INSERT ... ON CONFLICT DO NOTHING`` included);
+- ``sink_direct``: the same writer as a role not subject to RLS (direct COPY path);
+- ``sink_replay``: the sink again over rows that are all stored already (a full replay).
+
+Prints one JSON object last: sink_rows_per_s, raw_copy_rows_per_s, ratio (+ the extras).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Options of `fleet bench ingest` (`--json` is added by deploy.bench)."""
+    parser.add_argument("--rows", type=int, default=300_000, help="samples per contender")
+    parser.add_argument("--batch", type=int, default=5_000, help="rows per transaction")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
+    parser.set_defaults(func=run)
+
+
+def _db_url(url: str, database: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def _items(n: int, tenant_id: uuid.UUID, vehicles: list[uuid.UUID]) -> list[Any]:
+    from edge_gateway.protocol import Sample, Source
+    from stream.items import StoredSample
+    from stream.model import Reading, VehicleRef
+
+    refs = [VehicleRef(tenant_id, v, "bench", f"v{i}") for i, v in enumerate(vehicles)]
+    t0 = (time.time_ns() // 1_000_000) - 86_400_000
+    out = []
+    for k in range(n):
+        ref = refs[k % len(refs)]
+        seq = k // len(refs) + 1
+        s = Sample(seq=seq, t_ms=t0 + seq * 1000, lat_deg=52.5 + (k % 997) * 1e-5,
+                   lon_deg=13.4 + (k % 991) * 1e-5, speed_kph=42.0, heading_deg=90.0,
+                   rpm=1800.0, coolant_c=88.0, fuel_pct=61.5, odometer_km=12_345.6,
+                   battery_v=13.9, ignition=True, gps_fix=1, hdop=0.9, sats=9)
+        out.append(StoredSample(Reading(ref, s, Source.SIMULATOR)))
+    return out
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; the last line of output is the JSON result."""
+    import psycopg
+
+    from deploy.services import drop_database, provision_database
+    from deploy.settings import load_settings
+    from storage.migrate import migrate
+    from stream.config import StreamSettings
+    settings = load_settings(StreamSettings, getattr(args, "config", None))
+    db = settings.database
+    if not db.admin_url:
+        print("fleet bench ingest needs database.admin_url to create a scratch database",
+              file=sys.stderr)
+        return 2
+    name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
+    provision_database(_db_url(db.admin_url, "postgres"), name)
+    owner, ingest = _db_url(db.owner_url, name), _db_url(db.ingest_url, name)
+    try:
+        migrate(owner, log=lambda _m: None)
+        with psycopg.connect(owner) as conn:
+            row = conn.execute("INSERT INTO tenants (slug, name) VALUES ('bench', 'bench') "
+                               "RETURNING id").fetchone()
+            tenant_id = row[0] if row else uuid.uuid4()
+            vehicles = [r[0] for r in conn.execute(
+                "INSERT INTO vehicles (tenant_id, code) SELECT %s, 'v' || g "
+                "FROM generate_series(1, 100) g RETURNING id", (tenant_id,)).fetchall()]
+        result = _contest(owner, ingest, _items(args.rows, tenant_id, vehicles), args)
+    finally:
+        drop_database(_db_url(db.admin_url, "postgres"), name)
+    if not args.json:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+    print(json.dumps(result))
+    return 0
+
+
+def _contest(owner: str, ingest: str, items: list[Any],
+             args: argparse.Namespace) -> dict[str, Any]:
+    """Time every contender over the same rows; rows/s per contender."""
+    import psycopg
+
+    from stream.sink import TELEMETRY, Batch, DatabaseWriter, register_geography, telemetry_row
+
+    chunks = [items[i:i + args.batch] for i in range(0, len(items), args.batch)]
+
+    def truncate() -> None:
+        with psycopg.connect(owner) as conn:
+            conn.execute("TRUNCATE telemetry")
+
+    raw_conn = psycopg.connect(owner)
+    oid = register_geography(raw_conn)
+    types = [oid if t == -1 else t for t in TELEMETRY.types]
+    cols = ", ".join(TELEMETRY.columns)
+    raw_rows = [[telemetry_row(x.reading) for x in chunk] for chunk in chunks]
+
+    def raw_copy() -> None:
+        for rows in raw_rows:
+            with raw_conn.transaction(), raw_conn.cursor() as cur, cur.copy(
+                    f"COPY telemetry ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(types)
+                for r in rows:
+                    copy.write_row(r)
+
+    def sink_with(url: str) -> Any:
+        writer = DatabaseWriter(url)
+
+        def go() -> None:
+            for chunk in chunks:
+                writer.write(Batch.of(chunk))
+        return writer, go
+
+    # The machine is shared: contenders alternate over several rounds and each keeps
+    # its median, so a burst of foreign load does not decide the ratio.
+    raw_t: list[float] = []
+    sink_t: list[float] = []
+    replay_t: list[float] = []
+    direct_t: list[float] = []
+    sink_writer, sink_go = sink_with(ingest)
+    direct_writer, direct_go = sink_with(owner)
+    for _ in range(args.rounds):
+        truncate()
+        raw_t.append(_timed(raw_copy))
+        truncate()
+        sink_t.append(_timed(sink_go))
+        replay_t.append(_timed(sink_go))
+        truncate()
+        direct_t.append(_timed(direct_go))
+    raw_conn.close()
+    sink_writer.close()
+    direct_writer.close()
+    raw_s, sink_s = statistics.median(raw_t), statistics.median(sink_t)
+    replay_s, direct_s = statistics.median(replay_t), statistics.median(direct_t)
+    with psycopg.connect(owner) as conn:
+        stored = conn.execute("SELECT count(*) FROM telemetry").fetchone()
+    n = len(items)
+    return {
+        "rows": n,
+        "batch_rows": args.batch,
+        "rounds": args.rounds,
+        "sink_rows_per_s": round(n / sink_s),
+        "raw_copy_rows_per_s": round(n / raw_s),
+        "ratio": round(raw_s / sink_s, 3),
+        "sink_direct_rows_per_s": round(n / direct_s),
+        "sink_replay_rows_per_s": round(n / replay_s),
+        "sink_path": "direct" if sink_writer.writers["telemetry"].direct else "staged",
+        "stored_after_direct": int(stored[0]) if stored else 0,
+    }
