@@ -58,8 +58,9 @@ class ObdSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """None = let python-obd probe the adapter's baud rate."""
     protocol: str | None = None
     """ELM327 protocol id ("6" = ISO 15765-4 CAN 11 bit 500 kbit/s); None = auto."""
-    timeout_s: PositiveS = 1.0
-    """Serial read timeout per query."""
+    timeout_s: PositiveS = 0.3
+    """Serial read timeout. python-obd retries empty reads for about 1 s, so a silent adapter
+    costs about 10 x (timeout_s + 0.1) s per query; slow answers are still caught by retries."""
     dtc_interval_s: PositiveS = 60.0
     """Stored and pending DTCs (Mode 03/07) are read this often."""
     failures_before_reconnect: Annotated[int, Meta(ge=1)] = 10

@@ -15,6 +15,7 @@ car, and only the adapter voltage is read until a later reconnect finds the car 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import time
@@ -84,10 +85,13 @@ class ObdSource(ThreadedSource):
         conn = obd.OBD(self.settings.port, baudrate=self.settings.baudrate,
                        protocol=self.settings.protocol, fast=False,
                        timeout=self.settings.timeout_s, check_voltage=False)
+        _shorten_read_timeout(conn, self.settings.timeout_s)
         try:
             self._poll_connection(obd, conn)
         finally:
-            conn.close()
+            # python-obd's close() fails on a port it already dropped itself; nothing to free.
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _poll_connection(self, obd: Any, conn: Any) -> None:
         status = conn.status()
@@ -116,17 +120,38 @@ class ObdSource(ThreadedSource):
                     continue
                 if mode is PowerMode.BUS_OFF and poll.name != VOLTAGE_SIGNAL:
                     continue
-                ok = self._query(obd, conn, poll)
-                if conn.status() == obd.OBDStatus.NOT_CONNECTED:
-                    raise SourceError("adapter disconnected")
-                if ok:
-                    failures = 0
-                elif poll.counts_failures:
-                    failures += 1
-                    if failures >= self.settings.failures_before_reconnect:
-                        raise SourceError(f"{failures} queries in a row failed")
+                failures = self._run_poll(obd, conn, poll, failures)
             next_due = min((p.next_due for p in polls), default=now + 1.0)
             sleep_until(self.stop_event, next_due, wake=lambda: not self._requests.empty())
+
+    def _run_poll(self, obd: Any, conn: Any, poll: _Poll, failures: int) -> int:
+        """Query one poll; returns the new count of consecutive failures or raises to reconnect."""
+        ok = self._query(obd, conn, poll)
+        if conn.status() == obd.OBDStatus.NOT_CONNECTED:
+            raise SourceError("adapter disconnected")
+        if ok:
+            return 0
+        if poll.name == VOLTAGE_SIGNAL or not self._adapter_answers(obd, conn):
+            # The adapter itself is silent or confused (reset, garbage): start over.
+            raise SourceError("adapter stopped answering")
+        if not poll.counts_failures:
+            return failures
+        failures += 1
+        if failures >= self.settings.failures_before_reconnect:
+            raise SourceError(f"{failures} queries in a row failed")
+        return failures
+
+    def _adapter_answers(self, obd: Any, conn: Any) -> bool:
+        """Ask the adapter for its own voltage (AT RV, no ECU involved) after a failed query.
+
+        Tells "the vehicle said NO DATA" (adapter fine: count it) apart from "the adapter is
+        silent or was reset" (reconnect now rather than after many slow timeouts).
+        """
+        try:
+            response = conn.query(obd.commands.ELM_VOLTAGE, force=True)
+        except Exception:  # noqa: BLE001 - a garbled reply means the adapter is confused
+            return False
+        return not response.is_null()
 
     def _polls(self, obd: Any, conn: Any, *, car: bool) -> list[_Poll]:
         polls: list[_Poll] = []
@@ -244,9 +269,22 @@ def _import_obd() -> Any:
         import obd
     except ImportError as exc:
         raise SourceError("OBD-II needs python-obd: pip install 'fleet-telemetry[obd]'") from exc
-    # python-obd logs every query at INFO; keep its warnings only.
-    logging.getLogger("obd").setLevel(logging.WARNING)
+    # python-obd logs every query at INFO and every empty read at WARNING; we count those
+    # ourselves (status counters), so keep only its errors.
+    logging.getLogger("obd").setLevel(logging.ERROR)
     return obd
+
+
+def _shorten_read_timeout(conn: Any, timeout_s: float) -> None:
+    """Use our per-query timeout instead of python-obd's fixed 10 s serial read timeout.
+
+    python-obd opens the port with `timeout=10` and applies its own `timeout` only while
+    initialising; an adapter that falls silent would then stall polling for 10 s per query.
+    The port is a private attribute, so a python-obd that renames it keeps its default.
+    """
+    port = getattr(getattr(conn, "interface", None), "_ELM327__port", None)
+    if port is not None and hasattr(port, "timeout"):
+        port.timeout = timeout_s
 
 
 def _convert(value: Any, spec: SignalSpec | None) -> float | None:

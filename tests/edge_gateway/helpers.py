@@ -99,3 +99,44 @@ async def wait_for(predicate: object, timeout_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+class ModelDriver:
+    """Steps a simulator VehicleModel in (scaled) real time on a thread, recording its states.
+
+    History is kept by wall-clock ms so published samples (timestamped by the gateway) can be
+    compared with what the model really did around that moment.
+    """
+
+    def __init__(self, model: object, speed: float = 1.0, step_s: float = 0.05) -> None:
+        import threading
+
+        self.model = model
+        self.speed = speed
+        self.step_s = step_s
+        self.history: list[tuple[int, object]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            self._stop.wait(self.step_s)
+            now = time.monotonic()
+            state = self.model.step((now - last) * self.speed)  # type: ignore[attr-defined]
+            last = now
+            self.history.append((time.time_ns() // 1_000_000, state))
+
+    def __enter__(self) -> ModelDriver:
+        self.history.append((time.time_ns() // 1_000_000, self.model.state))  # type: ignore[attr-defined]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def envelope(self, attr: str, t0_ms: int, t1_ms: int) -> tuple[float, float] | None:
+        """(min, max) of a state attribute over wall-clock [t0, t1], None without states."""
+        values = [float(getattr(s, attr)) for t, s in self.history if t0_ms <= t <= t1_ms]
+        return (min(values), max(values)) if values else None
