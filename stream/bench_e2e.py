@@ -40,6 +40,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=50, help="samples per MQTT message")
     parser.add_argument("--processes", type=int, default=2, help="stream processes")
     parser.add_argument("--workers", type=int, default=1, help="workers per stream process")
+    parser.add_argument("--disable", default="",
+                        help="comma-separated detectors not to run (stream.disabled_detectors)")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="how long to wait for the stream to catch up, s")
     parser.set_defaults(func=run)
@@ -217,6 +219,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
             "FLEET_STREAM_WORKERS_PER_PROCESS": str(args.workers),
             "FLEET_STREAM_RECOVERY_DIR": str(tmp / "recovery"),
             "FLEET_STREAM_PROCESS_BASE_PORT": str(2300 + os.getpid() % 1000),
+            "FLEET_STREAM_DISABLED_DETECTORS": json.dumps(
+                [d for d in args.disable.split(",") if d]),
         })
         log_path = tmp / "stream.log"
         proc = subprocess.Popen([sys.executable, "-m", "stream.cli"], env=env,
@@ -268,6 +272,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
             "rejects": int(rejects[0]) if rejects else 0,
             "vehicles": args.vehicles, "batch": args.batch,
             "processes": args.processes, "workers": args.workers,
+            "disabled_detectors": args.disable,
             "stream_cpu_s": round(cpu_s, 1),
         }
     finally:

@@ -110,6 +110,8 @@ class DataflowSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """Minimum time between refreshes forced by unknown vehicles."""
     rollup_interval_s: PositiveFloat = 60.0
     """How often touched time ranges are passed to fleet_refresh_rollups(); 0 = never."""
+    disabled_detectors: list[str] = msgspec.field(default_factory=list)
+    """Names of detectors (from `stream.detectors.DETECTORS`) not to run, e.g. ["anomaly"]."""
     live_enabled: bool = True
     """Publish live positions and events on Redis."""
     reject_payload_max_bytes: PositiveInt = 65_536

@@ -24,6 +24,7 @@ from bytewax.outputs import Sink
 from stream.config import StreamSettings
 from stream.decode import Decoder
 from stream.detectors.base import Detector
+from stream.errors import StreamConfigError
 from stream.geo_step import GeoLookup, IndexProvider
 from stream.items import InboxMessage, RejectRow, SinkItem, VehicleBatch
 from stream.vehicle import VehicleStepConfig, vehicle_logic_builder
@@ -75,5 +76,11 @@ def load_detectors(settings: StreamSettings, index_provider: Callable[[], Any], 
     from stream.detectors import build_detectors
 
     extra: dict[str, Any] = {} if clock_ms is None else {"clock": clock_ms}
-    return build_detectors(settings.detectors, index_provider, settings.geofence,
-                           settings.anomaly, **extra)
+    built = build_detectors(settings.detectors, index_provider, settings.geofence,
+                            settings.anomaly, **extra)
+    disabled = set(settings.stream.disabled_detectors)
+    unknown = disabled - {d.name for d in built}
+    if unknown:
+        raise StreamConfigError(f"stream.disabled_detectors names unknown detectors: "
+                                f"{sorted(unknown)}")
+    return [d for d in built if d.name not in disabled]

@@ -51,6 +51,19 @@ from stream.model import Reading, VehicleRef
 
 log = logging.getLogger(__name__)
 
+_failures: dict[str, int] = {}
+
+
+def _log_detector_failure(name: str, vehicle: UUID, what: str) -> None:
+    """Log a detector's exception with its traceback at the 1st, 2nd, 4th, 8th, ... failure.
+
+    A detector bug hits every reading; logging each would bury everything else.
+    """
+    n = _failures[name] = _failures.get(name, 0) + 1
+    if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th, ... failure
+        log.exception("detector %s failed on %s of vehicle %s (%d failures so far)", name, what,
+                      vehicle, n)
+
 
 def reject_row(ref: VehicleRef, sample: Sample, received_ms: int, partition: str,  # noqa: PLR0917
                offset: int, detail: str) -> RejectRow:
@@ -156,9 +169,8 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
             for det in self.cfg.detectors:
                 try:
                     st.detectors[det.name], events = det.on_tick(st.detectors[det.name], now_ms)
-                except Exception:
-                    log.exception("detector %s failed on tick of vehicle %s", det.name,
-                                  st.ref.vehicle_id)
+                except Exception:  # noqa: BLE001 - logged by _log_detector_failure
+                    _log_detector_failure(det.name, st.ref.vehicle_id, "a tick")
                     continue
                 out.extend(EmittedEvent(st.ref, ev) for ev in events)
         return out, StatefulBatchLogic.RETAIN
@@ -265,10 +277,9 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
         for det in self.cfg.detectors:
             try:
                 st.detectors[det.name], events = det.on_reading(st.detectors[det.name], reading)
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged by _log_detector_failure
                 # A detector bug must not stop the vehicle's data: log it and go on.
-                log.exception("detector %s failed on vehicle %s seq %d", det.name,
-                              ref.vehicle_id, sample.seq)
+                _log_detector_failure(det.name, ref.vehicle_id, f"seq {sample.seq}")
                 continue
             out.extend(EmittedEvent(ref, ev) for ev in events)
         return reading
