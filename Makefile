@@ -38,11 +38,7 @@ test: setup lint
 	$(BIN)/pytest
 
 demo: setup
-	@echo
-	@echo "fleet-telemetry: local stack is up and migrated."
-	@$(BIN)/fleet db status
-	@echo
-	@echo "Connection settings: eval \"\$$($(BIN)/fleet services env)\""
+	$(BIN)/fleet demo $(DEMO_ARGS)
 
 services-down:
 	$(BIN)/fleet services down
