@@ -16,6 +16,7 @@ STRtree. Containment includes the boundary, like PostGIS `ST_Covers`.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import threading
@@ -31,7 +32,7 @@ from geo.config import GeofenceSettings
 from geo.errors import GeoError
 from geo.fence import Fence
 from geo.geodesy import LocalFrame
-from geo.grid import BLOCK, BLOCK_BITS, EXACT, FULL, HALF, Raster, rasterise, side_tests
+from geo.grid import AND, BLOCK, BLOCK_BITS, EXACT, FULL, HALF, Raster, rasterise, side_tests
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
@@ -135,6 +136,7 @@ class FenceIndex:
         self._large = np.asarray(large, dtype=np.int64)
         self._large_tree = shapely.STRtree(self._zones[self._large]) if large else None
         self._large_tenants = frozenset(self._tkey[self._large].tolist())
+        self._block_list: list[int] = self._grid.block_keys.tolist()
         self._trees = self._build_tenant_trees()
 
     @classmethod
@@ -284,49 +286,77 @@ class FenceIndex:
 
     # ---- segment queries ----------------------------------------------------------------------
 
-    def crossed(self, tenant_id: UUID, lon0: float, lat0: float, lon1: float,
-                lat1: float) -> frozenset[UUID]:
-        """Ids of the tenant's fences that the straight segment between two fixes touches."""
+    def crossed(self, tenant_id: UUID, lon0: float, lat0: float, lon1: float, lat1: float,
+                *, endpoint_fences: frozenset[UUID] | None = None) -> frozenset[UUID]:
+        """Ids of the tenant's fences that the straight segment between two fixes touches.
+
+        `endpoint_fences`, when given, must be the fences that contain either fix (from
+        `containing`); they are left out of the answer, and knowing that no other fence holds
+        an end lets most short segments be settled from the grid without any geometry.
+        """
         entry = self._trees.get(_tenant_keys.get(tenant_id, -1))
         if entry is None:
             return EMPTY
-        tree, members = entry
-        if self._segment_in_empty_cells(tenant_id, lon0, lat0, lon1, lat1):
+        ignore = endpoint_fences or EMPTY
+        ids = self._ids
+        near = self._segment_candidates(tenant_id, (lon0, lat0, lon1, lat1),
+                                        ends_outside=endpoint_fences is not None)
+        candidates = None if near is None else sorted(c for c in near if ids[c] not in ignore)
+        if candidates is not None and not candidates:
             return EMPTY
         segment = shapely.LineString([(lon0, lat0), (lon1, lat1)])
-        hits = tree.query(segment, predicate="intersects")
-        if hits.size == 0:
-            return EMPTY
-        ids = self._ids
-        return frozenset(ids[int(members[h])] for h in hits)
+        if candidates is None:
+            tree, members = entry
+            hits = [int(members[h]) for h in tree.query(segment, predicate="intersects")]
+        else:
+            touched = shapely.intersects(self._zones[candidates], segment)
+            hits = [c for c, t in zip(candidates, touched.tolist(), strict=True) if t]
+        return frozenset(ids[h] for h in hits if ids[h] not in ignore)
 
-    def _segment_in_empty_cells(self, tenant_id: UUID, lon0: float, lat0: float, lon1: float,
-                                lat1: float) -> bool:
-        """True when the segment provably meets no fence: every grid cell of its box is empty.
+    def _segment_candidates(self, tenant_id: UUID, segment: tuple[float, float, float, float],
+                            *, ends_outside: bool) -> set[int] | None:
+        """Fences that may touch the segment, from the grid cells of its box; None: too long.
 
-        Most consecutive fixes are metres apart and far from any fence, so this skips the
-        STRtree query for them. Only tried for short segments of tenants with no large fences.
+        Most consecutive fixes are metres apart, so the box is a cell or two. When both ends
+        lie in one cell and neither is in the fence, only an EXACT or AND (convex corner)
+        entry can be touched: in a FULL, HALF or OR (reflex corner) cell the outside is convex
+        (or empty), so a segment between two outside points stays outside. Plain Python on
+        purpose: it runs once per reading, where numpy's per-call overhead would cost more
+        than the whole lookup.
         """
         g = self._grid
+        lon0, lat0, lon1, lat1 = segment
         tk = _tenant_keys.get(tenant_id, -1)
         if tk in self._large_tenants or not (
                 math.isfinite(lon0) and math.isfinite(lat0)
                 and math.isfinite(lon1) and math.isfinite(lat1)):
-            return False
-        if g.block_keys.size == 0:
-            return True
+            return None
+        found: set[int] = set()
+        if not self._block_list:
+            return found
         cx0, cx1 = sorted((math.floor((lon0 - g.x0) / g.cdx), math.floor((lon1 - g.x0) / g.cdx)))
         cy0, cy1 = sorted((math.floor((lat0 - g.y0) / g.cdy), math.floor((lat1 - g.y0) / g.cdy)))
         if (cx1 - cx0 + 1) * (cy1 - cy0 + 1) > 16:
-            return False
-        cols = np.arange(cx0, cx1 + 1, dtype=np.int64)
-        rows = np.arange(cy0, cy1 + 1, dtype=np.int64)
-        ix = np.broadcast_to(cols[None, :], (rows.size, cols.size)).ravel()
-        iy = np.broadcast_to(rows[:, None], (rows.size, cols.size)).ravel()
-        ok = (ix >= 0) & (ix < g.ncols) & (iy >= 0) & (iy < g.nrows)
-        tks = np.full(ix.size, tk, dtype=np.int64)
-        lo, hi = g.ranges(tks, np.where(ok, ix, 0), np.where(ok, iy, 0), ok)
-        return not bool((hi > lo).any())
+            return None
+        only_exact = ends_outside and cx0 == cx1 and cy0 == cy1
+        blocks, ptr, fence_of, kind_of = self._block_list, g.ptr, g.entry_fence, g.entry_kind
+        for iy in range(max(cy0, 0), min(cy1, g.nrows - 1) + 1):
+            for ix in range(max(cx0, 0), min(cx1, g.ncols - 1) + 1):
+                bkey = (tk * g.brows + (iy >> BLOCK_BITS)) * g.bcols + (ix >> BLOCK_BITS)
+                j = bisect.bisect_left(blocks, bkey)
+                if j == len(blocks) or blocks[j] != bkey:
+                    continue
+                d = ((j << (2 * BLOCK_BITS)) + ((iy & (BLOCK - 1)) << BLOCK_BITS)
+                     + (ix & (BLOCK - 1)))
+                lo, hi = int(ptr[d]), int(ptr[d + 1])
+                if hi == lo:
+                    continue
+                if only_exact:
+                    kinds = kind_of[lo:hi]
+                    found.update(fence_of[lo:hi][(kinds == EXACT) | (kinds == AND)].tolist())
+                else:
+                    found.update(fence_of[lo:hi].tolist())
+        return found
 
     # ---- build --------------------------------------------------------------------------------
 

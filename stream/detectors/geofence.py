@@ -155,9 +155,10 @@ class GeofenceDetector:
         if reading.t_ms - t0 > self._settings.crossing_max_gap_s * 1000:
             return []
         lon, lat = fix
-        crossed = index.crossed(reading.vehicle.tenant_id, lon0, lat0, lon, lat)
+        crossed = index.crossed(reading.vehicle.tenant_id, lon0, lat0, lon, lat,
+                                endpoint_fences=reading.fences | state.last_fences)
         out: list[Event] = []
-        for fid in sorted(crossed - reading.fences - state.last_fences):
+        for fid in sorted(crossed):
             track = tracks.get(fid)
             if track is not None and track.inside:
                 continue

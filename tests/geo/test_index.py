@@ -168,10 +168,16 @@ def test_crossed_matches_brute_force_segments() -> None:
     pos = make_positions(rng, 1, specs, [f.zone for f in fences], 1500)
     step = rng.normal(0, 1, (pos.lon.size, 2)) * np.array([[0.0004, 0.0003]])  # ~25 m
     step[::3] *= 30  # and some long jumps
-    for lon0, lat0, (dx, dy) in zip(pos.lon, pos.lat, step, strict=True):
+    step[1::3] /= 20  # and many within one grid cell
+    ends = index.containing([T1] * pos.lon.size, pos.lon, pos.lat)
+    ends_next = index.containing([T1] * pos.lon.size, pos.lon + step[:, 0], pos.lat + step[:, 1])
+    for i, (lon0, lat0, (dx, dy)) in enumerate(zip(pos.lon, pos.lat, step, strict=True)):
         seg = shapely.LineString([(lon0, lat0), (lon0 + dx, lat0 + dy)])
         expect = frozenset(f.id for f in fences if f.tenant_id == T1 and seg.intersects(f.zone))
         assert index.crossed(T1, lon0, lat0, lon0 + dx, lat0 + dy) == expect
+        known = ends[i] | ends_next[i]
+        assert index.crossed(T1, lon0, lat0, lon0 + dx, lat0 + dy,
+                             endpoint_fences=known) == expect - known
 
 
 def test_speed_limit_is_the_lowest_applicable() -> None:
