@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from statistics import median
 from typing import Annotated, Final
 from uuid import UUID
 
@@ -33,6 +34,7 @@ import numpy.typing as npt
 from msgspec import Meta
 
 from edge_gateway.protocol import Sample
+from stream.detectors.common import engine_on
 from stream.model import AnomalyRecord, Event, Reading
 
 MAD_TO_SIGMA: Final = 1.4826
@@ -50,25 +52,51 @@ class SignalSpec:
     name: str
     scale_floor: float
     description: str
+    per_engine_run: bool = False
+    """The window restarts when the engine starts or stops (the level depends on it)."""
+    score_threshold: float | None = None
+    """This signal's default threshold when it differs from `AnomalySettings.score_threshold`."""
 
 
 SIGNALS: Final[Mapping[str, SignalSpec]] = {s.name: s for s in (
     SignalSpec("coolant_c", 1.5, "engine coolant temperature, degC"),
-    SignalSpec("battery_v", 0.15, "battery voltage, V"),
-    SignalSpec("rpm", 150.0, "engine speed, rev/min"),
-    SignalSpec("engine_load_pct", 8.0, "calculated engine load, %"),
-    SignalSpec("accel_mps2", 0.6, "longitudinal acceleration from speed deltas, m/s^2"),
+    SignalSpec("battery_v", 0.15, "battery voltage, V (charging ~14 V, resting ~12.5 V)",
+               per_engine_run=True),
     SignalSpec("fuel_rate_pct_per_min", 0.8,
-               "rate of change of the smoothed fuel level, % of tank per minute"),
+               "slope of the smoothed fuel level over fuel_rate_lag_s, % of tank per minute"),
+    SignalSpec("rpm_roughness", 15.0,
+               "at idle: median of the last 8 |second differences| of engine speed, rev/min "
+               "(a misfiring engine idles rough; one bump is an outlier the median ignores)",
+               score_threshold=4.0),
+    SignalSpec("rpm", 150.0, "engine speed, rev/min", per_engine_run=True),
+    SignalSpec("engine_load_pct", 8.0, "calculated engine load, %", per_engine_run=True),
+    SignalSpec("accel_mps2", 0.6, "longitudinal acceleration from speed deltas, m/s^2"),
 )}
 """Every signal the scorer knows; `AnomalySettings.signals` picks the ones in use."""
+
+DEFAULT_SIGNALS: Final = ("coolant_c", "battery_v", "fuel_rate_pct_per_min", "rpm_roughness")
+"""Signals scored by default: the ones whose normal driving is stationary within an engine
+run. rpm, engine load and acceleration follow the driver's feet (every start from a light
+is a level shift), so they are available but opt-in."""
+
+ROUGHNESS_SPAN: Final = 8
+IDLE_SPEED_KPH: Final = 2.0
+"""rpm roughness is measured at idle only: while driving, gear changes and the driver's
+throttle move rpm far more than a misfire does."""
+FUEL_HIST_POINTS: Final = 6
+SETTLE_TIME_CONSTANTS: Final = 4
+"""Exponential smoothing has forgotten its starting value to 2 % after four time constants."""
 
 
 class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings of `AnomalyScorer`, `EconomyTracker` and `FleetEconomy`."""
 
-    signals: list[str] = msgspec.field(default_factory=lambda: list(SIGNALS))
+    signals: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_SIGNALS))
     """Signals to score, from `stream.anomaly.SIGNALS`."""
+    engine_on_rpm: Annotated[float, Meta(gt=0)] = 300.0
+    """Without an `ignition` signal, rpm at or above this means the engine runs. Windows of
+    engine-dependent signals (`SignalSpec.per_engine_run`) restart when the engine starts or
+    stops: battery voltage jumps from ~12.5 V to ~14 V when the alternator charges."""
     window_samples: Annotated[int, Meta(ge=8, le=4096)] = 120
     """Rolling window per signal, in samples (2 minutes at 1 Hz)."""
     min_samples: Annotated[int, Meta(ge=4)] = 30
@@ -79,7 +107,8 @@ class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """Robust z-score at or above which a sample is anomalous (unitless)."""
     signal_score_thresholds: dict[str, Annotated[float, Meta(gt=0)]] = msgspec.field(
         default_factory=dict)
-    """Per-signal overrides of `score_threshold`."""
+    """Per-signal overrides of `score_threshold` (rpm_roughness defaults to 4.0: its median
+    of 8 differences is already smooth, and normal idle stays below 3)."""
     consecutive_samples: Annotated[int, Meta(ge=1)] = 5
     """An anomaly event fires when this many samples in a row are anomalous."""
     emit_every_samples: Annotated[int, Meta(ge=1)] = 60
@@ -90,9 +119,11 @@ class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     an engine cools while parked)."""
     rate_max_dt_s: Annotated[float, Meta(gt=0)] = 5.0
     """Rate signals (acceleration, fuel rate) skip sample pairs further apart than this."""
-    fuel_smoothing_s: Annotated[float, Meta(gt=0)] = 60.0
+    fuel_smoothing_s: Annotated[float, Meta(gt=0)] = 30.0
     """Time constant, s, of the exponential smoothing of fuel level before its rate is taken
     (fuel sloshes)."""
+    fuel_rate_lag_s: Annotated[float, Meta(gt=0)] = 60.0
+    """The fuel rate is the change of the smoothed level over this long, per minute."""
 
     economy_window_km: Annotated[float, Meta(gt=0)] = 50.0
     """Distance per fuel-economy sample, km."""
@@ -122,8 +153,14 @@ class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             raise ValueError("min_samples must not exceed window_samples")
 
     def threshold_for(self, signal: str) -> float:
-        """The score threshold of one signal."""
-        return self.signal_score_thresholds.get(signal, self.score_threshold)
+        """The score threshold of one signal: the override here, else the signal's own
+        default from `SIGNALS`, else `score_threshold`."""
+        if signal in self.signal_score_thresholds:
+            return self.signal_score_thresholds[signal]
+        spec = SIGNALS.get(signal)
+        if spec is not None and spec.score_threshold is not None:
+            return spec.score_threshold
+        return self.score_threshold
 
 
 FloatArray = npt.NDArray[np.float32]
@@ -157,6 +194,13 @@ class AnomalyState:
     speed_ms: int | None = None
     fuel_smooth_pct: float | None = None
     fuel_ms: int | None = None
+    fuel_hist: tuple[tuple[int, float], ...] = ()
+    """(t_ms, smoothed level) about every `fuel_rate_lag_s / FUEL_HIST_POINTS`."""
+    engine: bool | None = None
+    rpm_recent: tuple[tuple[int, float], ...] = ()
+    """Last two (t_ms, rpm) for second differences."""
+    rpm_d2: tuple[float, ...] = ()
+    """Last `ROUGHNESS_SPAN` |second differences| of rpm."""
 
 
 class AnomalyScorer:
@@ -178,6 +222,13 @@ class AnomalyScorer:
         t = reading.t_ms
         if state.last_ms is not None and t - state.last_ms > self._s.reset_gap_s * 1000:
             state = AnomalyState()
+        engine = engine_on(reading.sample, self._s.engine_on_rpm)
+        if engine is not None and state.engine is not None and engine != state.engine:
+            # A new engine run is a new regime for some signals: forget their windows.
+            kept = {k: v for k, v in state.signals.items() if not SIGNALS[k].per_engine_run}
+            state = replace(state, signals=kept, rpm_recent=(), rpm_d2=())
+        if engine is not None:
+            state = replace(state, engine=engine)
         values, state = self._values(state, reading.sample)
         signals = dict(state.signals)
         out: list[Event] = []
@@ -210,16 +261,49 @@ class AnomalyScorer:
                 values["accel_mps2"] = (v_mps - state.speed_mps) / ((t - state.speed_ms) / 1000)
             state = replace(state, speed_mps=v_mps, speed_ms=t)
         if sample.fuel_pct is not None:
-            if state.fuel_ms is not None and state.fuel_smooth_pct is not None \
-                    and 0 < t - state.fuel_ms <= max_dt_ms:
-                dt_s = (t - state.fuel_ms) / 1000
-                alpha = 1 - math.exp(-dt_s / self._s.fuel_smoothing_s)
-                smooth = state.fuel_smooth_pct + alpha * (sample.fuel_pct - state.fuel_smooth_pct)
-                values["fuel_rate_pct_per_min"] = (smooth - state.fuel_smooth_pct) / dt_s * 60
-            else:
-                smooth = float(sample.fuel_pct)
-            state = replace(state, fuel_smooth_pct=smooth, fuel_ms=t)
+            values_rate, state = self._fuel_rate(state, t, float(sample.fuel_pct))
+            if values_rate is not None:
+                values["fuel_rate_pct_per_min"] = values_rate
+        idle = sample.speed_kph is not None and sample.speed_kph <= IDLE_SPEED_KPH
+        if sample.rpm is not None and state.engine and idle:
+            recent = tuple(p for p in state.rpm_recent if 0 < t - p[0] <= max_dt_ms)
+            d2 = state.rpm_d2 if len(recent) == len(state.rpm_recent) else ()
+            if len(recent) == 2:
+                d2 = (*d2, abs(sample.rpm - 2 * recent[1][1] + recent[0][1]))[-ROUGHNESS_SPAN:]
+                if len(d2) == ROUGHNESS_SPAN:
+                    values["rpm_roughness"] = float(median(d2))
+            state = replace(state, rpm_recent=(*recent, (t, float(sample.rpm)))[-2:], rpm_d2=d2)
+        elif sample.rpm is not None:
+            state = replace(state, rpm_recent=(), rpm_d2=())
         return values, state
+
+    def _fuel_rate(self, state: AnomalyState, t: int,
+                   fuel_pct: float) -> tuple[float | None, AnomalyState]:
+        """Slope of the smoothed fuel level over `fuel_rate_lag_s`, % of tank per minute.
+
+        Slosh is averaged out first (exponential smoothing), then the slope is taken over a
+        long lag, so the noise of the slope is small next to a theft or a refuel.
+        """
+        s = self._s
+        if state.fuel_ms is None or state.fuel_smooth_pct is None \
+                or not 0 < t - state.fuel_ms <= s.rate_max_dt_s * 1000:
+            return None, replace(state, fuel_smooth_pct=fuel_pct, fuel_ms=t,
+                                 fuel_hist=((t, fuel_pct),))
+        dt_s = (t - state.fuel_ms) / 1000
+        alpha = 1 - math.exp(-dt_s / s.fuel_smoothing_s)
+        smooth = state.fuel_smooth_pct + alpha * (fuel_pct - state.fuel_smooth_pct)
+        lag_ms = s.fuel_rate_lag_s * 1000
+        hist = state.fuel_hist
+        if not hist or t - hist[-1][0] >= lag_ms / FUEL_HIST_POINTS:
+            hist = (*hist, (t, smooth))
+        # Keep the newest entry at least `lag` old as the reference, drop older ones.
+        while len(hist) > 1 and t - hist[1][0] >= lag_ms:
+            hist = hist[1:]
+        state = replace(state, fuel_smooth_pct=smooth, fuel_ms=t, fuel_hist=hist)
+        ref_t, ref_level = hist[0]
+        if t - ref_t < lag_ms:
+            return None, state
+        return (smooth - ref_level) / ((t - ref_t) / 60_000), state
 
     def _score(self, spec: SignalSpec, sig: SignalState, value: float,
                reading: Reading) -> tuple[SignalState, AnomalyRecord | None]:
@@ -295,6 +379,9 @@ class EconomyAccumulator:
     fuel_smooth_pct: float | None = None
     fuel_low_pct: float | None = None
     """Lowest smoothed level of the window (a rise above it by `economy_refuel_pct` = refuel)."""
+    settled_ms: int | None = None
+    """Until this event time the smoothed level is still settling (start, refuel): the
+    window keeps restarting so it begins from a trustworthy level."""
 
 
 class EconomyTracker:
@@ -324,9 +411,11 @@ class EconomyTracker:
             return state, []
         t = sample.t_ms
         s = self._s
+        settle_ms = round(SETTLE_TIME_CONSTANTS * s.fuel_smoothing_s * 1000)
         if state.start_ms is None or state.last_ms is None or state.fuel_smooth_pct is None:
-            return EconomyAccumulator(t, t, 0.0, sample.odometer_km, float(sample.fuel_pct),
-                                      float(sample.fuel_pct), float(sample.fuel_pct)), []
+            level = float(sample.fuel_pct)
+            return EconomyAccumulator(t, t, 0.0, sample.odometer_km, level, level, level,
+                                      t + settle_ms), []
         dt_s = (t - state.last_ms) / 1000
         if dt_s <= 0:
             return state, []
@@ -341,9 +430,15 @@ class EconomyTracker:
         alpha = 1 - math.exp(-dt_s / s.fuel_smoothing_s)
         smooth = state.fuel_smooth_pct + alpha * (sample.fuel_pct - state.fuel_smooth_pct)
         low = min(state.fuel_low_pct if state.fuel_low_pct is not None else smooth, smooth)
+        restart_until: int | None = None
         if smooth - low >= s.economy_refuel_pct:
             # Refuelled mid-window: what was used before cannot be measured from levels.
-            return EconomyAccumulator(t, t, 0.0, odometer, smooth, smooth, smooth), []
+            restart_until = t + settle_ms
+        elif state.settled_ms is not None and t < state.settled_ms:
+            restart_until = state.settled_ms
+        if restart_until is not None:
+            return EconomyAccumulator(t, t, 0.0, odometer, smooth, smooth, smooth,
+                                      restart_until), []
         state = EconomyAccumulator(state.start_ms, t, distance, odometer, state.fuel_start_pct,
                                    smooth, low)
         used = (state.fuel_start_pct or smooth) - smooth

@@ -12,9 +12,8 @@ import importlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from stream.anomaly import AnomalyScorer, AnomalySettings
 from stream.detectors.base import Detector
 from stream.detectors.battery import LowBatteryDetector
 from stream.detectors.config import DetectorSettings
@@ -28,6 +27,9 @@ from stream.detectors.offline import OfflineDetector, wall_clock_ms
 from stream.detectors.overspeed import IndexProvider, OverspeedDetector
 
 __all__ = ["DETECTORS", "BuildContext", "Detector", "DetectorSettings", "build_detectors"]
+
+if TYPE_CHECKING:
+    from stream.anomaly import AnomalySettings
 
 GEOFENCE_MODULE: Final = "stream.detectors.geofence"
 
@@ -57,6 +59,13 @@ def _geofence(ctx: BuildContext) -> Detector | None:
     return detector
 
 
+def _anomaly(ctx: BuildContext) -> Detector:
+    """The anomaly scorer (imported here: stream.anomaly itself uses stream.detectors.common)."""
+    from stream.anomaly import AnomalyScorer
+
+    return AnomalyScorer(ctx.anomaly_settings)
+
+
 DETECTORS: Final[tuple[tuple[str, Callable[[BuildContext], Detector | None]], ...]] = (
     ("geofence", _geofence),
     ("ignition", lambda c: IgnitionDetector(c.settings)),
@@ -68,7 +77,7 @@ DETECTORS: Final[tuple[tuple[str, Callable[[BuildContext], Detector | None]], ..
     ("coolant_overheat", lambda c: CoolantOverheatDetector(c.settings)),
     ("fuel", lambda c: FuelDetector(c.settings)),
     ("device_offline", lambda c: OfflineDetector(c.settings, c.clock)),
-    ("anomaly", lambda c: AnomalyScorer(c.anomaly_settings)),
+    ("anomaly", _anomaly),
 )
 """(name, factory) in running order; a factory returning None leaves its detector out."""
 

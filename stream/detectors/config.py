@@ -29,6 +29,9 @@ class DetectorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """An episode ends only when speed falls to the limit minus this, so it does not flap."""
     overspeed_max_gap_s: Positive = 60.0
     """A gap between readings longer than this ends an episode at the last reading before it."""
+    overspeed_merge_s: NonNegative = 30.0
+    """Stretches above the limit separated by less than this (a slowdown for a corner) are
+    one episode; the event is therefore emitted this long after the episode ends."""
 
     # -- harsh acceleration and braking --------------------------------------------------------
     harsh_accel_mps2: Positive = 3.5

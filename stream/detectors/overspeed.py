@@ -3,7 +3,8 @@
 Like Traccar's overspeed handler, a geofence's `speed_limit_kph` replaces the global limit
 while the vehicle is inside it (the geo index decides between overlapping fences), and an
 episode must last a minimum time. Unlike an event per point, the episode is reported once,
-when it ends, with its start, end, duration, maximum speed and the limit that applied.
+when it ends, with its start, end, duration, maximum speed and the limit that applied;
+stretches separated by less than `overspeed_merge_s` (slowing for a corner) are one episode.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class OverspeedEpisode:
     geofence_id: UUID | None
     lat_deg: float | None
     lon_deg: float | None
+    ended_ms: int | None = None
+    """Set once the speed fell below the limit: the episode waits `overspeed_merge_s` for
+    the vehicle to speed again before it is reported."""
+    stretches: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,29 +88,38 @@ class OverspeedDetector:
         if speed is None:
             return state, ()
         t = reading.t_ms
+        s = self._s
         events: list[Event] = []
         episode = state.episode
-        if (episode is not None and state.last_ms is not None
-                and t - state.last_ms > self._s.overspeed_max_gap_s * 1000):
+        if (episode is not None and episode.ended_ms is None and state.last_ms is not None
+                and t - state.last_ms > s.overspeed_max_gap_s * 1000):
             # Nobody knows the speed during the gap: end at the last reading above the limit.
-            events.extend(self._close(episode, episode.last_over_ms, reading))
+            episode = replace(episode, ended_ms=episode.last_over_ms)
+        if (episode is not None and episode.ended_ms is not None
+                and t - episode.ended_ms > s.overspeed_merge_s * 1000):
+            events.extend(self._report(episode, reading))
             episode = None
         limit, fence = self.limit_for(reading)
-        if episode is not None:
-            if limit is not None and speed > limit - self._s.overspeed_hysteresis_kph:
+        if episode is not None and episode.ended_ms is None:
+            if limit is not None and speed > limit - s.overspeed_hysteresis_kph:
                 episode = replace(
                     episode, last_over_ms=t, max_speed_kph=max(episode.max_speed_kph, speed),
                     limit_kph=min(episode.limit_kph, limit))
             else:
-                events.extend(self._close(episode, t, reading))
-                episode = None
+                episode = replace(episode, ended_ms=t)
         elif limit is not None and speed > limit:
-            episode = OverspeedEpisode(t, t, speed, limit, fence,
-                                       reading.sample.lat_deg, reading.sample.lon_deg)
+            if episode is not None:  # speeding again soon after: the same episode
+                episode = replace(
+                    episode, last_over_ms=t, max_speed_kph=max(episode.max_speed_kph, speed),
+                    limit_kph=min(episode.limit_kph, limit), ended_ms=None,
+                    stretches=episode.stretches + 1)
+            else:
+                episode = OverspeedEpisode(t, t, speed, limit, fence,
+                                           reading.sample.lat_deg, reading.sample.lon_deg)
         return OverspeedState(last_ms=t, episode=episode), events
 
-    def _close(self, episode: OverspeedEpisode, ended_ms: int,
-               reading: Reading) -> Sequence[Event]:
+    def _report(self, episode: OverspeedEpisode, reading: Reading) -> Sequence[Event]:
+        ended_ms = episode.ended_ms if episode.ended_ms is not None else episode.last_over_ms
         duration_s = (ended_ms - episode.started_ms) / 1000
         if duration_s < self._s.overspeed_min_duration_s:
             return ()
@@ -114,7 +128,8 @@ class OverspeedDetector:
             started_ms=episode.started_ms, ended_ms=ended_ms, duration_s=duration_s,
             value=episode.max_speed_kph, threshold=episode.limit_kph,
             geofence_id=episode.geofence_id, lat_deg=episode.lat_deg, lon_deg=episode.lon_deg,
-            details={"limit_source": "global" if episode.geofence_id is None else "geofence"}),)
+            details={"limit_source": "global" if episode.geofence_id is None else "geofence",
+                     "stretches": episode.stretches}),)
 
     def on_tick(self, state: OverspeedState, now_ms: int) -> tuple[OverspeedState, Sequence[Event]]:
         """Episodes end on event time only (the next reading), never on processing time."""
