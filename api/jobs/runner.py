@@ -74,6 +74,7 @@ class JobRunner:
         self._service_tasks: list[asyncio.Task[None]] = []
         self.is_leader = False
         self.leadership_changes = 0
+        self.step_downs = 0
 
     async def __aenter__(self) -> JobRunner:
         self.start()
@@ -100,9 +101,12 @@ class JobRunner:
         while True:
             try:
                 await self._tick()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-                log.warning("job runner %s: database trouble, stepping down: %s",
-                            self.runner_id, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the runner must outlive any failure
+                # Whatever broke (lost session, a driver error after a cut connection), the
+                # lock may be gone: stop leading now and compete again on the next tick.
+                log.warning("job runner %s: %s: stepping down", self.runner_id, exc)
                 await self._step_down()
             await asyncio.sleep(self._tick_s)
 
@@ -154,6 +158,7 @@ class JobRunner:
         self._service_tasks = []
         if self.is_leader:
             log.info("job runner %s is no longer the leader", self.runner_id)
+            self.step_downs += 1
         self.is_leader = False
         if self._conn is not None:
             with contextlib.suppress(Exception):
