@@ -79,14 +79,22 @@ def rasterise(zone: shapely.Geometry, origin: tuple[float, float],  # noqa: PLR0
     vcells: list[IntArray] = []
     vids: list[IntArray] = []
     exact: list[IntArray] = []
-    # Vertices, nudged by +-eps so that one sitting on a cell edge counts in both cells.
+    # Vertices; one within eps of a cell edge also counts in the cells beside it.
+    vc = flat_of(ga[:, 0], ga[:, 1])
+    vcells.append(vc)
+    vids.append(seg_ids)
+    cells += [vc, flat_of(gb[:, 0], gb[:, 1]), vc]
+    segs += [seg_ids, seg_ids, prev]
+    fx, fy = ga[:, 0] - np.floor(ga[:, 0]), ga[:, 1] - np.floor(ga[:, 1])
+    edgy = np.flatnonzero((fx < EPS_CELL) | (fx > 1 - EPS_CELL)
+                          | (fy < EPS_CELL) | (fy > 1 - EPS_CELL))
     for dx in (-EPS_CELL, EPS_CELL):
         for dy in (-EPS_CELL, EPS_CELL):
-            vc = flat_of(ga[:, 0] + dx, ga[:, 1] + dy)
+            vc = flat_of(ga[edgy, 0] + dx, ga[edgy, 1] + dy)
             vcells.append(vc)
-            vids.append(seg_ids)
-            cells += [vc, flat_of(gb[:, 0] + dx, gb[:, 1] + dy), vc]
-            segs += [seg_ids, seg_ids, prev]
+            vids.append(edgy)
+            cells += [vc, vc]
+            segs += [edgy, prev[edgy]]
     # Grid-line crossings: a segment enters every cell it visits across a grid line.
     for axis in (0, 1):
         u0, u1 = ga[:, axis], gb[:, axis]
@@ -103,13 +111,18 @@ def rasterise(zone: shapely.Geometry, origin: tuple[float, float],  # noqa: PLR0
         v = v0[seg] + t * (v1[seg] - v0[seg])
         kf = k.astype(np.float64)
         frac = v - np.floor(v)
-        corner = (frac < EPS_CELL) | (frac > 1 - EPS_CELL)
-        for dv in (-EPS_CELL, EPS_CELL):
-            for du in (-0.5, 0.5):
-                fc = flat_of(kf + du, v + dv) if axis == 0 else flat_of(v + dv, kf + du)
+        # Through (or within eps of) a grid corner: mark the cells around it, decide exactly.
+        corner = np.flatnonzero((frac < EPS_CELL) | (frac > 1 - EPS_CELL))
+        for du in (-0.5, 0.5):
+            fc = flat_of(kf + du, v) if axis == 0 else flat_of(v, kf + du)
+            cells.append(fc)
+            segs.append(seg)
+            for dv in (-EPS_CELL, EPS_CELL):
+                vc_ = v[corner] + dv
+                fc = flat_of(kf[corner] + du, vc_) if axis == 0 else flat_of(vc_, kf[corner] + du)
                 cells.append(fc)
-                segs.append(seg)
-                exact.append(fc[corner])
+                segs.append(seg[corner])
+                exact.append(fc)
     pair = np.unique(np.concatenate(cells) * nseg + np.concatenate(segs))
     pcell, pseg = np.divmod(pair, nseg)
     vpair = np.unique(np.concatenate(vcells) * nseg + np.concatenate(vids))
