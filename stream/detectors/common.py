@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from edge_gateway.protocol import Sample
@@ -62,22 +62,22 @@ class SustainedRule:
     def step(self, state: SustainedState, t_ms: int,
              value: float) -> tuple[SustainedState, SustainedState | None]:
         """Advance by one reading; the second item is the completed run when an event fires."""
+        # Built with the constructor, not dataclasses.replace: this runs for every sample.
+        since, worst = state.since_ms, state.worst
         if state.last_ms is not None and t_ms - state.last_ms > self.max_gap_s * 1000:
             # Unknown what happened during the gap: the duration count starts again.
-            state = replace(state, since_ms=None, worst=None)
-        state = replace(state, last_ms=t_ms)
+            since = worst = None
         beyond = value >= self.threshold if self.above else value < self.threshold
         if not beyond:
             recovered = (value < self.threshold - self.rearm_margin if self.above
                          else value > self.threshold + self.rearm_margin)
-            return replace(state, since_ms=None, worst=None,
-                           armed=state.armed or recovered), None
+            return SustainedState(state.armed or recovered, None, t_ms, None), None
         if not state.armed:
-            return state, None
-        since = t_ms if state.since_ms is None else state.since_ms
-        worst = value if state.worst is None else (
-            max(state.worst, value) if self.above else min(state.worst, value))
-        state = replace(state, since_ms=since, worst=worst)
+            return SustainedState(False, since, t_ms, worst), None
+        since = t_ms if since is None else since
+        worst = value if worst is None else (max(worst, value) if self.above
+                                             else min(worst, value))
+        run = SustainedState(True, since, t_ms, worst)
         if (t_ms - since) >= self.min_s * 1000:
-            return replace(state, armed=False, since_ms=None, worst=None), state
-        return state, None
+            return SustainedState(False, None, t_ms, None), run
+        return run, None
