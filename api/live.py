@@ -386,7 +386,9 @@ async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR
     client: LiveClient | None = None
     writer: asyncio.Task[None] | None = None
     try:
-        first = await ws.receive(timeout=section.live_auth_timeout_s)
+        # A deadline, not receive(timeout=): pongs to our pings would restart that timeout.
+        async with asyncio.timeout(section.live_auth_timeout_s):
+            first = await ws.receive()
         while first.type in (WSMsgType.TEXT, WSMsgType.BINARY):
             try:
                 sub = _subscribe_decoder.decode(first.data)
