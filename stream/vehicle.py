@@ -213,7 +213,10 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
             st.recent.add(seq)
             held = Held(batch.ref, sample, inside, batch.source, batch.received_ms, batch.partition,
                         batch.offset, now_ms)
-            bisect.insort(st.held, held, key=lambda h: h.order)
+            if not st.held or st.held[-1].order <= held.order:
+                st.held.append(held)  # the usual case: arriving in order
+            else:
+                bisect.insort(st.held, held, key=lambda h: h.order)
             if st.max_t_ms is None or sample.t_ms > st.max_t_ms:
                 st.max_t_ms = sample.t_ms
         self._trim_window()
