@@ -218,6 +218,9 @@ class LoadGenerator:
             protocol=aiomqtt.ProtocolVersion.V5, max_inflight_messages=1000,
             max_queued_outgoing_messages=self.config.max_inflight * 2, timeout=30)
             for _ in range(self.config.connections)]
+        for client in clients:
+            # many publishes wait for their PUBACK at once by design; bounded by max_inflight
+            client.pending_calls_threshold = self.config.max_inflight + 1
         started = time.monotonic()
         max_lag = 0.0
         try:
@@ -236,17 +239,18 @@ class LoadGenerator:
     async def _loop(self, clients: list[aiomqtt.Client], started: float) -> float:
         cfg = self.config
         interval = 1.0 / cfg.rate_hz
-        next_tick = started + interval
+        ticks = None if cfg.duration_s is None else round(cfg.duration_s * cfg.rate_hz)
         next_progress = started + cfg.progress_interval_s
         max_lag = 0.0
+        tick = 0
         with contextlib.suppress(asyncio.CancelledError):
-            while cfg.duration_s is None or next_tick - started <= cfg.duration_s + 1e-9:
-                delay = next_tick - time.monotonic()
+            while ticks is None or tick < ticks:
+                tick += 1
+                delay = started + tick * interval - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 max_lag = max(max_lag, -delay)
                 await self._tick(clients, interval)
-                next_tick += interval
                 now = time.monotonic()
                 if now >= next_progress:
                     self.log(self._progress_line(now - started))

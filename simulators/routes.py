@@ -30,14 +30,14 @@ class Projection:
 
     lat0_deg: float
     lon0_deg: float
+    _m_per_deg_lat: float = field(init=False, repr=False, compare=False)
+    _m_per_deg_lon: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def _m_per_deg_lat(self) -> float:
-        return math.pi * EARTH_RADIUS_M / 180.0
-
-    @property
-    def _m_per_deg_lon(self) -> float:
-        return self._m_per_deg_lat * math.cos(math.radians(self.lat0_deg))
+    def __post_init__(self) -> None:
+        per_lat = math.pi * EARTH_RADIUS_M / 180.0
+        object.__setattr__(self, "_m_per_deg_lat", per_lat)
+        object.__setattr__(self, "_m_per_deg_lon",
+                           per_lat * math.cos(math.radians(self.lat0_deg)))
 
     def to_xy(self, lat_deg: float, lon_deg: float) -> tuple[float, float]:
         """Metres east and north of the centre."""

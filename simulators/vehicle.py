@@ -233,6 +233,8 @@ class VehicleModel:
         self._accel_mps2 = rng.uniform(1.3, 2.2)
         self._ambient_c = rng.uniform(4.0, 28.0)
         self._base_alt_m = rng.uniform(20.0, 400.0)
+        self._alt_key: tuple[float, float] | None = None
+        self._alt_m = 0.0
 
         # physical state
         self._t_s = 0.0
@@ -570,8 +572,13 @@ class VehicleModel:
         return 101.325 * math.exp(-self._altitude() / 8434.0)
 
     def _altitude(self) -> float:
-        return (self._base_alt_m + 15.0 * math.sin(self._x / 800.0)
-                + 10.0 * math.cos(self._y / 600.0))
+        # cached per position: the engine, the snapshot and the barometer all ask
+        key = (self._x, self._y)
+        if key != self._alt_key:
+            self._alt_key = key
+            self._alt_m = (self._base_alt_m + 15.0 * math.sin(self._x / 800.0)
+                           + 10.0 * math.cos(self._y / 600.0))
+        return self._alt_m
 
     def _fuel_pct(self) -> float:
         return 100.0 * self._fuel_l / self.tank_l

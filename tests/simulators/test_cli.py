@@ -67,9 +67,10 @@ def test_sim_fleet_seeds_and_publishes(database: TestDatabase, mqtt_url: str,
         [*FLEET, "sim", "fleet", "--vehicles", "4", "--tenant", tenant_slug, "--rate-hz", "5",
          "--batch-size", "5", "--duration-s", "1", "--seed-db"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    assert "seeded tenant" in done.stdout
-    assert "sent 20 samples in 4 messages" in done.stdout
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "seeded tenant" in done.stdout, output
+    assert "sent 20 samples in 4 messages" in done.stdout, output
     with psycopg.connect(database.owner_url) as conn:
         count = conn.execute("SELECT count(*) FROM vehicles v JOIN tenants t ON t.id = "
                              "v.tenant_id WHERE t.slug = %s", (tenant_slug,)).fetchone()
