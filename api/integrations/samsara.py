@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from api.integrations.errors import CursorExpiredError, IntegrationError, VendorError
-from api.integrations.http import VendorHttp
+from api.integrations.http import Sleep, VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
 from api.integrations.store import IntegrationStore, TenantRef, VehicleRef
 from edge_gateway.protocol import Sample, Source
@@ -189,7 +189,7 @@ class SamsaraPuller:
     def __init__(self, tenant: TenantRef, client: SamsaraClient, store: IntegrationStore,
                  publisher: Publisher, feeds: Sequence[Sequence[str]], *,
                  caught_up_wait_s: float = 5.0, safety_poll_s: float = 60.0,
-                 safety_lookback_s: float = 3600.0) -> None:
+                 safety_lookback_s: float = 3600.0, sleep: Sleep = asyncio.sleep) -> None:
         self.tenant = tenant
         self.client = client
         self.store = store
@@ -199,6 +199,7 @@ class SamsaraPuller:
         self.safety_poll_s = safety_poll_s
         self.safety_lookback_s = safety_lookback_s
         self.stats = PullerStats()
+        self._sleep = sleep
         self._vehicles: dict[str, VehicleRef] = {}
         self._vehicles_loaded_at = 0.0
         self._unknown_reported: dict[str, float] = {}
@@ -278,7 +279,7 @@ class SamsaraPuller:
             cursor, more = await self.follow_once(types, cursor)
             pages += 1
             if not more:
-                await asyncio.sleep(self.caught_up_wait_s)
+                await self._sleep(self.caught_up_wait_s)
 
     async def safety_once(self, now: datetime | None = None) -> int:
         """Fetch safety events since the last covered time into video_events; returns new rows."""

@@ -235,3 +235,38 @@ async def test_samsara_service_follows_every_feed(database, fleet, mqtt_url) -> 
         feeds = sorted(r[0] for r in conn.execute("SELECT feed FROM samsara_feed_cursors"))
     assert "fuelPercents,obdEngineSeconds" in feeds
     assert "gps,engineStates,obdOdometerMeters" in feeds
+
+
+async def test_follow_feed_waits_when_caught_up(database, fleet, mqtt_url) -> None:
+    """Pages back to back while hasNextPage, then the >= 5 s pause Samsara asks for."""
+    mock = MockSamsara(vehicles=3, page_size=10)
+    async with rig(database, fleet, mqtt_url, mock) as r:
+        await drain(r, None)
+        mock.advance(5.0, steps=5)  # 45 points: pages of 10, 10, 10, 10, 5
+        waits: list[float] = []
+
+        async def fake_sleep(seconds: float) -> None:
+            waits.append(seconds)
+
+        r.puller.caught_up_wait_s = 5.0
+        r.puller._sleep = fake_sleep  # noqa: SLF001 - observe the pause without waiting
+        await r.puller.follow_feed(FEED, max_pages=6)
+        # Four full pages without pausing, the last one caught up: pause; then one empty page.
+        assert waits == [5.0, 5.0]
+        assert r.puller.stats.samples == 9 + 45
+
+
+async def test_rate_limit_and_random_errors_of_the_mock(database, fleet, mqtt_url) -> None:
+    """The mock's own 429 (fractional Retry-After) and seeded 5xx: the puller still gets
+    every point exactly once."""
+    mock = MockSamsara(vehicles=3, page_size=10, rate_limit_per_s=5, retry_after_s=0.1,
+                       error_rate=0.5, seed=3)
+    async with rig(database, fleet, mqtt_url, mock) as r:
+        r.http._max_retries = 30  # noqa: SLF001 - a noisier vendor than the default test rig
+        cursor = await drain(r, None)
+        mock.advance(5.0, steps=8)
+        await drain(r, cursor)
+        assert r.puller.stats.samples == 9 + 72
+        assert r.http.stats.rate_limited >= 1
+        assert r.http.stats.server_errors >= 1
+        assert 0.1 in r.http.stats.waits_s
