@@ -249,7 +249,7 @@ async def test_follow_feed_waits_when_caught_up(database, fleet, mqtt_url) -> No
             waits.append(seconds)
 
         r.puller.caught_up_wait_s = 5.0
-        r.puller._sleep = fake_sleep  # noqa: SLF001 - observe the pause without waiting
+        r.puller._sleep = fake_sleep
         await r.puller.follow_feed(FEED, max_pages=6)
         # Four full pages without pausing, the last one caught up: pause; then one empty page.
         assert waits == [5.0, 5.0]
@@ -262,7 +262,7 @@ async def test_rate_limit_and_random_errors_of_the_mock(database, fleet, mqtt_ur
     mock = MockSamsara(vehicles=3, page_size=10, rate_limit_per_s=5, retry_after_s=0.1,
                        error_rate=0.5, seed=3)
     async with rig(database, fleet, mqtt_url, mock) as r:
-        r.http._max_retries = 30  # noqa: SLF001 - a noisier vendor than the default test rig
+        r.http._max_retries = 30
         cursor = await drain(r, None)
         mock.advance(5.0, steps=8)
         await drain(r, cursor)
