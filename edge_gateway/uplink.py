@@ -123,7 +123,7 @@ class Uplink:
         offline = Status(state="offline", t_ms=_now_ms(), software=software())
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
-        return _Client(
+        client = _Client(
             self.target.host, self.target.port,
             username=self.target.username, password=self.target.password,
             identifier=f"gw-{self.gw.tenant}-{self.gw.vehicle}"[:64],
@@ -133,6 +133,9 @@ class Uplink:
             keepalive=mqtt.keepalive_s, timeout=self.gw.publish_timeout_s,
             tls_params=tls_params, max_inflight_messages=self.gw.max_inflight_messages + 8,
         )
+        # A full replay window is normal here, not the leak aiomqtt warns about by default.
+        client.pending_calls_threshold = self.gw.max_inflight_messages + 8
+        return client
 
     async def run(self) -> None:
         """Connect, serve, and reconnect with back-off, forever."""
