@@ -25,20 +25,20 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 TIMEOUT_S = 10.0
 
 
-async def next_json(ws: ClientWebSocketResponse, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+async def next_json(ws: ClientWebSocketResponse, wait_s: float = TIMEOUT_S) -> dict[str, Any]:
     """The next JSON frame (fails on close or timeout)."""
     # wait_for, not receive(timeout=): the server's pings would restart that timeout.
-    msg = await asyncio.wait_for(ws.receive(), timeout)
+    msg = await asyncio.wait_for(ws.receive(), wait_s)
     assert msg.type == WSMsgType.TEXT, msg
     data: dict[str, Any] = json.loads(msg.data)
     return data
 
 
 async def wait_for(ws: ClientWebSocketResponse, pred: Callable[[dict[str, Any]], bool],
-                   timeout: float = TIMEOUT_S) -> list[dict[str, Any]]:
+                   wait_s: float = TIMEOUT_S) -> list[dict[str, Any]]:
     """Collect frames until one satisfies `pred`; returns all frames seen."""
     seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait_s
     while True:
         left = deadline - time.monotonic()
         assert left > 0, f"timed out; saw {seen[-3:]}"
