@@ -131,6 +131,12 @@ class GatewayProcessSettings(msgspec.Struct, frozen=True, kw_only=True,
             raise ValueError("power.resume_battery_v must be >= power.low_battery_v")
         if self.gateway.reconnect_max_s < self.gateway.reconnect_min_s:
             raise ValueError("gateway.reconnect_max_s must be >= gateway.reconnect_min_s")
+        from edge_gateway.signals import SIGNALS_BY_NAME
+
+        unknown = sorted(set(self.signals.rates_hz) - set(SIGNALS_BY_NAME))
+        if unknown:
+            raise ValueError(f"signals.rates_hz: unknown signal(s) {unknown}; "
+                             f"known: {sorted(SIGNALS_BY_NAME)}")
 
 
 def dbc_paths(can: CanSettings) -> list[Path]:
