@@ -204,3 +204,24 @@ def test_watcher_reloads_on_notify_and_by_polling(
         assert watcher.current().containing([tenant], np.array([lon]), np.array([lat])) == [set()]
         assert math.isfinite(len(watcher.current()))
     assert all("skipped" not in m for m in logs)
+
+
+def test_watcher_survives_a_dropped_connection(
+        database: TestDatabase, owner: psycopg.Connection[Any]) -> None:
+    tenant = _tenant(owner)
+    logs: list[str] = []
+    settings = GeofenceSettings(reload_poll_s=60.0, reload_settle_s=0.05,
+                                reconnect_backoff_s=0.2)
+    with FenceWatcher(database.ingest_url, settings, log=logs.append) as watcher:
+        v1 = watcher.current().version
+        with psycopg.connect(database.admin_url, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND usename = 'fleet_ingest') k").fetchone()
+        assert killed is not None
+        assert killed[0] >= 1
+        # A change made while the watcher is down is caught by the check after reconnecting.
+        fid = _insert(owner, tenant, "polygon", _wkt_m(shapely.Polygon(square_m(0, 0, 100))))
+        assert watcher.wait_for_version(v1 + 1, timeout_s=15)
+        assert watcher.current().get(fid) is not None
+    assert any("retrying" in m for m in logs)
