@@ -26,8 +26,9 @@ class SpeedLimits(Protocol):
         """The speed limit, km/h, applying inside these fences, or None when none has one."""
 
 
-IndexProvider = Callable[[], SpeedLimits]
-"""Returns the current geo index (it is swapped when fences change, so ask on every use)."""
+IndexProvider = Callable[[], SpeedLimits | None]
+"""Returns the current geo index (it is swapped when fences change, so ask on every use), or
+None while no index is loaded (then only the global limit applies)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +72,8 @@ class OverspeedDetector:
 
     def limit_for(self, reading: Reading) -> tuple[float | None, UUID | None]:
         """The limit applying to a reading, km/h, and the fence that set it (None: global)."""
-        if reading.fences:
-            index = self._index()
+        index = self._index() if reading.fences else None
+        if index is not None:
             limit = index.speed_limit_kph(reading.fences)
             if limit is not None:
                 fence = next((f for f in sorted(reading.fences)

@@ -127,3 +127,11 @@ def test_exactly_at_limit_is_not_over() -> None:
     _, events = run(detector(), [*series(0, 60, speed_kph=100.0), reading(60, speed_kph=0.0)])
     assert events == []
 
+
+
+def test_without_a_loaded_index_the_global_limit_applies() -> None:
+    det = OverspeedDetector(DetectorSettings(overspeed_limit_kph=100.0), lambda: None)
+    readings = [*[reading(t, speed_kph=110.0, fences=[SCHOOL]) for t in range(30)], *calm(30)]
+    [ev] = vehicle_events(run(det, readings)[1])
+    assert ev.threshold == 100.0
+    assert ev.geofence_id is None
