@@ -169,3 +169,38 @@ COMMENT ON FUNCTION smartcar_vehicle_owner(text) IS
   'Tenant, tenant slug and vehicle code of the active vehicle linked to a Smartcar vehicle id.';
 REVOKE ALL ON FUNCTION smartcar_vehicle_owner(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION smartcar_vehicle_owner(text) TO fleet_app, fleet_ingest;
+
+-- Column notes (docs/schema.md is generated from these) -----------------------------------------
+COMMENT ON COLUMN integration_credentials.vendor IS 'samsara or smartcar.';
+COMMENT ON COLUMN samsara_feed_cursors.pages IS 'Pages consumed since the feed started (monitoring).';
+COMMENT ON COLUMN smartcar_tokens.smartcar_vehicle_id IS 'Smartcar''s vehicle id (one consent covers one vehicle: Connect single_select).';
+COMMENT ON COLUMN smartcar_tokens.access_token_enc IS 'Fernet ciphertext of the access token.';
+COMMENT ON COLUMN smartcar_tokens.refresh_token_enc IS 'Fernet ciphertext of the refresh token (single use at Smartcar).';
+COMMENT ON COLUMN smartcar_tokens.connected_by IS 'User who started the Connect flow.';
+COMMENT ON COLUMN smartcar_oauth_states.state IS 'Random OAuth state handed to Connect; deleted when the callback uses it.';
+COMMENT ON COLUMN smartcar_oauth_states.expires_at IS 'After this the callback is refused (Smartcar codes live 10 minutes).';
+COMMENT ON COLUMN integration_dead_letters.vendor IS 'samsara or smartcar.';
+COMMENT ON COLUMN integration_dead_letters.detail IS 'Human-readable explanation.';
+COMMENT ON COLUMN integration_dead_letters.payload IS 'The vendor record as received (JSON).';
+COMMENT ON COLUMN job_runs.job IS 'Job name: maintenance, retention or rollups.';
+COMMENT ON COLUMN job_runs.started_at IS 'When the run started.';
+COMMENT ON COLUMN job_runs.finished_at IS 'When it ended; NULL while running (or when the runner was stopped mid-run).';
+COMMENT ON COLUMN job_runs.status IS 'running, succeeded or failed.';
+COMMENT ON COLUMN job_runs.error IS 'Exception of a failed run.';
+COMMENT ON COLUMN job_runs.details IS 'What the run did (counts, failures), JSON.';
+COMMENT ON COLUMN job_state.job IS 'Job name.';
+COMMENT ON COLUMN job_state.last_started_at IS 'Start of the latest run.';
+COMMENT ON COLUMN job_state.last_success_at IS 'End of the latest successful run.';
+COMMENT ON COLUMN job_state.next_due_at IS 'When the leader runs the job next (UTC).';
+COMMENT ON COLUMN job_leader.singleton IS 'Always true: the table has one row.';
+COMMENT ON COLUMN job_leader.runner IS 'Runner id (host:pid:random) of the current leader.';
+COMMENT ON COLUMN job_leader.acquired_at IS 'When it took the advisory lock.';
+COMMENT ON COLUMN job_leader.heartbeat_at IS 'Its latest heartbeat on the lock-holding session.';
+COMMENT ON COLUMN archive_manifest.table_name IS 'Archived hypertable (telemetry).';
+COMMENT ON COLUMN archive_manifest.day IS 'UTC day of the rows in the object.';
+COMMENT ON COLUMN archive_manifest.blob_path IS 'Object name in the archive container.';
+COMMENT ON COLUMN archive_manifest.row_count IS 'Rows exported; checked on read-back and before a drop or restore.';
+COMMENT ON COLUMN archive_manifest.size_bytes IS 'Size of the Parquet object, bytes.';
+COMMENT ON COLUMN archive_manifest.exported_at IS 'When the object was (last) written.';
+COMMENT ON COLUMN archive_manifest.verified_at IS 'When the read-back check passed.';
+COMMENT ON COLUMN archive_manifest.restored_at IS 'When `fleet archive restore` last brought the day back.';
