@@ -218,6 +218,10 @@ class LoadGenerator:
             protocol=aiomqtt.ProtocolVersion.V5, max_inflight_messages=1000,
             max_queued_outgoing_messages=self.config.max_inflight * 2, timeout=30)
             for _ in range(self.config.connections)]
+        start_ms = int(time.time() * 1000)
+        for v in self.vehicles:
+            # building thousands of models takes seconds: simulated time starts now
+            v.model.start_ms = start_ms
         for client in clients:
             # many publishes wait for their PUBACK at once by design; bounded by max_inflight
             client.pending_calls_threshold = self.config.max_inflight + 1

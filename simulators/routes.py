@@ -106,21 +106,33 @@ class SyntheticCity:
             raise RouteError("a city needs blocks of more than 10 m and at least 2 blocks")
         object.__setattr__(self, "projection",
                            Projection(self.center_lat_deg, self.center_lon_deg))
+        # the layout is computed once: every vehicle's every trip looks it up
+        n = self._n
+        limits = {(axis, k): self._layout_limit_kph(axis, k)
+                  for axis in (0, 1) for k in range(-n, n + 1)}
+        stops = frozenset((i, j) for i in range(-n, n + 1) for j in range(-n, n + 1)
+                          if _hash01(self.city_seed, i, j, 3) < 0.25)
+        object.__setattr__(self, "_limits", limits)
+        object.__setattr__(self, "_stop_signs", stops)
 
     @property
     def _n(self) -> int:
         return int(self.half_size_m // self.block_m)
 
-    def _street_limit_kph(self, axis: int, index: int) -> float:
+    def _layout_limit_kph(self, axis: int, index: int) -> float:
         if index % 4 == 0:
             return 70.0 if _hash01(self.city_seed, axis, index, 1) < 0.3 else 60.0
         return 50.0 if _hash01(self.city_seed, axis, index, 2) < 0.6 else 30.0
+
+    def _street_limit_kph(self, axis: int, index: int) -> float:
+        limits: dict[tuple[int, int], float] = self.__dict__["_limits"]
+        return limits[(axis, index)]
 
     def _is_arterial(self, index: int) -> bool:
         return index % 4 == 0
 
     def _has_stop_sign(self, i: int, j: int) -> bool:
-        return _hash01(self.city_seed, i, j, 3) < 0.25
+        return (i, j) in self.__dict__["_stop_signs"]
 
     def start(self, rng: random.Random) -> tuple[float, float]:
         """A random intersection of the grid."""
