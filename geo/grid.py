@@ -78,7 +78,7 @@ def rasterise(zone: shapely.Geometry, origin: tuple[float, float],  # noqa: PLR0
     segs: list[IntArray] = []
     vcells: list[IntArray] = []
     vids: list[IntArray] = []
-    exact: list[IntArray] = []
+    exact: list[IntArray] = [np.empty(0, dtype=np.int64)]
     # Vertices; one within eps of a cell edge also counts in the cells beside it.
     vc = flat_of(ga[:, 0], ga[:, 1])
     vcells.append(vc)

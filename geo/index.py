@@ -118,7 +118,8 @@ class _Grid:
 class FenceIndex:
     """An immutable index of fences of all tenants; build a new one to change it."""
 
-    def __init__(self, fences: Sequence[Fence], settings: GeofenceSettings, version: int) -> None:
+    def __init__(self, fences: Sequence[Fence], settings: GeofenceSettings, version: int,
+                 previous: FenceIndex | None = None) -> None:
         """Use `FenceIndex.build`."""
         self.version = version
         """Identifies this build; the store uses the fences' change counter."""
@@ -132,7 +133,9 @@ class FenceIndex:
         self._tkey = np.asarray([tenant_key(f.tenant_id) for f in self._fences], dtype=np.int64)
         self._zones = np.asarray([f.zone for f in self._fences] or [], dtype=object)
         shapely.prepare(self._zones)
-        self._grid, large = self._build_grid()
+        self._rasters: dict[UUID, tuple[shapely.Geometry, int, int, int, int, Raster]] = {}
+        self._cell_deg: tuple[float, float] = (0.0, 0.0)
+        self._grid, large = self._build_grid(previous)
         self._large = np.asarray(large, dtype=np.int64)
         self._large_tree = shapely.STRtree(self._zones[self._large]) if large else None
         self._large_tenants = frozenset(self._tkey[self._large].tolist())
@@ -141,10 +144,14 @@ class FenceIndex:
 
     @classmethod
     def build(cls, fences: Iterable[Fence], settings: GeofenceSettings | None = None,
-              version: int | None = None) -> FenceIndex:
-        """Index `fences`; `version` defaults to a process-wide increasing counter."""
+              version: int | None = None, previous: FenceIndex | None = None) -> FenceIndex:
+        """Index `fences`; `version` defaults to a process-wide increasing counter.
+
+        With `previous` (the index this one replaces), fences whose zone did not change reuse
+        their rasterisation, so a reload after editing a few fences costs little.
+        """
         return cls(list(fences), settings or GeofenceSettings(),
-                   next(_versions) if version is None else version)
+                   next(_versions) if version is None else version, previous)
 
     # ---- lookups ------------------------------------------------------------------------------
 
@@ -370,19 +377,30 @@ class FenceIndex:
             trees[key] = (shapely.STRtree(self._zones[members]), members.astype(np.int64))
         return trees
 
-    def _build_grid(self) -> tuple[_Grid, list[int]]:
+    def _build_grid(self, previous: FenceIndex | None) -> tuple[_Grid, list[int]]:  # noqa: PLR0915
         s = self.settings
         if not self._fences:
             return _empty_grid(), []
         bounds = shapely.bounds(self._zones)
-        ref_lat = float(np.median((bounds[:, 1] + bounds[:, 3]) / 2))
-        frame = LocalFrame.at(0.0, ref_lat)
-        cdx = s.grid_cell_m / frame.m_per_deg_x
-        cdy = s.grid_cell_m / frame.m_per_deg_y
-        x0 = float(bounds[:, 0].min()) - cdx
-        y0 = float(bounds[:, 1].min()) - cdy
-        ncols = math.ceil((float(bounds[:, 2].max()) - x0) / cdx) + 2
-        nrows = math.ceil((float(bounds[:, 3].max()) - y0) / cdy) + 2
+        reuse = (previous is not None and previous._cell_deg[0] > 0
+                 and previous.settings.grid_cell_m == s.grid_cell_m
+                 and previous.settings.densify_max_edge_m == s.densify_max_edge_m)
+        if reuse and previous is not None:
+            # Same lattice as before, so that unchanged fences keep their rasters.
+            cdx, cdy = previous._cell_deg
+        else:
+            ref_lat = float(np.median((bounds[:, 1] + bounds[:, 3]) / 2))
+            frame = LocalFrame.at(0.0, ref_lat)
+            cdx = s.grid_cell_m / frame.m_per_deg_x
+            cdy = s.grid_cell_m / frame.m_per_deg_y
+        self._cell_deg = (cdx, cdy)
+        # The grid's origin sits on the absolute lattice (multiples of the cell size), so a
+        # fence's window, and hence its raster, does not move when other fences change.
+        kx0 = math.floor(float(bounds[:, 0].min()) / cdx) - 1
+        ky0 = math.floor(float(bounds[:, 1].min()) / cdy) - 1
+        x0, y0 = kx0 * cdx, ky0 * cdy
+        ncols = math.floor(float(bounds[:, 2].max()) / cdx) - kx0 + 2
+        nrows = math.floor(float(bounds[:, 3].max()) / cdy) - ky0 + 2
         slots = int(self._tkey.max()) + 1
         brows, bcols = (nrows >> BLOCK_BITS) + 1, (ncols >> BLOCK_BITS) + 1
         if slots * brows * bcols >= 2**62:
@@ -391,17 +409,24 @@ class FenceIndex:
         parts: list[tuple[IntArray, IntArray, int, Raster]] = []
         large: list[int] = []
         segments: list[FloatArray] = []
+        old = previous._rasters if reuse and previous is not None else {}
         for i, zone in enumerate(self._zones):
-            b = bounds[i]
-            ix0, iy0 = math.floor((b[0] - x0) / cdx), math.floor((b[1] - y0) / cdy)
-            w = math.floor((b[2] - x0) / cdx) - ix0 + 1
-            h = math.floor((b[3] - y0) / cdy) - iy0 + 1
-            if w * h > s.max_cells_per_fence:
-                large.append(i)
-                continue
-            r = rasterise(zone, (x0 + ix0 * cdx, y0 + iy0 * cdy), (cdx, cdy), (w, h))
+            fid = self._ids[i]
+            cached = old.get(fid)
+            if cached is not None and shapely.equals_exact(cached[0], zone, tolerance=0.0):
+                _, ax0, ay0, w, h, r = cached
+            else:
+                b = bounds[i]
+                ax0, ay0 = math.floor(b[0] / cdx), math.floor(b[1] / cdy)
+                w = math.floor(b[2] / cdx) - ax0 + 1
+                h = math.floor(b[3] / cdy) - ay0 + 1
+                if w * h > s.max_cells_per_fence:
+                    large.append(i)
+                    continue
+                r = rasterise(zone, (ax0 * cdx, ay0 * cdy), (cdx, cdy), (w, h))
+            self._rasters[fid] = (zone, ax0, ay0, w, h, r)
             rows, cols = np.divmod(r.flat, w)
-            parts.append((iy0 + rows, ix0 + cols, i, r))
+            parts.append((ay0 - ky0 + rows, ax0 - kx0 + cols, i, r))
             segments.append(r.segments)
         if not parts:
             return _empty_grid(), large

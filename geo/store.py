@@ -174,7 +174,8 @@ class FenceWatcher:
             snapshot = load_snapshot(conn, self._settings)
         for fid, reason in snapshot.skipped:
             self._log(f"geofence {fid} skipped: {reason}")
-        index = FenceIndex.build(snapshot.fences, self._settings, version=self._version + 1)
+        index = FenceIndex.build(snapshot.fences, self._settings, version=self._version + 1,
+                                 previous=self._index)
         with self._changed:
             self._version = index.version
             self._fingerprint = snapshot.fingerprint

@@ -190,3 +190,35 @@ def test_speed_limit_is_the_lowest_applicable() -> None:
     assert index.speed_limit_kph({c.id, uuid.uuid4()}) is None
     assert index.fence(a.id) is a
     assert index.version < FenceIndex.build([]).version
+
+
+def test_rebuild_from_previous_reuses_unchanged_fences_and_stays_exact() -> None:
+    rng = np.random.default_rng(8)
+    specs = make_fences(rng, [T1, T2], 120)
+    fences = [_from_spec(s) for s in specs]
+    first = FenceIndex.build(fences)
+    moved = polygon_fence(T1, square_m(30_000, 0, 300))  # widens the grid's extent
+    changed = Fence.polygon(id=fences[5].id, tenant_id=fences[5].tenant_id, name="edited",
+                            geometry=CITY.geometry_to_lonlat(shapely.Polygon(square_m(0, 0, 700))))
+    edited = [*fences[:5], changed, *fences[6:-3], moved]
+    second = FenceIndex.build(edited, previous=first)
+    assert second._rasters[fences[0].id][5] is first._rasters[fences[0].id][5]
+    assert second._rasters[changed.id][5] is not first._rasters[changed.id][5]
+    pos = make_positions(rng, 2, specs, [f.zone for f in fences], 20_000)
+    lon = np.concatenate([pos.lon, [lonlat(30_000, 0)[0]]])
+    lat = np.concatenate([pos.lat, [lonlat(30_000, 0)[1]]])
+    owner = [[T1, T2][t] for t in pos.tenant.tolist()] + [T1]
+    got = second.containing(owner, lon, lat)
+    assert got == _brute(edited, owner, lon, lat)
+    assert got == FenceIndex.build(edited).containing(owner, lon, lat)
+    assert got[-1] == {moved.id}
+
+
+def test_fence_smaller_than_one_cell() -> None:
+    tiny = circle_fence(T1, 10, 10, 3.0)  # 6 m across, inside one 30 m cell
+    index = FenceIndex.build([tiny])
+    clon, clat = lonlat(10, 10)
+    lon, lat = ring_points(clon, clat, 2.5, 12)
+    far_lon, far_lat = ring_points(clon, clat, 3.5, 12)
+    assert all(g == {tiny.id} for g in index.containing([T1] * 12, lon, lat))
+    assert not any(index.containing([T1] * 12, far_lon, far_lat))
