@@ -217,6 +217,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
             "FLEET_REDIS_URL": settings.redis.url, "FLEET_SOURCE_TENANT": tenant,
             "FLEET_SOURCE_SHARE_GROUP": group, "FLEET_SOURCE_CLIENT_ID_PREFIX": prefix,
             "FLEET_SOURCE_PARTITIONS": str(args.processes),
+            "FLEET_SOURCE_SESSION_EXPIRY_S": "600",
             "FLEET_STREAM_PROCESSES": str(args.processes),
             "FLEET_STREAM_WORKERS_PER_PROCESS": str(args.workers),
             "FLEET_STREAM_RECOVERY_DIR": str(tmp / "recovery"),

@@ -55,16 +55,23 @@ def run(args: argparse.Namespace) -> int:
     """Run the stream until it is stopped (SIGINT/SIGTERM) or fails."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings(args)
-    from stream.runner import ensure_recovery_dir
+    from deploy.errors import DeployError
+    from stream.errors import StreamError
 
-    ensure_recovery_dir(settings.stream)
-    if settings.stream.processes > 1 and args.process_id is None:
-        return _supervise(args, settings.stream.processes)
-    from stream.runner import run_stream
+    try:
+        settings = _settings(args)
+        from stream.runner import ensure_recovery_dir
 
-    _stop_on_sigterm()
-    run_stream(settings, process_id=args.process_id)
+        ensure_recovery_dir(settings.stream)
+        if settings.stream.processes > 1 and args.process_id is None:
+            return _supervise(args, settings.stream.processes)
+        from stream.runner import run_stream
+
+        _stop_on_sigterm()
+        run_stream(settings, process_id=args.process_id)
+    except (StreamError, DeployError) as exc:
+        print(f"fleet stream: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -52,6 +52,8 @@ from stream.items import InboxMessage
 log = logging.getLogger(__name__)
 
 _PRUNE_EVERY_S = 30.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 _RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -156,7 +158,7 @@ class _Inbox:
                 copy.set_types(["text", "int8", "timestamptz", "text", "bytea"])
                 for i, m in enumerate(messages):
                     copy.write_row((self.partition, first_offset + i,
-                                    datetime.fromtimestamp(m.received_ms / 1000, tz=UTC),
+                                    _EPOCH + timedelta(milliseconds=m.received_ms),
                                     m.topic, m.payload))
         self._retrying("append", q)
 
@@ -167,7 +169,9 @@ class _Inbox:
                 "SELECT inbox_offset, received_at, topic, payload FROM stream_inbox "
                 "WHERE source_partition = %s AND inbox_offset > %s "
                 "ORDER BY inbox_offset LIMIT %s", (self.partition, after, limit)).fetchall()
-            return [InboxMessage(self.partition, int(off), int(at.timestamp() * 1000), topic,
+            # Integer arithmetic: the receive time is part of dead letters' idempotency key,
+            # so a replay must reproduce the very millisecond the live run used.
+            return [InboxMessage(self.partition, int(off), (at - _EPOCH) // _ONE_MS, topic,
                                  bytes(payload)) for off, at, topic, payload in rows]
         result: list[InboxMessage] = self._retrying("read", q)
         return result

@@ -64,7 +64,8 @@ def ewkb_point(lon: float, lat: float) -> bytes:
 
 
 def ts(t_ms: int) -> datetime:
-    """Unix milliseconds to an aware datetime."""
+    """Unix milliseconds to an aware datetime (exact: the microsecond rounding of
+    `fromtimestamp` absorbs the float error of t_ms / 1000 at millisecond resolution)."""
     return datetime.fromtimestamp(t_ms / 1000.0, tz=UTC)
 
 

@@ -72,7 +72,8 @@ class StreamProcess:
     """`python -m stream.cli` with settings from environment variables."""
 
     def __init__(self, tmp: Path, *, ingest_url: str, mqtt_url: str, redis_url: str,
-                 tenant: str, partitions: int = 1, processes: int = 1) -> None:
+                 tenant: str, partitions: int = 1, processes: int = 1,
+                 env: dict[str, str] | None = None) -> None:
         self.tmp = tmp
         self.partitions = partitions
         self.processes = processes
@@ -94,7 +95,10 @@ class StreamProcess:
             "FLEET_STREAM_PROCESSES": str(processes),
             "FLEET_STREAM_PROCESS_BASE_PORT": str(free_port_block(processes)),
             "FLEET_STREAM_ROLLUP_INTERVAL_S": "1",
+            # Test sessions should not linger on the shared broker for a day.
+            "FLEET_SOURCE_SESSION_EXPIRY_S": "300",
         })
+        self.env.update(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
@@ -105,7 +109,7 @@ class StreamProcess:
             c = Client(CallbackAPIVersion.VERSION2, client_id=f"{self.prefix}-p{i}", protocol=5)
             c.username_pw_set(target.username, target.password)
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 3600
+            props.SessionExpiryInterval = 300
             c.connect(target.host, target.port, clean_start=False, properties=props)
             c.loop_start()
             info = c.subscribe(subscription(Channel.TELEMETRY, tenant=self.tenant,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -93,7 +94,7 @@ def stream_factory(tmp_path: Path, database: TestDatabase, mqtt_url: str, redis_
                    fleet: Fleet):
     made: list[StreamProcess] = []
 
-    def make(**kw: int) -> StreamProcess:
+    def make(**kw: Any) -> StreamProcess:
         s = StreamProcess(tmp_path, ingest_url=database.ingest_url, mqtt_url=mqtt_url,
                           redis_url=redis_url, tenant=fleet.slug, **kw)
         made.append(s)
@@ -151,16 +152,25 @@ def test_rows_events_rejects_and_live_feed(database: TestDatabase, fleet: Fleet,
 def test_kill9_mid_run_loses_and_duplicates_nothing(database: TestDatabase, fleet: Fleet,
                                                      mqtt_url: str, stream_factory) -> None:
     add_fence(database, fleet)
-    stream = stream_factory()
+    # Small polls, so the kill lands between commits rather than after one big batch.
+    stream = stream_factory(env={"FLEET_SOURCE_MAX_BATCH_MESSAGES": "3"})
     stream.presubscribe()
     stream.start()
     msgs = messages(fleet)
     client = mqtt_client(mqtt_url)
+    publish(client, fleet.slug, *msgs[0])
+    wait_for(lambda: count(database.owner_url, "SELECT count(*) FROM telemetry") > 0, 60,
+             f"the stream to start\n{stream.log_text()}")
+    msgs = msgs[1:]
+
+    bad_topic = topic_for(fleet.slug, "v1", Channel.TELEMETRY)
 
     def produce() -> None:
+        client.publish(bad_topic, b"{broken-1", qos=1).wait_for_publish(10)
         for vehicle, samples in msgs:
             publish(client, fleet.slug, vehicle, samples)
-            time.sleep(0.01)
+            time.sleep(0.03)
+        client.publish(bad_topic, b"{broken-2", qos=1).wait_for_publish(10)
 
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
@@ -173,6 +183,10 @@ def test_kill9_mid_run_loses_and_duplicates_nothing(database: TestDatabase, flee
     assert count(database.owner_url, "SELECT count(*) FROM telemetry") < total
     stream.start()
     assert_exact_results(database, fleet, stream)
+    # Dead letters are idempotent too: the replay re-derived them, the unique key kept one each.
+    with psycopg.connect(database.owner_url) as conn:
+        rejects = conn.execute("SELECT payload FROM ingest_rejects ORDER BY 1").fetchall()
+    assert rejects == [(b"{broken-1",), (b"{broken-2",)]
 
 
 def test_two_processes_on_a_shared_subscription_match_one(database: TestDatabase, fleet: Fleet,
