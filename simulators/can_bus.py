@@ -404,6 +404,7 @@ class SlcanAdapter(PtyServer):
     """
 
     tick_s = 0.005
+    backlog_limit_bytes = 8192  # about 0.25 s of traffic; a stalled reader loses frames
 
     def __init__(self, model: VehicleModel, *, link_path: str | Path | None = None,
                  periods_ms: Mapping[str, int] | None = None, j1939: bool = True,

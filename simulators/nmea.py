@@ -85,6 +85,8 @@ def sentences(state: VehicleState, talker: str = "GP") -> list[str]:
 class NmeaGps(PtyServer):
     """The GPS receiver; a context manager whose ``__enter__`` returns the port path."""
 
+    backlog_limit_bytes = 2048  # about 6 s of sentences; older ones are lost, as on a UART
+
     def __init__(self, model: VehicleModel, *, interval_s: float = 1.0,
                  link_path: str | Path | None = None, talker: str = "GP") -> None:
         super().__init__(link_path=link_path)

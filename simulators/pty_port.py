@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import select
+import struct
+import termios
 import threading
 import time
 import tty
@@ -31,6 +34,10 @@ class PtyServer:
 
     tick_s: float = 0.1
     """How often `on_tick` runs (seconds)."""
+    backlog_limit_bytes: int | None = None
+    """For streaming devices: when more than this many bytes wait unread at the client's end,
+    they are discarded before the next write (a UART overrun), so a client that opens the
+    port late or stalls never reads stale data. None keeps everything (request/response)."""
 
     def __init__(self, *, link_path: str | Path | None = None) -> None:
         self.link_path = Path(link_path) if link_path else None
@@ -108,6 +115,8 @@ class PtyServer:
             fd = self._master
             if fd < 0:
                 return False
+            if self.backlog_limit_bytes is not None:
+                self._discard_backlog(self.backlog_limit_bytes)
             view = memoryview(data)
             deadline = time.monotonic() + WRITE_TIMEOUT_S
             while view:
@@ -122,6 +131,14 @@ class PtyServer:
                 except OSError:
                     return False
             return True
+
+    def _discard_backlog(self, limit: int) -> None:
+        try:
+            waiting = struct.unpack("i", fcntl.ioctl(self._slave, termios.FIONREAD, b"\0" * 4))[0]
+            if waiting > limit:
+                termios.tcflush(self._slave, termios.TCIFLUSH)
+        except OSError:
+            return  # the port is being dropped; the write below fails and says so
 
     def _serve(self) -> None:
         next_tick = time.monotonic()
