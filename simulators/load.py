@@ -98,6 +98,9 @@ class LoadConfig:
     route: RouteSource | None = None
     faults: Mapping[str, Sequence[Fault]] = field(default_factory=dict)
     """Scripted faults per vehicle code (added to the random ones)."""
+    max_backlog_samples: int = 36_000
+    """Samples a vehicle holds while offline or unacknowledged; beyond it the oldest are
+    dropped and counted in `SentLedger.dropped` (a bounded spool, like the gateway's)."""
 
     def __post_init__(self) -> None:
         if not self.codes:
@@ -105,8 +108,8 @@ class LoadConfig:
         if self.rate_hz <= 0 or not 1 <= self.batch_size <= MAX_SAMPLES_PER_MESSAGE:
             raise SimulatorError(
                 f"rate_hz must be > 0 and batch_size 1..{MAX_SAMPLES_PER_MESSAGE}")
-        if self.connections < 1 or self.max_inflight < 1:
-            raise SimulatorError("connections and max_inflight must be >= 1")
+        if self.connections < 1 or self.max_inflight < 1 or self.max_backlog_samples < 1:
+            raise SimulatorError("connections, max_inflight and max_backlog_samples must be >= 1")
 
 
 @dataclass
@@ -116,6 +119,8 @@ class SentLedger:
     counts: dict[str, int] = field(default_factory=dict)
     first_seq: dict[str, int] = field(default_factory=dict)
     last_seq: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Samples dropped unsent because a vehicle's backlog was full (oldest first)."""
     messages: int = 0
     failed_messages: int = 0
 
@@ -269,6 +274,10 @@ class LoadGenerator:
                 v.pending.append(sample_of(state, v.seq))
                 v.seq += 1
                 self._produced += 1
+                excess = len(v.pending) - self.config.max_backlog_samples
+                if excess > 0:
+                    del v.pending[:excess]
+                    self.ledger.dropped[v.code] = self.ledger.dropped.get(v.code, 0) + excess
                 if len(v.pending) >= batch and state.online and v.sending is None:
                     self._send(clients, v)
             await asyncio.sleep(0)

@@ -145,3 +145,16 @@ def test_seed_fleet_is_idempotent(database: TestDatabase, tenant_slug: str) -> N
     assert {r[2] for r in rows} == {"active"}
     with pytest.raises(SimulatorError):
         seed_fleet(database.owner_url, "bad/slug", codes)
+
+
+async def test_backlog_is_bounded_oldest_first(mqtt_url: str, tenant_slug: str) -> None:
+    config = LoadConfig(mqtt_url=mqtt_url, tenant=tenant_slug, codes=["a", "b"], rate_hz=20.0,
+                        batch_size=5, duration_s=1.0, seq_start=0, max_backlog_samples=8,
+                        faults={"a": [Fault.parse("offline@0+0.9")]})
+    generator, received = await _run_with_subscriber(mqtt_url, config)
+    ledger = generator.ledger
+    seqs = [s.seq for m in received["a"] for s in m.samples]
+    assert ledger.dropped == {"a": 20 - len(seqs)}
+    assert ledger.dropped["a"] > 0
+    assert seqs == list(range(20 - len(seqs), 20)), "the newest samples survive, in order"
+    assert "b" not in ledger.dropped
