@@ -11,7 +11,8 @@ debounced events, one vehicle at a time, in event time:
 - `enter`/`exit` are stamped with the fix that confirmed the change; `details.first_fix_ms`
   is when the new state was first seen; `exit.dwell_s` is the whole stay (first inside fix to
   first outside fix).
-- `dwell` fires once per stay, at the first fix at least the fence's `dwell_s` after entry.
+- `dwell` fires once per stay, at the first fix inside at least the fence's `dwell_s` after
+  entry (not on a fix outside whose exit is still pending: the stay may be ending short).
 - `crossing` fires when the straight segment between two consecutive fixes touches a fence
   that neither fix is in (and the vehicle is not confirmed inside it), e.g. a sparse
   reporter skipping a small fence.
@@ -138,8 +139,10 @@ class GeofenceDetector:
                     new = None
             else:
                 new = replace(track, pending_since_ms=first, pending_fixes=fixes)
-        if (new is not None and new.inside and not new.dwell_fired and fence.dwell_s is not None
-                and t - new.since_ms >= fence.dwell_s * 1000):
+        # Only on a fix that is itself inside: a vehicle that left just before the threshold
+        # (exit still pending) did not dwell; if it was jitter, the next inside fix fires it.
+        if (now_in and new is not None and new.inside and not new.dwell_fired
+                and fence.dwell_s is not None and t - new.since_ms >= fence.dwell_s * 1000):
             events.append(self._event(reading, fence.id, "dwell", dwell_s=fence.dwell_s,
                                       details={"entered_ms": new.since_ms}))
             new = replace(new, dwell_fired=True)

@@ -85,6 +85,16 @@ def test_dwell_once_per_stay_and_exit_carries_the_stay() -> None:
     assert [e for e in events if isinstance(e, GeofenceEvent)][2].dwell_s == 60.0
 
 
+def test_no_dwell_when_leaving_just_before_the_threshold() -> None:
+    fence = polygon_fence(TENANT, square_m(0, 0, 100), debounce_s=0.0, dwell_s=30.0)
+    index = FenceIndex.build([fence])
+    # Inside from t=3 to t=31 (28 s), outside from t=32: the dwell threshold (t=33) falls
+    # on an outside fix while the exit is pending.
+    path = [(-200.0, 0.0)] * 3 + [(0.0, 0.0)] * 29 + [(-200.0, 0.0)] * 5
+    _, events = run(detector(index, min_fixes=3), drive(index, path))
+    assert kinds(events) == [("enter", 5.0), ("exit", 34.0)]
+
+
 def test_hole_exit_and_reentry() -> None:
     fence = polygon_fence(TENANT, square_m(0, 0, 500), [square_m(0, 0, 200)], debounce_s=0.0)
     index = FenceIndex.build([fence])
