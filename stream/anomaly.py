@@ -85,6 +85,8 @@ IDLE_SPEED_KPH: Final = 2.0
 throttle move rpm far more than a misfire does."""
 FUEL_HIST_POINTS: Final = 6
 SETTLE_TIME_CONSTANTS: Final = 4
+SETTLE_RISE_PCT: Final = 0.5
+"""A smoothed fuel level still rising by more than this (% of tank) is still being filled."""
 """Exponential smoothing has forgotten its starting value to 2 % after four time constants."""
 
 
@@ -134,6 +136,11 @@ class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """A rise of the smoothed level by this much (% of tank) is a refuel: the window restarts."""
     economy_max_gap_s: Annotated[float, Meta(gt=0)] = 60.0
     """Speed is integrated only across gaps up to this long (without an odometer)."""
+    economy_history_windows: Annotated[int, Meta(ge=1, le=100)] = 5
+    """A vehicle's economy is the median of its last this many samples."""
+    economy_min_windows: Annotated[int, Meta(ge=1)] = 5
+    """Vehicles (scored or peers) need this many samples first; with 5, two odd windows
+    (a theft, a detour) cannot move the median."""
     economy_min_peers: Annotated[int, Meta(ge=2)] = 3
     """Fewer peers of the same model than this: no fleet-relative score."""
     economy_peer_max_age_s: Annotated[float, Meta(gt=0)] = 7 * 86400.0
@@ -142,7 +149,7 @@ class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """Vehicles kept per model; the stalest is dropped beyond this (bounded state)."""
     economy_score_threshold: Annotated[float, Meta(gt=0)] = 3.5
     """Robust z-score against peers at or above which a fleet-relative anomaly fires."""
-    economy_scale_floor_frac: Annotated[float, Meta(gt=0)] = 0.03
+    economy_scale_floor_frac: Annotated[float, Meta(gt=0)] = 0.05
     """Smallest scale of the peer comparison, as a fraction of the peer median."""
 
     def __post_init__(self) -> None:
@@ -151,6 +158,8 @@ class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
             raise ValueError(f"unknown anomaly signals {unknown}; known: {sorted(SIGNALS)}")
         if self.min_samples > self.window_samples:
             raise ValueError("min_samples must not exceed window_samples")
+        if self.economy_min_windows > self.economy_history_windows:
+            raise ValueError("economy_min_windows must not exceed economy_history_windows")
 
     def threshold_for(self, signal: str) -> float:
         """The score threshold of one signal: the override here, else the signal's own
@@ -433,7 +442,7 @@ class EconomyTracker:
         t = sample.t_ms
         s = self._s
         settle_ms = round(SETTLE_TIME_CONSTANTS * s.fuel_smoothing_s * 1000)
-        if state.start_ms is None or state.last_ms is None or state.fuel_smooth_pct is None:
+        if state.last_ms is None or state.fuel_smooth_pct is None:
             level = float(sample.fuel_pct)
             return EconomyAccumulator(t, t, 0.0, sample.odometer_km, level, level, level,
                                       t + settle_ms), []
@@ -451,15 +460,10 @@ class EconomyTracker:
         alpha = 1 - math.exp(-dt_s / s.fuel_smoothing_s)
         smooth = state.fuel_smooth_pct + alpha * (sample.fuel_pct - state.fuel_smooth_pct)
         low = min(state.fuel_low_pct if state.fuel_low_pct is not None else smooth, smooth)
-        restart_until: int | None = None
-        if smooth - low >= s.economy_refuel_pct:
-            # Refuelled mid-window: what was used before cannot be measured from levels.
-            restart_until = t + settle_ms
-        elif state.settled_ms is not None and t < state.settled_ms:
-            restart_until = state.settled_ms
-        if restart_until is not None:
-            return EconomyAccumulator(t, t, 0.0, odometer, smooth, smooth, smooth,
-                                      restart_until), []
+        restarted = self._restart(state, t, odometer, smooth=smooth, low=low,
+                                  settle_ms=settle_ms)
+        if restarted is not None:
+            return restarted, []
         state = EconomyAccumulator(state.start_ms, t, distance, odometer, state.fuel_start_pct,
                                    smooth, low)
         used = (state.fuel_start_pct or smooth) - smooth
@@ -469,12 +473,36 @@ class EconomyTracker:
                             round(distance, 3), round(used, 3), distance / used)
         return EconomyAccumulator(t, t, 0.0, odometer, smooth, smooth, smooth), [out]
 
+    def _restart(self, state: EconomyAccumulator, t: int, odometer: float | None, *,
+                 smooth: float, low: float, settle_ms: int) -> EconomyAccumulator | None:
+        """The restarted window while the level is not usable (refuel, settling), else None.
+
+        While settling, `fuel_start_pct` holds the level when settling began. A level still
+        rising (a refuel in progress) starts settling over; once it has held for the settle
+        time, the window opens at the current level.
+        """
+        if smooth - low >= self._s.economy_refuel_pct:
+            # Refuelled mid-window: what was used before cannot be measured from levels.
+            return EconomyAccumulator(t, t, 0.0, odometer, smooth, smooth, smooth,
+                                      t + settle_ms)
+        if state.settled_ms is None:
+            return None
+        anchor = state.fuel_start_pct if state.fuel_start_pct is not None else smooth
+        if smooth > anchor + SETTLE_RISE_PCT:
+            return EconomyAccumulator(t, t, 0.0, odometer, smooth, smooth, smooth,
+                                      t + settle_ms)
+        if t < state.settled_ms:
+            return EconomyAccumulator(t, t, 0.0, odometer, anchor, smooth, smooth,
+                                      state.settled_ms)
+        return EconomyAccumulator(t, t, 0.0, odometer, smooth, smooth, smooth, None)
+
 
 @dataclass(frozen=True, slots=True)
 class FleetEconomyState:
-    """Per-model state of `FleetEconomy`: each vehicle's latest (t_ms, km per %)."""
+    """Per-model state of `FleetEconomy`: per vehicle, the time of its latest sample and its
+    last `economy_history_windows` km-per-% values."""
 
-    latest: dict[UUID, tuple[int, float]] = field(default_factory=dict)
+    latest: dict[UUID, tuple[int, tuple[float, ...]]] = field(default_factory=dict)
 
 
 class FleetEconomy:
@@ -483,8 +511,12 @@ class FleetEconomy:
     `on_sample(state, sample)` returns the new state and one `AnomalyRecord` (kind
     ``fleet_relative``, signal ``fuel_economy_km_per_pct``) once at least
     `economy_min_peers` other vehicles of the same model have a recent sample. The score is
-    the absolute robust z-score of the vehicle's km per % against the peers' median and MAD;
-    `details` carries the signed z (negative: worse than peers), the peer median and count.
+    the absolute robust z-score of the vehicle's economy against the peers' median and MAD,
+    where every vehicle (this one and each peer) counts with the median of its last
+    `economy_history_windows` samples: a persistent difference (a failing injector, a heavy
+    foot) is what this score is for; one odd window (a detour, a theft, which the fuel
+    detector reports) is not. `value` is that median; `details` carries the signed z
+    (negative: worse than peers), the peer median and count, and this window's own value.
     """
 
     name = "fleet_economy_model"
@@ -502,24 +534,29 @@ class FleetEconomy:
         s = self._s
         oldest_ms = sample.t_ms - s.economy_peer_max_age_s * 1000
         latest = {vid: v for vid, v in state.latest.items() if v[0] >= oldest_ms}
-        peers = np.array([v[1] for vid, v in latest.items() if vid != sample.vehicle_id])
-        latest[sample.vehicle_id] = (sample.t_ms, sample.km_per_pct)
+        peers = np.array([median(v[1]) for vid, v in latest.items()
+                          if vid != sample.vehicle_id and len(v[1]) >= s.economy_min_windows])
+        own = (*latest.get(sample.vehicle_id, (0, ()))[1],
+               sample.km_per_pct)[-s.economy_history_windows:]
+        latest[sample.vehicle_id] = (sample.t_ms, own)
         if len(latest) > s.economy_max_vehicles:
             stalest = min(latest, key=lambda vid: latest[vid][0])
             del latest[stalest]
         new_state = FleetEconomyState(latest)
-        if len(peers) < s.economy_min_peers:
+        if len(peers) < s.economy_min_peers or len(own) < s.economy_min_windows:
             return new_state, []
+        value = float(median(own))
         center = float(np.median(peers))
         scale = max(MAD_TO_SIGMA * float(np.median(np.abs(peers - center))),
                     s.economy_scale_floor_frac * abs(center), 1e-9)
-        z = (sample.km_per_pct - center) / scale
+        z = (value - center) / scale
         score = abs(z)
         return new_state, [AnomalyRecord(
             t_ms=sample.t_ms, tenant_id=sample.tenant_id, vehicle_id=sample.vehicle_id,
             signal=ECONOMY_SIGNAL, score=round(score, 3), threshold=s.economy_score_threshold,
-            value=round(sample.km_per_pct, 4), kind="fleet_relative",
+            value=round(value, 4), kind="fleet_relative",
             is_event=score >= s.economy_score_threshold,
             details={"z": round(z, 3), "peer_median": round(center, 4), "peers": len(peers),
+                     "windows": len(own), "window_km_per_pct": round(sample.km_per_pct, 4),
                      "model_key": sample.model_key, "distance_km": sample.distance_km,
                      "fuel_used_pct": sample.fuel_used_pct})]

@@ -147,24 +147,37 @@ def test_fleet_economy_flags_the_vehicle_far_from_its_peers() -> None:
     fleet = FleetEconomy(AnomalySettings())
     state = fleet.initial_state()
     out: list[AnomalyRecord] = []
-    for v, value in enumerate([8.0, 8.3, 7.9, 8.1, 8.2, 7.8]):
-        state, recs = fleet.on_sample(state, economy_sample(v, value, t_s=v))
-        out += recs
-    assert len(out) == 3  # the first three had fewer than economy_min_peers peers
+    rng = random.Random(6)
+    for window in range(5):
+        for v, value in enumerate([8.0, 8.3, 7.9, 8.1, 8.2, 7.8]):
+            state, recs = fleet.on_sample(
+                state, economy_sample(v, value * rng.uniform(0.9, 1.1), t_s=window * 10 + v))
+            out += recs
+    # Scores only once a vehicle has economy_min_windows samples and 3 peers have too.
+    assert len(out) == 3
     assert not any(r.is_event for r in out)
-    state, [thirsty] = fleet.on_sample(state, economy_sample(9, 5.0, t_s=10))
+    assert all(r.details["windows"] == 5 for r in out)
+    for window in range(4):
+        state, recs = fleet.on_sample(state, economy_sample(9, 5.0, t_s=100 + window))
+        assert recs == []
+    # One odd window (a theft) does not move a vehicle's median.
+    state, _ = fleet.on_sample(state, economy_sample(0, 0.4, t_s=110))
+    state, [thirsty] = fleet.on_sample(state, economy_sample(9, 5.2, t_s=120))
     assert thirsty.is_event
     assert thirsty.kind == "fleet_relative"
     assert thirsty.signal == ECONOMY_SIGNAL
+    assert thirsty.value == 5.0
     assert thirsty.details["z"] < -3.5
     assert thirsty.details["peers"] == 6
+    assert 7.8 < thirsty.details["peer_median"] < 8.3
     state = pickle.loads(pickle.dumps(state))  # noqa: S301 - our own snapshot
-    _, [normal] = fleet.on_sample(state, economy_sample(2, 8.05, t_s=20))
+    _, [normal] = fleet.on_sample(state, economy_sample(2, 8.05, t_s=130))
     assert not normal.is_event
 
 
 def test_fleet_economy_forgets_stale_peers_and_is_bounded() -> None:
-    fleet = FleetEconomy(AnomalySettings(economy_peer_max_age_s=100.0, economy_max_vehicles=4))
+    fleet = FleetEconomy(AnomalySettings(economy_peer_max_age_s=100.0, economy_max_vehicles=4,
+                                         economy_min_windows=1))
     state = fleet.initial_state()
     for v in range(4):
         state, _ = fleet.on_sample(state, economy_sample(v, 8.0, t_s=v))

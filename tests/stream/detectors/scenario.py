@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from edge_gateway.protocol import Sample, Source
 from simulators.vehicle import Fault, FaultKind, GroundTruth, VehicleModel, VehicleState
 from stream.model import AnomalyRecord, Event, Reading, VehicleEvent, VehicleRef
@@ -102,21 +104,31 @@ def to_sample(state: VehicleState, seq: int, rng: random.Random) -> Sample:
 
 
 def simulate(seed: int, duration_s: int, *, model_key: str = "Compact 2.0",
-             index: LimitIndex) -> Trace:
-    """Run one vehicle for `duration_s` simulated seconds at 1 Hz."""
+             index: LimitIndex, thirst: float = 1.0) -> Trace:
+    """Run one vehicle for `duration_s` simulated seconds at 1 Hz.
+
+    `thirst` > 1 makes the vehicle report burning that much more fuel than its peers (a
+    failing injector): every fall of the model's fuel level is reported `thirst` times.
+    """
     rng = random.Random(seed * 7919)
     faults = fault_plan(rng, first_s=900.0, spacing_s=(duration_s - 1500) / len(FAULT_KINDS))
     model = VehicleModel(seed, faults=faults, start_ms=START_MS)
     ref = VehicleRef(TENANT_ID, uuid.UUID(int=1000 + seed), "acme", f"v{seed}", model_key)
     trace = Trace(ref)
+    last_fuel, extra_burn = model.state.fuel_pct, 0.0
     for seq in range(duration_s):
         state = model.step(1.0)
+        extra_burn += (thirst - 1.0) * max(0.0, last_fuel - state.fuel_pct)
+        last_fuel = state.fuel_pct
         if not state.online:
             trace.ticks.append((state.t_ms, None))
             continue
         fences = frozenset({index.register(state.speed_limit_kph)})
-        trace.ticks.append((state.t_ms, Reading(ref, to_sample(state, seq, rng),
-                                                Source.SIMULATOR, fences)))
+        sample = to_sample(state, seq, rng)
+        if thirst != 1.0 and sample.fuel_pct is not None:
+            sample = msgspec.structs.replace(
+                sample, fuel_pct=round(max(0.0, sample.fuel_pct - extra_burn), 1))
+        trace.ticks.append((state.t_ms, Reading(ref, sample, Source.SIMULATOR, fences)))
     trace.truth = model.ground_truth
     return trace
 

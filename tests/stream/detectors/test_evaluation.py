@@ -6,6 +6,9 @@ kind once at a seeded time: overheat, misfire, fuel theft, refuel, harsh braking
 device offline and a GPS jump (the last is the stream's GPS filters' job, not a detector's).
 The simulator's `ground_truth` says what really happened and when.
 
+A ninth vehicle of the same model reports 40 % higher fuel burn: the fleet-relative economy
+score must single it out (and nobody else).
+
 Matching: an event is a true positive when its span overlaps a ground-truth fault of a kind
 it is meant to find (`EVENT_FAULTS`, `ANOMALY_FAULTS`) within `TOLERANCE_MS`; recall is over
 the faults of those kinds (for anomalies: those the scored signals can show at all, see
@@ -14,13 +17,15 @@ the faults of those kinds (for anomalies: those the scored signals can show at a
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import pytest
 
+from stream.anomaly import AnomalySettings, EconomySample, EconomyTracker, FleetEconomy
 from stream.detectors import build_detectors
 from stream.detectors.config import DetectorSettings
-from stream.model import Event, VehicleEvent
+from stream.model import AnomalyRecord, Event, VehicleEvent
 
 from .scenario import (
     ANOMALY_FAULTS,
@@ -34,7 +39,12 @@ from .scenario import (
 )
 
 SEEDS = range(1, 9)
+THIRSTY_SEED = 9
+"""A ninth vehicle of the same model that burns 40 % more fuel than its peers."""
+THIRST = 1.4
 DURATION_S = 3 * 3600
+ECONOMY = AnomalySettings(economy_window_km=5.0)
+"""City driving covers about 20-40 km in three hours: windows of 5 km give a few samples."""
 
 
 @dataclass
@@ -42,6 +52,8 @@ class Result:
     detectors: Score
     anomalies: Score
     readings: int
+    economy: list[AnomalyRecord]
+    thirsty_id: uuid.UUID
 
 
 class Clock:
@@ -57,10 +69,17 @@ def result() -> Result:
     clock = Clock()
     dets = [d for d in build_detectors(DetectorSettings(), lambda: index, clock=clock)
             if d.name != "geofence"]
+    tracker = EconomyTracker(ECONOMY)
     det_scores, anomaly_scores, readings = [], [], 0
-    for seed in SEEDS:
-        trace = simulate(seed, DURATION_S, index=index)
+    economy_samples: list[EconomySample] = []
+    thirsty_id = uuid.UUID(int=0)
+    for seed in [*SEEDS, THIRSTY_SEED]:
+        thirst = THIRST if seed == THIRSTY_SEED else 1.0
+        trace = simulate(seed, DURATION_S, index=index, thirst=thirst)
+        if seed == THIRSTY_SEED:
+            thirsty_id = trace.vehicle.vehicle_id
         states = {d.name: d.initial_state() for d in dets}
+        economy_state = tracker.initial_state()
         events: list[Event] = []
         for t_ms, reading in trace.ticks:
             # Replayed in simulated real time: processing time is the sample time.
@@ -71,13 +90,23 @@ def result() -> Result:
                     events.extend(out)
                 states[det.name], out = det.on_tick(states[det.name], t_ms)
                 events.extend(out)
-            readings += reading is not None
+            if reading is not None:
+                readings += 1
+                economy_state, samples = tracker.on_reading(economy_state, reading)
+                economy_samples.extend(samples)
         label = f"v{seed}"
         det_scores.append(evaluate([e for e in events if isinstance(e, VehicleEvent)],
                                    trace.truth, kind_of=EVENT_FAULTS, label=label))
         anomaly_scores.append(evaluate(anomaly_events(events), trace.truth,
                                        kind_of=ANOMALY_FAULTS, label=label, trace=trace))
-    return Result(merge(det_scores), merge(anomaly_scores), readings)
+    # The keyed-by-model step sees the samples of all vehicles in time order.
+    fleet = FleetEconomy(ECONOMY)
+    fleet_state = fleet.initial_state()
+    economy: list[AnomalyRecord] = []
+    for sample in sorted(economy_samples, key=lambda s: s.t_ms):
+        fleet_state, records = fleet.on_sample(fleet_state, sample)
+        economy.extend(records)
+    return Result(merge(det_scores), merge(anomaly_scores), readings, economy, thirsty_id)
 
 
 def _report(name: str, score: Score) -> str:
@@ -97,6 +126,16 @@ def test_anomaly_events_precision_and_recall(result: Result) -> None:
     print(_report("anomaly events", result.anomalies))
     assert result.anomalies.precision >= 0.9, _report("anomalies", result.anomalies)
     assert result.anomalies.recall >= 0.9, _report("anomalies", result.anomalies)
+
+
+def test_fleet_relative_economy_finds_the_thirsty_vehicle_only(result: Result) -> None:
+    fired = [r for r in result.economy if r.is_event]
+    print("fleet economy:", [(str(r.vehicle_id)[-4:], r.value, r.details["peer_median"],
+                              r.score, r.is_event) for r in result.economy])
+    assert len(result.economy) >= 10  # enough scored samples to mean something
+    assert fired
+    assert {r.vehicle_id for r in fired} == {result.thirsty_id}
+    assert all(r.details["z"] < 0 for r in fired)  # worse than its peers
 
 
 def test_scenario_is_big_enough_to_mean_something(result: Result) -> None:
