@@ -75,3 +75,21 @@ def test_sim_fleet_seeds_and_publishes(database: TestDatabase, mqtt_url: str,
         count = conn.execute("SELECT count(*) FROM vehicles v JOIN tenants t ON t.id = "
                              "v.tenant_id WHERE t.slug = %s", (tenant_slug,)).fetchone()
     assert count == (4,)
+
+
+def test_vendor_mocks_are_delegated_when_installed() -> None:
+    import importlib.util
+
+    from deploy.cli import build_parser
+
+    parser = build_parser()
+    for name in ("samsara", "smartcar"):
+        module = f"simulators.{name}"
+        if importlib.util.find_spec(module) is None:
+            with pytest.raises(SystemExit):
+                parser.parse_args(["sim", name])
+            continue
+        args = parser.parse_args(["sim", name])
+        assert args.func.__module__ == module
+    args = parser.parse_args(["sim", "fleet", "--vehicles", "3", "--tenant", "t"])
+    assert args.func.__module__ == "simulators.cli"
