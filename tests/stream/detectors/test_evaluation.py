@@ -117,7 +117,7 @@ def _report(name: str, score: Score) -> str:
 
 
 def test_detector_events_precision_and_recall(result: Result) -> None:
-    print(_report("detector events", result.detectors))
+    print(f"{result.readings} readings;", _report("detector events", result.detectors))
     assert result.detectors.precision >= 0.9, _report("detectors", result.detectors)
     assert result.detectors.recall >= 0.9, _report("detectors", result.detectors)
 
