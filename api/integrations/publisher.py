@@ -8,6 +8,8 @@ increasing across restarts without any stored counter. See `vendor_seq`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 import time
 import uuid
@@ -74,6 +76,9 @@ class MqttPublisher:
             protocol=aiomqtt.ProtocolVersion.V5, keepalive=settings.keepalive_s,
             tls_context=tls)
         self.messages = 0
+        self.reconnects = 0
+        self._reconnect_lock = asyncio.Lock()
+        self._generation = 0
 
     async def __aenter__(self) -> MqttPublisher:
         try:
@@ -83,7 +88,36 @@ class MqttPublisher:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self._client.__aexit__(*exc)
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._client.__aexit__(*exc)
+
+    async def _reconnect(self, seen_generation: int) -> None:
+        # Several pullers share one publisher: the first to notice the lost connection
+        # reconnects, the others wait for it and retry on the new connection.
+        async with self._reconnect_lock:
+            if self._generation != seen_generation:
+                return
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.__aexit__(None, None, None)
+            try:
+                await self._client.__aenter__()
+            except aiomqtt.MqttError as exc:
+                raise IntegrationError(f"cannot reconnect to the MQTT broker: {exc}") from exc
+            self._generation += 1
+            self.reconnects += 1
+
+    async def _publish_one(self, topic: str, payload: bytes) -> None:
+        generation = self._generation
+        try:
+            await self._client.publish(topic, payload, qos=1)
+        except aiomqtt.MqttError:
+            await self._reconnect(generation)
+        else:
+            return
+        try:
+            await self._client.publish(topic, payload, qos=1)
+        except aiomqtt.MqttError as exc:
+            raise IntegrationError(f"publishing to {topic} failed: {exc}") from exc
 
     async def publish(self, tenant: str, vehicle: str, source: Source,
                       samples: Sequence[Sample]) -> int:
@@ -94,10 +128,7 @@ class MqttPublisher:
         for i in range(0, len(ordered), MAX_SAMPLES_PER_MESSAGE):
             batch = ordered[i:i + MAX_SAMPLES_PER_MESSAGE]
             message = Telemetry(source=source, samples=batch, sent_ms=int(time.time() * 1000))
-            try:
-                await self._client.publish(topic, encode(message), qos=1)
-            except aiomqtt.MqttError as exc:
-                raise IntegrationError(f"publishing to {topic} failed: {exc}") from exc
+            await self._publish_one(topic, encode(message))
             sent += 1
         self.messages += sent
         return sent

@@ -341,9 +341,9 @@ class SamsaraPuller:
         while True:
             try:
                 await self.safety_once()
-            except VendorError as exc:
+            except Exception as exc:  # noqa: BLE001 - a poll loop must survive and retry
                 log.warning("tenant %s: safety events failed: %s", self.tenant.slug, exc)
-            await asyncio.sleep(self.safety_poll_s)
+            await self._sleep(self.safety_poll_s)
 
     async def run(self) -> None:
         """Run every feed and the safety poller of this tenant until cancelled."""
@@ -358,7 +358,7 @@ class SamsaraPuller:
         while True:
             try:
                 await self.follow_feed(types)
-            except (VendorError, IntegrationError) as exc:
+            except Exception as exc:  # noqa: BLE001 - vendor, broker or database trouble alike
                 log.warning("tenant %s feed %s stopped: %s; restarting in 30 s",
                             self.tenant.slug, ",".join(types), exc)
-                await asyncio.sleep(30)
+                await self._sleep(30)

@@ -128,6 +128,10 @@ class JobRunner:
                 " VALUES ($1, now(), now())"
                 " ON CONFLICT (singleton) DO UPDATE SET runner = EXCLUDED.runner,"
                 " acquired_at = now(), heartbeat_at = now()", self.runner_id)
+            # Runs still "running" belong to a leader that is gone (only the leader runs jobs).
+            await conn.execute(
+                "UPDATE job_runs SET status = 'failed', finished_at = now(),"
+                " error = 'abandoned: its runner lost the lock' WHERE status = 'running'")
             self._service_tasks = [asyncio.create_task(self._supervise(name, svc), name=name)
                                    for name, svc in self._services]
         else:

@@ -46,6 +46,12 @@ def samsara_service(database: DatabaseSettings, mqtt: MqttSettings,
                 store = IntegrationStore(pool, cipher)
                 while True:
                     tenants = set(await store.tenants_with("samsara"))
+                    for tenant, task in list(tasks.items()):
+                        if task.done():  # died: log it and start it again below
+                            if not task.cancelled() and task.exception() is not None:
+                                log.error("samsara puller of %s died: %r", tenant.slug,
+                                          task.exception())
+                            del tasks[tenant]
                     for gone in set(tasks) - tenants:
                         tasks.pop(gone).cancel()
                     for tenant in tenants - set(tasks):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -207,7 +208,6 @@ def test_wrong_key_cannot_decrypt() -> None:
 
 async def test_samsara_service_follows_every_feed(database, fleet, mqtt_url) -> None:
     """The runner's Samsara service finds the tenant's token and follows both feeds."""
-    import asyncio
 
     from api.integrations.config import IntegrationsSettings
     from api.jobs.wiring import samsara_service
@@ -270,3 +270,18 @@ async def test_rate_limit_and_random_errors_of_the_mock(database, fleet, mqtt_ur
         assert r.http.stats.rate_limited >= 1
         assert r.http.stats.server_errors >= 1
         assert 0.1 in r.http.stats.waits_s
+
+
+async def test_publisher_reconnects_after_a_lost_connection(fleet, mqtt_url) -> None:
+    from edge_gateway.protocol import Sample
+
+    async with telemetry_listener(mqtt_url, fleet.slug) as got, \
+            MqttPublisher(MqttSettings(url=mqtt_url)) as pub:
+        sample = Sample(seq=1, t_ms=1_767_225_600_000, fuel_pct=50.0)
+        await pub.publish(fleet.slug, "truck-0", Source.SAMSARA, [sample])
+        # The connection goes away under the publisher (here: closed cleanly behind its back).
+        await pub._client.__aexit__(None, None, None)
+        sample2 = Sample(seq=2, t_ms=1_767_225_601_000, fuel_pct=49.0)
+        await pub.publish(fleet.slug, "truck-0", Source.SAMSARA, [sample2])
+        assert pub.reconnects == 1
+        await wait_for(lambda: len(got) == 2, what="both messages")
