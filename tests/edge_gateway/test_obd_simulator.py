@@ -18,7 +18,15 @@ import pytest
 
 from edge_gateway.config import GatewayProcessSettings, apply_overrides
 from edge_gateway.gateway import Gateway
-from edge_gateway.protocol import Channel, Sample, Telemetry, decode, topic_for
+from edge_gateway.protocol import (
+    Channel,
+    Command,
+    Sample,
+    Telemetry,
+    decode,
+    encode,
+    topic_for,
+)
 from tests.edge_gateway.helpers import ModelDriver, mqtt_client, wait_for
 
 sim_vehicle = pytest.importorskip("simulators.vehicle", reason="simulators not built yet")
@@ -126,15 +134,21 @@ async def test_injected_faults_are_visible(tmp_path: Path, mqtt_url: str,
         settings = _settings(tmp_path, mqtt_url, tenant_slug, port,
                              {"obd_rpm": 2, "obd_coolant": 2, "obd_fuel_level": 2,
                               "obd_dtcs": 1})
-        async with gateway_and_samples(settings, mqtt_url) as (_gateway, samples):
+        async with gateway_and_samples(settings, mqtt_url) as (gateway, samples):
             await wait_for(lambda: any(s.rpm is not None for s in samples), 30, "first rpm")
             # Ten simulated seconds per wall second: minutes of driving in a short test.
             with ModelDriver(model, speed=10.0) as driver:
+                await wait_for(lambda: model.t_s >= 20, 30, "20 simulated seconds")
+                ack = await gateway.commands.handle(encode(Command(id="d1", name="read_dtcs")))
                 await wait_for(lambda: model.t_s >= 90, 30, "90 simulated seconds")
                 after = time.time_ns() // 1_000_000
                 await wait_for(lambda: any(s.rpm is not None and s.t_ms > after
                                            for s in samples), 30,
                                "data after the offline window")
+    assert ack.ok, ack.reason
+    assert ack.result is not None
+    assert "P0301" in ack.result["stored"]
+    assert "P0301" in ack.result["pending"]
     truth = {g.kind: g for g in model.ground_truth}
     dtcs = {code for s in samples for code in (s.dtcs or [])}
     assert "P0301" in dtcs
