@@ -48,6 +48,7 @@ from stream.items import (
     VehicleStateRow,
 )
 from stream.model import Reading, VehicleRef
+from stream.seqset import SeqSet
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,8 @@ class VehicleState:
     """Event time of the newest released sample."""
     max_t_ms: int | None = None
     """Newest event time received (drives the watermark)."""
-    recent: set[int] = field(default_factory=set)
-    """Released or held seqs >= seq_floor (the dedupe window)."""
-    seq_floor: int = -1
+    seen: SeqSet = field(default_factory=lambda: SeqSet(window=4096))
+    """Released or held seqs (the dedupe window)."""
     held: list[Held] = field(default_factory=list)
     """The reorder buffer, sorted by (t_ms, seq)."""
     previous: Sample | None = None
@@ -143,7 +143,8 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
 
     def __init__(self, config: VehicleStepConfig, resume: VehicleState | None) -> None:
         self.cfg = config
-        self.state = resume if resume is not None else VehicleState()
+        self.state = resume if resume is not None else VehicleState(
+            seen=SeqSet(window=config.dataflow.dedupe_window_samples))
         for det in config.detectors:
             if det.name not in self.state.detectors:
                 self.state.detectors[det.name] = det.initial_state()
@@ -200,9 +201,9 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
         fences = batch.fences or (frozenset(),) * len(batch.samples)
         for sample, inside in zip(batch.samples, fences, strict=True):
             seq = sample.seq
-            # Below seq_floor the window no longer tells a duplicate from a very late sample;
-            # such a sample is let through and the database's unique key decides.
-            if seq in st.recent:
+            # Below the window a duplicate cannot be told from a very late sample; such a
+            # sample is let through and the database's unique key decides.
+            if seq in st.seen:
                 st.duplicates += 1
                 continue
             reason = check_time(sample, batch.received_ms, self.cfg.filters)
@@ -210,7 +211,7 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
                 out.append(reject_row(batch.ref, sample, batch.received_ms, batch.partition,
                                       batch.offset, reason))
                 continue
-            st.recent.add(seq)
+            st.seen.add(seq)
             held = Held(batch.ref, sample, inside, batch.source, batch.received_ms, batch.partition,
                         batch.offset, now_ms)
             if not st.held or st.held[-1].order <= held.order:
@@ -219,15 +220,6 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
                 bisect.insort(st.held, held, key=lambda h: h.order)
             if st.max_t_ms is None or sample.t_ms > st.max_t_ms:
                 st.max_t_ms = sample.t_ms
-        self._trim_window()
-
-    def _trim_window(self) -> None:
-        st = self.state
-        limit = self.cfg.dataflow.dedupe_window_samples
-        if len(st.recent) > 2 * limit:
-            keep = sorted(st.recent)[-limit:]
-            st.seq_floor = keep[0]
-            st.recent = set(keep)
 
     def _release(self, now_ms: int, out: list[SinkItem]) -> None:
         st = self.state
