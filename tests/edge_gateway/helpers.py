@@ -46,12 +46,12 @@ async def mqtt_client(url: str, **kwargs: object) -> AsyncIterator[aiomqtt.Clien
 class PrivateBroker:
     """A throwaway Mosquitto on a free port in a temp dir (never the shared one)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra_lines: tuple[str, ...] = ()) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        lines = [
+        lines = [*extra_lines,
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             "persistence true",
