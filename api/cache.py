@@ -30,11 +30,14 @@ def _gen_key(name: str, tenant_id: UUID) -> str:
 
 
 async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: str,
-                 ttl_s: int, compute: Callable[[], Awaitable[Any]]) -> Any:
-    """Return the cached JSON value or compute, store and return it.
+                 ttl_s: int, compute: Callable[[], Awaitable[Any]]) -> bytes:
+    """Return the cached JSON document (bytes, served as is) or compute, store and return it.
 
     Redis trouble degrades to computing every time (logged), never to an error answer.
+    A TTL of 0 disables the cache.
     """
+    if ttl_s <= 0:
+        return msgspec.json.encode(await compute())
     redis = request.app[REDIS_KEY]
     metrics = request.app[METRICS_KEY]
     digest = hashlib.sha256(variant.encode()).hexdigest()[:24]
@@ -45,14 +48,14 @@ async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: s
         hit = await redis.get(key)
     except RedisError as exc:
         log.warning("cache %s unavailable: %s", name, exc)
-        return await compute()
-    if hit is not None:
+        return msgspec.json.encode(await compute())
+    if isinstance(hit, bytes):
         metrics.cache.labels(name, "hit").inc()
-        return msgspec.json.decode(hit)
+        return hit
     metrics.cache.labels(name, "miss").inc()
-    value = await compute()
+    value = msgspec.json.encode(await compute())
     try:
-        await redis.set(key, msgspec.json.encode(value), ex=ttl_s)
+        await redis.set(key, value, ex=ttl_s)
     except RedisError as exc:
         log.warning("cache %s store failed: %s", name, exc)
     return value

@@ -42,7 +42,9 @@ class ApiSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     lockout_s: int = 1800
     """AC-7: how long a locked account stays locked, seconds."""
     vehicle_cache_ttl_s: int = 300
+    """Vehicle list cache in Redis, seconds (the seed's 5 minutes); 0 disables."""
     dashboard_cache_ttl_s: int = 3600
+    """Dashboard metrics cache, seconds (the seed's 1 hour); 0 disables."""
     dev_auth_bypass: bool = False
     """Development only: requests without a token act as an admin of `dev_tenant_id`."""
     dev_tenant_id: str = ""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +45,8 @@ from stream.live import LIVE_CHANNEL_PREFIX, LiveEvent, LivePosition, decode_liv
 
 log = logging.getLogger("api.live")
 
+SEND_BUFFER_BYTES = 64 * 1024
+"""Per-connection send buffering (aiohttp writer limit and kernel SO_SNDBUF), bytes."""
 LIVE_ROLES = ("admin", "fleet_manager", "driver")
 """The seed's "Dispatch" column: admin, fleet_manager (read) and drivers (their vehicle)."""
 
@@ -380,8 +383,14 @@ async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR
     """GET /api/live: the WebSocket (authenticated by the first `subscribe` message)."""
     hub = request.app[HUB_KEY]
     section = hub.section
+    # A small write limit makes a slow reader's sends wait early, so that its updates
+    # coalesce here (latest per vehicle) instead of queueing in socket buffers.
     ws = web.WebSocketResponse(heartbeat=section.live_heartbeat_s, compress=False,
-                               max_msg_size=64 * 1024)
+                               max_msg_size=64 * 1024, writer_limit=SEND_BUFFER_BYTES)
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
     await ws.prepare(request)
     client: LiveClient | None = None
     writer: asyncio.Task[None] | None = None

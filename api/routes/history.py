@@ -317,8 +317,9 @@ async def dashboard(request: web.Request) -> web.Response:
         return out
 
     ttl_s = request.app[SECTION_KEY].dashboard_cache_ttl_s
-    return json_response(await cached(request, "dashboard", user.tenant_id, variant="",
-                                      ttl_s=ttl_s, compute=compute))
+    body = await cached(request, "dashboard", user.tenant_id, variant="", ttl_s=ttl_s,
+                        compute=compute)
+    return web.Response(body=body, content_type="application/json")
 
 
 # The seed's "Vehicles" read column applies to everything recorded about vehicles.

@@ -117,7 +117,7 @@ async def list_vehicles(request: web.Request) -> web.Response:
     ttl_s = request.app[SECTION_KEY].vehicle_cache_ttl_s
     body = await cached(request, CACHE, user.tenant_id, variant=variant, ttl_s=ttl_s,
                         compute=compute)
-    return json_response(body)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_vehicle(request: web.Request) -> web.Response:

@@ -1,0 +1,174 @@
+"""Shared set-up of the API benchmarks: a throwaway database, a seeded tenant and the API
+running as its own process (`fleet api`), so that its memory and CPU are measured alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+BENCH_PASSWORD = "Bench!Pass2024"  # noqa: S105 - throwaway benchmark database
+
+
+@dataclass
+class BenchEnv:
+    """A running API process over a seeded throwaway database."""
+
+    base_url: str
+    pid: int
+    token: str
+    tenant_id: UUID
+    vehicles: list[tuple[UUID, str]] = field(default_factory=list)
+
+
+def free_port() -> int:
+    """An unused TCP port on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process, MiB."""
+    values = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return round(values.get("VmRSS", 0.0), 1), round(values.get("VmHWM", 0.0), 1)
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _seed(app_url: str, vehicles: int) -> tuple[UUID, str, list[tuple[UUID, str]]]:
+    import asyncpg
+
+    from api import seed
+
+    conn = await asyncpg.connect(app_url)
+    try:
+        slug = f"bench{uuid.uuid4().hex[:6]}"
+        tenant = await seed.create_tenant(conn, slug, "Benchmark")
+        email = f"admin@{slug}.example.com"
+        await seed.create_user(conn, tenant, email, BENCH_PASSWORD, "admin")
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant))
+            rows = await conn.fetch(
+                "INSERT INTO vehicles (tenant_id, code, make, model, year) "
+                "SELECT $1, 'v' || lpad(g::text, 5, '0'), 'Make', 'Model', 2020 "
+                "FROM generate_series(1, $2) g RETURNING id, code", tenant, vehicles)
+        out = [(r["id"], r["code"]) for r in rows]
+    finally:
+        await conn.close()
+    return tenant, email, out
+
+
+async def _state(ingest_url: str, tenant: UUID, vehicles: list[tuple[UUID, str]]) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(ingest_url)
+    try:
+        await conn.executemany(
+            "INSERT INTO vehicle_state (vehicle_id, tenant_id, time, last_seq, location, "
+            "speed_kph, moving, ignition) VALUES ($1, $2, now(), 0, "
+            "ST_SetSRID(ST_MakePoint($3, $4), 4326)::geography, 0, false, false)",
+            [(vid, tenant, 13.0 + (i % 100) / 100, 52.0 + (i // 100) / 100)
+             for i, (vid, _) in enumerate(vehicles)])
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def api_process(*, vehicles: int, with_state: bool, extra_env: dict[str, str] | None
+                      = None, log: bool = False) -> AsyncIterator[BenchEnv]:
+    """Create a database, seed it, run `fleet api` on a free port; clean everything up."""
+    import aiohttp
+
+    from deploy.services import (
+        ADMIN_ROLE,
+        APP_ROLE,
+        INGEST_ROLE,
+        OWNER_ROLE,
+        LocalServices,
+        ServicesSettings,
+        drop_database,
+        provision_database,
+    )
+    from storage.migrate import migrate
+
+    services = LocalServices(ServicesSettings(), log=lambda _m: None)
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    provision_database(services.pg_url(ADMIN_ROLE, "postgres"), name)
+    app_url, owner_url = services.pg_url(APP_ROLE, name), services.pg_url(OWNER_ROLE, name)
+    ingest_url = services.pg_url(INGEST_ROLE, name)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        migrate(owner_url, log=lambda _m: None)
+        tenant, email, rows = await _seed(app_url, vehicles)
+        if with_state:
+            await _state(ingest_url, tenant, rows)
+        port = free_port()
+        env = {**os.environ, "FLEET_DATABASE_URL": app_url,
+               "FLEET_DATABASE_OWNER_URL": owner_url, "FLEET_REDIS_URL":
+               services.redis_url(), "FLEET_API_JWT_SECRET": secrets.token_urlsafe(48),
+               "FLEET_API_ENVIRONMENT": "test", "FLEET_API_TILES_URL": "",
+               "FLEET_API_RATE_LIMIT_PER_MIN": "0", "FLEET_API_JWT_TTL_S": "3600",
+               "FLEET_API_EXTENSIONS": "false", "FLEET_API_DB_POOL_MAX": "10",
+               **(extra_env or {})}
+        proc = subprocess.Popen(  # noqa: ASYNC220 - start only
+            [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())",
+             "api", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=subprocess.DEVNULL,
+            stderr=None if log else subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            while True:
+                try:
+                    async with session.get(f"{base}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the API process did not become ready")
+                await asyncio.sleep(0.2)
+            async with session.post(f"{base}/api/auth/login",
+                                    json={"email": email, "password": BENCH_PASSWORD}) as resp:
+                token = (await resp.json())["access_token"]
+        yield BenchEnv(base_url=base, pid=proc.pid, token=token, tenant_id=tenant,
+                       vehicles=rows)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        drop_database(services.pg_url(ADMIN_ROLE, "postgres"), name)
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile (0 for no values)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]

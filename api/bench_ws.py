@@ -1,0 +1,198 @@
+"""`fleet bench ws`: live WebSocket fan-out — staleness and memory under load.
+
+Method: a throwaway database with one tenant, `--vehicles` vehicles and their vehicle_state
+rows (for the snapshots); the API runs as its own process (`fleet api`). This process opens
+`--clients` WebSocket connections (all subscribed to the whole tenant); `--slow-pct` of them
+are deliberately slow readers (one frame every `--slow-delay-s`), the rest read as fast as
+they can. A publisher sends every vehicle's position at `--rate-hz` to Redis exactly as the
+stream does (`stream.live`: JSON `LivePosition` on `fleet:live:{tenant}`, `t_ms` = `sent_ms`
+= publish time), spread evenly over each second. The stream is not in the loop: this measures
+the API's fan-out alone (the end-to-end pipeline has its own benchmark, `fleet bench e2e`).
+
+Figures, over `--duration-s` after `--warmup-s`:
+- `staleness_p50_ms` / `staleness_p99_ms` / `staleness_max_ms`: receive time minus `sent_ms`
+  for every position delivered to the measuring clients (`--measure-pct` of the fast ones;
+  decoding every frame in every client would make the load client, not the API, the limit);
+- `slow_staleness_p99_ms`: the same for the slow readers (they get coalesced latest state);
+- `api_rss_mb` at the end, `api_rss_peak_mb`, `api_rss_series_mb` (every 5 s: bounded
+  memory shows as a flat series), `api_cpu_pct` of one core;
+- anchor, same run: `anchor_redis_staleness_p99_ms`, a plain Redis subscriber in this
+  process receiving the same messages (the floor the API's fan-out adds to).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import msgspec
+
+
+class _Pos(msgspec.Struct):
+    sent_ms: int | None = None
+
+
+class _Frame(msgspec.Struct):
+    type: str
+    positions: list[_Pos] = []
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Options of the WebSocket benchmark (`--json` is added by deploy.bench)."""
+    parser.add_argument("--clients", type=int, default=500)
+    parser.add_argument("--slow-pct", type=float, default=10.0)
+    parser.add_argument("--slow-delay-s", type=float, default=2.0)
+    parser.add_argument("--measure-pct", type=float, default=10.0,
+                        help="percent of the fast clients that decode frames and measure")
+    parser.add_argument("--vehicles", type=int, default=2000)
+    parser.add_argument("--rate-hz", type=float, default=1.0)
+    parser.add_argument("--duration-s", type=float, default=30.0)
+    parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run; progress on stderr, one JSON object last on stdout."""
+    import asyncio
+
+    result = asyncio.run(_bench(args))
+    if not getattr(args, "json", False):
+        for key, value in result.items():
+            print(f"{key:>30}: {value}", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
+    import asyncio
+    import contextlib
+    import time
+    from array import array
+
+    import aiohttp
+    import redis.asyncio as aioredis
+
+    from api.bench_common import api_process, cpu_s, percentile, rss_mb
+    from api.config import load_api_settings
+    from stream.live import LivePosition, decode_live, encode_live, live_channel
+
+    redis_url = load_api_settings(None).redis.url
+    n_slow = round(args.clients * args.slow_pct / 100)
+    n_fast = args.clients - n_slow
+    n_measure = max(1, round(n_fast * args.measure_pct / 100))
+    decoder = msgspec.json.Decoder(_Frame)
+    state = {"measuring": False, "stop": False}
+    fast_lat: array[int] = array("i")
+    slow_lat: array[int] = array("i")
+    anchor_lat: array[int] = array("i")
+    frames = {"fast": 0, "slow": 0}
+    errors: list[str] = []
+
+    async with api_process(vehicles=args.vehicles, with_state=True) as env:
+        channel = live_channel(env.tenant_id)
+        print(f"ws: {args.clients} clients ({n_slow} slow, {n_measure} measuring), "
+              f"{args.vehicles} vehicles at {args.rate_hz} Hz", file=sys.stderr)
+
+        async def client(session: aiohttp.ClientSession, kind: str, measure: bool) -> None:
+            try:
+                async with session.ws_connect(f"{env.base_url}/api/live",
+                                              max_msg_size=0) as ws:
+                    await ws.send_json({"type": "subscribe", "token": env.token})
+                    while not state["stop"]:
+                        msg = await ws.receive()
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            if not state["stop"]:
+                                errors.append(f"{kind}: {msg.type}")
+                            return
+                        now_ms = int(time.time() * 1000)
+                        if state["measuring"]:
+                            frames[kind] += 1
+                        if measure and state["measuring"]:
+                            frame = decoder.decode(msg.data)
+                            if frame.type == "batch":
+                                target = slow_lat if kind == "slow" else fast_lat
+                                target.extend(now_ms - p.sent_ms for p in frame.positions
+                                              if p.sent_ms is not None)
+                        if kind == "slow":
+                            await asyncio.sleep(args.slow_delay_s)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                errors.append(f"{kind}: {exc!r}")
+
+        async def publisher(redis: aioredis.Redis) -> None:
+            ticks_per_s = 10
+            per_tick = max(1, round(len(env.vehicles) * args.rate_hz / ticks_per_s))
+            i = 0
+            next_t = time.monotonic()
+            while not state["stop"]:
+                now_ms = int(time.time() * 1000)
+                async with redis.pipeline(transaction=False) as pipe:
+                    for _ in range(per_tick):
+                        vid, code = env.vehicles[i % len(env.vehicles)]
+                        k = i // len(env.vehicles)
+                        pipe.publish(channel, encode_live(LivePosition(
+                            vehicle_id=str(vid), code=code, t_ms=now_ms, sent_ms=now_ms,
+                            lat=52.0 + (i % 100) / 100 + k * 1e-5, lon=13.0 + k * 1e-5,
+                            speed_kph=40.0, heading_deg=90.0, ignition=True, moving=True)))
+                        i += 1
+                    await pipe.execute()
+                next_t += 1 / ticks_per_s
+                await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+
+        async def anchor(redis: aioredis.Redis) -> None:
+            pubsub = redis.pubsub()
+            await pubsub.subscribe(channel)
+            try:
+                while not state["stop"]:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is None or not state["measuring"]:
+                        continue
+                    pos = decode_live(msg["data"])
+                    if isinstance(pos, LivePosition) and pos.sent_ms is not None:
+                        anchor_lat.append(int(time.time() * 1000) - pos.sent_ms)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+        connector = aiohttp.TCPConnector(limit=0)
+        redis = aioredis.Redis.from_url(redis_url)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            tasks = [asyncio.create_task(client(session, "slow", True)) for _ in range(n_slow)]
+            tasks += [asyncio.create_task(client(session, "fast", i < n_measure))
+                      for i in range(n_fast)]
+            await asyncio.sleep(2.0)  # let the connections and snapshots settle
+            side = [asyncio.create_task(publisher(redis)), asyncio.create_task(anchor(redis))]
+            await asyncio.sleep(args.warmup_s)
+            state["measuring"] = True
+            cpu0, t0 = cpu_s(env.pid), time.monotonic()
+            series = []
+            while time.monotonic() - t0 < args.duration_s:
+                await asyncio.sleep(min(5.0, args.duration_s - (time.monotonic() - t0)))
+                series.append(rss_mb(env.pid)[0])
+            elapsed = time.monotonic() - t0
+            cpu = cpu_s(env.pid) - cpu0
+            state["measuring"] = False
+            rss_end, rss_peak = rss_mb(env.pid)
+            state["stop"] = True
+            for task in tasks + side:
+                task.cancel()
+            for task in tasks + side:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await redis.aclose()
+
+    fast, slow, floor = list(fast_lat), list(slow_lat), list(anchor_lat)
+    return {
+        "benchmark": "ws", "clients": args.clients, "slow_clients": n_slow,
+        "measuring_clients": n_measure, "vehicles": args.vehicles, "rate_hz": args.rate_hz,
+        "duration_s": round(elapsed, 1),
+        "staleness_p50_ms": percentile(fast, 50), "staleness_p99_ms": percentile(fast, 99),
+        "staleness_max_ms": max(fast, default=0), "positions_measured": len(fast),
+        "slow_staleness_p99_ms": percentile(slow, 99),
+        "fast_frames_per_client_per_s": round(frames["fast"] / max(1, n_fast) / elapsed, 2),
+        "slow_frames_per_client_per_s": round(frames["slow"] / max(1, n_slow) / elapsed, 2),
+        "api_rss_mb": rss_end, "api_rss_peak_mb": rss_peak, "api_rss_series_mb": series,
+        "api_cpu_pct": round(100 * cpu / elapsed, 1),
+        "anchor_redis_staleness_p99_ms": percentile(floor, 99),
+        "client_errors": len(errors), "client_error_sample": errors[:3],
+    }
