@@ -56,7 +56,7 @@ SESSION_EXPIRY_S = 3600
 MAX_PENDING_EVENTS = 100
 
 
-class _Client(aiomqtt.Client):
+class AckCheckingClient(aiomqtt.Client):
     """aiomqtt client that does not treat a negative PUBACK as delivered.
 
     aiomqtt 2.x completes `publish()` on any PUBACK, whatever its MQTT v5 reason code. A
@@ -123,7 +123,7 @@ class Uplink:
         offline = Status(state="offline", t_ms=_now_ms(), software=software())
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
-        client = _Client(
+        client = AckCheckingClient(
             self.target.host, self.target.port,
             username=self.target.username, password=self.target.password,
             identifier=f"gw-{self.gw.tenant}-{self.gw.vehicle}"[:64],

@@ -167,3 +167,32 @@ async def test_device_login_may_publish_its_own_topics(tmp_path: Path, services:
         os.close(master)
         os.close(slave)
     assert any(t.endswith("/telemetry") for t in received)
+
+
+async def test_refused_publishes_stay_in_the_spool(tmp_path: Path, services: LocalServices,
+                                                   mqtt_url: str, tenant_slug: str) -> None:
+    """A login the ACL does not allow on these topics: the broker's negative PUBACK (MQTT v5
+    "not authorized") must not count as delivery."""
+    from edge_gateway.uplink import AckCheckingClient
+
+    password = secrets.token_urlsafe(12)
+    services.set_mqtt_user(f"{tenant_slug}/other", password)
+    target = parse_mqtt_url(mqtt_url)
+    wrong_url = (f"mqtt://{quote(tenant_slug + '/other', safe='')}:{password}"
+                 f"@{target.host}:{target.port}")
+    master, slave = os.openpty()
+    settings = apply_overrides(
+        _settings(tmp_path, wrong_url, tenant_slug, os.ttyname(slave)),
+        gateway={"publish_timeout_s": 1.0, "reconnect_min_s": 0.2, "reconnect_max_s": 0.5})
+    feeder = asyncio.create_task(_feed_gps(master))
+    refused_before = AckCheckingClient.refused
+    try:
+        await asyncio.sleep(1.0)  # the broker reloads its password file on SIGHUP
+        async with running_gateway(settings) as gateway:
+            await wait_for(lambda: AckCheckingClient.refused > refused_before
+                           and gateway.spool.spool.count >= 5, 30, "refusals and spooled data")
+            assert gateway.uplink.published_samples == 0
+    finally:
+        feeder.cancel()
+        os.close(master)
+        os.close(slave)

@@ -76,7 +76,7 @@ async def test_gateway_connects_with_ca_and_client_certificate(tmp_path: Path,
                 with pytest.raises(aiomqtt.MqttError):
                     async with aiomqtt.Client("127.0.0.1", tls_port, tls_params=no_cert,
                                               protocol=aiomqtt.ProtocolVersion.V5,
-                                              timeout=5):
+                                              timeout=2):
                         pass
             finally:
                 task.cancel()
