@@ -26,7 +26,7 @@ from stream.decode import Decoder
 from stream.detectors.base import Detector
 from stream.errors import StreamConfigError
 from stream.geo_step import GeoLookup, IndexProvider
-from stream.items import InboxMessage, RejectRow, SinkItem, VehicleBatch
+from stream.items import InboxMessage, RejectRow, SinkInput, VehicleBatch, VehicleOutput
 from stream.vehicle import VehicleStepConfig, vehicle_logic_builder
 
 FLOW_ID = "fleet_stream"
@@ -37,7 +37,7 @@ class FlowParts:
     """Everything the dataflow is made of; tests swap the source, sink and directory."""
 
     source: Source[InboxMessage]
-    sink: Sink[SinkItem]
+    sink: Sink[SinkInput]
     decoder: Decoder
     index_provider: IndexProvider
     vehicle: VehicleStepConfig
@@ -51,7 +51,7 @@ def _vehicle_key(batch: VehicleBatch) -> str:
     return str(batch.ref.vehicle_id)
 
 
-def _unkey(kv: tuple[str, SinkItem]) -> SinkItem:
+def _unkey(kv: tuple[str, VehicleOutput]) -> VehicleOutput:
     return kv[1]
 
 

@@ -35,7 +35,15 @@ from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
 from stream.errors import SinkError
-from stream.items import EmittedEvent, RejectRow, SinkItem, StoredSample, VehicleStateRow
+from stream.items import (
+    EmittedEvent,
+    RejectRow,
+    SinkInput,
+    SinkItem,
+    StoredSample,
+    VehicleOutput,
+    VehicleStateRow,
+)
 from stream.live import LiveEvent, LivePosition, encode_live, live_channel
 from stream.model import AnomalyRecord, GeofenceEvent, Reading, VehicleEvent
 
@@ -282,9 +290,15 @@ class Batch:
     max_t_ms: int | None = None
 
     @classmethod
-    def of(cls, items: Iterable[SinkItem]) -> Batch:
-        """Sort items into rows per table."""
+    def of(cls, items: Iterable[SinkInput]) -> Batch:
+        """Sort items (and the items of bundles) into rows per table."""
         b = cls([], [], [], [], [], {}, [])
+        for entry in items:
+            b._add_all(entry.items if isinstance(entry, VehicleOutput) else (entry,))
+        return b
+
+    def _add_all(self, items: Iterable[SinkItem]) -> None:
+        b = self
         for item in items:
             if isinstance(item, StoredSample):
                 b.telemetry.append(telemetry_row(item.reading))
@@ -307,7 +321,6 @@ class Batch:
                 old = b.states.get(item.ref.vehicle_id)
                 if old is None or old.sample.t_ms <= item.sample.t_ms:
                     b.states[item.ref.vehicle_id] = item
-        return b
 
 
 class Publisher:
@@ -476,7 +489,7 @@ class RollupRefresher:
         self.db.close()
 
 
-class _SinkPartition(StatelessSinkPartition[SinkItem]):
+class _SinkPartition(StatelessSinkPartition[SinkInput]):
     def __init__(self, sink: PostgresSink) -> None:
         self.db = DatabaseWriter(sink.database_url, connect_timeout_s=sink.connect_timeout_s)
         self.publisher = Publisher(sink.redis_url) if sink.redis_url else None
@@ -484,7 +497,7 @@ class _SinkPartition(StatelessSinkPartition[SinkItem]):
                                         sink.connect_timeout_s)
                         if sink.rollup_interval_s > 0 else None)
 
-    def write_batch(self, items: list[SinkItem]) -> None:
+    def write_batch(self, items: list[SinkInput]) -> None:
         batch = Batch.of(items)
         self.db.write(batch)
         if self.publisher is not None:
@@ -501,7 +514,7 @@ class _SinkPartition(StatelessSinkPartition[SinkItem]):
             self.publisher.close()
 
 
-class PostgresSink(DynamicSink[SinkItem]):
+class PostgresSink(DynamicSink[SinkInput]):
     """Bytewax sink writing every worker's output to TimescaleDB (and Redis, if given)."""
 
     def __init__(self, database_url: str, *, redis_url: str | None = None,
@@ -514,6 +527,6 @@ class PostgresSink(DynamicSink[SinkItem]):
         self.connect_timeout_s = connect_timeout_s
 
     def build(self, step_id: str, worker_index: int,
-              worker_count: int) -> StatelessSinkPartition[SinkItem]:
+              worker_count: int) -> StatelessSinkPartition[SinkInput]:
         """One database connection (and Redis client) per worker."""
         return _SinkPartition(self)

@@ -45,6 +45,7 @@ from stream.items import (
     SinkItem,
     StoredSample,
     VehicleBatch,
+    VehicleOutput,
     VehicleStateRow,
 )
 from stream.model import Reading, VehicleRef
@@ -138,7 +139,7 @@ class VehicleStepConfig:
     clock_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
 
 
-class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
+class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, VehicleState]):
     """Bytewax logic of one vehicle; see the module docstring for the order of work."""
 
     def __init__(self, config: VehicleStepConfig, resume: VehicleState | None) -> None:
@@ -150,16 +151,16 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
                 self.state.detectors[det.name] = det.initial_state()
 
     # -- Bytewax hooks -------------------------------------------------------------------------
-    def on_batch(self, values: list[VehicleBatch]) -> tuple[Iterable[SinkItem], bool]:
+    def on_batch(self, values: list[VehicleBatch]) -> tuple[Iterable[VehicleOutput], bool]:
         """Take in the messages of this vehicle that arrived together."""
         out: list[SinkItem] = []
         now_ms = self.cfg.clock_ms()
         for batch in values:
             self._admit(batch, now_ms, out)
         self._release(now_ms, out)
-        return out, StatefulBatchLogic.RETAIN
+        return ([VehicleOutput(tuple(out))] if out else []), StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[SinkItem], bool]:
+    def on_notify(self) -> tuple[Iterable[VehicleOutput], bool]:
         """Processing-time tick: release long-held samples, run the detectors' time-outs."""
         out: list[SinkItem] = []
         now_ms = self.cfg.clock_ms()
@@ -174,7 +175,7 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, SinkItem, VehicleState]):
                     _log_detector_failure(det.name, st.ref.vehicle_id, "a tick")
                     continue
                 out.extend(EmittedEvent(st.ref, ev) for ev in events)
-        return out, StatefulBatchLogic.RETAIN
+        return ([VehicleOutput(tuple(out))] if out else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         """The next tick, or earlier when a held sample's hold time runs out."""

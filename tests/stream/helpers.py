@@ -17,7 +17,7 @@ from stream.config import DataflowSettings, FilterSettings
 from stream.dataflow import FlowParts, build_flow
 from stream.decode import Decoder
 from stream.directory import VehicleDirectory, VehicleRecord
-from stream.items import InboxMessage, SinkItem
+from stream.items import InboxMessage, SinkItem, unbundle
 from stream.model import Event, Reading, VehicleEvent
 from stream.vehicle import VehicleStepConfig
 
@@ -90,10 +90,11 @@ def run_flow(messages: Sequence[InboxMessage], *, detectors: Sequence[Any] = (),
              ) -> list[SinkItem]:
     """Run the real dataflow in-process over the given inbox messages."""
     out = [] if out is None else out
+    raw: list[Any] = []
     directory = VehicleDirectory(records, refresh_s=3600, miss_refresh_s=3600)
     parts = FlowParts(
         source=TestingSource(list(messages)),
-        sink=TestingSink(out),
+        sink=TestingSink(raw),
         decoder=Decoder(directory),
         index_provider=lambda: None,
         vehicle=VehicleStepConfig(dataflow or DataflowSettings(), filters or FilterSettings(),
@@ -104,4 +105,5 @@ def run_flow(messages: Sequence[InboxMessage], *, detectors: Sequence[Any] = (),
     else:
         run_main(build_flow(parts), epoch_interval=timedelta(0),
                  recovery_config=RecoveryConfig(str(recovery_dir)))
+    out.extend(unbundle(raw))
     return out
