@@ -62,6 +62,8 @@ class FaultKind(enum.StrEnum):
     GPS_LOSS = "gps_loss"
     NMEA_CORRUPT = "nmea_corrupt"
     OFFLINE = "offline"
+    PARK = "park"
+    LOW_BATTERY = "low_battery"
 
 
 DEFAULT_DURATION_S: Final[Mapping[FaultKind, float]] = {
@@ -75,11 +77,15 @@ DEFAULT_DURATION_S: Final[Mapping[FaultKind, float]] = {
     FaultKind.GPS_LOSS: 30.0,
     FaultKind.NMEA_CORRUPT: 10.0,
     FaultKind.OFFLINE: 120.0,
+    FaultKind.PARK: 300.0,
+    FaultKind.LOW_BATTERY: 600.0,
 }
 """Used when a fault spec gives no duration. For harsh_brake it is how long the fault may
 wait for the vehicle to exceed 30 km/h before it brakes."""
 
 _DRIVING_FAULTS: Final = frozenset({FaultKind.HARSH_BRAKE, FaultKind.SPEEDING})
+_MEASURED_FAULTS: Final = _DRIVING_FAULTS | {FaultKind.PARK}
+"""Faults whose ground truth spans what really happened, not the scripted window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +282,8 @@ class VehicleModel:
         self._sats = rng.randint(7, 12)
         self._harsh_braking = False
         self._speeding = False
+        self._pull_over = False
+        self._h = MAX_SUBSTEP_S
         self._new_leg()
         self._state = self._snapshot()
 
@@ -331,6 +339,7 @@ class VehicleModel:
         return self.start_ms + round(self._t_s * 1000.0)
 
     def _advance(self, h: float) -> None:
+        self._h = h
         self._t_s += h
         self._update_faults()
         if self._phase is _Phase.PARKED:
@@ -403,6 +412,8 @@ class VehicleModel:
         v0 = self._v
         if self._harsh_braking:
             v1 = max(0.0, v0 - self._harsh_decel() * h)
+        elif self._pull_over:
+            v1 = max(0.0, v0 - COMFORT_DECEL_MPS2 * h)
         else:
             target = self._allowed_speed(v0, h)
             accel = self._accel_mps2 * max(0.35, 1.0 - v0 / 40.0)
@@ -518,7 +529,7 @@ class VehicleModel:
                          * self._map_kpa / baro)
             self._fuel_rate = (self._maf / STOICHIOMETRIC_AFR / FUEL_DENSITY_G_PER_L * 3600.0)
             self._fuel_l = max(0.0, self._fuel_l - self._fuel_rate * h / 3600.0)
-            self._battery += (14.2 - 0.3 * self._load / 100.0 - self._battery) * min(1.0, h / 3.0)
+            battery_target, battery_tau = 14.2 - 0.3 * self._load / 100.0, 3.0
             coolant_target = THERMOSTAT_C + rng.uniform(-0.4, 0.4)
             tau = 420.0 / (1.0 + self._load / 40.0)
         else:
@@ -529,10 +540,14 @@ class VehicleModel:
             self._maf = 0.0
             self._fuel_rate = 0.0
             self._map_kpa = self._baro_kpa()
-            self._battery += (12.55 - self._battery) * min(1.0, h / 600.0)
+            battery_target, battery_tau = 12.55, 600.0
             coolant_target = self._ambient_c
             tau = 2400.0
         coolant_target, tau = self._fault_physics(h, coolant_target, tau)
+        low = self._low_battery_v()
+        if low is not None:  # a failing battery or alternator: charging no longer helps
+            battery_target, battery_tau = low, 30.0
+        self._battery += (battery_target - self._battery) * min(1.0, h / battery_tau)
         self._coolant += (coolant_target - self._coolant) * min(1.0, h / tau)
         oil_target = self._coolant + (8.0 * self._load / 100.0 if on else 0.0)
         self._oil += (oil_target - self._oil) * min(1.0, h / 600.0)
@@ -556,6 +571,12 @@ class VehicleModel:
                 step = self.tank_l * 0.8 * h / af.fault.duration_s
                 self._fuel_l = min(target, self._fuel_l + step)
         return coolant_target, tau
+
+    def _low_battery_v(self) -> float | None:
+        for af in self._active:
+            if af.fault.kind is FaultKind.LOW_BATTERY and not af.done:
+                return float(af.fault.params.get("v", 11.6))
+        return None
 
     def _shift(self, v_kph: float) -> None:
         if v_kph < 1.0:
@@ -633,6 +654,10 @@ class VehicleModel:
             return {"distance_m": float(p.get("distance_m", 3000.0)), "bearing_deg": bearing}
         if kind is FaultKind.HARSH_BRAKE:
             return {"decel_mps2": float(p.get("decel_mps2", 6.0)), "executed": False}
+        if kind is FaultKind.PARK:
+            return {"parked": False}
+        if kind is FaultKind.LOW_BATTERY:
+            return {"v": float(p.get("v", 11.6))}
         if kind is FaultKind.SPEEDING:
             return {"executed": False}
         return {}
@@ -658,6 +683,19 @@ class VehicleModel:
                 d["to_kph"] = round(self._v * 3.6, 1)
                 d["executed"] = True
                 self._finish(af, now_ms)
+        elif kind is FaultKind.PARK and not d["parked"]:
+            self._pull_over = self._phase is _Phase.DRIVING and self._v > 0
+            if not self._pull_over:
+                # standing still: switch off here until the window ends
+                # + this sub-step, which the parked phase is about to count down
+                remaining = af.fault.start_s + af.fault.duration_s - self._t_s + self._h
+                parked_already = self._phase is _Phase.PARKED
+                self._wait_s = 0.0
+                self._phase = _Phase.PARKED
+                self._phase_s = max(self._phase_s, remaining) if parked_already else remaining
+                self._ignition = False
+                af.first_ms = now_ms
+                d["parked"] = True
         elif kind is FaultKind.SPEEDING:
             self._speeding = True
             limit = self._leg[self._k].limit_kph
@@ -684,7 +722,7 @@ class VehicleModel:
         self._truth.append(self._truth_of(af, now_ms))
 
     def _truth_of(self, af: _ActiveFault, now_ms: int) -> GroundTruth:
-        if af.fault.kind in _DRIVING_FAULTS and af.first_ms is not None:
+        if af.fault.kind in _MEASURED_FAULTS and af.first_ms is not None:
             start, end = af.first_ms, af.last_ms or now_ms
         else:
             planned_end = self.start_ms + round(

@@ -237,3 +237,24 @@ def test_vin_has_valid_check_digit() -> None:
         assert not set(vin) & set("IOQ")
         check = sum(values[c] * w for c, w in zip(vin, weights, strict=True)) % 11
         assert vin[8] == ("X" if check == 10 else str(check))
+
+
+def test_park_and_low_battery() -> None:
+    model = VehicleModel(6, start_ms=START_MS, warm_engine=True, park_between_trips=False,
+                         faults=[Fault.parse("park@100+300"), Fault.parse("low_battery@500+200")])
+    states = run(model, 800)
+    g = truth(model, FaultKind.PARK)
+    assert g.details["parked"] is True
+    window = [s for s in states if g.start_ms <= s.t_ms < g.end_ms]
+    assert len(window) >= 250
+    assert not any(s.ignition for s in window)
+    assert states[99].speed_kph > 0 or states[99].ignition, "it was driving or idling before"
+    before = [s for s in states if s.t_ms < g.start_ms][-5:]
+    decels = [(a.speed_kph - b.speed_kph) / 3.6 for a, b in itertools.pairwise(before)]
+    assert max(decels, default=0) <= MAX_SERVICE_DECEL_MPS2, "it pulled over normally"
+    assert any(s.ignition for s in states if s.t_ms > g.end_ms), "and drove on"
+    g = truth(model, FaultKind.LOW_BATTERY)
+    late = [s for s in states if g.start_ms + 120_000 < s.t_ms < g.end_ms]
+    assert late
+    assert all(s.battery_v < 12.0 for s in late)
+    assert states[-1].battery_v > 13.0, "recovers when the fault ends and the engine runs"
