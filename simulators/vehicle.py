@@ -215,10 +215,13 @@ class VehicleModel:
 
     def __init__(  # noqa: PLR0915 - the whole physical state starts in one place
             self, seed: int, route: RouteSource | None = None,
-                 faults: Sequence[Fault] = (), start_ms: int | None = None, *,
-                 tank_l: float = 60.0, parking_s: tuple[float, float] = (120.0, 600.0),
-                 park_between_trips: bool = True, warm_engine: bool = False,
-                 vin: str | None = None) -> None:
+            faults: Sequence[Fault] = (), start_ms: int | None = None, *,
+            tank_l: float = 60.0, parking_s: tuple[float, float] = (120.0, 600.0),
+            park_between_trips: bool = True, warm_engine: bool = False,
+            vin: str | None = None) -> None:
+        """`seed` decides everything random; `route` defaults to a `SyntheticCity()`;
+        `start_ms` (default: now) is the Unix time of simulated second 0; `parking_s` is the
+        (min, max) parking time between trips; `warm_engine` starts at operating temperature."""
         self.seed = seed
         self._rng = random.Random(seed)  # noqa: S311 - a simulation, not secrets
         rng = self._rng
