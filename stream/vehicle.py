@@ -204,15 +204,15 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, VehicleState]
             seq = sample.seq
             # Below the window a duplicate cannot be told from a very late sample; such a
             # sample is let through and the database's unique key decides.
-            if seq in st.seen:
+            if not st.seen.add(seq):
                 st.duplicates += 1
                 continue
             reason = check_time(sample, batch.received_ms, self.cfg.filters)
             if reason is not None:
+                # Remembered as seen above, so a redelivered copy is not a second dead letter.
                 out.append(reject_row(batch.ref, sample, batch.received_ms, batch.partition,
                                       batch.offset, reason))
                 continue
-            st.seen.add(seq)
             held = Held(batch.ref, sample, inside, batch.source, batch.received_ms, batch.partition,
                         batch.offset, now_ms)
             if not st.held or st.held[-1].order <= held.order:
@@ -289,6 +289,7 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, VehicleState]
         elif sample.rpm is not None:
             # No ignition line: a turning engine means the ignition is on.
             st.ignition = sample.rpm > 0
+
 
 def vehicle_logic_builder(
     config: VehicleStepConfig,
