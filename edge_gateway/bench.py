@@ -17,8 +17,8 @@ Method:
    (which merges a second's readings into one sample). The gateway is restarted with the
    simulators still running; `catchup_samples_per_s` is backlog size / (time of the last
    backlog sample's arrival - gateway restart).
-4. `lost` / `duplicated`: every seq the gateway ever assigned (0 .. next_seq - 1, read from
-   the spool at the end, after it drained) is compared with the seqs a QoS 1 subscriber
+4. `lost` / `duplicated`: every seq the gateway ever assigned (first_seq .. next_seq - 1,
+   read from the spool at the end, after it drained) is compared with the seqs a QoS 1 subscriber
    received during the whole run.
 5. Anchor, same run: `anchor_publish_samples_per_s` publishes the same backlog as telemetry
    batches of the same size and window straight from memory (no spool, no fsync), i.e. what
@@ -169,7 +169,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 -
             catchup = backlog / (done - restart)
             _log(f"backlog drained in {done - restart:.1f} s; letting live data settle")
             await asyncio.sleep(3.0)
-            next_seq = await _drained_next_seq(spool_path)
+            first_seq, next_seq = await _drained_seq_range(spool_path)
             gateway.send_signal(signal.SIGTERM)
             gateway.wait(timeout=30)
             await asyncio.sleep(1.0)
@@ -180,7 +180,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 -
             log.close()
         anchor = await _anchor(url, tenant, template, backlog)
 
-    expected = set(range(next_seq))
+    expected = set(range(first_seq, next_seq))
     got = set(received)
     return {
         "benchmark": "gateway",
@@ -192,7 +192,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915 -
         "backlog_method": "pre-filled spool: (20 PIDs + 1 GPS + 100 CAN frames)/s x 600 s",
         "lost": len(expected - got),
         "duplicated": len(received) - len(got),
-        "samples_total": next_seq,
+        "samples_total": next_seq - first_seq,
         "steady_s": args.steady_s,
         "steady_samples_published": steady_samples,
         "obd_signals_at_1hz": len(rates),
@@ -290,8 +290,8 @@ def msgspec_builtins(sample: Any) -> dict[str, Any]:
     return data
 
 
-async def _drained_next_seq(spool_path: Any) -> int:
-    """Wait until the running gateway's spool is empty; return its next seq."""
+async def _drained_seq_range(spool_path: Any) -> tuple[int, int]:
+    """Wait until the running gateway's spool is empty; return its (first, next) seq."""
     import asyncio
     import contextlib
     import sqlite3
@@ -301,9 +301,9 @@ async def _drained_next_seq(spool_path: Any) -> int:
     while True:
         with contextlib.closing(sqlite3.connect(spool_path, timeout=5)) as db:
             count = db.execute("SELECT count(*) FROM spool").fetchone()[0]
-            next_seq = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()[0]
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if count == 0 or time.monotonic() > deadline:
-            return int(next_seq)
+            return int(meta["first_seq"]), int(meta["next_seq"])
         await asyncio.sleep(0.2)
 
 

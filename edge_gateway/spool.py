@@ -3,7 +3,8 @@
 SQLite in WAL mode, one row per sample keyed by its sequence number, plus a small `meta`
 table holding the next sequence number and the dropped-samples counter. The sequence number
 is assigned in the same transaction that stores the sample, so it increases monotonically
-across restarts, `kill -9` and power cuts.
+across restarts, `kill -9` and power cuts; a new spool starts from the clock (`SEQS_PER_MS`),
+so even a lost spool does not make a vehicle reuse old seqs.
 
 fsync policy: `synchronous=FULL`, so every commit fsyncs the write-ahead log before it
 returns. The builder commits each new sample (at most one per tick, 10 per second by
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,8 +42,11 @@ T = TypeVar("T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('next_seq', 0), ('dropped', 0);
 """
+SEQS_PER_MS = 1000
+"""A new spool starts at Unix ms x 1000, so that a vehicle whose spool was lost (a replaced SD
+card) still continues above every seq it used before, unless it had produced more than 1000
+samples per millisecond on average, or its clock went back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +60,8 @@ class SpoolRow:
 class Spool:
     """The SQLite spool of one vehicle (blocking API, single thread)."""
 
-    def __init__(self, path: str | Path, max_samples: int) -> None:
+    def __init__(self, path: str | Path, max_samples: int, first_seq: int | None = None
+                 ) -> None:
         self.path = Path(path)
         self.max_samples = max_samples
         self._encoder = msgspec.json.Encoder()
@@ -66,6 +72,11 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            start = first_seq
+            if start is None:
+                start = time.time_ns() // 1_000_000 * SEQS_PER_MS
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES "
+                             "('next_seq', ?), ('first_seq', ?), ('dropped', 0)", (start, start))
             self._count = int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
             self._next_seq = self._meta("next_seq")
             self._dropped = self._meta("dropped")
@@ -88,6 +99,11 @@ class Spool:
     def dropped(self) -> int:
         """Samples dropped (oldest first) because the spool was full, since it was created."""
         return self._dropped
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of the first sample this spool ever stored."""
+        return self._meta("first_seq")
 
     @property
     def next_seq(self) -> int:

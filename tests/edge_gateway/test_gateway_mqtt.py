@@ -122,7 +122,7 @@ async def test_birth_telemetry_and_commands(tmp_path: Path, mqtt_url: str,
     assert by_id["r3"].result is not None
     assert by_id["r3"].result["sources"]["gps"].startswith("reading")
     seqs = [s.seq for t in telemetry for s in t.samples]
-    assert seqs == list(range(len(seqs)))
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     first = telemetry[0].samples[0]
     assert first.lat_deg == pytest.approx(48.1173)
     assert first.speed_kph == pytest.approx(22.4 * 1.852)

@@ -24,7 +24,7 @@ def _sample(seq: int) -> Sample:
 
 
 def test_append_read_ack_in_order(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "s.db", max_samples=1000)
+    spool = Spool(tmp_path / "s.db", max_samples=1000, first_seq=0)
     for _ in range(10):
         spool.append(_sample)
     rows = spool.read_after(-1, 4)
@@ -37,12 +37,12 @@ def test_append_read_ack_in_order(tmp_path: Path) -> None:
 
 
 def test_seq_survives_restart_even_when_empty(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "s.db", max_samples=1000)
+    spool = Spool(tmp_path / "s.db", max_samples=1000, first_seq=0)
     for _ in range(5):
         spool.append(_sample)
     spool.ack(0, 4)
     spool.close()
-    spool = Spool(tmp_path / "s.db", max_samples=1000)
+    spool = Spool(tmp_path / "s.db", max_samples=1000, first_seq=0)
     assert spool.count == 0
     stored = spool.append(_sample)
     assert stored is not None
@@ -51,7 +51,7 @@ def test_seq_survives_restart_even_when_empty(tmp_path: Path) -> None:
 
 
 def test_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "s.db", max_samples=1000)
+    spool = Spool(tmp_path / "s.db", max_samples=1000, first_seq=0)
     spool.append_bodies([lambda seq: msgspec.json.encode(_sample(seq))] * 1000)
     spool.append(_sample)
     spool.append(_sample)
@@ -59,7 +59,7 @@ def test_bound_drops_oldest_and_counts(tmp_path: Path) -> None:
     assert spool.dropped == 2
     assert spool.read_after(-1, 1)[0].seq == 2
     spool.close()
-    reopened = Spool(tmp_path / "s.db", max_samples=1000)
+    reopened = Spool(tmp_path / "s.db", max_samples=1000, first_seq=0)
     assert reopened.dropped == 2
     assert reopened.count == 1000
     reopened.close()
@@ -69,7 +69,7 @@ def test_unwritable_path_is_a_spool_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(SpoolError):
-        Spool(blocker / "sub" / "s.db", max_samples=1000)
+        Spool(blocker / "sub" / "s.db", max_samples=1000, first_seq=0)
 
 
 def test_committed_samples_survive_kill_9(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ def test_committed_samples_survive_kill_9(tmp_path: Path) -> None:
         import sys
         from edge_gateway.protocol import Sample
         from edge_gateway.spool import Spool
-        spool = Spool({str(path)!r}, max_samples=100000)
+        spool = Spool({str(path)!r}, max_samples=100000, first_seq=0)
         while True:
             s = spool.append(lambda seq: Sample(seq=seq, t_ms={T0} + seq))
             print(s.seq, flush=True)
@@ -93,9 +93,22 @@ def test_committed_samples_survive_kill_9(tmp_path: Path) -> None:
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    spool = Spool(path, max_samples=100000)
+    spool = Spool(path, max_samples=100000, first_seq=0)
     seqs = [r.seq for r in spool.read_after(-1, 100000)]
     assert seqs == list(range(len(seqs)))
     assert len(seqs) >= last + 1
     assert spool.next_seq == len(seqs)
     spool.close()
+
+
+def test_a_new_spool_starts_above_every_seq_a_lost_one_used(tmp_path: Path) -> None:
+    old = Spool(tmp_path / "old.db", max_samples=1000)
+    for _ in range(50):
+        old.append(_sample)
+    last = old.next_seq - 1
+    old.close()
+    (tmp_path / "old.db").unlink()  # the SD card was replaced
+    new = Spool(tmp_path / "new.db", max_samples=1000)
+    assert new.first_seq > last
+    assert new.next_seq == new.first_seq
+    new.close()
