@@ -265,6 +265,8 @@ class ObdSource(ThreadedSource):
 
 
 def _import_obd() -> Any:
+    # python-obd's unit registry redefines pint units at import time, with a WARNING each.
+    logging.getLogger("pint").setLevel(logging.ERROR)
     try:
         import obd
     except ImportError as exc:
