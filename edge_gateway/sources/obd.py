@@ -34,6 +34,9 @@ log = logging.getLogger("edge_gateway.sources.obd")
 
 DTC_SIGNAL = "obd_dtcs"
 VOLTAGE_SIGNAL = "obd_adapter_voltage"
+RPM_SIGNAL = "obd_rpm"
+ENGINE_PROBE_S = 10.0
+"""Outside ACTIVE mode the engine speed is still read this often to notice ignition on."""
 
 
 @dataclass(slots=True)
@@ -115,7 +118,12 @@ class ObdSource(ThreadedSource):
             for poll in polls:
                 if poll.next_due > now:
                     continue
-                poll.next_due = now + self.rates.period_ms(poll.name) / 1000.0
+                period_s = self.rates.period_ms(poll.name) / 1000.0
+                if poll.name == RPM_SIGNAL:
+                    # Keep probing the engine while sleeping, or ignition-on would be noticed
+                    # only at the next heartbeat (minutes later).
+                    period_s = min(period_s, ENGINE_PROBE_S)
+                poll.next_due = now + period_s
                 if self.rates.rate_hz(poll.name) <= 0:
                     continue
                 if mode is PowerMode.BUS_OFF and poll.name != VOLTAGE_SIGNAL:
