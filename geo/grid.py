@@ -49,141 +49,24 @@ class Raster:
     """(n, 4): ax, ay, dx, dy in degrees; the fence lies left of a -> a + d."""
 
 
-def rasterise(zone: shapely.Geometry, origin: tuple[float, float],  # noqa: PLR0915
+def rasterise(zone: shapely.Geometry, origin: tuple[float, float],
               cell: tuple[float, float], shape: tuple[int, int]) -> Raster:
     """Classify every cell of the window that `zone` meets (FULL, HALF, AND, OR or EXACT)."""
-    cdx, cdy = cell
-    w, h = shape
-    rings = shapely.get_rings(shapely.get_parts(shapely.orient_polygons(zone)))
-    xy, ring = shapely.get_coordinates(rings, return_index=True)
-    start = np.flatnonzero(ring[:-1] == ring[1:])
-    a, b = xy[start], xy[start + 1]
-    nseg = start.size
-    seg_ring = ring[start]
-    first = np.r_[True, seg_ring[1:] != seg_ring[:-1]]
-    last = np.r_[seg_ring[1:] != seg_ring[:-1], True]
-    prev = np.arange(nseg) - 1
-    prev[first] = np.flatnonzero(last)
+    return rasterise_many(np.asarray([zone], dtype=object), np.asarray([origin], dtype=float),
+                          cell, np.asarray([shape], dtype=np.int64))[0]
 
-    ga = np.column_stack([(a[:, 0] - origin[0]) / cdx, (a[:, 1] - origin[1]) / cdy])
-    gb = np.column_stack([(b[:, 0] - origin[0]) / cdx, (b[:, 1] - origin[1]) / cdy])
 
-    def flat_of(gx: FloatArray, gy: FloatArray) -> IntArray:
-        r = np.clip(np.floor(gy), 0, h - 1).astype(np.int64)
-        c = np.clip(np.floor(gx), 0, w - 1).astype(np.int64)
-        return r * w + c
+def _unique_sorted(x: IntArray) -> tuple[IntArray, IntArray, IntArray]:
+    """Distinct values of a sorted array, the index of each one's first copy, and counts.
 
-    seg_ids = np.arange(nseg)
-    cells: list[IntArray] = []
-    segs: list[IntArray] = []
-    vcells: list[IntArray] = []
-    vids: list[IntArray] = []
-    exact: list[IntArray] = [np.empty(0, dtype=np.int64)]
-    # Vertices; one within eps of a cell edge also counts in the cells beside it.
-    vc = flat_of(ga[:, 0], ga[:, 1])
-    vcells.append(vc)
-    vids.append(seg_ids)
-    cells += [vc, flat_of(gb[:, 0], gb[:, 1]), vc]
-    segs += [seg_ids, seg_ids, prev]
-    fx, fy = ga[:, 0] - np.floor(ga[:, 0]), ga[:, 1] - np.floor(ga[:, 1])
-    edgy = np.flatnonzero((fx < EPS_CELL) | (fx > 1 - EPS_CELL)
-                          | (fy < EPS_CELL) | (fy > 1 - EPS_CELL))
-    for dx in (-EPS_CELL, EPS_CELL):
-        for dy in (-EPS_CELL, EPS_CELL):
-            vc = flat_of(ga[edgy, 0] + dx, ga[edgy, 1] + dy)
-            vcells.append(vc)
-            vids.append(edgy)
-            cells += [vc, vc]
-            segs += [edgy, prev[edgy]]
-    # Grid-line crossings: a segment enters every cell it visits across a grid line.
-    for axis in (0, 1):
-        u0, u1 = ga[:, axis], gb[:, axis]
-        v0, v1 = ga[:, 1 - axis], gb[:, 1 - axis]
-        lo = np.floor(np.minimum(u0, u1)).astype(np.int64) + 1
-        hi = np.floor(np.maximum(u0, u1)).astype(np.int64)
-        n = np.maximum(hi - lo + 1, 0)
-        total = int(n.sum())
-        if total == 0:
-            continue
-        seg = np.repeat(seg_ids, n)
-        k = lo[seg] + np.arange(total) - np.repeat(np.cumsum(n) - n, n)
-        t = (k - u0[seg]) / (u1[seg] - u0[seg])
-        v = v0[seg] + t * (v1[seg] - v0[seg])
-        kf = k.astype(np.float64)
-        frac = v - np.floor(v)
-        # Through (or within eps of) a grid corner: mark the cells around it, decide exactly.
-        corner = np.flatnonzero((frac < EPS_CELL) | (frac > 1 - EPS_CELL))
-        for du in (-0.5, 0.5):
-            fc = flat_of(kf + du, v) if axis == 0 else flat_of(v, kf + du)
-            cells.append(fc)
-            segs.append(seg)
-            for dv in (-EPS_CELL, EPS_CELL):
-                vc_ = v[corner] + dv
-                fc = flat_of(kf[corner] + du, vc_) if axis == 0 else flat_of(vc_, kf[corner] + du)
-                cells.append(fc)
-                segs.append(seg[corner])
-                exact.append(fc)
-    pair = np.unique(np.concatenate(cells) * nseg + np.concatenate(segs))
-    pcell, pseg = np.divmod(pair, nseg)
-    vpair = np.unique(np.concatenate(vcells) * nseg + np.concatenate(vids))
-    vcell, vid = np.divmod(vpair, nseg)
-
-    size = w * h
-    nsegs = np.bincount(pcell, minlength=size)
-    nverts = np.bincount(vcell, minlength=size)
-    forced = np.zeros(size, dtype=bool)
-    forced[np.concatenate(exact)] = True
-    boundary = np.flatnonzero(nsegs)
-    first_pair = np.searchsorted(pcell, boundary)
-    s_lo = pseg[first_pair]
-    s_hi = pseg[np.minimum(first_pair + 1, pseg.size - 1)]
-    nv, ns = nverts[boundary], nsegs[boundary]
-    kind = np.full(boundary.size, EXACT, dtype=np.int8)
-    line1 = np.full(boundary.size, -1, dtype=np.int64)
-    line2 = np.full(boundary.size, -1, dtype=np.int64)
-    d = b - a
-    nonzero = (d[:, 0] != 0) | (d[:, 1] != 0)
-
-    half = (nv == 0) & (ns == 1) & nonzero[s_lo]
-    kind[half] = HALF
-    line1[half] = s_lo[half]
-
-    one_vertex = np.flatnonzero((nv == 1) & (ns == 2))
-    if one_vertex.size:
-        k = vid[np.searchsorted(vcell, boundary[one_vertex])]
-        pk = prev[k]
-        wedge = (((s_lo[one_vertex] == pk) & (s_hi[one_vertex] == k))
-                 | ((s_lo[one_vertex] == k) & (s_hi[one_vertex] == pk)))
-        wedge &= nonzero[k] & nonzero[pk] & (pk != k)
-        sel = one_vertex[wedge]
-        k, pk = k[wedge], pk[wedge]
-        turn = d[pk, 0] * d[k, 1] - d[pk, 1] * d[k, 0]
-        kind[sel] = np.where(turn >= 0, AND, OR).astype(np.int8)
-        line1[sel], line2[sel] = pk, k
-    kind[forced[boundary]] = EXACT
-    line1[kind == EXACT] = -1
-    line2[kind == EXACT] = -1
-
-    # Cells the boundary does not touch: runs along each row lie wholly on one side.
-    free = (nsegs == 0).reshape(h, w)
-    before = np.zeros_like(free)
-    before[:, 1:] = free[:, :-1]
-    run_start = free & ~before
-    sr, sc = np.nonzero(run_start)
-    inside = shapely.intersects_xy(zone, origin[0] + (sc + 0.5) * cdx,
-                                   origin[1] + (sr + 0.5) * cdy)
-    if inside.size:
-        run = np.cumsum(run_start.ravel()) - 1
-        full = np.flatnonzero(free.ravel() & inside[np.maximum(run, 0)])
-    else:
-        full = np.empty(0, dtype=np.int64)
-    return Raster(
-        flat=np.concatenate([boundary, full]),
-        kind=np.concatenate([kind, np.full(full.size, FULL, dtype=np.int8)]),
-        line1=np.concatenate([line1, np.full(full.size, -1, dtype=np.int64)]),
-        line2=np.concatenate([line2, np.full(full.size, -1, dtype=np.int64)]),
-        segments=np.column_stack([a, d]),
-    )
+    (numpy's hash-based `unique` is several times slower on these arrays of int64 keys.)
+    """
+    if x.size == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty
+    first = np.flatnonzero(np.r_[True, x[1:] != x[:-1]])
+    counts = np.diff(np.r_[first, x.size])
+    return x[first], first, counts
 
 
 def side_tests(kind: NDArray[np.int8], lines: tuple[NDArray[np.integer], NDArray[np.integer]],
@@ -206,3 +89,193 @@ def side_tests(kind: NDArray[np.int8], lines: tuple[NDArray[np.integer], NDArray
         is_and = kind[wedge] == AND
         inside[wedge] = np.where(is_and, inside[wedge] & in2, inside[wedge] | in2)
     return inside, amb
+
+
+# One vectorised pipeline over shared arrays; splitting it would only pass them around.
+def rasterise_many(zones: NDArray[np.object_], origins: FloatArray,  # noqa: PLR0915
+                   cell: tuple[float, float], shapes: IntArray) -> list[Raster]:
+    """`rasterise` for many zones in one pass of vectorised work (same result per zone).
+
+    Each zone keeps its own window (origin and w x h shape); the windows are laid end to end
+    in one flat cell space so that every step runs once for all of them.
+    """
+    n = len(zones)
+    if n == 0:
+        return []
+    cdx, cdy = cell
+    ws, hs = shapes[:, 0].astype(np.int64), shapes[:, 1].astype(np.int64)
+    size = ws * hs
+    base = np.cumsum(size) - size
+    parts, part_zone = shapely.get_parts(shapely.orient_polygons(zones), return_index=True)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    xy, coord_ring = shapely.get_coordinates(rings, return_index=True)
+    start = np.flatnonzero(coord_ring[:-1] == coord_ring[1:])
+    a, b = xy[start], xy[start + 1]
+    nseg = start.size
+    seg_ring = coord_ring[start]
+    seg_zone = part_zone[ring_part[seg_ring]]
+    first = np.r_[True, seg_ring[1:] != seg_ring[:-1]]
+    last = np.r_[seg_ring[1:] != seg_ring[:-1], True]
+    prev = np.arange(nseg) - 1
+    prev[first] = np.flatnonzero(last)
+    ox, oy = origins[seg_zone, 0], origins[seg_zone, 1]
+    ga = np.column_stack([(a[:, 0] - ox) / cdx, (a[:, 1] - oy) / cdy])
+    gb = np.column_stack([(b[:, 0] - ox) / cdx, (b[:, 1] - oy) / cdy])
+
+    def flat_of(gx: FloatArray, gy: FloatArray, z: IntArray) -> IntArray:
+        r = np.clip(np.floor(gy), 0, hs[z] - 1).astype(np.int64)
+        c = np.clip(np.floor(gx), 0, ws[z] - 1).astype(np.int64)
+        return np.asarray(base[z] + r * ws[z] + c, dtype=np.int64)
+
+    seg_ids = np.arange(nseg)
+    cells: list[IntArray] = []
+    segs: list[IntArray] = []
+    exact: list[IntArray] = [np.empty(0, dtype=np.int64)]
+    vc = flat_of(ga[:, 0], ga[:, 1], seg_zone)
+    vcells, vids = [vc], [seg_ids]
+    cells += [vc, flat_of(gb[:, 0], gb[:, 1], seg_zone), vc]
+    segs += [seg_ids, seg_ids, prev]
+    fx, fy = ga[:, 0] - np.floor(ga[:, 0]), ga[:, 1] - np.floor(ga[:, 1])
+    edgy = np.flatnonzero((fx < EPS_CELL) | (fx > 1 - EPS_CELL)
+                          | (fy < EPS_CELL) | (fy > 1 - EPS_CELL))
+    for dx in (-EPS_CELL, EPS_CELL):
+        for dy in (-EPS_CELL, EPS_CELL):
+            vce = flat_of(ga[edgy, 0] + dx, ga[edgy, 1] + dy, seg_zone[edgy])
+            vcells.append(vce)
+            vids.append(edgy)
+            cells += [vce, vce]
+            segs += [edgy, prev[edgy]]
+    for axis in (0, 1):
+        u0, u1 = ga[:, axis], gb[:, axis]
+        v0, v1 = ga[:, 1 - axis], gb[:, 1 - axis]
+        lo = np.floor(np.minimum(u0, u1)).astype(np.int64) + 1
+        hi = np.floor(np.maximum(u0, u1)).astype(np.int64)
+        cnt = np.maximum(hi - lo + 1, 0)
+        total = int(cnt.sum())
+        if total == 0:
+            continue
+        seg = np.repeat(seg_ids, cnt)
+        z = seg_zone[seg]
+        k = lo[seg] + np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        t = (k - u0[seg]) / (u1[seg] - u0[seg])
+        v = v0[seg] + t * (v1[seg] - v0[seg])
+        kf = k.astype(np.float64)
+        frac = v - np.floor(v)
+        corner = np.flatnonzero((frac < EPS_CELL) | (frac > 1 - EPS_CELL))
+        for du in (-0.5, 0.5):
+            fc = flat_of(kf + du, v, z) if axis == 0 else flat_of(v, kf + du, z)
+            cells.append(fc)
+            segs.append(seg)
+            for dv in (-EPS_CELL, EPS_CELL):
+                vv, kk, zz = v[corner] + dv, kf[corner] + du, z[corner]
+                fc = flat_of(kk, vv, zz) if axis == 0 else flat_of(vv, kk, zz)
+                cells.append(fc)
+                segs.append(seg[corner])
+                exact.append(fc)
+    pair = _unique_sorted(np.sort(np.concatenate(cells) * nseg + np.concatenate(segs)))[0]
+    pcell, pseg = np.divmod(pair, nseg)
+    vpair = _unique_sorted(np.sort(np.concatenate(vcells) * nseg + np.concatenate(vids)))[0]
+    vcell, vid = np.divmod(vpair, nseg)
+
+    # Only cells the boundary touches are ever materialised: counts come from the sorted
+    # (cell, segment) and (cell, vertex) pairs, never from arrays over every cell.
+    boundary, first_pair, ns = _unique_sorted(pcell)
+    vcells_u, vfirst, vcount = _unique_sorted(vcell)
+    at = np.minimum(np.searchsorted(vcells_u, boundary), vcells_u.size - 1)
+    nv = np.where(vcells_u[at] == boundary, vcount[at], 0)  # every ring has vertices
+    exact_cells = np.concatenate(exact)
+    s_lo = pseg[first_pair]
+    s_hi = pseg[np.minimum(first_pair + 1, pseg.size - 1)]
+    kind = np.full(boundary.size, EXACT, dtype=np.int8)
+    line1 = np.full(boundary.size, -1, dtype=np.int64)
+    line2 = np.full(boundary.size, -1, dtype=np.int64)
+    d = b - a
+    nonzero = (d[:, 0] != 0) | (d[:, 1] != 0)
+    half = (nv == 0) & (ns == 1) & nonzero[s_lo]
+    kind[half] = HALF
+    line1[half] = s_lo[half]
+    one_vertex = np.flatnonzero((nv == 1) & (ns == 2))
+    if one_vertex.size:
+        kv = vid[vfirst[at[one_vertex]]]
+        pk = prev[kv]
+        wedge = (((s_lo[one_vertex] == pk) & (s_hi[one_vertex] == kv))
+                 | ((s_lo[one_vertex] == kv) & (s_hi[one_vertex] == pk)))
+        wedge &= nonzero[kv] & nonzero[pk] & (pk != kv)
+        sel = one_vertex[wedge]
+        kv, pk = kv[wedge], pk[wedge]
+        turn = d[pk, 0] * d[kv, 1] - d[pk, 1] * d[kv, 0]
+        kind[sel] = np.where(turn >= 0, AND, OR).astype(np.int8)
+        line1[sel], line2[sel] = pk, kv
+    kind[np.isin(boundary, exact_cells)] = EXACT
+    line1[kind == EXACT] = -1
+    line2[kind == EXACT] = -1
+    full = _full_cells(zones, origins, cell, (ws, hs, base), boundary)
+    flat = np.concatenate([boundary, full])
+    kinds = np.concatenate([kind, np.full(full.size, FULL, dtype=np.int8)])
+    l1 = np.concatenate([line1, np.full(full.size, -1, dtype=np.int64)])
+    l2 = np.concatenate([line2, np.full(full.size, -1, dtype=np.int64)])
+    zone_of = np.searchsorted(base, flat, side="right") - 1
+    order = np.argsort(zone_of, kind="stable")
+    flat, kinds, l1, l2, zone_of = flat[order], kinds[order], l1[order], l2[order], zone_of[order]
+    cuts = np.searchsorted(zone_of, np.arange(n + 1)).tolist()
+    seg_cuts = np.searchsorted(seg_zone, np.arange(n + 1)).tolist()
+    segments = np.column_stack([a, d])
+    out: list[Raster] = []
+    for i in range(n):
+        lo_e, hi_e = cuts[i], cuts[i + 1]
+        s0, s1 = seg_cuts[i], seg_cuts[i + 1]
+        e1, e2 = l1[lo_e:hi_e], l2[lo_e:hi_e]
+        out.append(Raster(
+            flat=flat[lo_e:hi_e] - base[i], kind=kinds[lo_e:hi_e],
+            line1=np.where(e1 >= 0, e1 - s0, -1), line2=np.where(e2 >= 0, e2 - s0, -1),
+            segments=segments[s0:s1]))
+    return out
+
+
+def _full_cells(zones: NDArray[np.object_], origins: FloatArray, cell: tuple[float, float],
+                windows: tuple[IntArray, IntArray, IntArray], boundary: IntArray) -> IntArray:
+    """Flat ids of the cells wholly inside their zone, from the gaps between boundary cells.
+
+    In each row of each window, the cells between two boundary cells (or a boundary cell and
+    the row's end) form a run that the boundary does not touch: it lies wholly inside or
+    wholly outside, and one centre test decides it. Work is proportional to the boundary
+    cells, rows and inside cells, not to the windows' area.
+    """
+    ws, hs, base = windows
+    cdx, cdy = cell
+    n = ws.size
+    bz = np.searchsorted(base, boundary, side="right") - 1
+    brow, bcol = np.divmod(boundary - base[bz], ws[bz])
+    row_base = np.cumsum(hs) - hs
+    rows_total = int(hs.sum())
+    row_id = row_base[bz] + brow  # sorted, since boundary is
+    # Gaps: before each row's first boundary cell, between neighbours, after the last one.
+    same_row_next = np.r_[row_id[1:] == row_id[:-1], False]
+    first_in_row = np.r_[True, row_id[1:] != row_id[:-1]]
+    g_row = np.concatenate([row_id[first_in_row], row_id[same_row_next], row_id[~same_row_next]])
+    g_lo = np.concatenate([np.zeros(int(first_in_row.sum()), dtype=np.int64),
+                           bcol[same_row_next] + 1, bcol[~same_row_next] + 1])
+    next_col = np.r_[bcol[1:], 0]
+    g_hi = np.concatenate([bcol[first_in_row], next_col[same_row_next],
+                           np.full(int((~same_row_next).sum()), -1)])
+    row_zone = np.repeat(np.arange(n), hs)
+    g_hi = np.where(g_hi < 0, ws[row_zone[g_row]], g_hi)  # -1 marks "to the row's end"
+    # Rows the boundary never enters (between the parts of a multipolygon): one run each.
+    empty_rows = np.setdiff1d(np.arange(rows_total), row_id, assume_unique=False)
+    g_row = np.concatenate([g_row, empty_rows])
+    g_lo = np.concatenate([g_lo, np.zeros(empty_rows.size, dtype=np.int64)])
+    g_hi = np.concatenate([g_hi, ws[row_zone[empty_rows]]])
+    keep = g_hi > g_lo
+    g_row, g_lo, g_hi = g_row[keep], g_lo[keep], g_hi[keep]
+    if g_row.size == 0:
+        return np.empty(0, dtype=np.int64)
+    gz = row_zone[g_row]
+    r = g_row - row_base[gz]
+    inside = shapely.intersects_xy(zones[gz], origins[gz, 0] + (g_lo + 0.5) * cdx,
+                                   origins[gz, 1] + (r + 0.5) * cdy)
+    g_row, g_lo, g_hi, gz, r = g_row[inside], g_lo[inside], g_hi[inside], gz[inside], r[inside]
+    length = g_hi - g_lo
+    start = base[gz] + r * ws[gz] + g_lo
+    total = int(length.sum())
+    full = np.repeat(start - (np.cumsum(length) - length), length) + np.arange(total)
+    return np.sort(full)

@@ -32,7 +32,7 @@ from geo.config import GeofenceSettings
 from geo.errors import GeoError
 from geo.fence import Fence
 from geo.geodesy import LocalFrame
-from geo.grid import AND, BLOCK, BLOCK_BITS, EXACT, FULL, HALF, Raster, rasterise, side_tests
+from geo.grid import AND, BLOCK, BLOCK_BITS, EXACT, FULL, HALF, Raster, rasterise_many, side_tests
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
@@ -377,7 +377,8 @@ class FenceIndex:
             trees[key] = (shapely.STRtree(self._zones[members]), members.astype(np.int64))
         return trees
 
-    def _build_grid(self, previous: FenceIndex | None) -> tuple[_Grid, list[int]]:  # noqa: PLR0915
+    def _build_grid(  # noqa: PLR0912, PLR0915 - one build pipeline, read top to bottom
+            self, previous: FenceIndex | None) -> tuple[_Grid, list[int]]:
         s = self.settings
         if not self._fences:
             return _empty_grid(), []
@@ -410,21 +411,33 @@ class FenceIndex:
         large: list[int] = []
         segments: list[FloatArray] = []
         old = previous._rasters if reuse and previous is not None else {}
+        todo: list[tuple[int, int, int, int, int]] = []
         for i, zone in enumerate(self._zones):
-            fid = self._ids[i]
-            cached = old.get(fid)
+            cached = old.get(self._ids[i])
             if cached is not None and shapely.equals_exact(cached[0], zone, tolerance=0.0):
-                _, ax0, ay0, w, h, r = cached
+                self._rasters[self._ids[i]] = cached
+                continue
+            b = bounds[i]
+            ax0, ay0 = math.floor(b[0] / cdx), math.floor(b[1] / cdy)
+            w = math.floor(b[2] / cdx) - ax0 + 1
+            h = math.floor(b[3] / cdy) - ay0 + 1
+            if w * h > s.max_cells_per_fence:
+                large.append(i)
             else:
-                b = bounds[i]
-                ax0, ay0 = math.floor(b[0] / cdx), math.floor(b[1] / cdy)
-                w = math.floor(b[2] / cdx) - ax0 + 1
-                h = math.floor(b[3] / cdy) - ay0 + 1
-                if w * h > s.max_cells_per_fence:
-                    large.append(i)
-                    continue
-                r = rasterise(zone, (ax0 * cdx, ay0 * cdy), (cdx, cdy), (w, h))
-            self._rasters[fid] = (zone, ax0, ay0, w, h, r)
+                todo.append((i, ax0, ay0, w, h))
+        # Rasterise the new and changed fences together, in chunks that bound the temporaries.
+        for chunk in _chunks(todo, max_cells=4_000_000, max_fences=2_000):
+            idx = np.asarray([c[0] for c in chunk], dtype=np.int64)
+            win = np.asarray([c[1:] for c in chunk], dtype=np.int64)
+            origins = np.column_stack([win[:, 0] * cdx, win[:, 1] * cdy])
+            rasters_ = rasterise_many(self._zones[idx], origins, (cdx, cdy), win[:, 2:4])
+            for (i, ax0, ay0, w, h), r in zip(chunk, rasters_, strict=True):
+                self._rasters[self._ids[i]] = (self._zones[i], ax0, ay0, w, h, r)
+        large_set = set(large)
+        for i in range(len(self._fences)):
+            if i in large_set:
+                continue
+            _, ax0, ay0, w, h, r = self._rasters[self._ids[i]]
             rows, cols = np.divmod(r.flat, w)
             parts.append((ay0 - ky0 + rows, ax0 - kx0 + cols, i, r))
             segments.append(r.segments)
@@ -443,16 +456,37 @@ class FenceIndex:
                                 for r, o in zip(rasters, offsets, strict=True)])
         tk = self._tkey[fence]
         bkey = (tk * brows + (iy >> BLOCK_BITS)) * bcols + (ix >> BLOCK_BITS)
-        block_keys, block_of = np.unique(bkey, return_inverse=True)
-        dense = ((block_of.astype(np.int64) << (2 * BLOCK_BITS))
-                 + ((iy & (BLOCK - 1)) << BLOCK_BITS) + (ix & (BLOCK - 1)))
-        order = np.argsort(dense, kind="stable")
-        ptr = np.searchsorted(dense[order], np.arange(block_keys.size * BLOCK * BLOCK + 1))
+        # Sort by (block, cell within block) in one pass: then block ordinals follow directly.
+        local = ((iy & (BLOCK - 1)) << BLOCK_BITS) + (ix & (BLOCK - 1))
+        order = np.lexsort((local, bkey))
+        sorted_b = bkey[order]
+        new_block = np.r_[True, sorted_b[1:] != sorted_b[:-1]]
+        block_keys = sorted_b[new_block]
+        dense_sorted = ((np.cumsum(new_block) - 1) << (2 * BLOCK_BITS)) + local[order]
+        ptr = np.searchsorted(dense_sorted, np.arange(block_keys.size * BLOCK * BLOCK + 1))
         grid = _Grid(x0, y0, cdx, cdy, ncols, nrows, slots, block_keys.astype(np.int64),
                      ptr.astype(np.int64), fence[order], kind[order],
                      line1[order].astype(np.int32), line2[order].astype(np.int32),
                      np.vstack(segments))
         return grid, large
+
+
+def _chunks(todo: list[tuple[int, int, int, int, int]], *, max_cells: int,
+            max_fences: int) -> list[list[tuple[int, int, int, int, int]]]:
+    """Split (fence, x, y, w, h) windows into groups of bounded total area and count."""
+    out: list[list[tuple[int, int, int, int, int]]] = []
+    current: list[tuple[int, int, int, int, int]] = []
+    cells = 0
+    for item in todo:
+        area = item[3] * item[4]
+        if current and (cells + area > max_cells or len(current) >= max_fences):
+            out.append(current)
+            current, cells = [], 0
+        current.append(item)
+        cells += area
+    if current:
+        out.append(current)
+    return out
 
 
 def _empty_grid() -> _Grid:
