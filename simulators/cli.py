@@ -175,12 +175,28 @@ def _run_fleet(args: argparse.Namespace) -> int:
             print(f"seeded tenant {args.tenant} with {len(codes)} vehicles", flush=True)
         print(f"publishing {len(codes)} vehicles at {config.rate_hz} Hz, "
               f"{config.batch_size} samples/message", flush=True)
-        try:
-            report = asyncio.run(generator.run())
-        except KeyboardInterrupt:
-            return 130
+        report = asyncio.run(_run_until_signalled(generator))
     except SimulatorError as exc:
         return _fail(str(exc))
     print(f"sent {report.ledger.samples} samples in {report.ledger.messages} messages, "
           f"{report.samples_per_s:.0f} samples/s, max lag {report.max_lag_s:.2f} s", flush=True)
     return 0 if report.ledger.failed_messages == 0 else 1
+
+
+async def _run_until_signalled(generator: Any) -> Any:
+    """Run the load generator; the first SIGINT/SIGTERM stops it gracefully (it flushes what
+    it holds), a second SIGINT interrupts at once."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        print("stopping: flushing what is still held ...", file=sys.stderr, flush=True)
+        generator.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    return await generator.run()

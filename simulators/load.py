@@ -207,6 +207,15 @@ class LoadGenerator:
         self._inflight = asyncio.Semaphore(config.max_inflight)
         self._inflight_count = 0
         self._produced = 0
+        self._stopping = False
+        self._wake: asyncio.Event | None = None
+
+    def stop(self) -> None:
+        """Stop producing at the next tick; `run()` then flushes and returns (call it from
+        the event loop's thread, e.g. a signal handler added with `loop.add_signal_handler`)."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.set()
 
     async def run(self) -> LoadReport:
         """Simulate until `duration_s` passes or the task is cancelled; then flush."""
@@ -214,6 +223,7 @@ class LoadGenerator:
 
         from edge_gateway.mqtt_url import parse_mqtt_url
 
+        self._wake = asyncio.Event()
         target = parse_mqtt_url(self.config.mqtt_url)
         if target.tls:
             raise SimulatorError("the load generator speaks plain MQTT (mqtt://) only")
@@ -223,10 +233,6 @@ class LoadGenerator:
             protocol=aiomqtt.ProtocolVersion.V5, max_inflight_messages=1000,
             max_queued_outgoing_messages=self.config.max_inflight * 2, timeout=30)
             for _ in range(self.config.connections)]
-        start_ms = int(time.time() * 1000)
-        for v in self.vehicles:
-            # building thousands of models takes seconds: simulated time starts now
-            v.model.start_ms = start_ms
         for client in clients:
             # many publishes wait for their PUBACK at once by design; bounded by max_inflight
             client.pending_calls_threshold = self.config.max_inflight + 1
@@ -236,6 +242,11 @@ class LoadGenerator:
             async with contextlib.AsyncExitStack() as stack:
                 for client in clients:
                     await stack.enter_async_context(client)
+                # building models and connecting take seconds: simulated time starts now
+                start_ms = int(time.time() * 1000)
+                for v in self.vehicles:
+                    v.model.start_ms = start_ms
+                started = time.monotonic()
                 max_lag = await self._loop(clients, started)
                 await self._flush(clients)
         except aiomqtt.MqttError as exc:
@@ -252,19 +263,25 @@ class LoadGenerator:
         next_progress = started + cfg.progress_interval_s
         max_lag = 0.0
         tick = 0
-        with contextlib.suppress(asyncio.CancelledError):
-            while ticks is None or tick < ticks:
-                tick += 1
-                delay = started + tick * interval - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                max_lag = max(max_lag, -delay)
-                await self._tick(clients, interval)
-                now = time.monotonic()
-                if now >= next_progress:
-                    self.log(self._progress_line(now - started))
-                    next_progress = now + cfg.progress_interval_s
+        while not self._stopping and (ticks is None or tick < ticks):
+            tick += 1
+            delay = started + tick * interval - time.monotonic()
+            if delay > 0:
+                await self._sleep(delay)
+                if self._stopping:
+                    break
+            max_lag = max(max_lag, -delay)
+            await self._tick(clients, interval)
+            now = time.monotonic()
+            if now >= next_progress:
+                self.log(self._progress_line(now - started))
+                next_progress = now + cfg.progress_interval_s
         return max_lag
+
+    async def _sleep(self, delay_s: float) -> None:
+        assert self._wake is not None  # noqa: S101 - set by run() before the loop starts
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=delay_s)
 
     async def _tick(self, clients: list[aiomqtt.Client], dt_s: float) -> None:
         batch = self.config.batch_size

@@ -158,3 +158,14 @@ async def test_backlog_is_bounded_oldest_first(mqtt_url: str, tenant_slug: str) 
     assert ledger.dropped["a"] > 0
     assert seqs == list(range(20 - len(seqs), 20)), "the newest samples survive, in order"
     assert "b" not in ledger.dropped
+
+
+async def test_stop_flushes_and_returns(mqtt_url: str, tenant_slug: str) -> None:
+    config = LoadConfig(mqtt_url=mqtt_url, tenant=tenant_slug, codes=vehicle_codes(3),
+                        rate_hz=20.0, batch_size=50, seq_start=0)
+    generator = LoadGenerator(config, log=lambda _line: None)
+    asyncio.get_running_loop().call_later(1.0, generator.stop)
+    report = await asyncio.wait_for(generator.run(), timeout=30)
+    assert report.produced_samples > 0
+    assert report.ledger.samples == report.produced_samples, "the partial batches were flushed"
+    assert report.ledger.last_seq == {c: report.ledger.counts[c] - 1 for c in config.codes}
