@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 import pytest
 
 from api.routes.devices import mosquitto_hash
+from edge_gateway.config import GatewayProcessSettings
 from edge_gateway.mqtt_url import parse_mqtt_url
 from tests.api.conftest import World
 
@@ -273,6 +275,9 @@ async def test_device_provisioning(world: World) -> None:
     assert device["mqtt_username"] == f"{world.a.slug}/{vehicle['code']}"
     config = tomllib.loads(device["gateway_config"])
     assert config["gateway"] == {"tenant": world.a.slug, "vehicle": vehicle["code"]}
+    # The file is a valid configuration of `fleet gateway`.
+    gateway = msgspec.convert(config, GatewayProcessSettings)
+    assert gateway.gateway.vehicle == vehicle["code"]
     target = parse_mqtt_url(config["mqtt"]["url"])
     assert target.username == device["mqtt_username"]
     assert target.password == device["mqtt_password"]
