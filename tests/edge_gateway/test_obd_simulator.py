@@ -68,13 +68,16 @@ async def gateway_and_samples(settings: GatewayProcessSettings, mqtt_url: str
 
 
 def _settings(tmp_path: Path, mqtt_url: str, tenant: str, port: str,
-              rates: dict[str, float]) -> GatewayProcessSettings:
+              rates: dict[str, float], *, raw_pids: tuple[str, ...] = ()
+              ) -> GatewayProcessSettings:
     return apply_overrides(
         GatewayProcessSettings(),
         gateway={"tenant": tenant, "vehicle": "obd1", "spool_path": str(tmp_path / "s.db"),
-                 "batch_interval_s": 0.2, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+                 "batch_interval_s": 0.2, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0,
+                 "forward_unknown_raw": bool(raw_pids)},
         mqtt={"url": mqtt_url},
-        obd={"port": port, "timeout_s": 0.1, "failures_before_reconnect": 4},
+        obd={"port": port, "timeout_s": 0.1, "failures_before_reconnect": 4,
+             "raw_pids": list(raw_pids), "raw_rate_hz": 1.0},
         signals={"rates_hz": rates})
 
 
@@ -84,8 +87,10 @@ async def test_values_match_the_model_and_bad_adapters_do_not_crash(
     model.step(30.0)
     emulator = sim_elm.Elm327Emulator(model)
     with emulator as port, ModelDriver(model) as driver:
+        # 011C (OBD standard) is outside the signal table: the unknown path, forwarded raw.
         settings = _settings(tmp_path, mqtt_url, tenant_slug, port,
-                             {"obd_rpm": 2, "obd_speed": 2, "obd_dtcs": 0.5})
+                             {"obd_rpm": 2, "obd_speed": 2, "obd_dtcs": 0.5},
+                             raw_pids=("011C",))
         async with gateway_and_samples(settings, mqtt_url) as (gateway, samples):
             await wait_for(lambda: sum(s.rpm is not None for s in samples) >= 8, 30,
                            "eight rpm samples")
@@ -118,6 +123,8 @@ async def test_values_match_the_model_and_bad_adapters_do_not_crash(
     counters = obd_health.counters()
     assert counters.get("no_data", 0) + counters.get("malformed", 0) > 0
     assert counters.get("reconnects", 0) >= 1
+    assert counters.get("unknown_frames", 0) >= 1
+    assert any(s.extra and "obd_raw_011c" in s.extra for s in samples)
     battery = [s.battery_v for s in samples if s.battery_v is not None]
     assert battery
     assert all(11.0 < v < 15.5 for v in battery)
