@@ -56,6 +56,10 @@ class SignalSpec:
     """The window restarts when the engine starts or stops (the level depends on it)."""
     score_threshold: float | None = None
     """This signal's default threshold when it differs from `AnomalySettings.score_threshold`."""
+    hold_suspicious: bool = False
+    """Keep suspicious samples out of the window (for signals whose normal value is steady,
+    like a rate around zero); otherwise they enter winsorised, so a trend (engine warm-up)
+    is followed."""
 
 
 SIGNALS: Final[Mapping[str, SignalSpec]] = {s.name: s for s in (
@@ -63,7 +67,8 @@ SIGNALS: Final[Mapping[str, SignalSpec]] = {s.name: s for s in (
     SignalSpec("battery_v", 0.15, "battery voltage, V (charging ~14 V, resting ~12.5 V)",
                per_engine_run=True),
     SignalSpec("fuel_rate_pct_per_min", 0.8,
-               "slope of the smoothed fuel level over fuel_rate_lag_s, % of tank per minute"),
+               "slope of the smoothed fuel level over fuel_rate_lag_s, % of tank per minute",
+               hold_suspicious=True),
     SignalSpec("rpm_roughness", 15.0,
                "at idle: median of the last 8 |second differences| of engine speed, rev/min "
                "(a misfiring engine idles rough; one bump is an outlier the median ignores)",
@@ -84,6 +89,8 @@ IDLE_SPEED_KPH: Final = 2.0
 """rpm roughness is measured at idle only: while driving, gear changes and the driver's
 throttle move rpm far more than a misfire does."""
 FUEL_HIST_POINTS: Final = 6
+BASELINE_GUARD: Final = 0.5
+"""Samples scoring at least this fraction of the threshold stay out of the baseline window."""
 SETTLE_TIME_CONSTANTS: Final = 4
 SETTLE_RISE_PCT: Final = 0.5
 """A smoothed fuel level still rising by more than this (% of tank) is still being filled."""
@@ -192,6 +199,8 @@ class SignalState:
     fired: bool = False
     """An event fired for the current run."""
     seen: int = 0
+    held: int = 0
+    """Suspicious samples in a row kept out of the window."""
 
 
 @dataclass(slots=True)
@@ -329,20 +338,19 @@ class AnomalyScorer:
         threshold = self._thresholds[spec.name]
         scored = sig.count >= s.min_samples
         score = 0.0
-        insert = value
+        insert: float | None = value
         if scored:
             if sig.since_refresh >= s.refresh_every_samples or math.isnan(sig.center):
                 sig.center, sig.scale = _robust_center_scale(sig.window[:sig.count],
                                                              spec.scale_floor)
                 sig.since_refresh = 0
             score = abs(value - sig.center) / sig.scale
-            # Winsorise what enters the window so a long anomaly only slowly becomes normal.
-            bound = threshold * sig.scale
-            insert = min(max(value, sig.center - bound), sig.center + bound)
-        sig.window[sig.pos] = insert
-        sig.count = min(sig.count + 1, s.window_samples)
-        sig.pos = (sig.pos + 1) % s.window_samples
-        sig.since_refresh += 1
+            insert = self._baseline_value(spec, sig, value, score, threshold)
+        if insert is not None:
+            sig.window[sig.pos] = insert
+            sig.count = min(sig.count + 1, s.window_samples)
+            sig.pos = (sig.pos + 1) % s.window_samples
+            sig.since_refresh += 1
         anomalous = scored and score >= threshold
         sig.run = sig.run + 1 if anomalous else 0
         fire = anomalous and sig.run >= s.consecutive_samples and not sig.fired
@@ -357,6 +365,22 @@ class AnomalyScorer:
             threshold=threshold, value=value, is_event=fire,
             details={"median": round(sig.center, 4), "scale": round(sig.scale, 4),
                      "run": sig.run})
+
+    def _baseline_value(self, spec: SignalSpec, sig: SignalState, value: float, score: float,
+                        threshold: float) -> float | None:
+        """What a scored value adds to the window. Winsorised to median ± threshold·scale,
+        so a long anomaly only slowly becomes normal. For `hold_suspicious` signals nothing
+        while the value is suspicious, so a slow anomaly (a fuel theft ramps up over a
+        minute) cannot drag the median along; after `window_samples` suspicious samples in a
+        row the new level is taken in all the same, so a lasting change is learned."""
+        if score < BASELINE_GUARD * threshold:
+            sig.held = 0
+            return value
+        if spec.hold_suspicious and sig.held < self._s.window_samples:
+            sig.held += 1
+            return None
+        bound = threshold * sig.scale
+        return min(max(value, sig.center - bound), sig.center + bound)
 
     def on_tick(self, state: AnomalyState, now_ms: int) -> tuple[AnomalyState, Sequence[Event]]:
         """Scores move with data only."""

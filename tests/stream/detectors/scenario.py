@@ -58,7 +58,8 @@ class Trace:
 
 FAULT_KINDS: tuple[FaultKind, ...] = (
     FaultKind.OVERHEAT, FaultKind.MISFIRE, FaultKind.FUEL_THEFT, FaultKind.REFUEL,
-    FaultKind.HARSH_BRAKE, FaultKind.SPEEDING, FaultKind.OFFLINE, FaultKind.GPS_JUMP)
+    FaultKind.HARSH_BRAKE, FaultKind.SPEEDING, FaultKind.OFFLINE, FaultKind.GPS_JUMP,
+    FaultKind.LOW_BATTERY)
 
 
 def fault_plan(rng: random.Random, first_s: float, spacing_s: float) -> list[Fault]:
@@ -143,6 +144,7 @@ EVENT_FAULTS: dict[str, frozenset[str]] = {
     "harsh_braking": frozenset({"harsh_brake"}),
     "overspeed": frozenset({"speeding"}),
     "device_offline": frozenset({"offline"}),
+    "low_battery": frozenset({"low_battery"}),
 }
 """Which injected faults each detector event type is meant to find."""
 
@@ -150,10 +152,10 @@ ANOMALY_FAULTS: dict[str, frozenset[str]] = {
     "coolant_c": frozenset({"overheat"}),
     "fuel_rate_pct_per_min": frozenset({"fuel_theft", "refuel"}),
     "rpm_roughness": frozenset({"misfire"}),
-    "battery_v": frozenset(),
+    "battery_v": frozenset({"low_battery"}),
 }
 """Which injected faults an anomaly event of each signal may explain (strict: a battery
-anomaly is a false positive, since no battery fault is injected)."""
+anomaly during an overheat is a false positive)."""
 
 TOLERANCE_MS = 180_000
 """An event matches a fault when its span overlaps the fault's span widened by this much
