@@ -42,6 +42,42 @@ FLOW_CONTROL_TIMEOUT_S: Final = 1.0
 
 CanMisbehaviour = Literal["garbage", "silence"]
 
+TP_CM_BAM_ID: Final = 0x1CECFF00
+"""J1939-21 TP.CM (PGN 60416) from the engine to everyone: announces a multi-packet DM1."""
+TP_DT_ID: Final = 0x1CEBFF00
+"""J1939-21 TP.DT (PGN 60160): the packets of a broadcast (BAM) transfer."""
+BAM_PACKET_GAP_S: Final = 0.05
+"""J1939-21 asks for 50-200 ms between BAM packets."""
+DM1_PGN: Final = 0xFECA
+_J1939_PROPRIETARY_SPN: Final = 520192
+OBD_TO_J1939_DTC: Final[Mapping[str, tuple[int, int]]] = {
+    "P0217": (110, 0),  # engine coolant temperature, above normal (most severe)
+    **{f"P030{n}": (1322 + n, 31) for n in range(1, 10)},  # SPN 1323.. engine misfire cyl n
+}
+"""OBD-II code -> (SPN, FMI) for DM1; other codes map into the proprietary SPN range."""
+
+
+def j1939_dtc(code: str) -> tuple[int, int]:
+    """(SPN, FMI) reported in DM1 for an OBD-II code of the model."""
+    known = OBD_TO_J1939_DTC.get(code)
+    if known is not None:
+        return known
+    return _J1939_PROPRIETARY_SPN + int(code[1:], 16) % 4096, 31
+
+
+def dm1_payload(dtcs: list[str]) -> bytes:
+    """The DM1 data: lamp status, flash status, then 4 bytes per active DTC (SPN, FMI,
+    occurrence count 1); without DTCs one all-zero DTC. At least 8 bytes (0xFF filled)."""
+    mil = 1 if dtcs else 0
+    amber = 1 if "P0217" in dtcs else 0
+    out = bytearray([(mil << 6) | (amber << 2), 0xFF])
+    if not dtcs:
+        out += b"\x00\x00\x00\x00"  # J1939-73: SPN 0, FMI 0, count 0 means none active
+    for code in dtcs:
+        spn, fmi = j1939_dtc(code)
+        out += bytes([spn & 0xFF, (spn >> 8) & 0xFF, ((spn >> 16) & 0x07) << 5 | fmi, 1])
+    return bytes(out.ljust(8, b"\xff"))
+
 
 def _fuel_economy(s: VehicleState) -> float:
     if s.fuel_rate_lph <= 0.1:
@@ -93,6 +129,7 @@ J1939_SIGNALS: Final[Mapping[str, Mapping[str, Callable[[VehicleState], float]]]
         "HighResTripDistance": lambda s: s.distance_since_clear_km * 1000.0,
     },
     "HOURS": {"EngTotalHoursOfOperation": lambda s: s.engine_hours_h},
+    "DM1": {},  # built by dm1_payload(): the DBC cannot describe the multi-packet form
     "AMB": {
         "BarometricPress": lambda s: s.baro_kpa,
         "AmbientAirTemp": lambda s: s.ambient_c,
@@ -149,6 +186,8 @@ class CanEcu:
                 if period_ms > 0:
                     self._schedule[name] = (message, period_ms / 1000.0, 0.0)
         self._transfer: _Transfer | None = None
+        self._bam: list[tuple[float, Frame]] = []
+        """Pending TP.DT packets of a DM1 broadcast, (due time, frame)."""
         self._misbehaviour: str | None = None
         self._misbehave_until = 0.0
         self.frames_sent = 0
@@ -178,6 +217,8 @@ class CanEcu:
         t = self._transfer
         if t is not None and not t.waiting_fc_until:
             times.append(t.next_at)
+        if self._bam:
+            times.append(self._bam[0][0])
         return min(times, default=float("inf"))
 
     def due(self, now: float) -> list[Frame]:
@@ -194,10 +235,15 @@ class CanEcu:
                 following = now + period
             self._schedule[name] = (message, period, following)
             if powered and mode != "silence":
-                out.append(self.encode(name, state))
+                if name == "DM1":
+                    out.extend(self._dm1(state, now))
+                else:
+                    out.append(self.encode(name, state))
         if mode == "garbage" and powered:
             out.extend(self._garbage() for _ in range(2))
         out.extend(self._consecutive_frames(now))
+        while self._bam and self._bam[0][0] <= now:
+            out.append(self._bam.pop(0)[1])
         if mode == "silence":
             out = []
         self.frames_sent += len(out)
@@ -220,6 +266,22 @@ class CanEcu:
         raw = message.encode(data, scaling=True, strict=False)
         frame_id = (message.frame_id & ~0xFF) | self._source_address
         return Frame(frame_id, bytes(raw), True)
+
+    def _dm1(self, state: VehicleState, now: float) -> list[Frame]:
+        """DM1 in one frame, or announced by TP.CM BAM with its packets queued."""
+        payload = dm1_payload(state.dtcs)
+        sa = self._source_address
+        if len(payload) <= 8:
+            return [Frame(0x18000000 | DM1_PGN << 8 | sa, payload, True)]
+        packets = (len(payload) + 6) // 7
+        announce = bytes([0x20, len(payload) & 0xFF, len(payload) >> 8, packets, 0xFF,
+                          DM1_PGN & 0xFF, (DM1_PGN >> 8) & 0xFF, 0x00])
+        self._bam = []  # a newer DM1 replaces a transfer still under way
+        for k in range(packets):
+            chunk = payload[7 * k:7 * k + 7].ljust(7, b"\xff")
+            frame = Frame(TP_DT_ID | sa, bytes([k + 1]) + chunk, True)
+            self._bam.append((now + BAM_PACKET_GAP_S * (k + 1), frame))
+        return [Frame(TP_CM_BAM_ID | sa, announce, True)]
 
     def on_frame(  # noqa: PLR0911 - each kind of frame the ECU ignores returns early
             self, frame: Frame, now: float) -> list[Frame]:

@@ -125,7 +125,8 @@ def test_cycle_times_come_from_the_dbc(driving_model: VehicleModel) -> None:
     assert counts[0x18FEEE00] == 1  # ET1, 1 s
     assert counts[0x18FEFC00] == 2  # DD1, overridden to 500 ms
     assert 0x18FEF500 not in counts  # AMB switched off
-    assert sum(counts.values()) == 50 + 20 + 10 + 10 + 1 + 2 + 1 + 1 + 1
+    assert counts[0x18FECA00] == 1  # DM1, 1 s
+    assert sum(counts.values()) == 50 + 20 + 10 + 10 + 1 + 2 + 1 + 1 + 1 + 1
 
 
 def test_obd_single_frame_and_multi_frame_vin(tester: can.BusABC,
@@ -241,3 +242,45 @@ def test_offline_fault_silences_the_bus() -> None:
                          faults=[Fault.parse("offline@10+10")])
     model.step(11.0)
     assert CanEcu(model).due(now=0.0) == []
+
+
+def _dm1_frames(model: VehicleModel) -> list[Frame]:
+    ecu = CanEcu(model, periods_ms=dict.fromkeys(("EEC1", "EEC2", "CCVS1", "LFE1", "ET1", "DD1", "VEP1", "VDHR", "HOURS", "AMB"), 0))
+    frames: list[Frame] = []
+    for tick in range(40):  # 2 s in 50 ms ticks
+        frames += ecu.due(now=500.0 + tick * 0.05)
+    return frames
+
+
+def test_dm1_single_frame_decodes_with_the_dbc(driving_model: VehicleModel) -> None:
+    frames = _dm1_frames(driving_model)
+    assert [f.arbitration_id for f in frames] == [0x18FECA00, 0x18FECA00]
+    decoded = J1939.decode_message(0x18FECA00, frames[0].data)
+    assert decoded["MalfunctionIndicatorLampStatus"] == 1
+    assert decoded["DTC1_SPN"] + (decoded["DTC1_SPN_High"] << 16) == 1323  # misfire cyl 1
+    assert decoded["DTC1_FMI"] == 31
+    assert decoded["DTC1_OccurrenceCount"] == 1
+    assert frames[0].data[6:] == b"\xff\xff"
+
+
+def test_dm1_without_dtcs_and_with_several_by_bam() -> None:
+    quiet = VehicleModel(3, start_ms=START_MS, warm_engine=True)
+    quiet.step(5.0)
+    decoded = J1939.decode_message(0x18FECA00, _dm1_frames(quiet)[0].data)
+    assert decoded["MalfunctionIndicatorLampStatus"] == 0
+    assert decoded["DTC1_SPN"] == 0
+    assert decoded["DTC1_FMI"] == 0
+    model = VehicleModel(3, start_ms=START_MS, warm_engine=True, faults=[
+        Fault.parse("misfire@0+100:cylinder=2"), Fault.parse("misfire@0+100:cylinder=5")])
+    model.step(1.0)
+    frames = _dm1_frames(model)
+    announce = frames[0]
+    assert announce.arbitration_id == 0x1CECFF00
+    assert announce.data == bytes([0x20, 10, 0, 2, 0xFF, 0xCA, 0xFE, 0x00])
+    packets = frames[1:3]
+    assert [f.arbitration_id for f in packets] == [0x1CEBFF00, 0x1CEBFF00]
+    assert [f.data[0] for f in packets] == [1, 2]
+    payload = (packets[0].data[1:] + packets[1].data[1:])[:10]
+    assert payload[0] >> 6 == 1  # MIL on
+    spns = [payload[2 + 4 * k] | payload[3 + 4 * k] << 8 for k in range(2)]
+    assert spns == [1324, 1327]
