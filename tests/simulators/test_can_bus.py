@@ -245,7 +245,8 @@ def test_offline_fault_silences_the_bus() -> None:
 
 
 def _dm1_frames(model: VehicleModel) -> list[Frame]:
-    ecu = CanEcu(model, periods_ms=dict.fromkeys(("EEC1", "EEC2", "CCVS1", "LFE1", "ET1", "DD1", "VEP1", "VDHR", "HOURS", "AMB"), 0))
+    others = ("EEC1", "EEC2", "CCVS1", "LFE1", "ET1", "DD1", "VEP1", "VDHR", "HOURS", "AMB")
+    ecu = CanEcu(model, periods_ms=dict.fromkeys(others, 0))
     frames: list[Frame] = []
     for tick in range(40):  # 2 s in 50 ms ticks
         frames += ecu.due(now=500.0 + tick * 0.05)
