@@ -26,7 +26,7 @@ def opt(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 step = st.fixed_dictionaries({
-    "dt_s": st.one_of(st.sampled_from([0.1, 1.0, 1.0, 1.0, 2.5, 30.0, 400.0]),
+    "dt_s": st.one_of(st.sampled_from([0.0, 0.1, 1.0, 1.0, 1.0, 2.5, 30.0, 400.0]),
                       st.floats(0.05, 900.0)),
     "speed_kph": opt(st.floats(0, 250)),
     "ignition": opt(st.booleans()),
