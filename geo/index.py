@@ -129,7 +129,8 @@ class FenceIndex:
         self._by_id = {f.id: f for f in self._fences}
         if len(self._by_id) != len(self._fences):
             raise GeoError("fence ids must be unique")
-        self._singles = [frozenset((f.id,)) for f in self._fences]
+        self._singles_arr = np.empty(len(self._fences), dtype=object)
+        self._singles_arr[:] = [frozenset((f.id,)) for f in self._fences]
         self._tkey = np.asarray([tenant_key(f.tenant_id) for f in self._fences], dtype=np.int64)
         self._zones = np.asarray([f.zone for f in self._fences] or [], dtype=object)
         shapely.prepare(self._zones)
@@ -200,23 +201,24 @@ class FenceIndex:
         """
         n = len(lons)
         pidx, fidx = self.containing_pairs(tenant_ids, lons, lats)
-        out: list[frozenset[UUID]] = [EMPTY] * n
         if pidx.size == 0:
-            return out
+            return [EMPTY] * n
+        # Assembled in an object array so that the common cases (no fence, one fence) are
+        # filled by numpy without a Python loop; only positions in several fences build a set.
+        out = np.full(n, EMPTY, dtype=object)
         counts = np.bincount(pidx, minlength=n)
         single = counts[pidx] == 1
-        singles = self._singles
-        for p, f in zip(pidx[single].tolist(), fidx[single].tolist(), strict=True):
-            out[p] = singles[f]
+        out[pidx[single]] = self._singles_arr[fidx[single]]
         if not single.all():
             ids = self._ids
             mp, mf = pidx[~single], fidx[~single]
             firsts = np.flatnonzero(np.r_[True, mp[1:] != mp[:-1]])
             bounds = np.r_[firsts, mp.size].tolist()
             fence_ids = [ids[f] for f in mf.tolist()]
-            for p, lo, hi in zip(mp[firsts].tolist(), bounds[:-1], bounds[1:], strict=True):
-                out[p] = frozenset(fence_ids[lo:hi])
-        return out
+            out[mp[firsts]] = [frozenset(fence_ids[lo:hi])
+                               for lo, hi in itertools.pairwise(bounds)]
+        result: list[frozenset[UUID]] = out.tolist()
+        return result
 
     def containing_pairs(self, tenant_ids: IntArray | Sequence[UUID], lons: FloatArray,
                          lats: FloatArray) -> tuple[IntArray, IntArray]:
