@@ -212,3 +212,22 @@ def test_economy_tracker_emits_per_window_and_restarts_on_refuel() -> None:
     for s in samples:
         assert s.model_key == VEHICLE.model_key
         assert s.km_per_pct == pytest.approx(5.0, rel=0.25)
+
+
+def test_steady_signal_learns_a_lasting_change_after_a_full_window() -> None:
+    # A leak of 3 %/min (fast smoothing so the rate steps): suspicious (over half the
+    # threshold of 4.8 %/min) but below it. The fuel rate holds suspicious values out of its
+    # baseline, then takes the new level in after window_samples of them, so the score falls
+    # back instead of staying high forever.
+    settings = AnomalySettings(signals=["fuel_rate_pct_per_min"], emit_every_samples=1,
+                               fuel_smoothing_s=0.5, fuel_rate_lag_s=1.0)
+    levels = [80.0] * 300 + [80.0 - 0.05 * t for t in range(1, 901)]
+    readings = [reading(t, fuel_pct=round(v, 2), ignition=True) for t, v in enumerate(levels)]
+    _, events = run(AnomalyScorer(settings), readings)
+    recs = records(events, "fuel_rate_pct_per_min")
+    t0 = reading(0).t_ms
+    during = [r.score for r in recs if 310_000 <= r.t_ms - t0 <= 400_000]
+    late = [r.score for r in recs if r.t_ms - t0 >= 700_000]
+    assert min(during) > 2.4  # held out of the baseline: still suspicious
+    assert max(late) < 1.0    # learned
+    assert not any(r.is_event for r in recs)
