@@ -13,6 +13,7 @@ SLCAN adapter on a pty, so `can.Bus(interface="slcan", channel=port)` works unmo
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -30,6 +31,8 @@ from simulators.vehicle import VehicleModel, VehicleState
 
 if TYPE_CHECKING:
     import can
+
+log = logging.getLogger(__name__)
 
 OBD_FUNCTIONAL_ID: Final = 0x7DF
 OBD_REQUEST_ID: Final = 0x7E0
@@ -438,11 +441,18 @@ class CanSimulator:
                 continue  # a full transmit queue loses the frame, as on a busy bus
 
     def _serve(self) -> None:
+        import can
+
         bus = self._bus
         while bus is not None and not self._stop.is_set():
             now = time.monotonic()
             timeout = max(0.0, min(self.ecu.next_due() - now, 0.02))
-            message = bus.recv(timeout)
+            try:
+                message = bus.recv(timeout)
+            except can.CanError:
+                log.exception("CanSimulator: receive failed on %s", self.channel)
+                self._stop.wait(0.1)
+                continue
             now = time.monotonic()
             if message is not None and not message.is_error_frame:
                 self._send(self.ecu.on_frame(

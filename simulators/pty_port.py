@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import select
 import struct
@@ -18,11 +19,14 @@ import termios
 import threading
 import time
 import tty
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from simulators.errors import FrontEndError
+
+log = logging.getLogger(__name__)
 
 WRITE_TIMEOUT_S: Final = 1.0
 """Overflow policy: a client that reads nothing for this long loses the rest of the write,
@@ -167,11 +171,18 @@ class PtyServer:
                         raise
                     data = b""
                 if data:
-                    self.on_input(data)
+                    self._guarded(self.on_input, data)
             now = time.monotonic()
             if now >= next_tick:
-                self.on_tick(now)
+                self._guarded(self.on_tick, now)
                 next_tick = max(next_tick + self.tick_s, now)
+
+    def _guarded(self, hook: Callable[[Any], None], arg: Any) -> None:
+        # a bug in one answer must not kill the device for the rest of a test run
+        try:
+            hook(arg)
+        except Exception:
+            log.exception("%s: %s failed", type(self).__name__, hook.__name__)
 
     def _open_pty(self) -> None:
         try:
