@@ -78,8 +78,19 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> None:
         task = asyncio.create_task(gateway.run())
         loop = asyncio.get_running_loop()
+        signals_seen = 0
+
+        def on_signal() -> None:
+            # First signal: graceful (drain in-flight PUBACKs); a second one: stop at once.
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen == 1:
+                gateway.request_stop()
+            else:
+                task.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

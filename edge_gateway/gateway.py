@@ -13,6 +13,7 @@ The pipeline order lives here, in `Gateway.run`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -57,6 +58,7 @@ class Gateway:
         self.uplink = Uplink(settings, self.spool, self.commands, self.status)
         self.last_tick = time.monotonic()
         self.samples_written = 0
+        self._stop_requested = asyncio.Event()
 
     def _build_sources(self) -> None:
         s = self.settings
@@ -179,17 +181,31 @@ class Gateway:
                 self.notifier.watchdog()
             await asyncio.sleep(timeout_s / 4)
 
+    def request_stop(self) -> None:
+        """Graceful stop (SIGTERM): stop sampling, let in-flight batches get their PUBACK."""
+        self._stop_requested.set()
+
     async def run(self) -> None:
-        """Start every source and task; runs until cancelled, then stops cleanly."""
+        """Start every source and task; runs until `request_stop()` (graceful: in-flight
+        batches are acknowledged first, so a restart sends nothing twice) or cancellation."""
         for source in self.sources.values():
             source.start()
         self.notifier.ready(f"gateway {self.settings.gateway.vehicle}: "
                             f"sources {', '.join(self.sources) or 'none'}")
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._tick_loop())
-                tg.create_task(self.uplink.run())
-                tg.create_task(self._watchdog_loop())
+                ticking = tg.create_task(self._tick_loop())
+                uplink = tg.create_task(self.uplink.run())
+                watchdog = tg.create_task(self._watchdog_loop())
+                await self._stop_requested.wait()
+                self.notifier.stopping()
+                ticking.cancel()
+                self.uplink.stop()
+                drain_s = self.settings.gateway.publish_timeout_s + 5.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(uplink), drain_s)
+                uplink.cancel()
+                watchdog.cancel()
         finally:
             self.notifier.stopping()
             await asyncio.to_thread(self.close)

@@ -56,6 +56,10 @@ SESSION_EXPIRY_S = 3600
 MAX_PENDING_EVENTS = 100
 
 
+class _StopRequestedError(Exception):
+    """Internal: ends a connection's task group once a clean shutdown has drained."""
+
+
 class AckCheckingClient(aiomqtt.Client):
     """aiomqtt client that does not treat a negative PUBACK as delivered.
 
@@ -97,12 +101,22 @@ class Uplink:
         self._events: deque[DeviceEvent] = deque(maxlen=MAX_PENDING_EVENTS)
         self._events_ready = asyncio.Event()
         self._decoder = msgspec.json.Decoder(Sample)
+        self._stopping = asyncio.Event()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        """Set while no telemetry batch awaits its PUBACK."""
+        self._idle.set()
 
     # ---- called by the gateway ------------------------------------------------------------------
 
     def request_status(self) -> None:
         """Publish a status message soon (power-mode change, report_status command)."""
         self._status_now.set()
+
+    def stop(self) -> None:
+        """Shut down cleanly: start no new batch, wait (up to `publish_timeout_s`) for the
+        PUBACKs of those in flight, publish a retained `offline` status, disconnect."""
+        self._stopping.set()
 
     def add_event(self, event: DeviceEvent) -> None:
         """Queue a device event for the `events` channel."""
@@ -138,9 +152,9 @@ class Uplink:
         return client
 
     async def run(self) -> None:
-        """Connect, serve, and reconnect with back-off, forever."""
+        """Connect, serve, and reconnect with back-off until `stop()`."""
         backoff = Backoff(self.gw.reconnect_min_s, self.gw.reconnect_max_s)
-        while True:
+        while not self._stopping.is_set():
             started = time.monotonic()
             try:
                 async with self._client() as client:
@@ -148,6 +162,8 @@ class Uplink:
                     self.state = "connected"
                     log.info("connected to %s:%s", self.target.host, self.target.port)
                     await self._serve(client)
+            except* _StopRequestedError:
+                self.state = "stopped"
             except* (aiomqtt.MqttError, OSError) as group:
                 reason = "; ".join(str(e) for e in group.exceptions)[:150]
                 self.state = f"disconnected: {reason}"
@@ -156,7 +172,8 @@ class Uplink:
                 self.connected = False
             if time.monotonic() - started > 30:
                 backoff.reset()
-            await asyncio.sleep(backoff.next_delay_s())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff.next_delay_s())
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         await self._publish_status(client)
@@ -166,6 +183,18 @@ class Uplink:
             tg.create_task(self._command_loop(client))
             tg.create_task(self._status_loop(client))
             tg.create_task(self._event_loop(client))
+            tg.create_task(self._stopper(client))
+
+    async def _stopper(self, client: aiomqtt.Client) -> None:
+        await self._stopping.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self.gw.publish_timeout_s)
+        # A clean DISCONNECT suppresses the Last Will, so say goodbye ourselves.
+        offline = Status(state="offline", t_ms=_now_ms(), software=software())
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(self.topics[Channel.STATUS], encode(offline), qos=1,
+                                 retain=True, timeout=2.0)
+        raise _StopRequestedError
 
     # ---- telemetry ----------------------------------------------------------------------------
 
@@ -187,7 +216,12 @@ class Uplink:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.spool.appended.wait(), timeout)
                     continue
+            if self._stopping.is_set():
+                window.release()
+                return
             cursor = rows[-1].seq
+            self._inflight += 1
+            self._idle.clear()
             tg.create_task(self._publish_batch(client, rows, samples, window))
 
     async def _publish_batch(self, client: aiomqtt.Client, rows: list[SpoolRow],
@@ -200,6 +234,9 @@ class Uplink:
             await self.spool.run(self.spool.spool.ack, rows[0].seq, rows[-1].seq)
             self.published_samples += len(rows)
         finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
             window.release()
 
     def _payloads(self, samples: list[Sample]) -> list[bytes]:
