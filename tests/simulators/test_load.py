@@ -169,3 +169,17 @@ async def test_stop_flushes_and_returns(mqtt_url: str, tenant_slug: str) -> None
     assert report.produced_samples > 0
     assert report.ledger.samples == report.produced_samples, "the partial batches were flushed"
     assert report.ledger.last_seq == {c: report.ledger.counts[c] - 1 for c in config.codes}
+
+
+def test_every_sample_of_a_faulty_vehicle_passes_the_contract() -> None:
+    from edge_gateway.protocol import encode
+
+    faults = [Fault.parse(spec) for spec in (
+        "overheat@10+300", "misfire@20+100", "fuel_theft@30+60:pct=90", "refuel@200+60",
+        "harsh_brake@40", "speeding@60+120", "gps_jump@70+5", "gps_loss@80+20",
+        "offline@120+30", "park@400+100", "low_battery@520+60:v=10.5")]
+    model = VehicleModel(12, start_ms=START_MS, faults=faults)
+    samples = [sample_of(model.step(1.0), seq) for seq in range(900)]
+    for k in range(0, len(samples), 100):
+        message = Telemetry(source=Source.SIMULATOR, samples=samples[k:k + 100])
+        assert decode(encode(message), Telemetry) == message
