@@ -9,9 +9,9 @@ EXTRAS := edge,obd,server,dev
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system venv services migrate demo test lint clean services-down
+.PHONY: setup system venv node services migrate demo test lint clean services-down
 
-setup: system venv services migrate
+setup: system venv node services migrate
 
 system:
 	@$(SUDO) bash deploy/install/system-deps.sh
@@ -23,6 +23,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-* && touch $@
+
+# Leaflet for the dispatcher map (served by the API, no CDN) and Azurite for the archive tests.
+NODE_STAMPS := api/web/node_modules/.installed api/jobs/azurite/node_modules/.installed
+
+node: $(NODE_STAMPS)
+
+%/node_modules/.installed: %/package-lock.json
+	npm ci --prefix $* --no-audit --no-fund --loglevel=error
+	@touch $@
 
 services: venv
 	$(BIN)/fleet services up

@@ -7,7 +7,11 @@ PACKAGES=(
   postgresql-15 postgresql-15-postgis-3 postgresql-server-dev-15 postgresql-client-15
   cmake build-essential mosquitto mosquitto-clients redis-server
   dpkg-dev libssl-dev libkrb5-dev
+  chromium
 )
+# Node.js runs Azurite (the Azure Storage emulator) and installs Leaflet; keep an existing
+# installation (it may be newer than Debian's) and add Debian's only when there is none.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
