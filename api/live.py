@@ -340,12 +340,15 @@ async def _writer(client: LiveClient, hub: LiveHub) -> None:
     while not client.ws.closed:
         try:
             await asyncio.wait_for(client.wake.wait(), timeout=heartbeat_s)
+            woke = True
         except TimeoutError:
-            if time.time() >= client.expires_at:
-                await client.ws.send_frame(_error("token_expired", "token expired"),
-                                           WSMsgType.TEXT)
-                await client.ws.close(code=4401, message=b"token expired")
-                return
+            woke = False
+        # Checked on every wake-up, busy or idle: an expired token ends the stream.
+        if time.time() >= client.expires_at:
+            await client.ws.send_frame(_error("token_expired", "token expired"), WSMsgType.TEXT)
+            await client.ws.close(code=4401, message=b"token expired")
+            return
+        if not woke:
             await client.ws.send_frame(_encoder.encode({"type": "heartbeat", "t_ms": now_ms()}),
                                        WSMsgType.TEXT)
             continue
@@ -394,6 +397,7 @@ async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR
     await ws.prepare(request)
     client: LiveClient | None = None
     writer: asyncio.Task[None] | None = None
+    closed_by_writer = False
     try:
         # A deadline, not receive(timeout=): pongs to our pings would restart that timeout.
         async with asyncio.timeout(section.live_auth_timeout_s):
@@ -415,7 +419,10 @@ async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR
                 await ws.close(code=4401, message=b"unauthenticated")
                 return ws
             if user.role not in LIVE_ROLES or \
-                    (sub.tenant_id is not None and sub.tenant_id != str(user.tenant_id)):
+                    (sub.tenant_id is not None and sub.tenant_id != str(user.tenant_id)) or \
+                    (client is not None and user.id != client.user.id):
+                # A connection belongs to one user (and so one tenant) for its lifetime;
+                # a new token on re-subscribe only extends it.
                 await ws.send_frame(_error("forbidden", "not allowed to watch this tenant"),
                                     WSMsgType.TEXT)
                 await ws.close(code=4403, message=b"forbidden")
@@ -441,14 +448,19 @@ async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR
             if writer is None:
                 writer = asyncio.create_task(_writer(client, hub), name="live-writer")
             first = await ws.receive()
+        # CLOSING: our writer is closing the socket (expired token) and woke this reader.
+        closed_by_writer = first.type == WSMsgType.CLOSING
     except TimeoutError:
         await ws.send_frame(_error("timeout", "no subscribe message"), WSMsgType.TEXT)
         await ws.close(code=4401, message=b"no subscribe message")
     finally:
         if writer is not None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await writer
+            # A writer that is closing the socket itself (token expired) is let finish, so
+            # the client gets a clean close with our code rather than an aborted connection.
+            if not closed_by_writer:
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
+                await asyncio.wait_for(writer, 5.0)
         if client is not None:
             hub.remove(client)
         if not ws.closed:

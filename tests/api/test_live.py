@@ -259,3 +259,45 @@ async def test_slow_client_outbox_is_bounded() -> None:
     assert len(frame["positions"]) == 20
     assert frame["dropped_events"] == 90
     assert client.take_frame() is None
+
+
+async def test_expired_token_closes_a_busy_stream(world: World, redis: Any) -> None:
+    """A token that expires while updates keep flowing ends the stream with 4401."""
+    import jwt
+
+    a = world.a
+    now = int(time.time())
+    token = jwt.encode({"sub": str(a.user_ids["admin"]), "tenant_id": str(a.id),
+                        "role": "admin", "email": a.users["admin"], "typ": "access",
+                        "iat": now, "exp": now + 2}, "t" * 40, algorithm="HS256")
+    ws, _ = await subscribe(world.client, token)
+    vid = a.vehicles["other"]
+
+    async def keep_publishing() -> None:
+        while True:
+            await redis.publish(live_channel(a.id), encode_live(position(vid, "other", 52, 13)))
+            await asyncio.sleep(0.1)
+
+    # Receives are never cancelled (aiohttp marks a cancelled receive as an abnormal close).
+    publisher = asyncio.create_task(keep_publishing())
+    try:
+        frames = await wait_for(ws, lambda f: f["type"] == "error")
+        assert frames[-1]["code"] == "token_expired"
+        closing = await asyncio.wait_for(ws.receive(), TIMEOUT_S)
+        assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+        # aiohttp closes from the writer task while the handler waits in receive(), which
+        # the client may see as 1006; the error frame before it carries the reason.
+        assert ws.close_code in (4401, 1006)
+    finally:
+        publisher.cancel()
+        await ws.close()
+
+
+async def test_resubscribe_with_another_users_token_is_refused(world: World) -> None:
+    """A connection stays with its user and tenant."""
+    ws, _ = await subscribe(world.client, world.a.tokens["admin"])
+    await ws.send_json({"type": "subscribe", "token": world.b.tokens["admin"]})
+    error = await next_json(ws)
+    assert error["code"] == "forbidden"
+    await asyncio.wait_for(ws.receive(), TIMEOUT_S)
+    assert ws.close_code == 4403

@@ -4,7 +4,7 @@
 (function () {
   const STALE_MS = 5 * 60 * 1000;
   const MAX_EVENTS = 200;
-  const state = { tokens: null, map: null, markers: {}, positions: {}, ws: null,
+  const state = { tokens: null, map: null, markers: {}, positions: {}, fences: {}, ws: null,
                   selected: null, track: null, retryMs: 1000, refreshTimer: null };
   window.fleet = state;  // inspected by the browser test
 
@@ -91,6 +91,7 @@
     const bounds = [];
     for (const f of fc.features) {
       const p = f.properties;
+      state.fences[f.id] = p.name;
       const style = { color: p.speed_limit_kph ? "#d93025" : "#2456a6", weight: 2, fillOpacity: 0.08 };
       let layer;
       if (p.kind === "circle") {
@@ -160,7 +161,7 @@
     li.className = e.kind + " " + (e.severity || "info");
     li.dataset.vehicleId = e.vehicle_id;
     const t = new Date(e.t_ms).toLocaleTimeString();
-    const what = e.kind === "geofence" ? e.event_type + " " + (e.geofence_name || "geofence")
+    const what = e.kind === "geofence" ? e.event_type + " " + (e.geofence_name || state.fences[e.geofence_id] || "geofence")
                : e.kind === "anomaly" ? "anomaly " + e.event_type + (e.value != null ? " = " + e.value : "")
                : e.event_type.replace(/_/g, " ") + (e.value != null ? " (" + e.value + ")" : "");
     li.innerHTML = "<time>" + t + "</time><b>" + escapeHtml(e.code) + "</b> " + escapeHtml(what);
@@ -223,11 +224,14 @@
       else if (data.type === "snapshot" || data.type === "batch") {
         (data.positions || []).forEach(applyPosition);
         (data.events || []).forEach(addEvent);
-      } else if (data.type === "error") { setStatus(data.message, false); }
+      } else if (data.type === "error") {
+        setStatus(data.message, false);
+        if (data.code === "token_expired") state.needRefresh = true;
+      }
     };
     ws.onclose = async (ev) => {
       setStatus("reconnecting…", false);
-      if (ev.code === 4401) await refresh();
+      if (ev.code === 4401 || state.needRefresh) { state.needRefresh = false; await refresh(); }
       setTimeout(connect, state.retryMs);
       state.retryMs = Math.min(state.retryMs * 2, 15000);
     };
