@@ -2,7 +2,8 @@
 
 Method: a throwaway database with one tenant, `--vehicles` vehicles and their vehicle_state
 rows (for the snapshots); the API runs as its own process (`fleet api`). This process opens
-`--clients` WebSocket connections (all subscribed to the whole tenant); `--slow-pct` of them
+`--clients` WebSocket connections, spread over `--client-procs` load-client processes (all
+subscribed to the whole tenant); `--slow-pct` of them
 are deliberately slow readers (one frame every `--slow-delay-s`), the rest read as fast as
 they can. A publisher sends every vehicle's position at `--rate-hz` to Redis exactly as the
 stream does (`stream.live`: JSON `LivePosition` on `fleet:live:{tenant}`, `t_ms` = `sent_ms`
@@ -50,6 +51,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate-hz", type=float, default=1.0)
     parser.add_argument("--duration-s", type=float, default=30.0)
     parser.add_argument("--warmup-s", type=float, default=5.0)
+    parser.add_argument("--client-procs", type=int, default=2,
+                        help="load-client processes the connections are spread over")
     parser.set_defaults(func=run)
 
 
@@ -65,16 +68,94 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hist_percentile(hist: dict[int, int], pct: float) -> int:
+    """Nearest-rank percentile of a {value: count} histogram."""
+    total = sum(hist.values())
+    if not total:
+        return 0
+    rank = max(1, round(pct / 100 * total + 0.5))
+    seen = 0
+    for value in sorted(hist):
+        seen += hist[value]
+        if seen >= rank:
+            return value
+    return max(hist)
+
+
+async def _clients(spec: dict[str, Any]) -> dict[str, Any]:
+    """One load-client process: open the connections, measure between the given wall times."""
+    import asyncio
+    import contextlib
+    import time
+    from collections import Counter
+
+    import aiohttp
+
+    decoder = msgspec.json.Decoder(_Frame)
+    hists: dict[str, Counter[int]] = {"fast": Counter(), "slow": Counter()}
+    frames = {"fast": 0, "slow": 0}
+    errors: list[str] = []
+    measure_from, measure_to = spec["measure_from"], spec["measure_to"]
+
+    async def client(session: aiohttp.ClientSession, kind: str, measure: bool) -> None:
+        try:
+            async with session.ws_connect(f"{spec['base_url']}/api/live", max_msg_size=0) as ws:
+                await ws.send_json({"type": "subscribe", "token": spec["token"]})
+                while True:
+                    msg = await ws.receive()
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        errors.append(f"{kind}: {msg.type}")
+                        return
+                    now = time.time()
+                    if measure_from <= now < measure_to:
+                        frames[kind] += 1
+                        if measure:
+                            frame = decoder.decode(msg.data)
+                            if frame.type == "batch":
+                                now_ms = int(now * 1000)
+                                hists[kind].update(now_ms - p.sent_ms for p in frame.positions
+                                                   if p.sent_ms is not None)
+                    if kind == "slow":
+                        await asyncio.sleep(spec["slow_delay_s"])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            errors.append(f"{kind}: {exc!r}")
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        tasks = [asyncio.create_task(client(session, "slow", True))
+                 for _ in range(spec["slow"])]
+        tasks += [asyncio.create_task(client(session, "fast", i < spec["measure"]))
+                  for i in range(spec["fast"])]
+        await asyncio.sleep(max(0.0, measure_to - time.time()))
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return {"fast": dict(hists["fast"]), "slow": dict(hists["slow"]), "frames": frames,
+            "errors": errors}
+
+
+def client_process_main() -> None:
+    """Entry of a load-client process: spec as JSON on stdin, result as JSON on stdout."""
+    import asyncio
+
+    spec = json.loads(sys.stdin.read())
+    print(json.dumps(asyncio.run(_clients(spec))))
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
     import asyncio
     import contextlib
     import time
-    from array import array
+    from collections import Counter
 
-    import aiohttp
     import redis.asyncio as aioredis
 
-    from api.bench_common import api_process, cpu_s, percentile, rss_mb
+    from api.bench_common import api_process, cpu_s, rss_mb
     from api.config import load_api_settings
     from stream.live import LivePosition, decode_live, encode_live, live_channel
 
@@ -82,43 +163,14 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
     n_slow = round(args.clients * args.slow_pct / 100)
     n_fast = args.clients - n_slow
     n_measure = max(1, round(n_fast * args.measure_pct / 100))
-    decoder = msgspec.json.Decoder(_Frame)
+    procs = max(1, args.client_procs)
     state = {"measuring": False, "stop": False}
-    fast_lat: array[int] = array("i")
-    slow_lat: array[int] = array("i")
-    anchor_lat: array[int] = array("i")
-    frames = {"fast": 0, "slow": 0}
-    errors: list[str] = []
+    anchor_hist: Counter[int] = Counter()
 
     async with api_process(vehicles=args.vehicles, with_state=True) as env:
         channel = live_channel(env.tenant_id)
-        print(f"ws: {args.clients} clients ({n_slow} slow, {n_measure} measuring), "
-              f"{args.vehicles} vehicles at {args.rate_hz} Hz", file=sys.stderr)
-
-        async def client(session: aiohttp.ClientSession, kind: str, measure: bool) -> None:
-            try:
-                async with session.ws_connect(f"{env.base_url}/api/live",
-                                              max_msg_size=0) as ws:
-                    await ws.send_json({"type": "subscribe", "token": env.token})
-                    while not state["stop"]:
-                        msg = await ws.receive()
-                        if msg.type != aiohttp.WSMsgType.TEXT:
-                            if not state["stop"]:
-                                errors.append(f"{kind}: {msg.type}")
-                            return
-                        now_ms = int(time.time() * 1000)
-                        if state["measuring"]:
-                            frames[kind] += 1
-                        if measure and state["measuring"]:
-                            frame = decoder.decode(msg.data)
-                            if frame.type == "batch":
-                                target = slow_lat if kind == "slow" else fast_lat
-                                target.extend(now_ms - p.sent_ms for p in frame.positions
-                                              if p.sent_ms is not None)
-                        if kind == "slow":
-                            await asyncio.sleep(args.slow_delay_s)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                errors.append(f"{kind}: {exc!r}")
+        print(f"ws: {args.clients} clients ({n_slow} slow, {n_measure} measuring) in {procs} "
+              f"processes, {args.vehicles} vehicles at {args.rate_hz} Hz", file=sys.stderr)
 
         async def publisher(redis: aioredis.Redis) -> None:
             ticks_per_s = 10
@@ -150,49 +202,71 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
                         continue
                     pos = decode_live(msg["data"])
                     if isinstance(pos, LivePosition) and pos.sent_ms is not None:
-                        anchor_lat.append(int(time.time() * 1000) - pos.sent_ms)
+                        anchor_hist[int(time.time() * 1000) - pos.sent_ms] += 1
             finally:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-        connector = aiohttp.TCPConnector(limit=0)
+        settle_s = 2.0 + args.clients / 200
+        measure_from = time.time() + settle_s + args.warmup_s
+        measure_to = measure_from + args.duration_s
+        workers = []
+        for n_f, n_s, n_m in zip(_split(n_fast, procs), _split(n_slow, procs),
+                                 _split(n_measure, procs), strict=True):
+            spec = {"base_url": env.base_url, "token": env.token, "fast": n_f, "slow": n_s,
+                    "measure": n_m, "slow_delay_s": args.slow_delay_s,
+                    "measure_from": measure_from, "measure_to": measure_to}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "from api.bench_ws import client_process_main as m; m()",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            workers.append((proc, json.dumps(spec).encode()))
+        outputs = [asyncio.create_task(proc.communicate(spec_bytes))
+                   for proc, spec_bytes in workers]
         redis = aioredis.Redis.from_url(redis_url)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            tasks = [asyncio.create_task(client(session, "slow", True)) for _ in range(n_slow)]
-            tasks += [asyncio.create_task(client(session, "fast", i < n_measure))
-                      for i in range(n_fast)]
-            await asyncio.sleep(2.0)  # let the connections and snapshots settle
-            side = [asyncio.create_task(publisher(redis)), asyncio.create_task(anchor(redis))]
-            await asyncio.sleep(args.warmup_s)
-            state["measuring"] = True
-            cpu0, t0 = cpu_s(env.pid), time.monotonic()
-            series = []
-            while time.monotonic() - t0 < args.duration_s:
-                await asyncio.sleep(min(5.0, args.duration_s - (time.monotonic() - t0)))
-                series.append(rss_mb(env.pid)[0])
-            elapsed = time.monotonic() - t0
-            cpu = cpu_s(env.pid) - cpu0
-            state["measuring"] = False
-            rss_end, rss_peak = rss_mb(env.pid)
-            state["stop"] = True
-            for task in tasks + side:
-                task.cancel()
-            for task in tasks + side:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await asyncio.sleep(settle_s)  # let the connections and snapshots settle
+        side = [asyncio.create_task(publisher(redis)), asyncio.create_task(anchor(redis))]
+        await asyncio.sleep(max(0.0, measure_from - time.time()))
+        state["measuring"] = True
+        cpu0, t0 = cpu_s(env.pid), time.monotonic()
+        series = []
+        while time.time() < measure_to:
+            await asyncio.sleep(max(0.0, min(5.0, measure_to - time.time())))
+            series.append(rss_mb(env.pid)[0])
+        elapsed = time.monotonic() - t0
+        cpu = cpu_s(env.pid) - cpu0
+        state["measuring"] = False
+        rss_end, rss_peak = rss_mb(env.pid)
+        results = [json.loads(out.splitlines()[-1]) for out, _ in
+                   [await task for task in outputs]]
+        state["stop"] = True
+        for task in side:
+            task.cancel()
+        for task in side:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await redis.aclose()
 
-    fast, slow, floor = list(fast_lat), list(slow_lat), list(anchor_lat)
+    fast: Counter[int] = Counter()
+    slow: Counter[int] = Counter()
+    frames = {"fast": 0, "slow": 0}
+    errors: list[str] = []
+    for r in results:
+        fast.update({int(k): v for k, v in r["fast"].items()})
+        slow.update({int(k): v for k, v in r["slow"].items()})
+        frames["fast"] += r["frames"]["fast"]
+        frames["slow"] += r["frames"]["slow"]
+        errors += r["errors"]
     return {
         "benchmark": "ws", "clients": args.clients, "slow_clients": n_slow,
-        "measuring_clients": n_measure, "vehicles": args.vehicles, "rate_hz": args.rate_hz,
-        "duration_s": round(elapsed, 1),
-        "staleness_p50_ms": percentile(fast, 50), "staleness_p99_ms": percentile(fast, 99),
-        "staleness_max_ms": max(fast, default=0), "positions_measured": len(fast),
-        "slow_staleness_p99_ms": percentile(slow, 99),
+        "measuring_clients": n_measure, "client_processes": procs, "vehicles": args.vehicles,
+        "rate_hz": args.rate_hz, "duration_s": round(elapsed, 1),
+        "staleness_p50_ms": _hist_percentile(fast, 50),
+        "staleness_p99_ms": _hist_percentile(fast, 99),
+        "staleness_max_ms": max(fast, default=0), "positions_measured": sum(fast.values()),
+        "slow_staleness_p99_ms": _hist_percentile(slow, 99),
         "fast_frames_per_client_per_s": round(frames["fast"] / max(1, n_fast) / elapsed, 2),
         "slow_frames_per_client_per_s": round(frames["slow"] / max(1, n_slow) / elapsed, 2),
         "api_rss_mb": rss_end, "api_rss_peak_mb": rss_peak, "api_rss_series_mb": series,
         "api_cpu_pct": round(100 * cpu / elapsed, 1),
-        "anchor_redis_staleness_p99_ms": percentile(floor, 99),
+        "anchor_redis_staleness_p99_ms": _hist_percentile(anchor_hist, 99),
         "client_errors": len(errors), "client_error_sample": errors[:3],
     }
