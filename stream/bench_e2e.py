@@ -43,6 +43,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="workers per stream process")
     parser.add_argument("--disable", default="",
                         help="comma-separated detectors not to run (stream.disabled_detectors)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the scratch database (its name is printed) for inspection")
     parser.add_argument("--drain-timeout", type=float, default=600.0,
                         help="how long to wait for the stream to catch up, s (it also stops "
                              "waiting after 30 s without progress)")
@@ -67,6 +69,7 @@ class _Publisher(threading.Thread):
         self.sent_samples = 0
         self.started_ms = 0
         self.elapsed_s = 0.0
+        self.seqs: list[int] = []
         self._lock = threading.Lock()
 
     def run(self) -> None:
@@ -93,7 +96,7 @@ class _Publisher(threading.Thread):
         client.connect(target.host, target.port)
         client.loop_start()
         topics = [topic_for(self.tenant, c, Channel.TELEMETRY) for c in self.codes]
-        seqs = [0] * len(self.codes)
+        seqs = self.seqs = [0] * len(self.codes)
         lats = [52.40 + i * 1e-3 for i in range(len(self.codes))]
         tick_s = 0.05
         per_tick = self.rate * tick_s / self.batch
@@ -262,6 +265,16 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
                 "(ORDER BY extract(epoch FROM received_at - time) * 1000) FROM telemetry"
             ).fetchone()
             rejects = conn.execute("SELECT count(*) FROM ingest_rejects").fetchone()
+            missing: list[Any] = []
+            if publisher.sent_samples > int(r[1] if r else 0):
+                # Which samples are missing, for the record: (vehicle, first seq, last seq).
+                missing = conn.execute(
+                    "SELECT v.code, min(g), max(g) FROM vehicles v "
+                    "CROSS JOIN LATERAL generate_series(1, %s) g "
+                    "WHERE NOT EXISTS (SELECT 1 FROM telemetry t WHERE t.vehicle_id = v.id "
+                    "AND t.seq = g) AND g <= (SELECT max(seq) FROM telemetry t2 "
+                    "WHERE t2.vehicle_id = v.id) GROUP BY v.code LIMIT 5",
+                    (max(publisher.seqs) if publisher.seqs else 0,)).fetchall()
         rows, distinct, last_ms, pct = r if r else (0, 0, None, None)
         span_s = max(1e-3, (float(last_ms) - publisher.started_ms) / 1000) if last_ms else 0
         result = {
@@ -271,10 +284,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
             "latency_p50_ms": round(pct[0], 1) if pct else None,
             "latency_p99_ms": round(pct[1], 1) if pct else None,
             "published": publisher.acked_samples,
+            "sent": publisher.sent_samples,
             "stored": int(distinct),
             "lost": max(0, publisher.acked_samples - int(distinct)),
             "drained": drained,
             "duplicated": int(rows) - int(distinct),
+            "missing_examples": [list(m) for m in missing],
             "rejects": int(rejects[0]) if rejects else 0,
             "vehicles": args.vehicles, "batch": args.batch,
             "processes": args.processes, "workers": args.workers,
@@ -290,7 +305,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        drop_database(admin_pg, name)
+        if args.keep:
+            print(f"scratch database kept: {name}", file=sys.stderr)
+        else:
+            drop_database(admin_pg, name)
     if not args.json:
         for key, value in result.items():
             print(f"{key:>16}: {value}")

@@ -52,6 +52,7 @@ from stream.items import InboxMessage
 log = logging.getLogger(__name__)
 
 _PRUNE_EVERY_S = 30.0
+_STATS_EVERY_S = 30.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
@@ -213,6 +214,8 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         self.received: collections.deque[_Received] = collections.deque()
         self.snapshots: collections.deque[tuple[float, int]] = collections.deque()
         self.last_prune = time.monotonic()
+        self.stat_messages, self.stat_commit_s = 0, 0.0
+        self.stat_started = time.monotonic()
         self.connected = threading.Event()
         self.client = self._connect()
 
@@ -278,7 +281,9 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
             self._maybe_prune()
             return []
         first = self.last_written + 1
+        t0 = time.perf_counter()
         self.inbox.append(first, taken)
+        self._count(len(taken), time.perf_counter() - t0)
         self.last_written = first + len(taken) - 1
         for m in taken:
             if m.qos > 0:
@@ -290,6 +295,17 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         self.emitted = self.last_written
         return [InboxMessage(self.partition, first + i, m.received_ms, m.topic, m.payload)
                 for i, m in enumerate(taken)]
+
+    def _count(self, messages: int, commit_s: float) -> None:
+        """Log the inbox's share of the time every 30 s (to find the bottleneck)."""
+        self.stat_messages += messages
+        self.stat_commit_s += commit_s
+        elapsed = time.monotonic() - self.stat_started
+        if elapsed >= _STATS_EVERY_S:
+            log.info("source %s: %d messages over %.0f s; inbox commits %.1f s",
+                     self.partition, self.stat_messages, elapsed, self.stat_commit_s)
+            self.stat_messages, self.stat_commit_s = 0, 0.0
+            self.stat_started = time.monotonic()
 
     def next_awake(self) -> datetime | None:
         """Poll again soon when idle (never block the worker)."""

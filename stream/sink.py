@@ -489,17 +489,46 @@ class RollupRefresher:
         self.db.close()
 
 
+class SinkStats:
+    """Where a sink worker's time goes, logged every `every_s` (to find the bottleneck)."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self.started = time.monotonic()
+        self.rows = self.batches = 0
+        self.build_s = self.db_s = 0.0
+
+    def add(self, rows: int, build_s: float, db_s: float) -> None:
+        """Count one batch; log and reset when the period is over."""
+        self.rows += rows
+        self.batches += 1
+        self.build_s += build_s
+        self.db_s += db_s
+        elapsed = time.monotonic() - self.started
+        if elapsed >= self.every_s:
+            log.info("sink: %d telemetry rows in %d batches over %.0f s; building rows %.1f s, "
+                     "database %.1f s", self.rows, self.batches, elapsed, self.build_s, self.db_s)
+            self._reset()
+
+
 class _SinkPartition(StatelessSinkPartition[SinkInput]):
     def __init__(self, sink: PostgresSink) -> None:
         self.db = DatabaseWriter(sink.database_url, connect_timeout_s=sink.connect_timeout_s)
         self.publisher = Publisher(sink.redis_url) if sink.redis_url else None
+        self.stats = SinkStats()
         self.rollups = (RollupRefresher(sink.database_url, sink.rollup_interval_s,
                                         sink.connect_timeout_s)
                         if sink.rollup_interval_s > 0 else None)
 
     def write_batch(self, items: list[SinkInput]) -> None:
+        t0 = time.perf_counter()
         batch = Batch.of(items)
+        t1 = time.perf_counter()
         self.db.write(batch)
+        self.stats.add(len(batch.telemetry), t1 - t0, time.perf_counter() - t1)
         if self.publisher is not None:
             self.publisher.publish(batch.states.values(), batch.live)
         if self.rollups is not None and batch.min_t_ms is not None \

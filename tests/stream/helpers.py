@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -85,7 +86,7 @@ class CountingDetector:
 
 def run_flow(messages: Sequence[InboxMessage], *, detectors: Sequence[Any] = (),
              dataflow: DataflowSettings | None = None,
-             filters: FilterSettings | None = None, clock_ms: int = T0,
+             filters: FilterSettings | None = None, clock_ms: int | None = T0,
              recovery_dir: Path | None = None, out: list[SinkItem] | None = None,
              ) -> list[SinkItem]:
     """Run the real dataflow in-process over the given inbox messages."""
@@ -98,7 +99,9 @@ def run_flow(messages: Sequence[InboxMessage], *, detectors: Sequence[Any] = (),
         decoder=Decoder(directory),
         index_provider=lambda: None,
         vehicle=VehicleStepConfig(dataflow or DataflowSettings(), filters or FilterSettings(),
-                                  list(detectors), clock_ms=lambda: clock_ms),
+                                  list(detectors),
+                                  clock_ms=(lambda: clock_ms) if clock_ms is not None
+                                  else (lambda: time.time_ns() // 1_000_000)),
     )
     if recovery_dir is None:
         run_main(build_flow(parts))

@@ -135,3 +135,23 @@ def test_restart_resumes_dedupe_and_detector_state(tmp_path: Path) -> None:
     # The resumed run knows seqs 1-3 (no repeat events) and its counter continues at 4.
     assert counts2 == [4.0]
     assert stored_seqs(out2) == [4]
+
+
+def test_a_gap_that_never_fills_is_released_by_the_processing_time_hold() -> None:
+    import time as _time
+    from datetime import timedelta
+
+    from bytewax.testing import TestingSource
+
+    inbox = Inbox()
+    det = CountingDetector()
+    now = _time.time_ns() // 1_000_000
+    msgs: list = [inbox.telemetry([sample(1, 0)], received_ms=T0),
+                  inbox.telemetry([sample(3, 2)], received_ms=T0),  # seq 2 never comes
+                  TestingSource.PAUSE(timedelta(seconds=1.5))]
+    out = run_flow(msgs, detectors=[det],
+                   dataflow=DataflowSettings(min_hold_ms=50, max_hold_ms=300),
+                   clock_ms=None)
+    assert now > 0
+    assert stored_seqs(out) == [1, 3]
+    assert det.seen == [1, 3]
