@@ -200,11 +200,16 @@ class LocalServices:
             raise ServiceError(
                 f"system user {user!r} does not exist; install its package or set another user"
             ) from exc
+        uid, gid = entry.pw_uid, entry.pw_gid
         for root, dirs, files in os.walk(path):
-            os.chown(root, entry.pw_uid, entry.pw_gid)
-            for name in dirs + files:
-                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid,
-                         follow_symlinks=False)
+            with contextlib.suppress(FileNotFoundError):  # a running daemon's temp file
+                os.chown(root, uid, gid)
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+            # A folder the daemon already owns holds only its own files: no need to descend
+            # (and a running PostgreSQL keeps creating and removing files in there).
+            dirs[:] = [d for d in dirs if _owner(os.path.join(root, d)) != uid]
         for parent in path.parents:
             if parent == self.state.parent:
                 break
@@ -578,6 +583,13 @@ class LocalServices:
     def status(self) -> list[ServiceStatus]:
         """One status line per service."""
         return [self.postgres_status(), self.mosquitto_status(), self.redis_status()]
+
+
+def _owner(path: str) -> int | None:
+    try:
+        return os.stat(path, follow_symlinks=False).st_uid
+    except FileNotFoundError:
+        return None
 
 
 def _tail(path: Path | None, lines: int = 20) -> str:
