@@ -40,11 +40,11 @@ FloatArray = NDArray[np.float64]
 class Raster:
     """One fence's entries over its window of w x h cells (flat index = row * w + col)."""
 
-    flat: IntArray
+    flat: NDArray[np.int32]
     kind: NDArray[np.int8]
-    line1: IntArray
+    line1: NDArray[np.int32]
     """Segment (index into `segments`) of HALF/AND/OR entries, else -1."""
-    line2: IntArray
+    line2: NDArray[np.int32]
     segments: FloatArray
     """(n, 4): ax, ay, dx, dy in degrees; the fence lies left of a -> a + d."""
 
@@ -226,8 +226,11 @@ def rasterise_many(zones: NDArray[np.object_], origins: FloatArray,  # noqa: PLR
         s0, s1 = seg_cuts[i], seg_cuts[i + 1]
         e1, e2 = l1[lo_e:hi_e], l2[lo_e:hi_e]
         out.append(Raster(
-            flat=flat[lo_e:hi_e] - base[i], kind=kinds[lo_e:hi_e],
-            line1=np.where(e1 >= 0, e1 - s0, -1), line2=np.where(e2 >= 0, e2 - s0, -1),
+            # int32 halves what an index keeps per fence for incremental rebuilds; windows
+            # are capped by max_cells_per_fence and segments per fence are far below 2**31.
+            flat=(flat[lo_e:hi_e] - base[i]).astype(np.int32), kind=kinds[lo_e:hi_e],
+            line1=np.where(e1 >= 0, e1 - s0, -1).astype(np.int32),
+            line2=np.where(e2 >= 0, e2 - s0, -1).astype(np.int32),
             segments=segments[s0:s1]))
     return out
 

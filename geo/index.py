@@ -440,7 +440,7 @@ class FenceIndex:
             if i in large_set:
                 continue
             _, ax0, ay0, w, h, r = self._rasters[self._ids[i]]
-            rows, cols = np.divmod(r.flat, w)
+            rows, cols = np.divmod(r.flat.astype(np.int64), w)
             parts.append((ay0 - ky0 + rows, ax0 - kx0 + cols, i, r))
             segments.append(r.segments)
         if not parts:
@@ -452,9 +452,9 @@ class FenceIndex:
         kind = np.concatenate([r.kind for r in rasters])
         sizes = np.asarray([r.segments.shape[0] for r in rasters], dtype=np.int64)
         offsets = (np.cumsum(sizes) - sizes).tolist()
-        line1 = np.concatenate([np.where(r.line1 >= 0, r.line1 + o, -1)
+        line1 = np.concatenate([np.where(r.line1 >= 0, r.line1.astype(np.int64) + o, -1)
                                 for r, o in zip(rasters, offsets, strict=True)])
-        line2 = np.concatenate([np.where(r.line2 >= 0, r.line2 + o, -1)
+        line2 = np.concatenate([np.where(r.line2 >= 0, r.line2.astype(np.int64) + o, -1)
                                 for r, o in zip(rasters, offsets, strict=True)])
         tk = self._tkey[fence]
         bkey = (tk * brows + (iy >> BLOCK_BITS)) * bcols + (ix >> BLOCK_BITS)
