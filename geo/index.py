@@ -1,17 +1,18 @@
 """The fence index: every tenant's fences, answering point-in-fence for a batch of positions.
 
-Fast path. A uniform grid in longitude/latitude (cells of `grid_cell_m` metres at the fences'
-median latitude) is laid over all fences. At build time every fence is rasterised into it: a
-cell its boundary passes through is a *boundary* cell, a cell wholly inside it is a *full*
-cell, and cells wholly outside are simply absent. The grid key also carries the tenant, so a
-position only ever meets its own tenant's fences. At query time each position's cell key is
-looked up in one sorted array (`numpy.searchsorted`); hits in full cells are accepted without
-any geometry, and only boundary-cell candidates get an exact test, all of them in one
-vectorised `shapely.intersects_xy` call over prepared zones (GEOS point-in-polygon).
+Fast path (details in `geo.grid`). A uniform grid in longitude/latitude (cells of
+`grid_cell_m` metres at the fences' median latitude, on a fixed lattice) is laid over all
+fences; at build time each fence is rasterised into it, and every cell it meets gets an entry
+saying how to decide a position there: wholly inside (no test), one side of one segment or of
+a corner (a cross product or two), or an exact GEOS test. Entries are keyed by (tenant, cell),
+so a position only ever meets its own tenant's fences. At query time a whole batch is located
+in the grid with numpy, side tests run vectorised, and the few exact candidates go to one
+`shapely.intersects_xy` call over prepared zones.
 
 Fences too large for the grid (`max_cells_per_fence`) go to a shapely STRtree and are tested
-exactly for every position of their tenant. Segment queries (`crossed`) use a per-tenant
-STRtree. Containment includes the boundary, like PostGIS `ST_Covers`.
+exactly for every position of their tenant. Segment queries (`crossed`) use the grid for the
+common short segment and a per-tenant STRtree otherwise. Containment includes the boundary,
+like PostGIS `ST_Covers`.
 """
 
 from __future__ import annotations
