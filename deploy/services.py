@@ -680,8 +680,10 @@ def database_info(url: str) -> dict[str, str]:
     }
 
 
-def mqtt_ping(url: str, timeout_s: float = 5.0) -> str:
+def mqtt_ping(url: str, timeout_s: float = 10.0) -> str:
     """Log in to the broker and read its version from $SYS; raises ServiceError on failure."""
+    import threading
+
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -691,24 +693,37 @@ def mqtt_ping(url: str, timeout_s: float = 5.0) -> str:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     if target.username:
         client.username_pw_set(target.username, target.password)
+    connack: list[Any] = []
     version: list[str] = []
-    client.on_message = lambda _c, _u, msg: version.append(msg.payload.decode(errors="replace"))
+    connected, got_version = threading.Event(), threading.Event()
+
+    def on_connect(c: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
+        connack.append(reason)
+        connected.set()
+        if not reason.is_failure:
+            c.subscribe("$SYS/broker/version")
+
+    def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        version.append(msg.payload.decode(errors="replace"))
+        got_version.set()
+
+    client.on_connect = on_connect
+    client.on_message = on_message
     try:
-        rc = client.connect(target.host, target.port, keepalive=10)
-        if rc != 0:
-            raise ServiceError(f"MQTT connect failed: {mqtt.error_string(rc)}")
-        client.subscribe("$SYS/broker/version")
-        deadline = time.monotonic() + timeout_s
-        while not version and time.monotonic() < deadline:
-            client.loop(timeout=0.1)
-            if not client.is_connected() and time.monotonic() > deadline - timeout_s + 1:
-                raise ServiceError("MQTT login refused")
+        client.connect(target.host, target.port, keepalive=10)
     except OSError as exc:
         raise ServiceError(f"MQTT connect failed: {exc}") from exc
+    client.loop_start()
+    try:
+        if not connected.wait(timeout_s):
+            raise ServiceError(f"MQTT broker did not answer the login within {timeout_s:.0f} s")
+        if connack[0].is_failure:
+            raise ServiceError(f"MQTT login refused: {connack[0]}")
+        if not got_version.wait(timeout_s):
+            raise ServiceError("MQTT broker accepted the login but sent no $SYS version")
     finally:
         client.disconnect()
-    if not version:
-        raise ServiceError("MQTT broker accepted the connection but sent no $SYS version")
+        client.loop_stop()
     return version[0]
 
 
