@@ -23,7 +23,7 @@ import psycopg
 import shapely
 
 from geo.config import GeofenceSettings
-from geo.errors import FenceGeometryError, FenceStoreError
+from geo.errors import FenceGeometryError, FenceStoreError, GeoError
 from geo.fence import Fence
 from geo.index import FenceIndex
 
@@ -202,8 +202,14 @@ class FenceWatcher:
                     # Anything that changed between the load and LISTEN is caught right here.
                     self._poll(conn)
                     self._watch(conn)
-            except (psycopg.Error, FenceStoreError) as exc:
+            except (psycopg.Error, GeoError) as exc:
                 self._log(f"geofence watcher: {exc}; retrying in {s.reconnect_backoff_s} s")
+                self._stop.wait(s.reconnect_backoff_s)
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one reload
+                # A bug in one reload must not end live reloading for the life of the process:
+                # keep the last good index, say so, and try again.
+                self._log(f"geofence watcher: unexpected {type(exc).__name__}: {exc}; "
+                          f"retrying in {s.reconnect_backoff_s} s")
                 self._stop.wait(s.reconnect_backoff_s)
 
     @contextlib.contextmanager
