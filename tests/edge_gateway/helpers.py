@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiomqtt
 
 from edge_gateway.mqtt_url import parse_mqtt_url
+from edge_gateway.testing import PrivateBroker, free_port
+
+__all__ = ["ModelDriver", "PrivateBroker", "free_port", "mqtt_client", "nmea", "wait_for"]
 
 
 def nmea(body: str) -> bytes:
@@ -26,14 +23,6 @@ def nmea(body: str) -> bytes:
     return f"${body}*{checksum:02X}\r\n".encode()
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.asynccontextmanager
 async def mqtt_client(url: str, **kwargs: object) -> AsyncIterator[aiomqtt.Client]:
     """An MQTT v5 client for a test."""
@@ -41,55 +30,6 @@ async def mqtt_client(url: str, **kwargs: object) -> AsyncIterator[aiomqtt.Clien
     async with aiomqtt.Client(t.host, t.port, username=t.username, password=t.password,
                               protocol=aiomqtt.ProtocolVersion.V5, **kwargs) as client:
         yield client
-
-
-class PrivateBroker:
-    """A throwaway Mosquitto on a free port in a temp dir (never the shared one)."""
-
-    def __init__(self, workdir: Path, extra_lines: tuple[str, ...] = ()) -> None:
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        lines = [*extra_lines,
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            "persistence true",
-            f"persistence_location {self.dir}/",
-            "max_inflight_messages 1000",
-            "max_queued_messages 1000000",
-            "set_tcp_nodelay true",
-            f"log_dest file {self.dir / 'mosquitto.log'}",
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")  # keep access to the temp dir
-        (self.dir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
-
-    @property
-    def url(self) -> str:
-        """Anonymous URL of the broker."""
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        """Start it and wait until it accepts connections."""
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", str(self.dir / "mosquitto.conf")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("private mosquitto did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM: Mosquitto saves its persistence file (queued QoS 1 messages) on exit."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        self.proc = None
 
 
 async def wait_for(predicate: object, timeout_s: float, what: str) -> None:
