@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Sequence
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geo.config import GeofenceSettings
 from geo.fence import Fence
@@ -36,8 +38,8 @@ def kinds(events: Sequence[Event]) -> list[tuple[str, float]]:
             if isinstance(e, GeofenceEvent)]
 
 
-def detector(index: FenceIndex, **settings: object) -> GeofenceDetector:
-    return GeofenceDetector(lambda: index, GeofenceSettings(**settings))  # type: ignore[arg-type]
+def detector(index: FenceIndex, **overrides: object) -> GeofenceDetector:
+    return GeofenceDetector(lambda: index, GeofenceSettings(**overrides))  # type: ignore[arg-type]
 
 
 def test_enter_and_exit_confirmed_by_two_fixes() -> None:
@@ -175,3 +177,32 @@ def test_readings_without_fix_and_ticks_change_nothing() -> None:
     assert det.on_tick(state, T0_MS + 10**7) == (state, ())
     assert isinstance(next(iter(state.tracks)), uuid.UUID)
     assert isinstance(fence, Fence)
+
+
+@settings(max_examples=60, deadline=None)
+@given(inside=st.lists(st.booleans(), min_size=1, max_size=60),
+       steps=st.lists(st.integers(min_value=1, max_value=20), min_size=60, max_size=60),
+       min_fixes=st.integers(min_value=1, max_value=3),
+       debounce_s=st.sampled_from([0.0, 5.0, 15.0]))
+def test_properties_alternation_debounce_and_restart(inside: list[bool], steps: list[int],
+                                                     min_fixes: int, debounce_s: float) -> None:
+    fence = polygon_fence(TENANT, square_m(0, 0, 100), debounce_s=debounce_s, dwell_s=30.0)
+    index = FenceIndex.build([fence])
+    times = np.cumsum([0, *steps[: len(inside) - 1]]).tolist()
+    pts = [(0.0, 0.0) if i else (-300.0, 0.0) for i in inside]
+    readings = [drive(index, [p], t0_s=t)[0] for p, t in zip(pts, times, strict=True)]
+    det = detector(index, min_fixes=min_fixes)
+    _, events = run(det, readings)
+    _, restarted = run(det, readings, pickle_every=1)
+    assert kinds(restarted) == kinds(events)
+    changes = [e for e in events if isinstance(e, GeofenceEvent) and e.event_type != "dwell"]
+    assert [e.event_type for e in changes] == ["enter", "exit"] * (len(changes) // 2) + (
+        ["enter"] if len(changes) % 2 else [])
+    for e in changes:
+        # The confirming fix and the min_fixes - 1 before it all saw the new state, and the
+        # new state had lasted debounce_s.
+        k = next(i for i, r in enumerate(readings) if r.t_ms == e.t_ms)
+        window = inside[k - min_fixes + 1 : k + 1]
+        assert len(window) == min_fixes
+        assert all(w == (e.event_type == "enter") for w in window)
+        assert (e.t_ms - int(e.details["first_fix_ms"])) >= debounce_s * 1000
