@@ -11,6 +11,7 @@ import msgspec
 from aiohttp import web
 
 from api.auth import ROLES, current_user, hash_password
+from api.cache import invalidate
 from api.db import tenant_transaction
 from api.errors import ApiError, NotFound, ValidationError
 from api.params import page_params, path_uuid, query_choice, read_json
@@ -142,6 +143,8 @@ async def delete_driver(request: web.Request) -> web.Response:
             did, user.tenant_id)
     if deleted is None:
         raise NotFound("driver not found")
+    # The foreign key cleared vehicles.assigned_driver_id: cached vehicle lists are stale.
+    await invalidate(request, "vehicles", user.tenant_id)
     return web.Response(status=204)
 
 
