@@ -1,4 +1,4 @@
-"""`fleet sim smartcar`: a mock of Smartcar Connect, auth and the vehicle API 2.0.
+"""`fleet sim smartcar`: a mock of Smartcar Connect, auth and the vehicle API 2.0 and v3.
 
 One server plays three Smartcar hosts (point every base-URL setting at it):
 ``GET /oauth/authorize`` (Connect: approves at once and redirects to ``redirect_uri`` with
@@ -9,6 +9,16 @@ One server plays three Smartcar hosts (point every base-URL setting at it):
 ``/battery`` (with ``SC-Data-Age``) and ``POST /security``. Access tokens expire (2 h by
 default, shorter in tests), 429 answers carry ``Retry-After``, and random 5xx are seeded.
 `MockSmartcar.webhook` builds a signed webhook delivery (``SC-Signature``).
+
+API v3 (``api_version="v3"``): Connect redirects with ``user_id`` (one Smartcar user per
+consenting owner) instead of a code; ``POST /oauth2/token`` (the IAM host) issues one
+application token for ``grant_type=client_credentials`` (``expires_in`` 3600 by default, no
+refresh token); under ``/v3`` every call needs that token, and vehicle calls the
+``sc-user-id`` of the vehicle's owner: ``GET /connections?user_id=`` (JSON:API list),
+``GET /vehicles/{id}/signals`` (``data[].attributes.{code, status, body}``,
+``meta.oemUpdatedAt`` in epoch seconds) and ``POST /vehicles/{id}/commands/security/lock``
+or ``/unlock`` (no body; a ``command-execution`` answer). `MockSmartcar.webhook_v3` builds a
+signed ``VEHICLE_STATE`` delivery. The same 429/5xx injection applies to both versions.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import json
 import random
 import secrets
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +60,10 @@ class MockSmartcar:
     vehicles: int = 2
     seed: int = 7
     access_ttl_s: float = 7200.0
+    api_version: str = "2.0"
+    """Which answer Connect gives: a ``code`` (2.0) or a ``user_id`` (v3)."""
+    app_token_ttl_s: float = 3600.0
+    """Lifetime of a v3 application token (Smartcar: 1 hour)."""
     error_rate: float = 0.0
     clock: Callable[[], float] = time.time
     faults: list[Fault] = field(default_factory=list)
@@ -71,6 +86,11 @@ class MockSmartcar:
         self.refresh: dict[str, _Grant] = {}
         self.used_refresh: set[str] = set()
         self.tokens_issued = 0
+        self.owners: dict[str, str] = {}
+        """v3: Smartcar vehicle id -> the user id of the owner who connected it."""
+        self.app_tokens: dict[str, float] = {}
+        """v3: application token -> expiry (clock seconds)."""
+        self.app_tokens_issued = 0
 
     @property
     def vehicle_ids(self) -> list[str]:
@@ -95,6 +115,9 @@ class MockSmartcar:
                 "error_description": "User denied access to application.", "state": state})
         vid = self.vehicle_ids[self._next_vehicle % len(self.fleet)]
         self._next_vehicle += 1
+        if self.api_version == "v3":
+            user_id = self.owners.setdefault(vid, str(uuid.uuid4()))
+            return f"{redirect}?{urlencode({'user_id': user_id, 'state': state})}"
         code = secrets.token_urlsafe(16)
         self.codes[code] = _Grant(vid, self.clock() + 600)
         return f"{redirect}?{urlencode({'code': code, 'state': state})}"
@@ -195,6 +218,116 @@ class MockSmartcar:
                          "description": f"{method} {path}"}, {}
         return 200, answers[what], headers
 
+    # -- API v3 ----------------------------------------------------------------------------------
+    def app_token(self, auth: str | None, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """POST /oauth2/token: client credentials in the form (or HTTP Basic) -> app token."""
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        if auth and auth.startswith("Basic "):
+            client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        if form.get("grant_type") != "client_credentials":
+            return 400, {"error": "invalid_request", "error_description": "grant_type"}
+        if client_id != self.client_id or secret != self.client_secret:
+            return 401, {"error": "invalid_client", "error_description": "Invalid client"}
+        token = secrets.token_urlsafe(24)
+        self.app_tokens[token] = self.clock() + self.app_token_ttl_s
+        self.app_tokens_issued += 1
+        return 200, {"access_token": token, "token_type": "Bearer",
+                     "expires_in": int(self.app_token_ttl_s)}
+
+    def _signals(self, vid: str) -> list[dict[str, Any]]:
+        truck = self.fleet[vid]
+        now_s = int(self.clock())
+        values: list[tuple[str, str, str, dict[str, Any]]] = [
+            ("location-preciselocation", "PreciseLocation", "Location",
+             {"latitude": round(truck.lat, 7), "longitude": round(truck.lon, 7),
+              "heading": 90, "direction": "E", "locationType": "CURRENT"}),
+            ("odometer-traveleddistance", "TraveledDistance", "Odometer",
+             {"unit": "kilometers", "value": round(truck.odometer_m / 1000, 1)}),
+            ("internalcombustionengine-fuellevel", "FuelLevel", "InternalCombustionEngine",
+             {"unit": "percent", "value": round(truck.fuel_pct, 1)}),
+            ("tractionbattery-stateofcharge", "StateOfCharge", "TractionBattery",
+             {"unit": "percent", "value": round(truck.fuel_pct, 1)}),
+        ]
+        return [{"id": code, "type": "signal",
+                 "attributes": {"code": code, "name": name, "group": group,
+                                "status": {"value": "SUCCESS"}, "body": body},
+                 "meta": {"retrievedAt": now_s, "oemUpdatedAt": now_s},
+                 "links": {"self": f"/vehicles/{vid}/signals/{code}"}}
+                for code, name, group, body in values]
+
+    def v3_call(self, method: str, path: str,  # noqa: PLR0911 - one per documented answer
+                query: dict[str, str], auth: str | None,
+                user_id: str | None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Everything under /v3 (vehicle API host)."""
+        gated = self._gate()
+        if gated is not None:
+            return gated
+        expires = self.app_tokens.get((auth or "").removeprefix("Bearer "))
+        if expires is None or expires < self.clock():
+            return 401, {"type": "AUTHENTICATION", "code": None,
+                         "description": "The provided access token is invalid or expired"}, {}
+        parts = [p for p in path.split("/") if p]
+        if parts == ["connections"]:
+            wanted = query.get("user_id")
+            rows = [{"id": f"conn-{vid}", "type": "connection",
+                     "attributes": {"permissions": ["read_location", "read_odometer"],
+                                    "vehicle": {"make": "TESLA", "model": "Model 3",
+                                                "year": 2024, "mode": "live"}},
+                     "relationships": {"vehicle": {"data": {"id": vid, "type": "vehicle"}},
+                                       "user": {"data": {"id": uid, "type": "user"}}}}
+                    for vid, uid in self.owners.items() if wanted in (None, uid)]
+            return 200, {"data": rows, "meta": {"page": 1, "pageSize": 100,
+                                                "totalCount": len(rows)},
+                         "links": {"self": "/connections", "next": None}}, {}
+        if len(parts) < 3 or parts[0] != "vehicles" or parts[1] not in self.fleet:
+            return 404, {"type": "RESOURCE_NOT_FOUND", "code": "PATH",
+                         "description": f"{method} {path}"}, {}
+        vid = parts[1]
+        if not user_id or self.owners.get(vid) != user_id:
+            return 403, {"type": "PERMISSION", "code": None,
+                         "description": "sc-user-id has no connection to this vehicle"}, {}
+        if method == "GET" and parts[2:] == ["signals"]:
+            signals = self._signals(vid)
+            return 200, {"data": signals,
+                         "meta": {"page": 1, "pageSize": 100, "totalCount": len(signals)},
+                         "links": {"self": f"/vehicles/{vid}/signals", "next": None}}, {}
+        if method == "POST" and parts[2:4] == ["commands", "security"] and len(parts) == 5 \
+                and parts[4] in ("lock", "unlock"):
+            action = parts[4].upper()
+            self.locked[vid] = action == "LOCK"
+            self.commands.append((vid, action))
+            now = datetime.fromtimestamp(self.clock(), UTC).isoformat().replace("+00:00", "Z")
+            return 200, {"data": {"id": f"exec_{secrets.token_hex(6)}",
+                                  "type": "command-execution",
+                                  "attributes": {"commandType": f"security-{parts[4]}",
+                                                 "status": {"value": "SUCCESS"},
+                                                 "executionMode": "sync"},
+                                  "meta": {"executedAt": now, "completedAt": now}}}, {}
+        return 404, {"type": "RESOURCE_NOT_FOUND", "code": "PATH",
+                     "description": f"{method} {path}"}, {}
+
+    def webhook_v3(self, vehicle_id: str) -> tuple[bytes, dict[str, str]]:
+        """A signed v3 ``VEHICLE_STATE`` delivery for one vehicle: (raw body, headers)."""
+        signals = [{"code": s["attributes"]["code"], "name": s["attributes"]["name"],
+                    "group": s["attributes"]["group"], "body": s["attributes"]["body"]}
+                   for s in self._signals(vehicle_id)[:2]]
+        payload = {
+            "eventId": str(uuid.uuid4()), "eventType": "VEHICLE_STATE",
+            "data": {"vehicle": {"id": vehicle_id, "make": "TESLA", "model": "Model 3",
+                                 "year": 2024},
+                     "signals": signals,
+                     "user": {"id": self.owners.get(vehicle_id, str(uuid.uuid4()))}},
+            "triggers": [{"type": "SIGNAL_UPDATED",
+                          "signal": {"code": "odometer-traveleddistance"}}],
+            "meta": {"version": "4.0", "deliveryId": str(uuid.uuid4()),
+                     "deliveredAt": int(self.clock() * 1000),
+                     "webhookId": "5a8e5e38-1e12-4011-a36d-56f120053f9e",
+                     "webhookName": "fleet", "signalCount": len(signals), "mode": "TEST"},
+        }
+        raw = json.dumps(payload).encode()
+        sig = hmac.new(self.management_token.encode(), raw, hashlib.sha256).hexdigest()
+        return raw, {"SC-Signature": sig, "Content-Type": "application/json"}
+
     def webhook(self, vehicle_id: str) -> tuple[bytes, dict[str, str]]:
         """A signed 2.0 schedule delivery for one vehicle: (raw body, headers)."""
         truck = self.fleet[vehicle_id]
@@ -239,7 +372,22 @@ class MockSmartcar:
                 body)
             return web.json_response(answer, status=status, headers=headers)
 
+        async def app_token(request: web.Request) -> web.Response:
+            self.requests.append("POST /oauth2/token")
+            form = {k: str(v) for k, v in (await request.post()).items()}
+            status, body = self.app_token(request.headers.get("Authorization"), form)
+            return web.json_response(body, status=status)
+
+        async def v3(request: web.Request) -> web.Response:
+            self.requests.append(f"{request.method} {request.path}")
+            status, answer, headers = self.v3_call(
+                request.method, request.match_info["tail"], dict(request.query),
+                request.headers.get("Authorization"), request.headers.get("sc-user-id"))
+            return web.json_response(answer, status=status, headers=headers)
+
         app = web.Application()
+        app.router.add_post("/oauth2/token", app_token)
+        app.router.add_route("*", "/v3/{tail:.*}", v3)
         app.router.add_get("/oauth/authorize", authorize)
         app.router.add_post("/oauth/token", token)
         app.router.add_route("*", "/v2.0/{tail:.*}", api)
@@ -256,6 +404,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vehicles", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--access-ttl-s", type=float, default=7200.0)
+    parser.add_argument("--api-version", choices=("v3", "2.0"), default="v3",
+                        help="what Connect answers with: a user_id (v3) or a code (2.0)")
+    parser.add_argument("--app-token-ttl-s", type=float, default=3600.0)
     parser.add_argument("--error-rate", type=float, default=0.02)
     parser.add_argument("--tick-s", type=float, default=5.0)
     parser.set_defaults(func=run)
@@ -271,7 +422,8 @@ def run(args: argparse.Namespace) -> int:
     mock = MockSmartcar(client_id=args.client_id, client_secret=args.client_secret,
                         management_token=args.management_token, vehicles=args.vehicles,
                         seed=args.seed, access_ttl_s=args.access_ttl_s,
-                        error_rate=args.error_rate)
+                        error_rate=args.error_rate, api_version=args.api_version,
+                        app_token_ttl_s=args.app_token_ttl_s)
     app = mock.app()
 
     async def ticker(_app: web.Application) -> AsyncIterator[None]:
@@ -284,6 +436,6 @@ def run(args: argparse.Namespace) -> int:
         task.cancel()
 
     app.cleanup_ctx.append(ticker)
-    print(f"smartcar mock on http://{args.host}:{args.port} (connect, auth and /v2.0)")
+    print(f"smartcar mock on http://{args.host}:{args.port} (connect, auth, /v2.0 and /v3)")
     web.run_app(app, host=args.host, port=args.port, print=None)
     return 0

@@ -15,6 +15,9 @@ SAMSARA_FEED_TYPES_DEFAULT: tuple[tuple[str, ...], ...] = (
 """Samsara allows at most 3 stat types per feed request, so the stats come in two feeds."""
 
 
+SMARTCAR_API_VERSIONS = ("v3", "2.0")
+
+
 class IntegrationsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Vendor base URLs, secrets and polling cadence. Base URLs point at the mocks in tests."""
 
@@ -30,6 +33,16 @@ class IntegrationsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unk
     """How often safety events are fetched."""
     samsara_safety_lookback_s: float = 3600.0
     """First safety-event fetch of a tenant covers this much history."""
+    smartcar_api_version: str = "v3"
+    """Smartcar API used for new consents, reads and commands: "v3" (application token +
+    ``sc-user-id``, the default) or "2.0" (per-vehicle token pairs). docs/integrations.md
+    says why; vehicles connected under the other version keep working (see there)."""
+    smartcar_v3_api_url: str = "https://vehicle.api.smartcar.com/v3"
+    smartcar_iam_url: str = "https://iam.smartcar.com"
+    """v3 application tokens: ``POST {iam}/oauth2/token`` (client-credentials grant)."""
+    smartcar_app_token_margin_s: float = 300.0
+    """Request a new v3 application token when the cached one expires within this (its
+    lifetime is 3600 s; no refresh token exists)."""
     smartcar_api_url: str = "https://api.smartcar.com/v2.0"
     smartcar_auth_url: str = "https://auth.smartcar.com"
     smartcar_connect_url: str = "https://connect.smartcar.com"
@@ -76,6 +89,11 @@ def integrations_settings(section: Mapping[str, Any],
     env = _env_overrides(_Root, os.environ if environ is None else environ)
     data = {**section, **env.get("integrations", {})}
     try:
-        return msgspec.convert(data, IntegrationsSettings, strict=False)
+        settings = msgspec.convert(data, IntegrationsSettings, strict=False)
     except msgspec.ValidationError as exc:
         raise SettingsError(f"invalid [integrations] settings: {exc}") from exc
+    if settings.smartcar_api_version not in SMARTCAR_API_VERSIONS:
+        raise SettingsError(f"invalid [integrations] settings: smartcar_api_version must be"
+                            f" one of {', '.join(SMARTCAR_API_VERSIONS)}, not"
+                            f" {settings.smartcar_api_version!r}")
+    return settings
