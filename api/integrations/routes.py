@@ -1,8 +1,8 @@
 """HTTP endpoints of the integrations, mounted by `api.app.create_app` through `setup(app)`.
 
 * ``GET /api/smartcar/auth-url`` (admin, fleet_manager): the Connect URL with a one-time state.
-* ``GET /api/smartcar/callback`` (public: the owner's browser): exchange the code, store the
-  encrypted pair, link the vehicle.
+* ``GET /api/smartcar/callback`` (public: the owner's browser): v3 stores the owner's
+  ``user_id`` per connected vehicle; 2.0 exchanges the code and stores the encrypted pair.
 * ``POST /api/smartcar/vehicles/{id}/lock`` and ``/unlock`` (admin, fleet_manager; audited).
 * ``GET /api/smartcar/vehicles/{id}/location``: last location, cached 5 minutes in Redis.
 * ``POST /api/smartcar/webhooks`` (public, SC-Signature verified).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +42,13 @@ from api.integrations.smartcar import (
     verify_webhook,
     webhook_samples,
 )
+from api.integrations.smartcar_v3 import (
+    SmartcarAppToken,
+    SmartcarV3Client,
+    SmartcarV3Connections,
+    signals_to_samples,
+    webhook_v3_samples,
+)
 from api.params import path_uuid, read_json
 from api.routing import ApiRoute, Param, register
 from edge_gateway.protocol import Source
@@ -51,7 +59,13 @@ MANAGERS = ("admin", "fleet_manager")
 
 
 class Integrations:
-    """Per-app state: settings, the vendor HTTP client, the token store, a lazy publisher."""
+    """Per-app state: settings, the vendor HTTP client, both Smartcar versions, a publisher.
+
+    `version` (``integrations.smartcar_api_version``) decides how new consents are taken.
+    Commands and reads use the version a vehicle was connected with: a v3 connection when
+    one exists, otherwise a 2.0 token pair, so vehicles connected before a switch to v3
+    keep working until their owners reconnect.
+    """
 
     def __init__(self, settings: IntegrationsSettings) -> None:
         self.settings = settings
@@ -64,6 +78,10 @@ class Integrations:
         self.tokens = (SmartcarTokens(self.client, self.cipher,
                                       refresh_margin_s=settings.smartcar_refresh_margin_s)
                        if self.cipher else None)
+        self.version = settings.smartcar_api_version
+        self.app_token = SmartcarAppToken(self.http, settings)
+        self.v3 = SmartcarV3Client(self.http, settings, self.app_token)
+        self.v3_connections = SmartcarV3Connections()
         self.publisher: MqttPublisher | None = None
 
     def need_tokens(self) -> SmartcarTokens:
@@ -92,7 +110,8 @@ class SamsaraTokenBody(msgspec.Struct, forbid_unknown_fields=True):
 async def auth_url(request: web.Request) -> web.Response:
     """A Connect URL for the vehicle owner; `vehicle_id` links the consent to our vehicle."""
     integ = request.app[INTEGRATIONS_KEY]
-    integ.need_tokens()
+    if integ.version == "2.0":
+        integ.need_tokens()  # v3 stores no secret, so it needs no token key
     user = current_user(request)
     vehicle_raw = request.query.get("vehicle_id")
     try:
@@ -114,9 +133,8 @@ async def auth_url(request: web.Request) -> web.Response:
 
 
 async def callback(request: web.Request) -> web.Response:
-    """Connect redirects the owner here: check the state, exchange the code, store the pair."""
+    """Connect redirects the owner here: check the state, then record the consent."""
     integ = request.app[INTEGRATIONS_KEY]
-    tokens = integ.need_tokens()
     state = request.query.get("state", "")
     pool = request.app[POOL_KEY]
     async with pool.acquire() as conn:
@@ -128,6 +146,45 @@ async def callback(request: web.Request) -> web.Response:
     if "error" in request.query:
         raise ApiError(f"consent refused: {request.query.get('error_description') or ''}"
                        f" ({request.query['error']})", status=400, code="consent_refused")
+    tenant_id: UUID = pending["tenant_id"]
+    vehicle_id: UUID | None = pending["vehicle_id"]
+    if integ.version == "v3":
+        vehicles = await _callback_v3(request, integ, pending)
+    else:
+        vehicles = await _callback_v2(request, integ, pending)
+    async with tenant_connection(pool, tenant_id) as conn:
+        if vehicle_id is not None and vehicles:
+            await conn.execute("UPDATE vehicles SET smartcar_id = $2 WHERE id = $1",
+                               vehicle_id, vehicles[0])
+        await record(conn, "smartcar.connect", "vehicle", vehicle_id, "success",
+                     {"smartcar_vehicle_ids": vehicles, "api_version": integ.version},
+                     tenant_id=tenant_id,
+                     user_id=pending["user_id"], ip=request.remote,
+                     user_agent=request.headers.get("User-Agent"))
+    return web.json_response({"connected": vehicles, "vehicle_id": vehicle_id and
+                              str(vehicle_id)})
+
+
+async def _callback_v3(request: web.Request, integ: Integrations, pending: Any) -> list[str]:
+    """v3: Connect hands back the owner's user id; list and store their connections."""
+    user_id = request.query.get("user_id")
+    if not user_id:
+        raise ValidationError("user_id is required (Smartcar API v3 Connect)", field="user_id")
+    try:
+        connections = await integ.v3.connections(user_id)
+    except VendorError as exc:
+        raise _vendor_error(exc) from exc
+    async with tenant_connection(request.app[POOL_KEY], pending["tenant_id"]) as conn:
+        for connection in connections:
+            await integ.v3_connections.store(conn, pending["tenant_id"], connection,
+                                             vehicle_id=pending["vehicle_id"],
+                                             connected_by=pending["user_id"])
+    return [c.vehicle_id for c in connections]
+
+
+async def _callback_v2(request: web.Request, integ: Integrations, pending: Any) -> list[str]:
+    """2.0: exchange the code for a token pair and store it encrypted per vehicle."""
+    tokens = integ.need_tokens()
     code = request.query.get("code")
     if not code:
         raise ValidationError("code is required", field="code")
@@ -136,26 +193,18 @@ async def callback(request: web.Request) -> web.Response:
         vehicles = await integ.client.vehicles(pair.access_token)
     except VendorError as exc:
         raise _vendor_error(exc) from exc
-    tenant_id: UUID = pending["tenant_id"]
-    vehicle_id: UUID | None = pending["vehicle_id"]
-    async with tenant_connection(pool, tenant_id) as conn:
+    async with tenant_connection(request.app[POOL_KEY], pending["tenant_id"]) as conn:
         for sc_id in vehicles:
-            await tokens.store(conn, tenant_id, sc_id, pair, vehicle_id=vehicle_id,
+            await tokens.store(conn, pending["tenant_id"], sc_id, pair,
+                               vehicle_id=pending["vehicle_id"],
                                connected_by=pending["user_id"])
-        if vehicle_id is not None and vehicles:
-            await conn.execute("UPDATE vehicles SET smartcar_id = $2 WHERE id = $1",
-                               vehicle_id, vehicles[0])
-        await record(conn, "smartcar.connect", "vehicle", vehicle_id, "success",
-                     {"smartcar_vehicle_ids": vehicles}, tenant_id=tenant_id,
-                     user_id=pending["user_id"], ip=request.remote,
-                     user_agent=request.headers.get("User-Agent"))
-    return web.json_response({"connected": vehicles, "vehicle_id": vehicle_id and
-                              str(vehicle_id)})
+    return vehicles
 
 
 async def _smartcar_id(conn: Any, tenant_id: UUID, vehicle_id: UUID) -> str:
     sc_id: str | None = await conn.fetchval(
-        "SELECT coalesce(v.smartcar_id, k.smartcar_vehicle_id) FROM vehicles v"
+        "SELECT coalesce(v.smartcar_id, c.smartcar_vehicle_id, k.smartcar_vehicle_id)"
+        " FROM vehicles v LEFT JOIN smartcar_v3_connections c ON c.vehicle_id = v.id"
         " LEFT JOIN smartcar_tokens k ON k.vehicle_id = v.id"
         " WHERE v.id = $1 AND v.tenant_id = $2", vehicle_id, tenant_id)
     if sc_id is None:
@@ -165,7 +214,6 @@ async def _smartcar_id(conn: Any, tenant_id: UUID, vehicle_id: UUID) -> str:
 
 async def _security(request: web.Request, action: str) -> web.Response:
     integ = request.app[INTEGRATIONS_KEY]
-    tokens = integ.need_tokens()
     user = current_user(request)
     vehicle_id = path_uuid(request)
     name = f"smartcar.{action.lower()}"
@@ -176,8 +224,14 @@ async def _security(request: web.Request, action: str) -> web.Response:
             if not exists:
                 raise NotFound("vehicle not found")
             sc_id = await _smartcar_id(conn, user.tenant_id, vehicle_id)
-            token = await tokens.access_token(conn, user.tenant_id, sc_id)
-        result = await integ.client.security(token, sc_id, action)
+            sc_user = await integ.v3_connections.user_id(conn, user.tenant_id, sc_id)
+            token = None if sc_user else await integ.need_tokens().access_token(
+                conn, user.tenant_id, sc_id)
+        if sc_user is not None:
+            result = await integ.v3.security(sc_user, sc_id, action)
+        else:
+            assert token is not None  # noqa: S101 - set above when there is no v3 user
+            result = await integ.client.security(token, sc_id, action)
     except IntegrationError as exc:
         err = _vendor_error(exc)
         await record(request, name, "vehicle", vehicle_id, "failure", {"action": action},
@@ -189,6 +243,7 @@ async def _security(request: web.Request, action: str) -> web.Response:
         raise
     await record(request, name, "vehicle", vehicle_id, "success",
                  {"action": action, "smartcar_vehicle_id": sc_id,
+                  "api_version": "v3" if sc_user else "2.0",
                   "vendor_status": result.get("status")})
     return web.json_response({"vehicle_id": str(vehicle_id), "action": action,
                               "status": result.get("status", "success")})
@@ -207,7 +262,6 @@ async def unlock(request: web.Request) -> web.Response:
 async def location(request: web.Request) -> web.Response:
     """Last Smartcar location; served from Redis when younger than the cache lifetime."""
     integ = request.app[INTEGRATIONS_KEY]
-    tokens = integ.need_tokens()
     user = current_user(request)
     vehicle_id = path_uuid(request)
     redis = request.app[REDIS_KEY]
@@ -217,15 +271,25 @@ async def location(request: web.Request) -> web.Response:
         cached = await redis.get(key)
         if cached is not None:
             return web.json_response({**json.loads(cached), "cached": True})
+        sc_user = await integ.v3_connections.user_id(conn, user.tenant_id, sc_id)
         try:
-            token = await tokens.access_token(conn, user.tenant_id, sc_id)
+            token = None if sc_user else await integ.need_tokens().access_token(
+                conn, user.tenant_id, sc_id)
         except IntegrationError as exc:
             raise _vendor_error(exc) from exc
     try:
-        body, t_ms = await integ.client.read(token, sc_id, "location")
+        if sc_user is not None:
+            _, found = signals_to_samples(await integ.v3.signals(sc_user, sc_id),
+                                          default_ms=int(time.time() * 1000))
+            if found is None:
+                raise NotFound("Smartcar reports no location for this vehicle")
+            value: dict[str, Any] = found
+        else:
+            assert token is not None  # noqa: S101 - set above when there is no v3 user
+            body, t_ms = await integ.client.read(token, sc_id, "location")
+            value = {**body, "t_ms": t_ms}
     except VendorError as exc:
         raise _vendor_error(exc) from exc
-    value = {**body, "t_ms": t_ms}
     await redis.set(key, json.dumps(value), ex=integ.settings.smartcar_location_cache_s)
     return web.json_response({**value, "cached": False})
 
@@ -248,7 +312,9 @@ async def webhook(request: web.Request) -> web.Response:
             integ.settings.smartcar_management_token, challenge)})
     published = 0
     by_vehicle: dict[str, list[Any]] = {}
-    for sc_id, sample in webhook_samples(payload):
+    # Both delivery formats are accepted whatever the configured version: during a migration
+    # Smartcar may still deliver 2.0 webhooks for vehicles connected before it.
+    for sc_id, sample in [*webhook_samples(payload), *webhook_v3_samples(payload)]:
         by_vehicle.setdefault(sc_id, []).append(sample)
     if by_vehicle:
         pool = request.app[POOL_KEY]

@@ -1,10 +1,9 @@
-"""Smartcar: Connect consent, encrypted per-vehicle tokens, scheduled pulls, commands, webhooks.
+"""Smartcar API 2.0: Connect consent, encrypted per-vehicle tokens, pulls, commands, webhooks.
 
-API version: **2.0** (``https://api.smartcar.com/v2.0``), chosen over API v3 (announced
-April 2026) for reasons given in docs/integrations.md: the 2.0 consent flow is the one the
-seed describes (authorization code -> access/refresh pair per vehicle, 2 h / 60 days), and
-the 2.0 lock/unlock command is documented where the v3 command body is not yet. Everything
-version-specific is in `SmartcarClient`; the rest does not change when moving to v3.
+The default is API v3 (`api.integrations.smartcar_v3`, setting
+``integrations.smartcar_api_version``); this module is the 2.0 path, kept for deployments
+that select "2.0" and for vehicles connected under 2.0 before a switch (docs/integrations.md).
+Its helpers (webhook HMAC, location cache key, `SmartcarPuller`) serve both versions.
 
 Shapes (2.0): ``GET /vehicles`` -> ``{"vehicles": [ids], "paging": {"count", "offset"}}``;
 ``/vehicles/{id}/location`` -> ``{"latitude", "longitude"}``; ``/odometer`` ->
@@ -29,7 +28,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 from uuid import UUID
 
@@ -42,6 +41,9 @@ from api.integrations.errors import NotConnectedError, VendorError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
 from edge_gateway.protocol import Sample, Source
+
+if TYPE_CHECKING:
+    from api.integrations.smartcar_v3 import SmartcarV3Puller
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,16 @@ class SmartcarClient:
         self._s = settings
         basic = f"{settings.smartcar_client_id}:{settings.smartcar_client_secret}"
         self._basic = "Basic " + base64.b64encode(basic.encode()).decode()
+
+    @property
+    def http(self) -> VendorHttp:
+        """The HTTP client (shared with the v3 client built by `SmartcarPuller`)."""
+        return self._http
+
+    @property
+    def settings(self) -> IntegrationsSettings:
+        """The integration settings this client was built with."""
+        return self._s
 
     def authorize_url(self, state: str) -> str:
         """The Connect URL the vehicle owner opens to give consent (one vehicle per consent)."""
@@ -262,10 +274,16 @@ def location_cache_key(tenant_id: UUID | str, sc_vehicle_id: str) -> str:
 
 
 class SmartcarPuller:
-    """Pulls location, odometer and fuel/battery of every connected vehicle on a schedule."""
+    """Pulls location, odometer and fuel/battery of every connected vehicle on a schedule.
+
+    One pass covers vehicles connected under 2.0 (token pairs) and, when the deployment uses
+    v3, those connected under v3 (`SmartcarV3Puller`, built here from the same HTTP client),
+    so the job wiring needs no change when ``smartcar_api_version`` changes.
+    """
 
     def __init__(self, pool: asyncpg.Pool, tokens: SmartcarTokens, publisher: Publisher,
-                 redis: Any, *, poll_s: float, location_cache_s: int) -> None:
+                 redis: Any, *, poll_s: float, location_cache_s: int,
+                 v3: SmartcarV3Puller | None = None) -> None:
         self.pool = pool
         self.tokens = tokens
         self.publisher = publisher
@@ -274,9 +292,28 @@ class SmartcarPuller:
         self.location_cache_s = location_cache_s
         self.samples = 0
         self.failures = 0
+        self.v3 = v3
+        if v3 is None and tokens.client.settings.smartcar_api_version == "v3":
+            from api.integrations.smartcar_v3 import (
+                SmartcarAppToken,
+                SmartcarV3Client,
+                SmartcarV3Puller,
+            )
+
+            settings = tokens.client.settings
+            client = SmartcarV3Client(tokens.client.http, settings,
+                                      SmartcarAppToken(tokens.client.http, settings))
+            self.v3 = SmartcarV3Puller(pool, client, publisher, redis, poll_s=poll_s,
+                                       location_cache_s=location_cache_s)
 
     async def poll_once(self) -> int:
-        """One pass over every connected vehicle; returns samples published."""
+        """One pass over every connected vehicle (2.0, then v3); returns samples published."""
+        published = await self._poll_v2()
+        if self.v3 is not None:
+            published += await self.v3.poll_once()
+        return published
+
+    async def _poll_v2(self) -> int:
         rows = await self.pool.fetch(
             "SELECT k.tenant_id, t.slug, k.smartcar_vehicle_id, v.code"
             " FROM smartcar_tokens k JOIN tenants t ON t.id = k.tenant_id"

@@ -46,7 +46,8 @@ def _free_port() -> int:
 
 
 def integ_settings(mock_url: str, api_url: str = "http://127.0.0.1:1") -> dict[str, object]:
-    return {"token_key": TOKEN_KEY, "smartcar_api_url": f"{mock_url}/v2.0",
+    return {"token_key": TOKEN_KEY, "smartcar_api_version": "2.0",
+            "smartcar_api_url": f"{mock_url}/v2.0",
             "smartcar_auth_url": mock_url, "smartcar_connect_url": mock_url,
             "smartcar_client_id": "mock-client-id", "smartcar_client_secret": "mock-client-secret",
             "smartcar_management_token": "mock-management-token",
