@@ -41,7 +41,9 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """...or once it holds this many samples (a replayed backlog always goes in full batches)."""
     max_inflight_messages: Annotated[int, Meta(ge=1, le=1000)] = 16
     """Telemetry messages awaiting PUBACK at once (the replay window)."""
-    publish_timeout_s: PositiveS = 20.0
+    publish_timeout_s: PositiveS = 60.0
+    """A PUBACK that takes longer counts as a broken connection: reconnect and resend (a busy
+    broker can be slow; the keep-alive detects dead connections sooner)."""
     status_interval_s: PositiveS = 60.0
     reconnect_min_s: PositiveS = 1.0
     reconnect_max_s: PositiveS = 60.0

@@ -26,7 +26,7 @@ from edge_gateway.sampler import Board, Rates, SampleBuilder
 from edge_gateway.sdnotify import Notifier
 from edge_gateway.sources.base import ThreadedSource
 from edge_gateway.spool import Spool, SpoolWorker
-from edge_gateway.uplink import Uplink, software
+from edge_gateway.uplink import STOP_DRAIN_S, Uplink, software
 
 log = logging.getLogger("edge_gateway")
 
@@ -201,7 +201,7 @@ class Gateway:
                 self.notifier.stopping()
                 ticking.cancel()
                 self.uplink.stop()
-                drain_s = self.settings.gateway.publish_timeout_s + 5.0
+                drain_s = STOP_DRAIN_S + 5.0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(uplink), drain_s)
                 uplink.cancel()

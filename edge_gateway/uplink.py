@@ -54,6 +54,9 @@ log = logging.getLogger("edge_gateway.uplink")
 SESSION_EXPIRY_S = 3600
 """The broker keeps our `cmd` subscription (and queues commands) this long while we are away."""
 MAX_PENDING_EVENTS = 100
+STOP_DRAIN_S = 10.0
+"""On a graceful stop, how long in-flight batches may take to be acknowledged (systemd's
+TimeoutStopSec=30 must stay above it)."""
 
 
 class _StopRequestedError(Exception):
@@ -114,7 +117,7 @@ class Uplink:
         self._status_now.set()
 
     def stop(self) -> None:
-        """Shut down cleanly: start no new batch, wait (up to `publish_timeout_s`) for the
+        """Shut down cleanly: start no new batch, wait (up to `STOP_DRAIN_S`) for the
         PUBACKs of those in flight, publish a retained `offline` status, disconnect."""
         self._stopping.set()
 
@@ -188,7 +191,7 @@ class Uplink:
     async def _stopper(self, client: aiomqtt.Client) -> None:
         await self._stopping.wait()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), self.gw.publish_timeout_s)
+            await asyncio.wait_for(self._idle.wait(), STOP_DRAIN_S)
         # A clean DISCONNECT suppresses the Last Will, so say goodbye ourselves.
         offline = Status(state="offline", t_ms=_now_ms(), software=software())
         with contextlib.suppress(aiomqtt.MqttError):
