@@ -274,11 +274,11 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
                 self.emitted = backlog[-1].offset
                 return backlog
             self.emitted = self.last_written  # pruned meanwhile: nothing left to replay
+        self._maybe_prune()  # on every poll: a busy partition is never idle
         taken: list[_Received] = []
         while self.received and len(taken) < limit:
             taken.append(self.received.popleft())
         if not taken:
-            self._maybe_prune()
             return []
         first = self.last_written + 1
         t0 = time.perf_counter()

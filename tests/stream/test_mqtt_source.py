@@ -76,5 +76,11 @@ def test_messages_are_committed_before_ack_and_replayed_on_resume(
     resumed.close()
     again = source.build_part("inbox", "p0", 4)
     assert [(m.offset, m.payload) for m in poll(again, 1)] == [(5, b"m4")]
+    # Pruning: rows covered by a snapshot older than the retention time go, newer ones stay.
+    again.snapshots.append((time.monotonic() - 10_000, 3))
+    again.snapshots.append((time.monotonic(), 5))
+    again.last_prune = 0.0
+    again.next_batch()
+    assert count(database.owner_url, "SELECT min(inbox_offset) FROM stream_inbox") == 4
     again.close()
     client.disconnect()
