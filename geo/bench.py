@@ -25,6 +25,7 @@ import json
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 def measure(*, fences: int, positions: int, tenants: int, batch: int,  # noqa: PLR0915
             rounds: int, seed: int, grid_cell_m: float | None, keep_database: bool,
-            log: Any) -> dict[str, Any]:
+            log: Callable[[str], None]) -> dict[str, Any]:
     """Set up the database, run both sides and return the figures."""
     import numpy as np
     import psycopg
