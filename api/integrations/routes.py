@@ -149,24 +149,33 @@ async def callback(request: web.Request) -> web.Response:
     tenant_id: UUID = pending["tenant_id"]
     vehicle_id: UUID | None = pending["vehicle_id"]
     if integ.version == "v3":
-        vehicles = await _callback_v3(request, integ, pending)
+        vehicles, linked = await _callback_v3(request, integ, pending)
     else:
         vehicles = await _callback_v2(request, integ, pending)
+        linked = vehicles[0] if vehicles else None
     async with tenant_connection(pool, tenant_id) as conn:
-        if vehicle_id is not None and vehicles:
+        if vehicle_id is not None and linked is not None:
             await conn.execute("UPDATE vehicles SET smartcar_id = $2 WHERE id = $1",
-                               vehicle_id, vehicles[0])
+                               vehicle_id, linked)
         await record(conn, "smartcar.connect", "vehicle", vehicle_id, "success",
-                     {"smartcar_vehicle_ids": vehicles, "api_version": integ.version},
+                     {"smartcar_vehicle_ids": vehicles, "linked": linked,
+                      "api_version": integ.version},
                      tenant_id=tenant_id,
                      user_id=pending["user_id"], ip=request.remote,
                      user_agent=request.headers.get("User-Agent"))
-    return web.json_response({"connected": vehicles, "vehicle_id": vehicle_id and
-                              str(vehicle_id)})
+    return web.json_response({"connected": vehicles, "linked": linked,
+                              "vehicle_id": vehicle_id and str(vehicle_id)})
 
 
-async def _callback_v3(request: web.Request, integ: Integrations, pending: Any) -> list[str]:
-    """v3: Connect hands back the owner's user id; list and store their connections."""
+async def _callback_v3(request: web.Request, integ: Integrations,
+                       pending: Any) -> tuple[list[str], str | None]:
+    """v3: Connect hands back the owner's user id; list and store their connections.
+
+    Returns the owner's Smartcar vehicle ids and the one to link to our vehicle. The list
+    covers every vehicle this owner ever connected, so the consent just given is the one
+    not stored yet; when that is ambiguous (several new ones) nothing is linked and the
+    vehicles stay stored unlinked rather than being attached to the wrong vehicle.
+    """
     user_id = request.query.get("user_id")
     if not user_id:
         raise ValidationError("user_id is required (Smartcar API v3 Connect)", field="user_id")
@@ -174,12 +183,23 @@ async def _callback_v3(request: web.Request, integ: Integrations, pending: Any) 
         connections = await integ.v3.connections(user_id)
     except VendorError as exc:
         raise _vendor_error(exc) from exc
-    async with tenant_connection(request.app[POOL_KEY], pending["tenant_id"]) as conn:
+    if not connections:
+        raise ApiError("Smartcar lists no connected vehicle for this user", status=502,
+                       code="vendor_error")
+    tenant_id = pending["tenant_id"]
+    async with tenant_connection(request.app[POOL_KEY], tenant_id) as conn:
+        known = {r["smartcar_vehicle_id"] for r in await conn.fetch(
+            "SELECT smartcar_vehicle_id FROM smartcar_v3_connections WHERE tenant_id = $1"
+            " AND smartcar_vehicle_id = ANY($2::text[])", tenant_id,
+            [c.vehicle_id for c in connections])}
+        new = [c for c in connections if c.vehicle_id not in known]
+        linked = new[0] if len(new) == 1 else connections[0] if len(connections) == 1 else None
         for connection in connections:
-            await integ.v3_connections.store(conn, pending["tenant_id"], connection,
-                                             vehicle_id=pending["vehicle_id"],
-                                             connected_by=pending["user_id"])
-    return [c.vehicle_id for c in connections]
+            await integ.v3_connections.store(
+                conn, tenant_id, connection,
+                vehicle_id=pending["vehicle_id"] if connection == linked else None,
+                connected_by=pending["user_id"])
+    return [c.vehicle_id for c in connections], None if linked is None else linked.vehicle_id
 
 
 async def _callback_v2(request: web.Request, integ: Integrations, pending: Any) -> list[str]:

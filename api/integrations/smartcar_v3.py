@@ -183,8 +183,10 @@ def _distance_km(body: Mapping[str, Any]) -> float:
 def _location(body: Mapping[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {"lat_deg": float(body["latitude"]),
                               "lon_deg": float(body["longitude"])}
-    if body.get("heading") is not None:
-        fields["heading_deg"] = float(body["heading"])
+    heading = body.get("heading")
+    # An out-of-range heading must not cost the position: it is dropped on its own.
+    if isinstance(heading, int | float) and 0 <= heading <= 360:
+        fields["heading_deg"] = float(heading)
     return fields
 
 

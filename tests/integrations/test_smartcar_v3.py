@@ -326,3 +326,94 @@ async def test_puller_publishes_and_caches(database, fleet, redis_url, mqtt_url)
     fields = {name for s in message.samples for name in ("lat_deg", "odometer_km", "fuel_pct")
               if getattr(s, name) is not None}
     assert fields == {"lat_deg", "odometer_km", "fuel_pct"}
+
+
+async def test_second_vehicle_of_same_owner_links_the_new_one(database, fleet, redis_url,
+                                                               mqtt_url) -> None:
+    mock = MockSmartcar(vehicles=2, api_version="v3")
+    async with serve(mock.app()) as mock_url, api(database, redis_url, mqtt_url, mock_url,
+                                                   fleet.tenant_id) as a:
+        first, user_id = await connect(a, fleet.vehicles["truck-0"])
+        # The same owner connects a second car: /connections now lists both.
+        mock.owners[mock.vehicle_ids[1]] = user_id
+        second, again = await connect(a, fleet.vehicles["truck-1"])
+        assert again == user_id
+        assert first == mock.vehicle_ids[0]
+        with psycopg.connect(database.owner_url) as conn:
+            links = dict(conn.execute(
+                "SELECT code, smartcar_id FROM vehicles WHERE smartcar_id IS NOT NULL").fetchall())
+            rows = dict(conn.execute("SELECT smartcar_vehicle_id, vehicle_id"
+                                     " FROM smartcar_v3_connections").fetchall())
+        assert links == {"truck-0": mock.vehicle_ids[0], "truck-1": mock.vehicle_ids[1]}
+        assert rows == {mock.vehicle_ids[0]: fleet.vehicles["truck-0"],
+                        mock.vehicle_ids[1]: fleet.vehicles["truck-1"]}
+        assert second == mock.vehicle_ids[0]  # "connected" lists all of the owner's cars
+
+
+async def test_vehicle_connected_under_2_0_keeps_working_after_switch(
+        database, fleet, redis_url, mqtt_url) -> None:
+    """A deployment switched to v3 still commands vehicles whose consent is a 2.0 pair."""
+    from api.integrations.crypto import TokenCipher
+    from api.integrations.smartcar import SmartcarClient, SmartcarTokens
+
+    mock = MockSmartcar(vehicles=2, api_version="2.0")
+    vid = fleet.vehicles["truck-2"]
+    async with serve(mock.app()) as mock_url, pool(database.owner_url) as owner, \
+            VendorHttp(timeout_s=5, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05,
+                       name="smartcar") as http:
+        settings = IntegrationsSettings(**v3_settings(mock_url))  # type: ignore[arg-type]
+        client = SmartcarClient(http, settings)
+        redirect = mock.authorize({"client_id": "mock-client-id",
+                                   "redirect_uri": "http://x/cb", "state": "s"})
+        pair = await client.exchange_code(redirect.split("code=")[1].split("&")[0])
+        sc_id = (await client.vehicles(pair.access_token))[0]
+        async with owner.acquire() as conn:
+            await SmartcarTokens(client, TokenCipher(TOKEN_KEY), refresh_margin_s=600).store(
+                conn, fleet.tenant_id, sc_id, pair, vehicle_id=vid, connected_by=None)
+        mock.api_version = "v3"
+        async with api(database, redis_url, mqtt_url, mock_url, fleet.tenant_id) as a, \
+                a.session.post(f"{a.url}/api/smartcar/vehicles/{vid}/lock",
+                               headers=a.headers("admin")) as r:
+            assert r.status == 200, await r.text()
+    assert mock.commands == [(sc_id, "LOCK")]
+    assert f"POST /v2.0/vehicles/{sc_id}/security" in mock.requests
+    assert mock.app_tokens_issued == 0
+    with psycopg.connect(database.owner_url) as conn:
+        details = conn.execute("SELECT details FROM audit_logs WHERE action = 'smartcar.lock'"
+                               ).fetchone()[0]
+    assert details["api_version"] == "2.0"
+
+
+async def test_job_puller_covers_v3_vehicles(database, fleet, redis_url, mqtt_url) -> None:
+    """`SmartcarPuller`, which the job runner builds, polls v3 connections under v3."""
+    from api.integrations.crypto import TokenCipher
+    from api.integrations.smartcar import SmartcarClient, SmartcarPuller, SmartcarTokens
+
+    mock = MockSmartcar(vehicles=1, api_version="v3")
+    sc_id = mock.vehicle_ids[0]
+    user_id = mock.owners.setdefault(sc_id, str(uuid.uuid4()))
+    async with serve(mock.app()) as mock_url, pool(database.ingest_url) as db, \
+            pool(database.owner_url) as owner, \
+            VendorHttp(timeout_s=5, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05,
+                       name="smartcar") as http, \
+            MqttPublisher(MqttSettings(url=mqtt_url)) as pub:
+        settings = IntegrationsSettings(**v3_settings(mock_url))  # type: ignore[arg-type]
+        async with owner.acquire() as conn:
+            await SmartcarV3Connections().store(
+                conn, fleet.tenant_id, Connection(sc_id, user_id),
+                vehicle_id=fleet.vehicles["truck-0"], connected_by=None)
+        tokens = SmartcarTokens(SmartcarClient(http, settings), TokenCipher(TOKEN_KEY),
+                                refresh_margin_s=600)
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            puller = SmartcarPuller(db, tokens, pub, redis, poll_s=1, location_cache_s=300)
+            assert puller.v3 is not None
+            assert await puller.poll_once() == 4
+        finally:
+            await redis.aclose()
+        two = IntegrationsSettings(**{**v3_settings(mock_url),  # type: ignore[arg-type]
+                                      "smartcar_api_version": "2.0"})
+        only_v2 = SmartcarPuller(db, SmartcarTokens(SmartcarClient(http, two),
+                                                    TokenCipher(TOKEN_KEY), refresh_margin_s=1),
+                                 pub, None, poll_s=1, location_cache_s=300)
+        assert only_v2.v3 is None
