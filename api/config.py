@@ -54,7 +54,10 @@ class ApiSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     live_flush_ms: int = 250
     """Minimum interval between two live frames to one WebSocket client, ms."""
     live_heartbeat_s: float = 15.0
-    """WebSocket ping interval (and JSON heartbeat when idle), seconds."""
+    """JSON heartbeat to an idle WebSocket client, seconds."""
+    live_ping_s: float = 30.0
+    """WebSocket ping interval, seconds; a client that has not answered within half of it is
+    disconnected (a slow reader's pong waits behind the frames it has not read yet)."""
     live_event_buffer: int = 200
     """Events kept per slow client; older ones are dropped and counted."""
     live_auth_timeout_s: float = 10.0

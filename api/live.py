@@ -388,7 +388,7 @@ async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR
     section = hub.section
     # A small write limit makes a slow reader's sends wait early, so that its updates
     # coalesce here (latest per vehicle) instead of queueing in socket buffers.
-    ws = web.WebSocketResponse(heartbeat=section.live_heartbeat_s, compress=False,
+    ws = web.WebSocketResponse(heartbeat=section.live_ping_s, compress=False,
                                max_msg_size=64 * 1024, writer_limit=SEND_BUFFER_BYTES)
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is not None:
