@@ -29,6 +29,14 @@ def _gen_key(name: str, tenant_id: UUID) -> str:
     return f"{PREFIX}{name}:{tenant_id}:gen"
 
 
+# One round trip instead of two: read the generation, then the entry of that generation.
+# Returns {generation, entry or false}. (Single-instance Redis: the entry key is built here.)
+_LOOKUP = """
+local gen = redis.call('GET', KEYS[1]) or '0'
+return {gen, redis.call('GET', ARGV[1] .. gen .. ARGV[2])}
+"""
+
+
 async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: str,
                  ttl_s: int, compute: Callable[[], Awaitable[Any]]) -> bytes:
     """Return the cached JSON document (bytes, served as is) or compute, store and return it.
@@ -41,11 +49,12 @@ async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: s
     redis = request.app[REDIS_KEY]
     metrics = request.app[METRICS_KEY]
     digest = hashlib.sha256(variant.encode()).hexdigest()[:24]
+    prefix = f"{PREFIX}{name}:{tenant_id}:"
     try:
-        gen = await redis.get(_gen_key(name, tenant_id)) or b"0"
+        gen, hit = await redis.eval(_LOOKUP, 1, _gen_key(name, tenant_id), prefix,
+                                    f":{digest}")
         gen_s = gen.decode() if isinstance(gen, bytes) else str(gen)
-        key = f"{PREFIX}{name}:{tenant_id}:{gen_s}:{digest}"
-        hit = await redis.get(key)
+        key = f"{prefix}{gen_s}:{digest}"
     except RedisError as exc:
         log.warning("cache %s unavailable: %s", name, exc)
         return msgspec.json.encode(await compute())
