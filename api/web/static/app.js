@@ -17,6 +17,10 @@
     // Refresh a minute before the access token expires.
     const inMs = Math.max(10, tokens.expires_in - 60) * 1000;
     state.refreshTimer = setTimeout(refresh, inMs);
+    // An open live connection is extended with the new token (same user) without reconnecting.
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+      state.ws.send(JSON.stringify({ type: "subscribe", token: tokens.access_token }));
+    }
   }
 
   async function api(path, options = {}) {
