@@ -301,3 +301,27 @@ async def test_resubscribe_with_another_users_token_is_refused(world: World) -> 
     assert error["code"] == "forbidden"
     await asyncio.wait_for(ws.receive(), TIMEOUT_S)
     assert ws.close_code == 4403
+
+
+async def test_resubscribe_with_a_fresh_token_extends_the_connection(world: World,
+                                                                      redis: Any) -> None:
+    """The same user's refreshed token keeps the stream open past the first token's expiry."""
+    import jwt
+
+    a = world.a
+    now = int(time.time())
+    short = jwt.encode({"sub": str(a.user_ids["admin"]), "tenant_id": str(a.id),
+                        "role": "admin", "email": a.users["admin"], "typ": "access",
+                        "iat": now, "exp": now + 2}, "t" * 40, algorithm="HS256")
+    ws, _ = await subscribe(world.client, short)
+    try:
+        await ws.send_json({"type": "subscribe", "token": a.tokens["admin"]})
+        assert (await next_json(ws))["type"] == "subscribed"
+        await asyncio.sleep(2.5)  # past the first token's expiry
+        vid = a.vehicles["other"]
+        await redis.publish(live_channel(a.id), encode_live(position(vid, "other", 51.0, 13.0)))
+        frames = await wait_for(ws, lambda f: f["type"] == "error" or any(
+            p["lat"] == pytest.approx(51.0) for p in positions_of([f], vid)))
+        assert frames[-1]["type"] != "error"
+    finally:
+        await ws.close()
