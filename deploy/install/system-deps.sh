@@ -7,7 +7,7 @@ PACKAGES=(
   postgresql-15 postgresql-15-postgis-3 postgresql-server-dev-15 postgresql-client-15
   cmake build-essential mosquitto mosquitto-clients redis-server
   dpkg-dev libssl-dev libkrb5-dev
-  chromium
+  chromium wrk
 )
 # Node.js runs Azurite (the Azure Storage emulator) and installs Leaflet; keep an existing
 # installation (it may be newer than Debian's) and add Debian's only when there is none.
