@@ -32,10 +32,10 @@ def _pos(vid: Any, code: str, lat: float, lon: float, *, heading: float, moving:
                                     coolant_c=88.0, battery_v=13.9, sent_ms=now))
 
 
-@pytest.mark.skipif(shutil.which(CHROMIUM) is None,
-                    reason="needs Debian's chromium (apt-get install chromium)")
 async def test_dispatcher_map_live(world: World) -> None:
     """End to end in a real browser, offline (no-tiles mode)."""
+    # `make setup` installs Debian's chromium; without it this test must fail, not skip.
+    assert shutil.which(CHROMIUM), "needs Debian's chromium: apt-get install chromium"
     from playwright.async_api import async_playwright
 
     a = world.a

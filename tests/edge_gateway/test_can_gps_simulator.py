@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
+import simulators.can_bus as sim_can
+import simulators.nmea as sim_nmea
+import simulators.vehicle as sim_vehicle
 from edge_gateway.config import GatewayProcessSettings, apply_overrides
 from tests.edge_gateway.helpers import ModelDriver, wait_for
 from tests.edge_gateway.test_obd_simulator import gateway_and_samples
-
-sim_vehicle = pytest.importorskip("simulators.vehicle", reason="simulators not built yet")
-sim_can = pytest.importorskip("simulators.can_bus", reason="simulators not built yet")
-sim_nmea = pytest.importorskip("simulators.nmea", reason="simulators not built yet")
 
 pytestmark = pytest.mark.services
 

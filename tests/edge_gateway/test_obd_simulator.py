@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import simulators.elm327 as sim_elm
+import simulators.vehicle as sim_vehicle
 from edge_gateway.config import GatewayProcessSettings, apply_overrides
 from edge_gateway.gateway import Gateway
 from edge_gateway.protocol import (
@@ -28,9 +30,6 @@ from edge_gateway.protocol import (
     topic_for,
 )
 from tests.edge_gateway.helpers import ModelDriver, mqtt_client, wait_for
-
-sim_vehicle = pytest.importorskip("simulators.vehicle", reason="simulators not built yet")
-sim_elm = pytest.importorskip("simulators.elm327", reason="simulators not built yet")
 
 pytestmark = pytest.mark.services
 
