@@ -56,8 +56,11 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     url: str = "redis://127.0.0.1:56379/0"
 
 
-def _env_overrides(root: type[msgspec.Struct], environ: Mapping[str, str]) -> dict[str, Any]:
+def env_overrides(root: type[msgspec.Struct], environ: Mapping[str, str]) -> dict[str, Any]:
     """Map ``FLEET_SECTION_KEY`` variables onto the nested field names of ``root``.
+
+    Public for sections that a process keeps as free-form tables and validates later with
+    their own struct (the API's ``[integrations]`` and ``[jobs]``).
 
     The split between section and key is found from the settings' own field names, so
     ``FLEET_DATABASE_OWNER_URL`` means ``database.owner_url`` without a special separator.
@@ -149,7 +152,7 @@ def load_settings(
     config = config_file if config_file is not None else env.get("FLEET_CONFIG")
     if config:
         data = _merge(data, _read_toml(Path(config)))
-    data = _merge(data, _env_overrides(root, env))
+    data = _merge(data, env_overrides(root, env))
     try:
         return msgspec.convert(data, type=root, strict=False)
     except msgspec.ValidationError as exc:

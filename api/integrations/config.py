@@ -84,9 +84,9 @@ def integrations_settings(section: Mapping[str, Any],
     resolve environment variables into; the same resolver is applied here instead.
     """
     from deploy.errors import SettingsError
-    from deploy.settings import _env_overrides
+    from deploy.settings import env_overrides
 
-    env = _env_overrides(_Root, os.environ if environ is None else environ)
+    env = env_overrides(_Root, os.environ if environ is None else environ)
     data = {**section, **env.get("integrations", {})}
     try:
         settings = msgspec.convert(data, IntegrationsSettings, strict=False)

@@ -66,9 +66,9 @@ def jobs_settings(section: Mapping[str, Any],
                   environ: Mapping[str, str] | None = None) -> JobsSettings:
     """Validate the API's free-form ``[jobs]`` table, with FLEET_JOBS_* variables on top."""
     from deploy.errors import SettingsError
-    from deploy.settings import _env_overrides
+    from deploy.settings import env_overrides
 
-    env = _env_overrides(_Root, os.environ if environ is None else environ)
+    env = env_overrides(_Root, os.environ if environ is None else environ)
     data = {**section, **env.get("jobs", {})}
     try:
         return msgspec.convert(data, JobsSettings, strict=False)
