@@ -189,12 +189,13 @@ class Supervisor:
         self.children: list[Child] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, argv: list[str]) -> Child:
-        """Start one child with its output in `<log_dir>/<name>.log`."""
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+        """Start one child with its output in `<log_dir>/<name>.log` (extra `env` on top)."""
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env={**os.environ, **(env or {})})
         child = Child(name, proc, log_path, log)
         self.children.append(child)
         return child
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        supervisor.start("stream", [*fleet, "stream"])
+        supervisor.start("stream", [*fleet, "stream"], env=_demo_stream_env(args.tenant))
         api = supervisor.start("api", [*fleet, "api", "--port", str(args.port)])
         _start_gateway_vehicles(supervisor, fleet, services, demo)
         load_codes = demo.vehicle_codes[len(demo.gateway_codes):]
@@ -298,6 +299,22 @@ def run(args: argparse.Namespace) -> int:
         supervisor.stop()
         print("demo: stopped", file=sys.stderr)
     return 0
+
+
+def _demo_stream_env(tenant: str) -> dict[str, str]:
+    """Dedicate the demo's stream to the demo tenant, with broker sessions of its own.
+
+    The stream's MQTT sessions are persistent: under the default client ids they would also
+    have queued whatever else was published on this broker meanwhile (other tenants, test
+    runs), which the demo would first have to work through. Settings the user gave win.
+    """
+    wanted = {
+        "FLEET_SOURCE_TENANT": tenant,
+        "FLEET_SOURCE_CLIENT_ID_PREFIX": f"fleet-demo-{tenant}"[:48],
+        "FLEET_SOURCE_SHARE_GROUP": f"fleet-demo-{tenant}"[:64],
+        "FLEET_STREAM_RECOVERY_DIR": str(STATE_DIR / "stream-recovery"),
+    }
+    return {k: v for k, v in wanted.items() if k not in os.environ}
 
 
 def _start_gateway_vehicles(supervisor: Supervisor, fleet: list[str], services: Any,
