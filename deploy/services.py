@@ -228,6 +228,18 @@ class LocalServices:
             )
         return proc.stdout
 
+    def _port_free(self, port: int, what: str, setting: str) -> None:
+        """Refuse to start when something else already listens on the project port.
+
+        Otherwise the start fails quietly (the daemon exits), and the health checks would
+        talk to the stranger and report it as ours.
+        """
+        with contextlib.suppress(OSError), socket.create_connection(
+                (self.settings.host, port), timeout=1):
+            raise ServiceError(
+                f"{what}: port {self.settings.host}:{port} is already in use by another "
+                f"program; stop it or choose another port (FLEET_SERVICES_{setting})")
+
     def _wait_port(self, port: int, what: str, log_file: Path) -> None:
         deadline = time.monotonic() + self.settings.start_timeout_s
         while time.monotonic() < deadline:
@@ -303,6 +315,7 @@ class LocalServices:
         self._own(self.pg_data.parent, user)
         (self.pg_data).chmod(0o700)
         if not self._pg_running():
+            self._port_free(self.settings.postgres_port, "postgres", "POSTGRES_PORT")
             self.log(f"postgres: starting on {self.settings.host}:{self.settings.postgres_port}")
             self._run(self._as_user(user, [
                 self._pg_bin("pg_ctl"), "-D", str(self.pg_data), "-l", str(self.pg_log),
@@ -417,6 +430,7 @@ class LocalServices:
         self.set_mqtt_user(MQTT_SERVICE_USER, creds[MQTT_SERVICE_USER], reload=False)
         self._own(self.mq_dir, self.settings.mosquitto_os_user)
         if self._pid_alive(self.mq_pid) is None:
+            self._port_free(self.settings.mqtt_port, "mosquitto", "MQTT_PORT")
             self.mq_pid.unlink(missing_ok=True)
             self.log(f"mosquitto: starting on {self.settings.host}:{self.settings.mqtt_port}")
             self._run(["mosquitto", "-d", "-c", str(self.mq_dir / "mosquitto.conf")],
@@ -533,6 +547,7 @@ class LocalServices:
         user = self.settings.redis_os_user
         self._own(self.redis_dir, user)
         if self._pid_alive(self.redis_pid) is None:
+            self._port_free(self.settings.redis_port, "redis", "REDIS_PORT")
             self.redis_pid.unlink(missing_ok=True)
             self.log(f"redis: starting on {self.settings.host}:{self.settings.redis_port}")
             self._run(self._as_user(user, ["redis-server", str(conf)]), "redis start",

@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from deploy.errors import ServiceError
 from deploy.services import LocalServices, ServicesSettings
 from edge_gateway.mqtt_url import parse_mqtt_url
 
@@ -162,3 +163,16 @@ def test_wrong_device_password_is_refused(services: LocalServices, tenant_slug: 
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_a_port_taken_by_another_program_is_reported(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = int(squatter.getsockname()[1])
+        stack = LocalServices(ServicesSettings(state_dir=str(tmp_path / "state"),
+                                               redis_port=port), log=lambda _m: None)
+        with pytest.raises(ServiceError, match=rf"port 127.0.0.1:{port} is already in use"):
+            stack.redis_up()
+    if stack.state != stack.project_state:
+        shutil.rmtree(stack.state, ignore_errors=True)
