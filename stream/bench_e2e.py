@@ -153,10 +153,13 @@ def _presubscribe(mqtt_url: str, prefix: str, group: str, tenant: str, partition
         c.username_pw_set(target.username, target.password)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 600
+        subscribed = threading.Event()
+        c.on_subscribe = lambda *_a, ev=subscribed: ev.set()
         c.connect(target.host, target.port, clean_start=False, properties=props)
         c.loop_start()
         c.subscribe(subscription(Channel.TELEMETRY, tenant=tenant, share_group=group), qos=1)
-        time.sleep(0.3)
+        # Disconnect only after the SUBACK: a session without its subscription drops messages.
+        subscribed.wait(10)
         c.disconnect()
         c.loop_stop()
 

@@ -199,7 +199,10 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         self.src = source
         self.cfg = source.settings
         self.partition = partition
-        self.inbox = _Inbox(source.database_url, partition, source.connect_timeout_s)
+        # The MQTT client id names the inbox log too: it is unique per deployment (two stream
+        # clusters on one database must not share "p0"), and stable across restarts.
+        self.client_id = f"{self.cfg.client_id_prefix}-{partition}"
+        self.inbox = _Inbox(source.database_url, self.client_id, source.connect_timeout_s)
         self.last_written = self.inbox.last_offset()
         if resume_state is None:
             # No snapshot yet: replay whatever the inbox still holds, so nothing committed
@@ -223,7 +226,7 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
     def _connect(self) -> Client:
         target: MqttTarget = self.src.target
         client = Client(CallbackAPIVersion.VERSION2,
-                        client_id=f"{self.cfg.client_id_prefix}-{self.partition}",
+                        client_id=self.client_id,
                         protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
         if target.username is not None:
             client.username_pw_set(target.username, target.password)
@@ -233,6 +236,7 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
                            keyfile=mq.key_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.on_connect = self._on_connect
         client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_s
@@ -250,15 +254,22 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
                               f"partition {self.partition} within {self.src.connect_timeout_s} s")
         return client
 
-    def _on_connect(self, client: Client, _userdata: Any, _flags: ConnectFlags,
+    def _on_connect(self, client: Client, _userdata: Any, flags: ConnectFlags,
                     reason: ReasonCode, _props: Properties | None) -> None:
         if reason.is_failure:
             log.error("MQTT partition %s refused: %s", self.partition, reason)
             return
         # Subscribing again on every connect is harmless with a persistent session and
-        # repairs a session the broker expired while we were away.
+        # repairs a session that lost its subscription (expired, or never completed).
         client.subscribe(self.src.topic_filter, qos=1)
+        log.info("MQTT partition %s connected as %s (session present: %s)", self.partition,
+                 self.client_id, flags.session_present)
         self.connected.set()
+
+    def _on_disconnect(self, _client: Client, _userdata: Any, _flags: Any, reason: ReasonCode,
+                       _props: Properties | None) -> None:
+        # paho reconnects by itself; unacknowledged messages come again on the new connection.
+        log.warning("MQTT partition %s disconnected: %s", self.partition, reason)
 
     def _on_message(self, _client: Client, _userdata: Any, msg: MQTTMessage) -> None:
         self.received.append(_Received(msg.mid, msg.qos, msg.topic, bytes(msg.payload),
@@ -293,7 +304,7 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
                     # and dedupe drops the copy.
                     log.debug("PUBACK of mid %d failed: %s", m.mid, rc)
         self.emitted = self.last_written
-        return [InboxMessage(self.partition, first + i, m.received_ms, m.topic, m.payload)
+        return [InboxMessage(self.client_id, first + i, m.received_ms, m.topic, m.payload)
                 for i, m in enumerate(taken)]
 
     def _count(self, messages: int, commit_s: float) -> None:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -110,12 +111,15 @@ class StreamProcess:
             c.username_pw_set(target.username, target.password)
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 300
+            subscribed = threading.Event()
+            c.on_subscribe = lambda *_a, ev=subscribed: ev.set()
             c.connect(target.host, target.port, clean_start=False, properties=props)
             c.loop_start()
             info = c.subscribe(subscription(Channel.TELEMETRY, tenant=self.tenant,
                                             share_group=self.group), qos=1)
             assert info[0] == 0
-            time.sleep(0.3)
+            # Disconnect only once the broker confirmed the subscription (SUBACK).
+            assert subscribed.wait(10), "no SUBACK"
             c.disconnect()
             c.loop_stop()
 

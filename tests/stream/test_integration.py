@@ -149,11 +149,14 @@ def test_rows_events_rejects_and_live_feed(database: TestDatabase, fleet: Fleet,
     assert positions[0].code in VEHICLES
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_kill9_mid_run_loses_and_duplicates_nothing(database: TestDatabase, fleet: Fleet,
-                                                     mqtt_url: str, stream_factory) -> None:
+                                                     mqtt_url: str, stream_factory,
+                                                     processes: int) -> None:
     add_fence(database, fleet)
     # Small polls, so the kill lands between commits rather than after one big batch.
-    stream = stream_factory(env={"FLEET_SOURCE_MAX_BATCH_MESSAGES": "3"})
+    stream = stream_factory(processes=processes, partitions=processes,
+                            env={"FLEET_SOURCE_MAX_BATCH_MESSAGES": "3"})
     stream.presubscribe()
     stream.start()
     msgs = messages(fleet)
@@ -203,5 +206,5 @@ def test_two_processes_on_a_shared_subscription_match_one(database: TestDatabase
     with psycopg.connect(database.owner_url) as conn:
         parts = conn.execute("SELECT source_partition, count(*) FROM stream_inbox "
                              "GROUP BY 1 ORDER BY 1").fetchall()
-    # The broker split the messages between both sessions.
-    assert [p for p, _ in parts] == ["p0", "p1"]
+    # The broker split the messages between both sessions (the inbox log is per client id).
+    assert [p for p, _ in parts] == [f"{stream.prefix}-p0", f"{stream.prefix}-p1"]

@@ -28,7 +28,7 @@ def poll(part, n: int, timeout_s: float = 20) -> list[InboxMessage]:
 def test_inbox_log_append_read_prune(database: TestDatabase) -> None:
     from stream.mqtt_source import _Received
 
-    inbox = _Inbox(database.ingest_url, "p0", 10)
+    inbox = _Inbox(database.ingest_url, "s-p0", 10)
     assert inbox.last_offset() == 0
     inbox.append(1, [_Received(i, 1, "t", bytes([i]), 1_780_000_000_000 + i) for i in range(5)])
     assert (inbox.first_offset(), inbox.last_offset()) == (1, 5)
