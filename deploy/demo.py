@@ -312,6 +312,7 @@ def _demo_stream_env(tenant: str) -> dict[str, str]:
         "FLEET_SOURCE_TENANT": tenant,
         "FLEET_SOURCE_CLIENT_ID_PREFIX": f"fleet-demo-{tenant}"[:48],
         "FLEET_SOURCE_SHARE_GROUP": f"fleet-demo-{tenant}"[:64],
+        "FLEET_SOURCE_SESSION_EXPIRY_S": "3600",
         "FLEET_STREAM_RECOVERY_DIR": str(STATE_DIR / "stream-recovery"),
     }
     return {k: v for k, v in wanted.items() if k not in os.environ}

@@ -631,16 +631,20 @@ def _pg_connect(url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
 def provision_cluster(admin_url: str, creds: dict[str, str]) -> None:
     """Create (or re-password) the owner, application and ingest roles.
 
-    The application role is subject to row-level security; the ingest role writes every
-    tenant's data, which the policies allow it explicitly (no BYPASSRLS, no superuser).
+    The application role is subject to row-level security. The ingest role (the stream) writes
+    every tenant's rows and checks tenancy itself (the topic's tenant must own the vehicle), so
+    it gets BYPASSRLS: PostgreSQL refuses a plain COPY into a table with row-level security,
+    and the direct binary COPY is the stream's fast path. Neither is a superuser.
     """
     from psycopg import sql
 
+    attributes = ((OWNER_ROLE, "NOBYPASSRLS CREATEROLE"), (APP_ROLE, "NOBYPASSRLS"),
+                  (INGEST_ROLE, "BYPASSRLS"))
     with _pg_connect(admin_url) as conn:
-        for role, extra in ((OWNER_ROLE, "CREATEROLE"), (APP_ROLE, ""), (INGEST_ROLE, "")):
+        for role, extra in attributes:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             verb = "ALTER" if exists else "CREATE"
-            conn.execute(sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS {} PASSWORD {}").format(
+            conn.execute(sql.SQL("{} ROLE {} LOGIN NOSUPERUSER {} PASSWORD {}").format(
                 sql.SQL(verb), sql.Identifier(role), sql.SQL(extra), sql.Literal(creds[role])))
 
 

@@ -19,6 +19,8 @@ COMMENT ON TABLE stream_inbox IS 'Write-ahead log of the stream''s MQTT source: 
 COMMENT ON COLUMN stream_inbox.source_partition IS 'Bytewax source partition (one MQTT client session) that received the message.';
 COMMENT ON COLUMN stream_inbox.inbox_offset IS 'Position in that partition''s log, from 1, without gaps.';
 COMMENT ON COLUMN stream_inbox.received_at IS 'When the stream received the message from the broker.';
+COMMENT ON COLUMN stream_inbox.topic IS 'MQTT topic the message arrived on.';
+COMMENT ON COLUMN stream_inbox.payload IS 'The message payload as received.';
 GRANT SELECT, INSERT, DELETE ON stream_inbox TO fleet_ingest;
 
 -- Dead letters become idempotent like every other table the stream writes: a replay after a

@@ -35,7 +35,9 @@ def free_port() -> int:
 
 
 def demo_env(services: LocalServices, database: TestDatabase) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    # Keep FLEET_SERVICES_* (where the stack runs); replace the connection settings.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("FLEET_") or k.startswith("FLEET_SERVICES_")}
     env.update({
         "FLEET_SERVICES_STATE_DIR": str(services.project_state),
         "FLEET_DATABASE_URL": database.app_url,
