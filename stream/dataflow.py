@@ -7,7 +7,9 @@
 5. ``by_vehicle`` key by vehicle id (Bytewax routes each vehicle to one worker of the cluster)
 6. ``vehicle``    dedupe, reorder/watermark, GPS filters, motion/ignition, detectors
                   (stream.vehicle; the detectors in `stream.detectors.build_detectors` order)
-7. ``sink``       TimescaleDB (COPY, idempotent), vehicle_state, rollups, Redis live (stream.sink)
+7. ``fleet_economy`` fuel-economy windows re-keyed by (tenant, model) and scored against
+                  the vehicle's peers (stream.anomaly.FleetEconomy) -> anomalies
+8. ``sink``       TimescaleDB (COPY, idempotent), vehicle_state, rollups, Redis live (stream.sink)
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from stream.decode import Decoder
 from stream.detectors.base import Detector
 from stream.errors import StreamConfigError
 from stream.geo_step import GeoLookup, IndexProvider
-from stream.items import InboxMessage, RejectRow, SinkInput, VehicleBatch, VehicleOutput
+from stream.items import (
+    EconomyItem,
+    EmittedEvent,
+    InboxMessage,
+    RejectRow,
+    SinkInput,
+    VehicleBatch,
+    VehicleOutput,
+)
 from stream.vehicle import VehicleStepConfig, vehicle_logic_builder
 
 FLOW_ID = "fleet_stream"
@@ -41,6 +51,8 @@ class FlowParts:
     decoder: Decoder
     index_provider: IndexProvider
     vehicle: VehicleStepConfig
+    fleet_economy: Any = None
+    """`stream.anomaly.FleetEconomy`; None leaves the fleet-relative step out."""
 
 
 def _is_batch(item: VehicleBatch | RejectRow) -> TypeGuard[VehicleBatch]:
@@ -55,6 +67,27 @@ def _unkey(kv: tuple[str, VehicleOutput]) -> VehicleOutput:
     return kv[1]
 
 
+def _economy_items(out: VehicleOutput) -> tuple[EconomyItem, ...]:
+    return out.economy
+
+
+def _model_key(item: EconomyItem) -> str:
+    return f"{item.sample.tenant_id}:{item.sample.model_key}"
+
+
+class _FleetEconomyStep:
+    """`stateful_flat_map` mapper around `FleetEconomy` (state: its per-model value)."""
+
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+
+    def __call__(self, state: Any, item: EconomyItem) -> tuple[Any, list[VehicleOutput]]:
+        if state is None:
+            state = self.scorer.initial_state()
+        state, records = self.scorer.on_sample(state, item.sample)
+        return state, [VehicleOutput(tuple(EmittedEvent(item.ref, r) for r in records))]
+
+
 def build_flow(parts: FlowParts) -> Dataflow:
     """Assemble the dataflow (see the module docstring for the order)."""
     flow = Dataflow(FLOW_ID)
@@ -66,7 +99,14 @@ def build_flow(parts: FlowParts) -> Dataflow:
     processed = op.stateful_batch("vehicle", keyed, vehicle_logic_builder(parts.vehicle))
     results = op.map("unkey", processed, _unkey)
     rejects: Any = split.falses
-    op.output("sink", op.merge("all", results, rejects), parts.sink)
+    outputs: list[Any] = [results, rejects]
+    if parts.fleet_economy is not None:
+        windows = op.flat_map("economy_windows", results, _economy_items)
+        by_model = op.key_on("by_model", windows, _model_key)
+        scored = op.stateful_flat_map("fleet_economy", by_model,
+                                      _FleetEconomyStep(parts.fleet_economy))
+        outputs.append(op.map("unkey_economy", scored, _unkey))
+    op.output("sink", op.merge("all", *outputs), parts.sink)
     return flow
 
 

@@ -9,10 +9,14 @@ sink writes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from edge_gateway.protocol import Sample, Source
 from stream.model import Event, Reading, VehicleRef
+
+if TYPE_CHECKING:
+    from stream.anomaly import EconomySample
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,16 @@ class VehicleOutput:
     """
 
     items: tuple[SinkItem, ...]
+    economy: tuple[EconomyItem, ...] = ()
+    """Fuel-economy windows for the fleet-relative step (not written by the sink)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EconomyItem:
+    """A completed fuel-economy window of a vehicle, on its way to the peers of its model."""
+
+    ref: VehicleRef
+    sample: EconomySample
 
 
 SinkInput = SinkItem | VehicleOutput

@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
+from stream.anomaly import EconomyTracker, FleetEconomy
 from stream.config import DataflowSettings, StreamSettings
 from stream.dataflow import FlowParts, build_flow, load_detectors
 from stream.decode import Decoder
@@ -57,7 +58,9 @@ def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> No
                               connect_timeout_s=db.connect_timeout_s),
             decoder=Decoder(directory, payload_max_bytes=cfg.reject_payload_max_bytes),
             index_provider=watcher.current,
-            vehicle=VehicleStepConfig(cfg, settings.filters, detectors),
+            vehicle=VehicleStepConfig(cfg, settings.filters, detectors,
+                                      economy=EconomyTracker(settings.anomaly)),
+            fleet_economy=FleetEconomy(settings.anomaly),
         )
         flow = build_flow(parts)
         addresses = None

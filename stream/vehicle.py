@@ -40,6 +40,7 @@ from stream.config import DataflowSettings, FilterSettings
 from stream.detectors.base import Detector
 from stream.filters import Fix, check_position, check_time, is_duplicate, strip_position
 from stream.items import (
+    EconomyItem,
     EmittedEvent,
     RejectRow,
     SinkItem,
@@ -124,6 +125,8 @@ class VehicleState:
     ignition: bool | None = None
     inside: frozenset[UUID] = frozenset()
     detectors: dict[str, Any] = field(default_factory=dict)
+    economy: Any = None
+    """State of the fuel-economy tracker (`stream.anomaly.EconomyTracker`), when enabled."""
     last_tick_ms: int = 0
     duplicates: int = 0
     late: int = 0
@@ -137,6 +140,8 @@ class VehicleStepConfig:
     filters: FilterSettings
     detectors: Sequence[Detector]
     clock_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
+    economy: Any = None
+    """`stream.anomaly.EconomyTracker` feeding the fleet-relative score; None disables it."""
 
 
 class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, VehicleState]):
@@ -149,6 +154,9 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, VehicleState]
         for det in config.detectors:
             if det.name not in self.state.detectors:
                 self.state.detectors[det.name] = det.initial_state()
+        if config.economy is not None and self.state.economy is None:
+            self.state.economy = config.economy.initial_state()
+        self._economy: list[EconomyItem] = []
 
     # -- Bytewax hooks -------------------------------------------------------------------------
     def on_batch(self, values: list[VehicleBatch]) -> tuple[Iterable[VehicleOutput], bool]:
@@ -158,7 +166,11 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, VehicleState]
         for batch in values:
             self._admit(batch, now_ms, out)
         self._release(now_ms, out)
-        return ([VehicleOutput(tuple(out))] if out else []), StatefulBatchLogic.RETAIN
+        return self._output(out), StatefulBatchLogic.RETAIN
+
+    def _output(self, out: list[SinkItem]) -> list[VehicleOutput]:
+        economy, self._economy = tuple(self._economy), []
+        return [VehicleOutput(tuple(out), economy)] if out or economy else []
 
     def on_notify(self) -> tuple[Iterable[VehicleOutput], bool]:
         """Processing-time tick: release long-held samples, run the detectors' time-outs."""
@@ -175,7 +187,7 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, VehicleState]
                     _log_detector_failure(det.name, st.ref.vehicle_id, "a tick")
                     continue
                 out.extend(EmittedEvent(st.ref, ev) for ev in events)
-        return ([VehicleOutput(tuple(out))] if out else []), StatefulBatchLogic.RETAIN
+        return self._output(out), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         """The next tick, or earlier when a held sample's hold time runs out."""
@@ -278,6 +290,9 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, VehicleState]
                 _log_detector_failure(det.name, ref.vehicle_id, f"seq {sample.seq}")
                 continue
             out.extend(EmittedEvent(ref, ev) for ev in events)
+        if self.cfg.economy is not None:
+            st.economy, windows = self.cfg.economy.on_reading(st.economy, reading)
+            self._economy.extend(EconomyItem(ref, w) for w in windows)
         return reading
 
     def _update_motion(self, sample: Sample) -> None:

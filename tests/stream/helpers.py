@@ -14,6 +14,7 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from edge_gateway.protocol import Channel, Sample, Source, Telemetry, encode, topic_for
+from stream.anomaly import AnomalySettings, EconomyTracker, FleetEconomy
 from stream.config import DataflowSettings, FilterSettings
 from stream.dataflow import FlowParts, build_flow
 from stream.decode import Decoder
@@ -88,11 +89,19 @@ def run_flow(messages: Sequence[InboxMessage], *, detectors: Sequence[Any] = (),
              dataflow: DataflowSettings | None = None,
              filters: FilterSettings | None = None, clock_ms: int | None = T0,
              recovery_dir: Path | None = None, out: list[SinkItem] | None = None,
+             economy: AnomalySettings | None = None,
+             directory_records: Sequence[VehicleRecord] | None = None,
              ) -> list[SinkItem]:
-    """Run the real dataflow in-process over the given inbox messages."""
+    """Run the real dataflow in-process over the given inbox messages.
+
+    With `economy`, the fleet-relative fuel-economy step runs too; `directory_records`
+    replaces the default vehicles.
+    """
     out = [] if out is None else out
     raw: list[Any] = []
-    directory = VehicleDirectory(records, refresh_s=3600, miss_refresh_s=3600)
+    fixed = list(directory_records) if directory_records is not None else None
+    directory = VehicleDirectory((lambda: fixed) if fixed is not None else records,
+                                 refresh_s=3600, miss_refresh_s=3600)
     parts = FlowParts(
         source=TestingSource(list(messages)),
         sink=TestingSink(raw),
@@ -101,7 +110,9 @@ def run_flow(messages: Sequence[InboxMessage], *, detectors: Sequence[Any] = (),
         vehicle=VehicleStepConfig(dataflow or DataflowSettings(), filters or FilterSettings(),
                                   list(detectors),
                                   clock_ms=(lambda: clock_ms) if clock_ms is not None
-                                  else (lambda: time.time_ns() // 1_000_000)),
+                                  else (lambda: time.time_ns() // 1_000_000),
+                                  economy=EconomyTracker(economy) if economy else None),
+        fleet_economy=FleetEconomy(economy) if economy else None,
     )
     if recovery_dir is None:
         run_main(build_flow(parts))
