@@ -105,14 +105,13 @@ async def api_process(*, vehicles: int, with_state: bool, extra_env: dict[str, s
         APP_ROLE,
         INGEST_ROLE,
         OWNER_ROLE,
-        LocalServices,
-        ServicesSettings,
         drop_database,
+        local_services,
         provision_database,
     )
     from storage.migrate import migrate
 
-    services = LocalServices(ServicesSettings(), log=lambda _m: None)
+    services = local_services()
     name = f"bench_{uuid.uuid4().hex[:12]}"
     provision_database(services.pg_url(ADMIN_ROLE, "postgres"), name)
     app_url, owner_url = services.pg_url(APP_ROLE, name), services.pg_url(OWNER_ROLE, name)

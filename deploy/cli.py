@@ -16,11 +16,9 @@ from deploy.errors import DeployError
 
 
 def _services(args: argparse.Namespace) -> int:
-    from deploy.services import LocalServices, ServicesProcessSettings
-    from deploy.settings import load_settings
+    from deploy.services import local_services
 
-    settings = load_settings(ServicesProcessSettings, args.config)
-    services = LocalServices(settings.services, log=lambda m: print(m, file=sys.stderr))
+    services = local_services(args.config, log=lambda m: print(m, file=sys.stderr))
     if args.action == "up":
         services.up()
         args.action = "status"

@@ -247,13 +247,12 @@ def run(args: argparse.Namespace) -> int:
     """Set up, seed, start every part, print how to log in, and run until Ctrl-C."""
     import asyncio
 
-    from deploy.services import LocalServices, ServicesProcessSettings
+    from deploy.services import local_services
     from deploy.settings import load_settings
     from storage.config import DbCommandSettings
     from storage.migrate import migrate
 
-    services = LocalServices(load_settings(ServicesProcessSettings, args.config).services,
-                             log=lambda m: print(m, file=sys.stderr))
+    services = local_services(args.config, log=lambda m: print(m, file=sys.stderr))
     services.up()
     db = load_settings(DbCommandSettings, args.config).database
     migrate(db.owner_url, log=lambda m: print(m, file=sys.stderr))

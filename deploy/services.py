@@ -67,6 +67,14 @@ class ServicesProcessSettings(msgspec.Struct, frozen=True, kw_only=True):
     services: ServicesSettings = msgspec.field(default_factory=ServicesSettings)
 
 
+def local_services(config_file: str | None = None,
+                   log: Callable[[str], None] = lambda _m: None) -> LocalServices:
+    """The project's local services as `fleet services` sees them (TOML + FLEET_SERVICES_*)."""
+    from deploy.settings import load_settings
+
+    return LocalServices(load_settings(ServicesProcessSettings, config_file).services, log=log)
+
+
 @dataclass(frozen=True)
 class ServiceStatus:
     """Health of one service as `fleet services status` reports it."""

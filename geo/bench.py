@@ -69,9 +69,8 @@ def measure(*, fences: int, positions: int, tenants: int, batch: int,  # noqa: P
         ADMIN_ROLE,
         INGEST_ROLE,
         OWNER_ROLE,
-        LocalServices,
-        ServicesSettings,
         drop_database,
+        local_services,
         provision_database,
     )
     from geo.benchdata import make_fences, make_positions
@@ -80,7 +79,7 @@ def measure(*, fences: int, positions: int, tenants: int, batch: int,  # noqa: P
     from geo.store import load_fences
     from storage.migrate import migrate
 
-    services = LocalServices(ServicesSettings(), log=lambda _m: None)
+    services = local_services()
     admin = services.pg_url(ADMIN_ROLE, "postgres")
     name = f"bench_geofence_{uuid.uuid4().hex[:8]}"
     log(f"creating database {name}")

@@ -18,11 +18,10 @@ from deploy.services import (
     INGEST_ROLE,
     OWNER_ROLE,
     LocalServices,
-    ServicesProcessSettings,
     drop_database,
+    local_services,
     provision_database,
 )
-from deploy.settings import load_settings
 from storage.migrate import migrate
 
 
@@ -30,8 +29,7 @@ from storage.migrate import migrate
 def services() -> LocalServices:
     """The project's PostgreSQL, Mosquitto and Redis, up and healthy (idempotent)."""
     # The same settings as `fleet services`, so FLEET_SERVICES_* variables move the test stack too.
-    settings = load_settings(ServicesProcessSettings)
-    local = LocalServices(settings.services, log=lambda _m: None)
+    local = local_services()
     local.up()
     return local
 

@@ -80,9 +80,9 @@ async def _apply_broker_login(request: web.Request, username: str, password: str
     if settings.api.mqtt_credentials != "local":
         return
     from deploy.errors import DeployError
-    from deploy.services import LocalServices, ServicesSettings
+    from deploy.services import local_services
 
-    services = LocalServices(ServicesSettings(), log=lambda _m: None)
+    services = local_services()
     try:
         # mosquitto_passwd is a subprocess: keep it off the event loop.
         await asyncio.get_running_loop().run_in_executor(
