@@ -457,8 +457,25 @@ class LocalServices:
             self._run([*argv, str(self.mq_passwd), username, password], "mosquitto_passwd")
             self.mq_passwd.chmod(0o600)
             self._own(self.mq_dir, self.settings.mosquitto_os_user)
-            if reload:
+            if reload and self._pid_alive(self.mq_pid) is not None:
                 self._signal(self.mq_pid, signal.SIGHUP)
+                self._wait_login(username, password)
+
+    def _wait_login(self, username: str, password: str) -> None:
+        """Return once the broker accepts the new login: it reloads the file asynchronously,
+        and a device told "provisioned" must be able to connect straight away."""
+        url = (f"mqtt://{quote(username, safe='')}:{quote(password, safe='')}@"
+               f"{self.settings.host}:{self.settings.mqtt_port}")
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        while True:
+            try:
+                mqtt_ping(url, timeout_s=5.0, read_version=False)
+            except ServiceError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+            else:
+                return
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -707,8 +724,11 @@ def database_info(url: str) -> dict[str, str]:
     }
 
 
-def mqtt_ping(url: str, timeout_s: float = 10.0) -> str:
-    """Log in to the broker and read its version from $SYS; raises ServiceError on failure."""
+def mqtt_ping(url: str, timeout_s: float = 10.0, *, read_version: bool = True) -> str:
+    """Log in to the broker and read its version from $SYS; raises ServiceError on failure.
+
+    With `read_version` false it only checks the login (a device may not read $SYS).
+    """
     import threading
 
     import paho.mqtt.client as mqtt
@@ -727,7 +747,7 @@ def mqtt_ping(url: str, timeout_s: float = 10.0) -> str:
     def on_connect(c: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
         connack.append(reason)
         connected.set()
-        if not reason.is_failure:
+        if not reason.is_failure and read_version:
             c.subscribe("$SYS/broker/version")
 
     def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -746,6 +766,8 @@ def mqtt_ping(url: str, timeout_s: float = 10.0) -> str:
             raise ServiceError(f"MQTT broker did not answer the login within {timeout_s:.0f} s")
         if connack[0].is_failure:
             raise ServiceError(f"MQTT login refused: {connack[0]}")
+        if not read_version:
+            return "login ok"
         if not got_version.wait(timeout_s):
             raise ServiceError("MQTT broker accepted the login but sent no $SYS version")
     finally:

@@ -45,7 +45,9 @@ def demo_env(services: LocalServices, database: TestDatabase) -> dict[str, str]:
         "FLEET_DATABASE_INGEST_URL": database.ingest_url,
         "FLEET_DATABASE_ADMIN_URL": database.admin_url,
         "FLEET_MQTT_URL": services.mqtt_url(),
-        "FLEET_REDIS_URL": services.redis_url(),
+        # A Redis database of its own, as a separate deployment would have: the other API
+        # tests' rate-limit counters for 127.0.0.1 must not throttle the demo's login.
+        "FLEET_REDIS_URL": services.redis_url().rsplit("/", 1)[0] + "/3",
         "FLEET_API_TILES_URL": "",
     })
     return env
