@@ -15,14 +15,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from api import seed
 from api.app import create_app
 from api.config import ApiSection, ApiSettings
-from deploy.settings import DatabaseSettings, RedisSettings
+from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
 from tests.conftest import TestDatabase
 
 PASSWORD = "Fleet!Test2024"
 ROLES = ("admin", "fleet_manager", "driver", "technician", "viewer")
 
 
-def api_settings(db: TestDatabase, redis_url: str, **api: Any) -> ApiSettings:
+def api_settings(db: TestDatabase, redis_url: str, mqtt_url: str | None = None,
+                 **api: Any) -> ApiSettings:
     """Settings for a test app: the test database, shared Redis, no tiles, no broker writes."""
     section: dict[str, Any] = {"environment": "test", "jwt_secret": "t" * 40, "tiles_url": "",
                                "mqtt_credentials": "database", "rate_limit_per_min": 100_000,
@@ -32,7 +33,8 @@ def api_settings(db: TestDatabase, redis_url: str, **api: Any) -> ApiSettings:
     return ApiSettings(
         database=DatabaseSettings(url=db.app_url, owner_url=db.owner_url,
                                   ingest_url=db.ingest_url, admin_url=db.admin_url),
-        redis=RedisSettings(url=redis_url), api=ApiSection(**section))
+        redis=RedisSettings(url=redis_url), api=ApiSection(**section),
+        mqtt=MqttSettings(url=mqtt_url) if mqtt_url else MqttSettings())
 
 
 @dataclass
@@ -119,6 +121,7 @@ def make_client(module_database: TestDatabase, services: Any
                 ) -> Callable[..., TestClient[Any, Any]]:
     """Build an extra client for an app with other settings (caller starts and closes it)."""
     def build(**api: Any) -> TestClient[Any, Any]:
-        settings = api_settings(module_database, services.redis_url(), **api)
+        settings = api_settings(module_database, services.redis_url(), services.mqtt_url(),
+                                **api)
         return TestClient(TestServer(create_app(settings)))
     return build
