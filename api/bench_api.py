@@ -17,7 +17,6 @@ answering a static JSON body of the same size — the framework's ceiling on thi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -36,12 +35,9 @@ def run(args: argparse.Namespace) -> int:
     """Run; progress on stderr, one JSON object last on stdout."""
     import asyncio
 
-    result = asyncio.run(_bench(args))
-    if not getattr(args, "json", False):
-        for key, value in result.items():
-            print(f"{key:>28}: {value}", file=sys.stderr)
-    print(json.dumps(result))
-    return 0
+    from deploy.bench import emit
+
+    return emit(asyncio.run(_bench(args)), getattr(args, "json", False))
 
 
 _ANCHOR_APP = """

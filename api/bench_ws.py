@@ -60,12 +60,9 @@ def run(args: argparse.Namespace) -> int:
     """Run; progress on stderr, one JSON object last on stdout."""
     import asyncio
 
-    result = asyncio.run(_bench(args))
-    if not getattr(args, "json", False):
-        for key, value in result.items():
-            print(f"{key:>30}: {value}", file=sys.stderr)
-    print(json.dumps(result))
-    return 0
+    from deploy.bench import emit
+
+    return emit(asyncio.run(_bench(args)), getattr(args, "json", False))
 
 
 def _hist_percentile(hist: dict[int, int], pct: float) -> int:

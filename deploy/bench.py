@@ -30,3 +30,17 @@ def register(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--json", action="store_true", help="print only the JSON result line")
         importlib.import_module(module).register(p)
+
+
+def emit(result: dict[str, object], json_only: bool) -> int:
+    """Print a benchmark's result: a readable table on stderr (unless `--json`), then the one
+    JSON object as the last line of stdout, which is the contract every benchmark keeps."""
+    import json
+    import sys
+
+    if not json_only:
+        width = max((len(k) for k in result), default=0) + 2
+        for key, value in result.items():
+            print(f"{key:>{width}}: {value}", file=sys.stderr)
+    print(json.dumps(result), flush=True)
+    return 0

@@ -30,7 +30,6 @@ Method:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -55,12 +54,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark; prints progress to stderr and one JSON object last on stdout."""
     import asyncio
 
-    result = asyncio.run(_bench(args))
-    if not getattr(args, "json", False):
-        for key, value in result.items():
-            print(f"{key:>32}: {value}", file=sys.stderr)
-    print(json.dumps(result))
-    return 0
+    from deploy.bench import emit
+
+    return emit(asyncio.run(_bench(args)), getattr(args, "json", False))
 
 
 def _log(message: str) -> None:
