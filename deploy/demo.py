@@ -118,7 +118,7 @@ def _load_or_make_credentials(tenant: str) -> dict[str, Any]:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     # IA-5: upper, lower, digit and special character, at least 12 characters.
     data = {"tenant": tenant, "admin_email": f"admin@{tenant}.fleet.example",
-            "admin_password": "Fleet-" + secrets.token_hex(4) + "-Demo!", "devices": {}}
+            "admin_password": "Fleet-" + secrets.token_hex(4) + "-Demo-26!", "devices": {}}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2)
