@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from stream.detectors.common import SustainedRule, SustainedState, vehicle_event
+from stream.detectors.common import SustainedRule, SustainedThresholdDetector
 from stream.detectors.config import DetectorSettings
-from stream.model import Event, Reading
+from stream.model import Severity, VehicleEventType
 
 
-class LowBatteryDetector:
+class LowBatteryDetector(SustainedThresholdDetector):
     """Emits `low_battery` once the voltage has stayed below `low_battery_v` for
     `low_battery_min_s`; re-armed when it rises above threshold + `low_battery_recover_v`.
 
@@ -18,30 +16,13 @@ class LowBatteryDetector:
     """
 
     name = "low_battery"
+    event_type: VehicleEventType = "low_battery"
+    severity: Severity = "warning"
 
     def __init__(self, settings: DetectorSettings) -> None:
-        self._rule = SustainedRule(
-            threshold=settings.low_battery_v, above=False, min_s=settings.low_battery_min_s,
-            rearm_margin=settings.low_battery_recover_v, max_gap_s=settings.sustain_max_gap_s)
-
-    def initial_state(self) -> SustainedState:
-        """Armed, no low run in progress."""
-        return SustainedState()
-
-    def on_reading(self, state: SustainedState,
-                   reading: Reading) -> tuple[SustainedState, Sequence[Event]]:
-        """Advance the sustained-low rule with the reading's voltage."""
-        volts = reading.sample.battery_v
-        if volts is None:
-            return state, ()
-        state, run = self._rule.step(state, reading.t_ms, volts)
-        if run is None or run.since_ms is None:
-            return state, ()
-        return state, (vehicle_event(
-            reading, "low_battery", severity="warning", started_ms=run.since_ms,
-            duration_s=(reading.t_ms - run.since_ms) / 1000, value=run.worst,
-            threshold=self._rule.threshold),)
-
-    def on_tick(self, state: SustainedState, now_ms: int) -> tuple[SustainedState, Sequence[Event]]:
-        """Nothing happens on time alone."""
-        return state, ()
+        super().__init__(
+            SustainedRule(threshold=settings.low_battery_v, above=False,
+                          min_s=settings.low_battery_min_s,
+                          rearm_margin=settings.low_battery_recover_v,
+                          max_gap_s=settings.sustain_max_gap_s),
+            lambda sample: sample.battery_v)

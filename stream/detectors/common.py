@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from edge_gateway.protocol import Sample
-from stream.model import Reading, Severity, VehicleEvent, VehicleEventType
+from stream.model import Event, Reading, Severity, VehicleEvent, VehicleEventType
 
 
 def engine_on(sample: Sample, engine_on_rpm: float) -> bool | None:
@@ -81,3 +82,42 @@ class SustainedRule:
         if (t_ms - since) >= self.min_s * 1000:
             return SustainedState(False, None, t_ms, None), run
         return run, None
+
+
+class SustainedThresholdDetector:
+    """One signal held beyond a threshold for a minimum time: one event per episode.
+
+    Subclasses set `name`, `event_type` and `severity`, and pass the rule and the signal; the
+    event is emitted as soon as the condition is sustained (an alert, not a post-mortem),
+    with `started_ms` when the run began and `value` its worst reading so far.
+    """
+
+    name: str
+    event_type: VehicleEventType
+    severity: Severity
+
+    def __init__(self, rule: SustainedRule, signal: Callable[[Sample], float | None]) -> None:
+        self._rule = rule
+        self._signal = signal
+
+    def initial_state(self) -> SustainedState:
+        """Armed, no run in progress."""
+        return SustainedState()
+
+    def on_reading(self, state: SustainedState,
+                   reading: Reading) -> tuple[SustainedState, Sequence[Event]]:
+        """Advance the sustained rule with the reading's value of the signal."""
+        value = self._signal(reading.sample)
+        if value is None:
+            return state, ()
+        state, run = self._rule.step(state, reading.t_ms, value)
+        if run is None or run.since_ms is None:
+            return state, ()
+        return state, (vehicle_event(
+            reading, self.event_type, severity=self.severity, started_ms=run.since_ms,
+            duration_s=(reading.t_ms - run.since_ms) / 1000, value=run.worst,
+            threshold=self._rule.threshold),)
+
+    def on_tick(self, state: SustainedState, now_ms: int) -> tuple[SustainedState, Sequence[Event]]:
+        """Nothing happens on time alone."""
+        return state, ()
