@@ -25,7 +25,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -314,19 +314,9 @@ class SmartcarPuller:
         return published
 
     async def _poll_v2(self) -> int:
-        rows = await self.pool.fetch(
-            "SELECT k.tenant_id, t.slug, k.smartcar_vehicle_id, v.code"
-            " FROM smartcar_tokens k JOIN tenants t ON t.id = k.tenant_id"
-            " JOIN vehicles v ON v.tenant_id = k.tenant_id"
-            " AND (v.id = k.vehicle_id OR v.smartcar_id = k.smartcar_vehicle_id)"
-            " WHERE t.is_active AND v.status = 'active' ORDER BY t.slug, v.code")
-        published = 0
-        for row in rows:
-            try:
-                published += await self._poll_vehicle(row)
-            except (VendorError, NotConnectedError) as exc:
-                self.failures += 1
-                log.warning("smartcar %s/%s: %s", row["slug"], row["code"], exc)
+        rows = await self.pool.fetch(connected_vehicles_sql("smartcar_tokens"))
+        published, failures = await poll_each(rows, self._poll_vehicle, "smartcar")
+        self.failures += failures
         return published
 
     async def _poll_vehicle(self, row: asyncpg.Record) -> int:
@@ -380,3 +370,32 @@ def webhook_samples(payload: Mapping[str, Any]) -> list[tuple[str, Sample]]:
             except (KeyError, TypeError, ValueError, msgspec.ValidationError):
                 continue
     return out
+
+
+def connected_vehicles_sql(table: str, *extra_columns: str) -> str:
+    """Active vehicles of active tenants with a Smartcar connection in `table`.
+
+    `table` is one of our own connection tables (never user input); its rows carry
+    tenant_id, vehicle_id and smartcar_vehicle_id.
+    """
+    columns = ", ".join(["k.tenant_id", "t.slug", "k.smartcar_vehicle_id",
+                         *(f"k.{c}" for c in extra_columns), "v.code"])
+    return (f"SELECT {columns} FROM {table} k JOIN tenants t ON t.id = k.tenant_id"  # noqa: S608
+            " JOIN vehicles v ON v.tenant_id = k.tenant_id"
+            " AND (v.id = k.vehicle_id OR v.smartcar_id = k.smartcar_vehicle_id)"
+            " WHERE t.is_active AND v.status = 'active' ORDER BY t.slug, v.code")
+
+
+async def poll_each(rows: Sequence[asyncpg.Record],
+                    poll: Callable[[asyncpg.Record], Awaitable[int]],
+                    label: str) -> tuple[int, int]:
+    """Poll every vehicle row; a vendor failure of one vehicle is logged and counted, and the
+    pass goes on. Returns (samples published, failures)."""
+    published = failures = 0
+    for row in rows:
+        try:
+            published += await poll(row)
+        except (VendorError, NotConnectedError) as exc:
+            failures += 1
+            log.warning("%s %s/%s: %s", label, row["slug"], row["code"], exc)
+    return published, failures

@@ -34,10 +34,10 @@ import asyncpg
 import msgspec
 
 from api.integrations.config import IntegrationsSettings
-from api.integrations.errors import NotConnectedError, VendorError
+from api.integrations.errors import VendorError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
-from api.integrations.smartcar import location_cache_key
+from api.integrations.smartcar import connected_vehicles_sql, location_cache_key, poll_each
 from edge_gateway.protocol import Sample, Source
 
 log = logging.getLogger(__name__)
@@ -317,18 +317,9 @@ class SmartcarV3Puller:
     async def poll_once(self) -> int:
         """One pass over every v3-connected active vehicle; returns samples published."""
         rows = await self.pool.fetch(
-            "SELECT k.tenant_id, t.slug, k.smartcar_vehicle_id, k.smartcar_user_id, v.code"
-            " FROM smartcar_v3_connections k JOIN tenants t ON t.id = k.tenant_id"
-            " JOIN vehicles v ON v.tenant_id = k.tenant_id"
-            " AND (v.id = k.vehicle_id OR v.smartcar_id = k.smartcar_vehicle_id)"
-            " WHERE t.is_active AND v.status = 'active' ORDER BY t.slug, v.code")
-        published = 0
-        for row in rows:
-            try:
-                published += await self._poll_vehicle(row)
-            except (VendorError, NotConnectedError) as exc:
-                self.failures += 1
-                log.warning("smartcar v3 %s/%s: %s", row["slug"], row["code"], exc)
+            connected_vehicles_sql("smartcar_v3_connections", "smartcar_user_id"))
+        published, failures = await poll_each(rows, self._poll_vehicle, "smartcar v3")
+        self.failures += failures
         return published
 
     async def _poll_vehicle(self, row: asyncpg.Record) -> int:
