@@ -5,10 +5,13 @@ vehicles. The stream runs as a real subprocess (``python -m stream.cli``; `--pro
 `--workers`, one MQTT source partition per process) with every detector on, subscribed to
 this tenant only. A publisher thread in this process sends QoS 1 telemetry at `--rate`
 samples/s for `--duration` seconds, `--batch` samples per message, round-robin over the
-vehicles; each sample's time is its publish time (to the millisecond), so
-``received_at - time`` of a stored row is the publish-to-commit latency (``received_at`` is
-the writing transaction's start, a few ms before its commit). After the publisher stops, the
-bench waits for the stream to drain.
+vehicles, like gateways that sample in real time and upload a batch at a time: each vehicle
+samples at ``rate / vehicles`` Hz (10 Hz with the defaults), so a message holds the last
+``batch`` samples, spaced accordingly and ending at its publish time. The latency of a stored
+row is ``received_at`` (the writing transaction's start, a few ms before its commit) minus the
+publish time of its message, which is its time plus its distance from the batch's end
+(known from its ``seq``). After the publisher stops, the bench waits for the stream to
+drain.
 
 Figures (JSON, last line): samples_per_s (rows committed / (last commit - first publish)),
 offered_per_s (what the publisher achieved), latency_p50_ms, latency_p99_ms, lost
@@ -37,7 +40,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Options of `fleet bench e2e` (`--json` is added by deploy.bench)."""
     parser.add_argument("--duration", type=float, default=60.0, help="publishing time, s")
     parser.add_argument("--rate", type=int, default=50_000, help="offered samples/s")
-    parser.add_argument("--vehicles", type=int, default=500)
+    parser.add_argument("--vehicles", type=int, default=5000,
+                        help="vehicles; each samples at rate / vehicles Hz")
     parser.add_argument("--batch", type=int, default=50, help="samples per MQTT message")
     parser.add_argument("--processes", type=int, default=2, help="stream processes")
     parser.add_argument("--workers", type=int, default=1, help="workers per stream process")
@@ -61,10 +65,11 @@ class _Publisher(threading.Thread):
     """Offers `rate` samples/s in messages of `batch` samples, round-robin over vehicles."""
 
     def __init__(self, mqtt_url: str, tenant: str, codes: list[str], *, rate: int,
-                 batch: int, duration_s: float) -> None:
+                 batch: int, duration_s: float, spacing_ms: int) -> None:
         super().__init__(name="bench-publisher", daemon=True)
         self.mqtt_url, self.tenant, self.codes = mqtt_url, tenant, codes
         self.rate, self.batch, self.duration_s = rate, batch, duration_s
+        self.spacing_ms = spacing_ms
         self.acked_samples = 0
         self.sent_samples = 0
         self.started_ms = 0
@@ -116,7 +121,8 @@ class _Publisher(threading.Thread):
                     seqs[v] += 1
                     lats[v] += 1e-6
                     samples.append(Sample(
-                        seq=seqs[v], t_ms=t_ms - (self.batch - 1 - i), lat_deg=lats[v],
+                        seq=seqs[v], t_ms=t_ms - (self.batch - 1 - i) * self.spacing_ms,
+                        lat_deg=lats[v],
                         lon_deg=13.40, speed_kph=40.0, heading_deg=0.0, rpm=1500.0,
                         coolant_c=88.0, fuel_pct=60.0, battery_v=13.8, ignition=True,
                         gps_fix=1, hdop=0.9, sats=9))
@@ -236,8 +242,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                                 stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
                                 start_new_session=True)
         time.sleep(3.0)  # the sessions queue meanwhile; this only keeps start-up out of p99
+        # Each vehicle's own sample interval, so that its batches follow on in time.
+        spacing_ms = max(1, round(1000 * args.vehicles / args.rate))
         publisher = _Publisher(settings.mqtt.url, tenant, codes, rate=args.rate,
-                               batch=args.batch, duration_s=args.duration)
+                               batch=args.batch, duration_s=args.duration,
+                               spacing_ms=spacing_ms)
         publisher.start()
         publisher.join(args.duration + 90)
 
@@ -265,8 +274,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                 "SELECT count(*), count(DISTINCT (vehicle_id, seq)), "
                 "extract(epoch FROM max(received_at)) * 1000, "
                 "percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP "
-                "(ORDER BY extract(epoch FROM received_at - time) * 1000) FROM telemetry"
-            ).fetchone()
+                "(ORDER BY extract(epoch FROM received_at - time) * 1000 "
+                "  - ((%s - 1 - (seq - 1) %% %s) * %s)) FROM telemetry",
+                (args.batch, args.batch, spacing_ms)).fetchone()
             rejects = conn.execute("SELECT count(*) FROM ingest_rejects").fetchone()
             missing: list[Any] = []
             if publisher.sent_samples > int(r[1] if r else 0):
@@ -295,6 +305,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             "missing_examples": [list(m) for m in missing],
             "rejects": int(rejects[0]) if rejects else 0,
             "vehicles": args.vehicles, "batch": args.batch,
+            "sample_hz": round(1000 / spacing_ms, 2),
             "processes": args.processes, "workers": args.workers,
             "disabled_detectors": args.disable,
             "stream_cpu_s": round(cpu_s, 1),

@@ -2,9 +2,11 @@
 
 Raw fuel-level samples slosh by several percent when the vehicle moves or tilts, so single
 samples are never compared. Samples are grouped into buckets of `fuel_smoothing_s` and each
-bucket is reduced to its median (robust to slosh spikes). Each new bucket level is compared
-with the highest and lowest bucket levels of the preceding `fuel_drop_window_s` (and across
-a data gap with the last level before it, so fuel taken while the device was off counts).
+bucket is reduced to its median (robust to slosh spikes; of at most `BUCKET_POINTS` values
+spread over the bucket, so the cost does not grow with the sample rate). Each new bucket
+level is compared with the highest and lowest bucket levels of the preceding
+`fuel_drop_window_s` (and across a data gap with the last level before it, so fuel taken while
+the device was off counts).
 A change beyond `fuel_drop_pct` / `refuel_pct` opens an episode; it ends when the level
 settles (changes by less than `fuel_settle_pct` between buckets) and is reported once, with
 the whole change as `value`.
@@ -44,6 +46,14 @@ class FuelState:
     levels: tuple[tuple[int, float], ...] = ()
     """(time ms, median level %) of closed buckets within the window, oldest first."""
     episode: FuelEpisode | None = None
+    bucket_taken_ms: int = 0
+    """Time of the newest value kept in `bucket_values`."""
+
+
+BUCKET_POINTS = 32
+"""At most about this many values make a bucket's median: at 1 Hz every sample counts, at
+10 Hz every third or so. Without the bound the bucket (and the per-vehicle snapshot) grew with
+the sample rate, and copying it cost more per sample than all other detectors together."""
 
 
 class FuelDetector:
@@ -69,9 +79,13 @@ class FuelDetector:
                 and t - state.bucket_start_ms >= self._s.fuel_smoothing_s * 1000):
             state, events = self._close_bucket(state, state.bucket_last_ms, reading)
         if state.bucket_start_ms is None:
-            return FuelState(t, t, (fuel,), state.levels, state.episode), events
+            return FuelState(t, t, (fuel,), state.levels, state.episode, t), events
+        if t - state.bucket_taken_ms < self._s.fuel_smoothing_s * 1000 / BUCKET_POINTS:
+            # Denser than the bucket needs for its median: the sample is not kept.
+            return FuelState(state.bucket_start_ms, t, state.bucket_values, state.levels,
+                             state.episode, state.bucket_taken_ms), events
         return FuelState(state.bucket_start_ms, t, (*state.bucket_values, fuel),
-                         state.levels, state.episode), events
+                         state.levels, state.episode, t), events
 
     def _close_bucket(self, state: FuelState, t: int,
                       reading: Reading) -> tuple[FuelState, Sequence[Event]]:

@@ -8,6 +8,7 @@ beyond the threshold form one manoeuvre, reported when it ends with its peak in 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -17,6 +18,10 @@ from stream.detectors.config import DetectorSettings
 from stream.model import Event, Reading
 
 KPH_TO_MPS = 1 / 3.6
+
+
+def _time(point: tuple[int, float]) -> int:
+    return point[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +67,25 @@ class HarshDrivingDetector:
         v = speed_kph * KPH_TO_MPS
         max_dt_ms = self._s.harsh_max_dt_s * 1000
         min_dt_ms = self._s.harsh_min_dt_s * 1000
-        recent = tuple(p for p in state.recent if 0 < t - p[0] <= max_dt_ms)
+        # `recent` is in time order (readings come in event-time order), so both ends of the
+        # useful stretch are found by bisection instead of a scan per reading: at 10 Hz and
+        # more the scan was this detector's whole cost.
+        recent = state.recent
+        lo = bisect.bisect_left(recent, t - max_dt_ms, key=_time)
+        hi = bisect.bisect_left(recent, t, key=_time)  # a repeated time is not "earlier"
+        recent = recent[lo:hi]
         manoeuvre = state.manoeuvre
         events: list[Event] = []
         if manoeuvre is not None and not recent:
             # Gap: the manoeuvre ended somewhere in it; report it as seen so far.
             events.extend(self._close(manoeuvre, manoeuvre.last_ms, reading))
             manoeuvre = None
-        # The newest earlier sample at least min_dt before this one (tuples are time-ordered).
-        ref = next((p for p in reversed(recent) if t - p[0] >= min_dt_ms), None)
+        # The newest earlier sample at least min_dt before this one; older ones than it are
+        # never the reference again (later readings only move the bound forward).
+        k = bisect.bisect_right(recent, t - min_dt_ms, key=_time)
+        ref = recent[k - 1] if k else None
+        if k > 1:
+            recent = recent[k - 1:]
         if ref is not None:
             accel = (v - ref[1]) / ((t - ref[0]) / 1000)
             kind: Literal["harsh_acceleration", "harsh_braking"] | None = None

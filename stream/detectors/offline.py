@@ -65,9 +65,11 @@ class OfflineDetector:
                 reading, "device_online", t_ms=now, started_ms=state.offline_since_ms,
                 ended_ms=now, duration_s=(now - state.offline_since_ms) / 1000,
                 details={"first_sample_ms": reading.t_ms}),)
-        return replace(state, last_seen_ms=now, last_sample_ms=reading.t_ms,
-                       offline_since_ms=None, tenant_id=reading.vehicle.tenant_id,
-                       vehicle_id=reading.vehicle.vehicle_id), events
+        # The constructor, not dataclasses.replace: this runs for every reading.
+        return OfflineState(last_seen_ms=now, last_sample_ms=reading.t_ms,
+                            offline_since_ms=None, last_tick_ms=state.last_tick_ms,
+                            tenant_id=reading.vehicle.tenant_id,
+                            vehicle_id=reading.vehicle.vehicle_id), events
 
     def on_tick(self, state: OfflineState, now_ms: int) -> tuple[OfflineState, Sequence[Event]]:
         """Report `device_offline` once the silence reaches `offline_after_s`."""

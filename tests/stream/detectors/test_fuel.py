@@ -88,3 +88,24 @@ def test_threshold_boundary(drop: float) -> None:
                           noise_pct=0.5)
     events = vehicle_events(run(detector(), readings)[1])
     assert len(events) == (1 if drop >= 8 else 0)
+
+
+def test_dense_samples_keep_the_bucket_bounded_and_still_find_a_theft() -> None:
+    """At 20 Hz a bucket keeps at most BUCKET_POINTS values, and the theft is found as at 1 Hz."""
+    from stream.detectors.fuel import BUCKET_POINTS
+
+    readings = fuel_trace([(0, 0, 70.0), (0, 600, DRIVE), (600, 660, -25 / 60),
+                           (660, 900, DRIVE)], step_s=0.05)
+    det = detector()
+    st = det.initial_state()
+    events = []
+    largest = 0
+    for r in readings:
+        st, out = det.on_reading(st, r)
+        events.extend(out)
+        largest = max(largest, len(st.bucket_values))
+    assert largest <= BUCKET_POINTS + 1
+    [ev] = vehicle_events(events)
+    assert ev.event_type == "fuel_drop"
+    assert ev.value is not None
+    assert 22 <= ev.value <= 28
