@@ -13,6 +13,10 @@ publish time of its message, which is its time plus its distance from the batch'
 (known from its ``seq``). After the publisher stops, the bench waits for the stream to
 drain.
 
+Anchor, measured first in the same run: raw binary COPY of `--anchor-rows` telemetry rows
+into the same hypertable (`db_raw_copy_rows_per_s`, what the database alone takes here), and
+`ratio_to_raw_copy` = samples_per_s / that.
+
 Figures (JSON, last line): samples_per_s (rows committed / (last commit - first publish)),
 offered_per_s (what the publisher achieved), latency_p50_ms, latency_p99_ms, lost
 (acknowledged by the broker but not stored once the stream stopped making progress, or
@@ -47,6 +51,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="workers per stream process")
     parser.add_argument("--disable", default="",
                         help="comma-separated detectors not to run (stream.disabled_detectors)")
+    parser.add_argument("--anchor-rows", type=int, default=100_000,
+                        help="rows of the raw COPY anchor, timed before the stream starts")
     parser.add_argument("--keep", action="store_true",
                         help="keep the scratch database (its name is printed) for inspection")
     parser.add_argument("--drain-timeout", type=float, default=600.0,
@@ -196,6 +202,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
     from deploy.services import drop_database, provision_database
     from deploy.settings import load_settings
     from storage.migrate import migrate
+    from stream.bench_ingest import bench_items, raw_copy_rows_per_s
     from stream.config import StreamSettings
 
     settings = load_settings(StreamSettings, getattr(args, "config", None))
@@ -217,10 +224,21 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
         with psycopg.connect(owner) as conn:
             row = conn.execute("INSERT INTO tenants (slug, name) VALUES (%s, %s) RETURNING id",
                                (tenant, tenant)).fetchone()
-            tenant_id = row[0] if row else None
+            if row is None:
+                raise RuntimeError("creating the bench tenant returned no id")
+            tenant_id = row[0]
             with conn.cursor() as cur:
                 cur.executemany("INSERT INTO vehicles (tenant_id, code) VALUES (%s, %s)",
                                 [(tenant_id, c) for c in codes])
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM vehicles WHERE tenant_id = %s ORDER BY code LIMIT 100",
+                (tenant_id,)).fetchall()]
+        # The anchor: what this database takes by raw binary COPY into the same hypertable,
+        # now, on this machine (`fleet bench ingest`'s contender); then the table is emptied.
+        anchor = raw_copy_rows_per_s(owner, bench_items(args.anchor_rows, tenant_id, ids), 5000)
+        with psycopg.connect(owner) as conn:
+            conn.execute("TRUNCATE telemetry")
+        print(f"anchor: raw COPY {anchor:,.0f} rows/s", file=sys.stderr)
         group, prefix = f"bench{uuid.uuid4().hex[:6]}", f"bench{uuid.uuid4().hex[:6]}"
         _presubscribe(settings.mqtt.url, prefix, group, tenant, args.processes)
         env = dict(os.environ)
@@ -294,6 +312,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             "duration_s": round(publisher.elapsed_s, 1),
             "offered_per_s": round(publisher.sent_samples / max(publisher.elapsed_s, 1e-3)),
             "samples_per_s": round(distinct / span_s) if span_s else 0,
+            "db_raw_copy_rows_per_s": round(anchor),
+            "ratio_to_raw_copy": round(distinct / span_s / anchor, 3) if span_s else 0,
             "latency_p50_ms": round(pct[0], 1) if pct else None,
             "latency_p99_ms": round(pct[1], 1) if pct else None,
             "published": publisher.acked_samples,

@@ -68,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
         from stream.runner import run_stream
 
         _stop_on_sigterm()
-        run_stream(settings, process_id=args.process_id)
+        try:
+            run_stream(settings, process_id=args.process_id)
+        except KeyboardInterrupt:
+            # The normal way to stop (SIGINT or SIGTERM): not an error, so no traceback. What
+            # was in flight was not acknowledged and comes again from the inbox on restart.
+            logging.getLogger("stream").info("stream stopped by signal")
     except (StreamError, DeployError) as exc:
         print(f"fleet stream: {exc}", file=sys.stderr)
         return 2
