@@ -37,7 +37,7 @@ import msgspec
 
 from api.integrations.config import IntegrationsSettings
 from api.integrations.crypto import TokenCipher
-from api.integrations.errors import NotConnectedError, VendorError
+from api.integrations.errors import ConfigError, NotConnectedError, VendorError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
 from edge_gateway.protocol import Sample, Source
@@ -352,6 +352,33 @@ class SmartcarPuller:
         while True:
             await self.poll_once()
             await asyncio.sleep(self.poll_s)
+
+
+def build_puller(pool: asyncpg.Pool, http: VendorHttp, publisher: Publisher, redis: Any,
+                 settings: IntegrationsSettings) -> SmartcarPuller | SmartcarV3Puller:
+    """The puller the job runner runs: 2.0 and v3 connections with `integrations.token_key`
+    (2.0 token pairs are stored encrypted with it); without the key, under v3, the v3
+    connections alone (v3 keeps no secret per vehicle), and 2.0 connections are skipped."""
+    if settings.token_key:
+        tokens = SmartcarTokens(SmartcarClient(http, settings), TokenCipher(settings.token_key),
+                                refresh_margin_s=settings.smartcar_refresh_margin_s)
+        return SmartcarPuller(pool, tokens, publisher, redis, poll_s=settings.smartcar_poll_s,
+                              location_cache_s=settings.smartcar_location_cache_s)
+    if settings.smartcar_api_version != "v3":
+        raise ConfigError("the Smartcar 2.0 puller needs integrations.token_key (the "
+                          "vehicles' token pairs are stored encrypted with it)")
+    # Imported here: smartcar_v3 imports this module.
+    from api.integrations.smartcar_v3 import (
+        SmartcarAppToken,
+        SmartcarV3Client,
+        SmartcarV3Puller,
+    )
+
+    log.warning("integrations.token_key is not set: vehicles connected under Smartcar 2.0 are "
+                "not polled, those connected under v3 are")
+    client = SmartcarV3Client(http, settings, SmartcarAppToken(http, settings))
+    return SmartcarV3Puller(pool, client, publisher, redis, poll_s=settings.smartcar_poll_s,
+                            location_cache_s=settings.smartcar_location_cache_s)
 
 
 def webhook_samples(payload: Mapping[str, Any]) -> list[tuple[str, Sample]]:

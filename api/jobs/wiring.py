@@ -86,12 +86,10 @@ def smartcar_service(database: DatabaseSettings, mqtt: MqttSettings, redis: Redi
         import asyncpg
         import redis.asyncio as aioredis
 
-        from api.integrations.crypto import TokenCipher
         from api.integrations.http import VendorHttp
         from api.integrations.publisher import MqttPublisher
-        from api.integrations.smartcar import SmartcarClient, SmartcarPuller, SmartcarTokens
+        from api.integrations.smartcar import build_puller
 
-        cipher = TokenCipher(integ.token_key)
         pool = await asyncpg.create_pool(database.ingest_url, min_size=1, max_size=4)
         cache = aioredis.Redis.from_url(redis.url)
         try:
@@ -101,15 +99,31 @@ def smartcar_service(database: DatabaseSettings, mqtt: MqttSettings, redis: Redi
                                   backoff_max_s=integ.http_backoff_max_s,
                                   name="smartcar") as http, \
                     MqttPublisher(mqtt, client_id_prefix=integ.mqtt_client_id_prefix) as pub:
-                tokens = SmartcarTokens(SmartcarClient(http, integ), cipher,
-                                        refresh_margin_s=integ.smartcar_refresh_margin_s)
-                await SmartcarPuller(pool, tokens, pub, cache, poll_s=integ.smartcar_poll_s,
-                                     location_cache_s=integ.smartcar_location_cache_s).run()
+                await build_puller(pool, http, pub, cache, integ).run()
         finally:
             await cache.aclose()
             await pool.close()
 
     return run
+
+
+def puller_services(database: DatabaseSettings, mqtt: MqttSettings, redis: RedisSettings,
+                    jobs: JobsSettings, integ: IntegrationsSettings) -> list[tuple[str, Service]]:
+    """The vendor pullers these settings allow. Samsara API tokens and Smartcar 2.0 token
+    pairs are stored encrypted with `integrations.token_key`, so without it those pullers
+    are off; Smartcar v3 keeps no per-vehicle secret and runs without it."""
+    if not jobs.pullers_enabled:
+        return []
+    services: list[tuple[str, Service]] = []
+    if integ.token_key:
+        services.append(("samsara", samsara_service(database, mqtt, integ)))
+    else:
+        log.warning("integrations.token_key is not set: the Samsara puller is off")
+    if integ.smartcar_client_id and (integ.token_key or integ.smartcar_api_version == "v3"):
+        services.append(("smartcar", smartcar_service(database, mqtt, redis, integ)))
+    elif integ.smartcar_client_id:
+        log.warning("integrations.token_key is not set: the Smartcar 2.0 puller is off")
+    return services
 
 
 def build_runner(database: DatabaseSettings, mqtt: MqttSettings, redis: RedisSettings,
@@ -122,11 +136,6 @@ def build_runner(database: DatabaseSettings, mqtt: MqttSettings, redis: RedisSet
         ScheduledJob(RollupsJob(owner, jobs), parse_schedule(jobs.rollups_schedule)),
     ]
     services: list[tuple[str, Service]] = []
-    if jobs.pullers_enabled and integ.token_key:
-        services.append(("samsara", samsara_service(database, mqtt, integ)))
-        if integ.smartcar_client_id:
-            services.append(("smartcar", smartcar_service(database, mqtt, redis, integ)))
-    elif jobs.pullers_enabled:
-        log.warning("integrations.token_key is not set: Samsara and Smartcar pullers are off")
+    services.extend(puller_services(database, mqtt, redis, jobs, integ))
     return JobRunner(owner, scheduled, lock_key=jobs.lock_key, tick_s=jobs.tick_s,
                      services=services)

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from api.app import create_app
 from api.config import ApiSection, ApiSettings
 from api.integrations.config import IntegrationsSettings, integrations_settings
+from api.integrations.errors import ConfigError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import MqttPublisher
 from api.integrations.smartcar import location_cache_key, sign_webhook
@@ -417,3 +418,47 @@ async def test_job_puller_covers_v3_vehicles(database, fleet, redis_url, mqtt_ur
                                                     TokenCipher(TOKEN_KEY), refresh_margin_s=1),
                                  pub, None, poll_s=1, location_cache_s=300)
         assert only_v2.v3 is None
+
+
+async def test_without_token_key_the_job_polls_v3_connections(database, fleet, redis_url,
+                                                              mqtt_url) -> None:
+    """A v3-only deployment needs no `integrations.token_key`: the job's puller is v3 alone,
+    while the Samsara puller (encrypted API tokens) stays off."""
+    from api.integrations.smartcar import build_puller
+    from api.integrations.smartcar_v3 import SmartcarV3Puller
+    from api.jobs.config import JobsSettings
+    from api.jobs.wiring import puller_services
+
+    mock = MockSmartcar(vehicles=1, api_version="v3")
+    sc_id = mock.vehicle_ids[0]
+    user_id = mock.owners.setdefault(sc_id, str(uuid.uuid4()))
+    keyless = {**v3_settings("http://127.0.0.1:1"), "token_key": ""}
+    jobs = JobsSettings(pullers_enabled=True)
+    names = [n for n, _ in puller_services(DatabaseSettings(), MqttSettings(), RedisSettings(),
+                                           jobs, IntegrationsSettings(**keyless))]  # type: ignore[arg-type]
+    assert names == ["smartcar"]
+    two = IntegrationsSettings(**{**keyless, "smartcar_api_version": "2.0"})  # type: ignore[arg-type]
+    assert puller_services(DatabaseSettings(), MqttSettings(), RedisSettings(), jobs, two) == []
+    async with serve(mock.app()) as mock_url, pool(database.ingest_url) as db, \
+            pool(database.owner_url) as owner, \
+            VendorHttp(timeout_s=5, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05,
+                       name="smartcar") as http, \
+            MqttPublisher(MqttSettings(url=mqtt_url)) as pub:
+        settings = IntegrationsSettings(**{**v3_settings(mock_url),  # type: ignore[arg-type]
+                                           "token_key": ""})
+        async with owner.acquire() as conn:
+            await SmartcarV3Connections().store(
+                conn, fleet.tenant_id, Connection(sc_id, user_id),
+                vehicle_id=fleet.vehicles["truck-0"], connected_by=None)
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            puller = build_puller(db, http, pub, redis, settings)
+            assert isinstance(puller, SmartcarV3Puller)
+            assert await puller.poll_once() == 4
+        finally:
+            await redis.aclose()
+        with pytest.raises(ConfigError, match="token_key"):
+            build_puller(db, http, pub, None,
+                         IntegrationsSettings(**{**v3_settings(mock_url),  # type: ignore[arg-type]
+                                                 "token_key": "",
+                                                 "smartcar_api_version": "2.0"}))
