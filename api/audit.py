@@ -14,7 +14,7 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
-from api.auth import AuthUser
+from api.auth import USER_KEY, AuthUser
 from api.db import POOL_KEY, tenant_connection
 
 log = logging.getLogger("api.audit")
@@ -47,14 +47,14 @@ async def record(  # noqa: PLR0917 - positional order is the package contract
 ) -> None:
     """Write one audit row.
 
-    With a request, the tenant and user come from ``request["user"]`` unless given, the IP
+    With a request, the tenant and user come from ``request[USER_KEY]`` unless given, the IP
     and user agent from the request, and the row is written in its own transaction (so it
     survives a rolled-back request). With a connection, the row joins that transaction.
     """
     if outcome not in ("success", "failure"):
         raise ValueError(f"outcome must be success or failure, not {outcome!r}")
     if isinstance(target, web.Request):
-        user: AuthUser | None = target.get("user")
+        user: AuthUser | None = target.get(USER_KEY)
         if user is not None:
             tenant_id = tenant_id or user.tenant_id
             user_id = user_id or user.id

@@ -49,6 +49,10 @@ class AuthUser:
         return self.role == "driver"
 
 
+USER_KEY: web.RequestKey[AuthUser] = web.RequestKey("user", AuthUser)
+"""Where the auth middleware puts the authenticated caller on the request."""
+
+
 # -- passwords -------------------------------------------------------------------------------
 
 PASSWORD_MIN_LEN = 8
@@ -199,7 +203,7 @@ def require_roles(*roles: str) -> Callable[[Handler], Handler]:
     def wrap(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def checked(request: web.Request) -> web.StreamResponse:
-            user: AuthUser | None = request.get("user")
+            user: AuthUser | None = request.get(USER_KEY)
             if user is None:
                 raise Unauthorized("authentication required")
             if user.role not in roles:
@@ -232,7 +236,7 @@ def is_public(handler: Any) -> bool:
 
 def current_user(request: web.Request) -> AuthUser:
     """The authenticated user of a protected handler."""
-    user: AuthUser | None = request.get("user")
+    user: AuthUser | None = request.get(USER_KEY)
     if user is None:
         raise Unauthorized("authentication required")
     return user

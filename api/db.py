@@ -17,6 +17,7 @@ from uuid import UUID
 import asyncpg
 from aiohttp import web
 
+from api.auth import USER_KEY
 from api.errors import Unavailable
 
 POOL_KEY: web.AppKey[asyncpg.Pool] = web.AppKey("db_pool", asyncpg.Pool)
@@ -55,7 +56,7 @@ async def tenant_connection(pool: asyncpg.Pool, tenant_id: UUID | str
 @asynccontextmanager
 async def tenant_transaction(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
     """The request's tenant transaction; the tenant comes from the authenticated user."""
-    user = request.get("user")
+    user = request.get(USER_KEY)
     if user is None:
         raise RuntimeError("tenant_transaction needs an authenticated request")
     try:

@@ -17,7 +17,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from api import audit
-from api.auth import AuthUser, Handler, identify, is_public
+from api.auth import USER_KEY, AuthUser, Handler, identify, is_public
 from api.cache import REDIS_KEY
 from api.errors import ApiError, TooManyRequests
 from api.metrics import METRICS_KEY
@@ -54,7 +54,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics = request.app[METRICS_KEY]
         metrics.requests.labels(request.method, route, str(status)).inc()
         metrics.latency.labels(request.method, route).observe(elapsed)
-        user: AuthUser | None = request.get("user")
+        user: AuthUser | None = request.get(USER_KEY)
         access_log.info("request", extra={"fields": {
             "method": request.method, "path": request.path, "route": route, "status": status,
             "duration_ms": round(elapsed * 1000, 2), "remote": request.remote,
@@ -93,7 +93,7 @@ async def security_middleware(request: web.Request, handler: Handler) -> web.Str
     """Authenticate (Bearer token), rate-limit /api/ per user or IP, enforce authentication."""
     user, problem = identify(request)
     if user is not None:
-        request["user"] = user
+        request[USER_KEY] = user
     headers: dict[str, str] = {}
     if request.path.startswith("/api/") and request.app[RATE_LIMIT_KEY] > 0:
         client = f"u:{user.id}" if user is not None else f"ip:{request.remote}"
