@@ -6,6 +6,8 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import psycopg
@@ -69,6 +71,34 @@ async def api(database, redis_url: str, mqtt_url: str, mock_url: str,
             yield Api(url, session, app, tenant_id)
     finally:
         await server.close()
+
+
+@dataclass
+class PullerEnv:
+    """A running mock, pools, the vendor HTTP client and the MQTT publisher a puller needs."""
+
+    mock_url: str
+    db: Any
+    owner: Any
+    http: VendorHttp
+    pub: MqttPublisher
+
+    async def connect_v3(self, tenant_id: uuid.UUID, sc_id: str, user_id: str,
+                         vehicle_id: uuid.UUID | None) -> None:
+        """Store a v3 connection (Smartcar vehicle, owner) as Connect would."""
+        async with self.owner.acquire() as conn:
+            await SmartcarV3Connections().store(conn, tenant_id, Connection(sc_id, user_id),
+                                                vehicle_id=vehicle_id, connected_by=None)
+
+
+@contextlib.asynccontextmanager
+async def puller_env(database, mqtt_url: str, mock: MockSmartcar) -> AsyncIterator[PullerEnv]:
+    async with serve(mock.app()) as mock_url, pool(database.ingest_url) as db, \
+            pool(database.owner_url) as owner, \
+            VendorHttp(timeout_s=5, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05,
+                       name="smartcar") as http, \
+            MqttPublisher(MqttSettings(url=mqtt_url)) as pub:
+        yield PullerEnv(mock_url, db, owner, http, pub)
 
 
 async def connect(a: Api, vehicle_id: uuid.UUID) -> tuple[str, str]:
@@ -290,20 +320,14 @@ async def test_puller_publishes_and_caches(database, fleet, redis_url, mqtt_url)
     user_id = mock.owners.setdefault(sc_id, str(uuid.uuid4()))
     mock.faults = [Fault(429, retry_after="0.05"), Fault(503)]
     async with telemetry_listener(mqtt_url, fleet.slug) as got:
-        async with serve(mock.app()) as mock_url, pool(database.ingest_url) as db, \
-                pool(database.owner_url) as owner, \
-                VendorHttp(timeout_s=5, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05,
-                           name="smartcar") as http, \
-                MqttPublisher(MqttSettings(url=mqtt_url)) as pub:
-            settings = IntegrationsSettings(**v3_settings(mock_url))  # type: ignore[arg-type]
+        async with puller_env(database, mqtt_url, mock) as env:
+            http = env.http
+            settings = IntegrationsSettings(**v3_settings(env.mock_url))  # type: ignore[arg-type]
             client = SmartcarV3Client(http, settings, SmartcarAppToken(http, settings))
-            async with owner.acquire() as conn:
-                await SmartcarV3Connections().store(
-                    conn, fleet.tenant_id, Connection(sc_id, user_id),
-                    vehicle_id=fleet.vehicles["truck-1"], connected_by=None)
+            await env.connect_v3(fleet.tenant_id, sc_id, user_id, fleet.vehicles["truck-1"])
             redis = aioredis.Redis.from_url(redis_url)
             try:
-                puller = SmartcarV3Puller(db, client, pub, redis, poll_s=1,
+                puller = SmartcarV3Puller(env.db, client, env.pub, redis, poll_s=1,
                                           location_cache_s=300)
                 # location, odometer, fuel level, state of charge
                 assert await puller.poll_once() == 4
@@ -312,10 +336,7 @@ async def test_puller_publishes_and_caches(database, fleet, redis_url, mqtt_url)
                 cached = json.loads(await redis.get(location_cache_key(fleet.tenant_id, sc_id)))
                 assert cached["latitude"] == pytest.approx(mock.fleet[sc_id].lat, abs=1e-6)
                 # A wrong owner id is refused by Smartcar (403): counted, not fatal.
-                async with owner.acquire() as conn:
-                    await SmartcarV3Connections().store(
-                        conn, fleet.tenant_id, Connection(sc_id, "someone-else"),
-                        vehicle_id=None, connected_by=None)
+                await env.connect_v3(fleet.tenant_id, sc_id, "someone-else", None)
                 assert await puller.poll_once() == 0
                 assert puller.failures == 1
             finally:
@@ -393,16 +414,10 @@ async def test_job_puller_covers_v3_vehicles(database, fleet, redis_url, mqtt_ur
     mock = MockSmartcar(vehicles=1, api_version="v3")
     sc_id = mock.vehicle_ids[0]
     user_id = mock.owners.setdefault(sc_id, str(uuid.uuid4()))
-    async with serve(mock.app()) as mock_url, pool(database.ingest_url) as db, \
-            pool(database.owner_url) as owner, \
-            VendorHttp(timeout_s=5, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05,
-                       name="smartcar") as http, \
-            MqttPublisher(MqttSettings(url=mqtt_url)) as pub:
+    async with puller_env(database, mqtt_url, mock) as env:
+        db, http, pub, mock_url = env.db, env.http, env.pub, env.mock_url
         settings = IntegrationsSettings(**v3_settings(mock_url))  # type: ignore[arg-type]
-        async with owner.acquire() as conn:
-            await SmartcarV3Connections().store(
-                conn, fleet.tenant_id, Connection(sc_id, user_id),
-                vehicle_id=fleet.vehicles["truck-0"], connected_by=None)
+        await env.connect_v3(fleet.tenant_id, sc_id, user_id, fleet.vehicles["truck-0"])
         tokens = SmartcarTokens(SmartcarClient(http, settings), TokenCipher(TOKEN_KEY),
                                 refresh_margin_s=600)
         redis = aioredis.Redis.from_url(redis_url)
@@ -439,26 +454,19 @@ async def test_without_token_key_the_job_polls_v3_connections(database, fleet, r
     assert names == ["smartcar"]
     two = IntegrationsSettings(**{**keyless, "smartcar_api_version": "2.0"})  # type: ignore[arg-type]
     assert puller_services(DatabaseSettings(), MqttSettings(), RedisSettings(), jobs, two) == []
-    async with serve(mock.app()) as mock_url, pool(database.ingest_url) as db, \
-            pool(database.owner_url) as owner, \
-            VendorHttp(timeout_s=5, max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05,
-                       name="smartcar") as http, \
-            MqttPublisher(MqttSettings(url=mqtt_url)) as pub:
-        settings = IntegrationsSettings(**{**v3_settings(mock_url),  # type: ignore[arg-type]
+    async with puller_env(database, mqtt_url, mock) as env:
+        settings = IntegrationsSettings(**{**v3_settings(env.mock_url),  # type: ignore[arg-type]
                                            "token_key": ""})
-        async with owner.acquire() as conn:
-            await SmartcarV3Connections().store(
-                conn, fleet.tenant_id, Connection(sc_id, user_id),
-                vehicle_id=fleet.vehicles["truck-0"], connected_by=None)
+        await env.connect_v3(fleet.tenant_id, sc_id, user_id, fleet.vehicles["truck-0"])
         redis = aioredis.Redis.from_url(redis_url)
         try:
-            puller = build_puller(db, http, pub, redis, settings)
+            puller = build_puller(env.db, env.http, env.pub, redis, settings)
             assert isinstance(puller, SmartcarV3Puller)
             assert await puller.poll_once() == 4
         finally:
             await redis.aclose()
         with pytest.raises(ConfigError, match="token_key"):
-            build_puller(db, http, pub, None,
-                         IntegrationsSettings(**{**v3_settings(mock_url),  # type: ignore[arg-type]
+            build_puller(env.db, env.http, env.pub, None,
+                         IntegrationsSettings(**{**v3_settings(env.mock_url),  # type: ignore[arg-type]
                                                  "token_key": "",
                                                  "smartcar_api_version": "2.0"}))
