@@ -296,6 +296,10 @@ class FenceIndex:
 
     # ---- segment queries ----------------------------------------------------------------------
 
+    def has_fences(self, tenant_id: UUID) -> bool:
+        """True when the tenant has at least one active fence in this index."""
+        return _tenant_keys.get(tenant_id, -1) in self._trees
+
     def crossed(self, tenant_id: UUID, lon0: float, lat0: float, lon1: float, lat1: float,
                 *, endpoint_fences: frozenset[UUID] | None = None) -> frozenset[UUID]:
         """Ids of the tenant's fences that the straight segment between two fixes touches.

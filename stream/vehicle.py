@@ -49,7 +49,7 @@ from stream.items import (
     VehicleOutput,
     VehicleStateRow,
 )
-from stream.model import Reading, VehicleRef
+from stream.model import Event, Reading, VehicleRef
 from stream.seqset import SeqSet
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,9 @@ class VehicleState:
     late: int = 0
 
 
+BatchFn = Callable[[Any, Sequence[Reading]], tuple[Any, Sequence[Event]]]
+
+
 @dataclass(frozen=True)
 class VehicleStepConfig:
     """What every VehicleLogic shares: settings, the detector list and the clock."""
@@ -142,6 +145,12 @@ class VehicleStepConfig:
     clock_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
     economy: Any = None
     """`stream.anomaly.EconomyTracker` feeding the fleet-relative score; None disables it."""
+    batch_detectors: tuple[tuple[Detector, BatchFn | None], ...] = field(init=False)
+    """The detectors in order, each with its ``on_readings`` when it has one."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_detectors", tuple(
+            (d, getattr(d, "on_readings", None)) for d in self.detectors))
 
 
 class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, bytes]):
@@ -242,7 +251,7 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, bytes]):
     def _release(self, now_ms: int, out: list[SinkItem]) -> None:
         st = self.state
         cfg = self.cfg.dataflow
-        newest: Reading | None = None
+        readings: list[Reading] = []
         while st.held:
             head = st.held[0]
             held_ms = now_ms - head.held_since_ms
@@ -255,9 +264,11 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, bytes]):
             st.held.pop(0)
             reading = self._process(head, out)
             if reading is not None:
-                newest = reading
-        if newest is not None and st.ref is not None:
-            out.append(VehicleStateRow(st.ref, newest.sample, st.moving, st.ignition, st.inside))
+                readings.append(reading)
+        if readings and st.ref is not None:
+            self._detect(st.ref, readings, out)
+            out.append(VehicleStateRow(st.ref, readings[-1].sample, st.moving, st.ignition,
+                                       st.inside))
 
     def _process(self, held: Held, out: list[SinkItem]) -> Reading | None:
         """Filter, store and detect one released sample; the reading if it was in order."""
@@ -287,21 +298,46 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, bytes]):
             st.last_fix = Fix(sample.t_ms, sample.lat_deg, sample.lon_deg)
             st.inside = fences
         self._update_motion(sample)
-        states = st.detectors
-        for det in self.cfg.detectors:
-            name = det.name
-            try:
-                states[name], events = det.on_reading(states[name], reading)
-            except Exception:  # noqa: BLE001 - logged by _log_detector_failure
-                # A detector bug must not stop the vehicle's data: log it and go on.
-                _log_detector_failure(name, ref.vehicle_id, f"seq {sample.seq}")
-                continue
-            if events:  # mostly empty: skip building a generator per detector and reading
-                out.extend([EmittedEvent(ref, ev) for ev in events])
         if self.cfg.economy is not None:
             st.economy, windows = self.cfg.economy.on_reading(st.economy, reading)
             self._economy.extend(EconomyItem(ref, w) for w in windows)
         return reading
+
+    def _detect(self, ref: VehicleRef, readings: list[Reading], out: list[SinkItem]) -> None:
+        """Run the detectors, in their order, over this activation's in-order readings.
+
+        A detector with ``on_readings`` gets them at once (it settles a quiet batch without a
+        state per reading); if that raises, the batch is replayed reading by reading from the
+        unchanged state, so one bad reading costs only its own events, as for the others.
+        """
+        states = self.state.detectors
+        for det, on_readings in self.cfg.batch_detectors:
+            name = det.name
+            if on_readings is not None:
+                try:
+                    states[name], events = on_readings(states[name], readings)
+                except Exception:  # noqa: BLE001 - replayed below, failures logged there
+                    events = self._one_by_one(det, ref, readings)
+            else:
+                events = self._one_by_one(det, ref, readings)
+            if events:  # mostly empty: skip building a list per detector
+                out.extend([EmittedEvent(ref, ev) for ev in events])
+
+    def _one_by_one(self, det: Detector, ref: VehicleRef,
+                    readings: list[Reading]) -> list[Event]:
+        states = self.state.detectors
+        name = det.name
+        events: list[Event] = []
+        for reading in readings:
+            try:
+                states[name], found = det.on_reading(states[name], reading)
+            except Exception:  # noqa: BLE001 - logged by _log_detector_failure
+                # A detector bug must not stop the vehicle's data: log it and go on.
+                _log_detector_failure(name, ref.vehicle_id, f"seq {reading.sample.seq}")
+                continue
+            if found:
+                events.extend(found)
+        return events
 
     def _update_motion(self, sample: Sample) -> None:
         st = self.state

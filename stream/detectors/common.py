@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_gateway.protocol import Sample
+from stream.detectors.base import fold
 from stream.model import Event, Reading, Severity, VehicleEvent, VehicleEventType
 
 
@@ -117,6 +118,26 @@ class SustainedThresholdDetector:
             reading, self.event_type, severity=self.severity, started_ms=run.since_ms,
             duration_s=(reading.t_ms - run.since_ms) / 1000, value=run.worst,
             threshold=self._rule.threshold),)
+
+    def on_readings(self, state: SustainedState,
+                    readings: Sequence[Reading]) -> tuple[SustainedState, Sequence[Event]]:
+        """A batch. While no value is beyond the threshold nothing can fire: the run is
+        cleared, the rule re-arms if a value recovered, and only the time moves on."""
+        rule, signal = self._rule, self._signal
+        threshold, above, margin = rule.threshold, rule.above, rule.rearm_margin
+        armed, last_ms = state.armed, None
+        for reading in readings:
+            value = signal(reading.sample)
+            if value is None:
+                continue
+            if value >= threshold if above else value < threshold:
+                return fold(self, state, readings)
+            if not armed:
+                armed = value < threshold - margin if above else value > threshold + margin
+            last_ms = reading.t_ms
+        if last_ms is None:
+            return state, ()
+        return SustainedState(armed, None, last_ms, None), ()
 
     def on_tick(self, state: SustainedState, now_ms: int) -> tuple[SustainedState, Sequence[Event]]:
         """Nothing happens on time alone."""

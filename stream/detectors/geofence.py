@@ -32,6 +32,7 @@ from uuid import UUID
 from geo.config import GeofenceSettings
 from geo.fence import Fence
 from geo.index import FenceIndex
+from stream.detectors.base import fold
 from stream.model import Event, GeofenceEvent, GeofenceEventType, Reading
 
 
@@ -112,6 +113,28 @@ class GeofenceDetector:
         if s.crossing_events and state.last_fix is not None:
             events.extend(self._crossings(index, state, reading, (lon, lat), tracks))
         return GeofenceState(tracks, (t, lon, lat), observed), events
+
+    def on_readings(self, state: GeofenceState,
+                    readings: Sequence[Reading]) -> tuple[GeofenceState, Sequence[Event]]:
+        """A batch. A vehicle inside no fence and tracking none, of a tenant without fences
+        (so nothing can be crossed), only moves its last fix; anything else goes reading by
+        reading."""
+        if state.tracks:
+            return fold(self, state, readings)
+        last_fix: tuple[int, float, float] | None = None
+        for reading in readings:
+            lon, lat = reading.sample.lon_deg, reading.sample.lat_deg
+            if lon is None or lat is None:
+                continue
+            if reading.fences:
+                return fold(self, state, readings)
+            last_fix = (reading.t_ms, lon, lat)
+        if last_fix is None:
+            return state, ()
+        if self._settings.crossing_events and \
+                self._index().has_fences(readings[0].vehicle.tenant_id):
+            return fold(self, state, readings)
+        return GeofenceState({}, last_fix, frozenset()), ()
 
     def _step(self, fence: Fence, track: FenceTrack | None, now_in: bool, reading: Reading,
               events: list[Event]) -> FenceTrack | None:

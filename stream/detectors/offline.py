@@ -71,6 +71,22 @@ class OfflineDetector:
                             tenant_id=reading.vehicle.tenant_id,
                             vehicle_id=reading.vehicle.vehicle_id), events
 
+    def on_readings(self, state: OfflineState,
+                    readings: Sequence[Reading]) -> tuple[OfflineState, Sequence[Event]]:
+        """A batch: only its first reading can bring the device back online, and the state
+        is the last reading's, seen now (processed together, the readings share one clock
+        read)."""
+        if not readings:
+            return state, ()
+        state, events = self.on_reading(state, readings[0])
+        if len(readings) == 1:
+            return state, events
+        last = readings[-1]
+        return OfflineState(last_seen_ms=self._clock(), last_sample_ms=last.t_ms,
+                            offline_since_ms=None, last_tick_ms=state.last_tick_ms,
+                            tenant_id=last.vehicle.tenant_id,
+                            vehicle_id=last.vehicle.vehicle_id), events
+
     def on_tick(self, state: OfflineState, now_ms: int) -> tuple[OfflineState, Sequence[Event]]:
         """Report `device_offline` once the silence reaches `offline_after_s`."""
         last_seen, tenant, vehicle = state.last_seen_ms, state.tenant_id, state.vehicle_id

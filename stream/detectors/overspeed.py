@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 from uuid import UUID
 
+from stream.detectors.base import fold
 from stream.detectors.common import vehicle_event
 from stream.detectors.config import DetectorSettings
 from stream.model import Event, Reading
@@ -118,6 +119,25 @@ class OverspeedDetector:
                 episode = OverspeedEpisode(t, t, speed, limit, fence,
                                            reading.sample.lat_deg, reading.sample.lon_deg)
         return OverspeedState(last_ms=t, episode=episode), events
+
+    def on_readings(self, state: OverspeedState,
+                    readings: Sequence[Reading]) -> tuple[OverspeedState, Sequence[Event]]:
+        """A batch. With no episode open, no fence (whose limit could apply) and every speed
+        at or below the global limit, nothing opens: only the time of the last speed moves."""
+        if state.episode is not None:
+            return fold(self, state, readings)
+        limit = self._s.overspeed_limit_kph
+        last_ms = None
+        for reading in readings:
+            speed = reading.sample.speed_kph
+            if speed is None:
+                continue
+            if reading.fences or (limit > 0 and speed > limit):
+                return fold(self, state, readings)
+            last_ms = reading.t_ms
+        if last_ms is None:
+            return state, ()
+        return OverspeedState(last_ms=last_ms, episode=None), ()
 
     def _report(self, episode: OverspeedEpisode, reading: Reading) -> Sequence[Event]:
         ended_ms = episode.ended_ms if episode.ended_ms is not None else episode.last_over_ms
