@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Literal
 
+from stream.detectors.base import fold
 from stream.detectors.common import vehicle_event
 from stream.detectors.config import DetectorSettings
 from stream.model import Event, Reading
@@ -86,6 +87,31 @@ class FuelDetector:
                              state.episode, state.bucket_taken_ms), events
         return FuelState(state.bucket_start_ms, t, (*state.bucket_values, fuel),
                          state.levels, state.episode, t), events
+
+    def on_readings(self, state: FuelState,
+                    readings: Sequence[Reading]) -> tuple[FuelState, Sequence[Event]]:
+        """A batch that stays inside the open bucket only adds to it (no level is compared
+        until the bucket closes): one state for the batch instead of one per reading."""
+        start = state.bucket_start_ms
+        if start is None:
+            return fold(self, state, readings)
+        bucket_ms = self._s.fuel_smoothing_s * 1000
+        spacing_ms = bucket_ms / BUCKET_POINTS
+        values = list(state.bucket_values)
+        last_ms, taken_ms = state.bucket_last_ms, state.bucket_taken_ms
+        for reading in readings:
+            fuel = reading.sample.fuel_pct
+            if fuel is None:
+                continue
+            t = reading.t_ms
+            if t - start >= bucket_ms:
+                return fold(self, state, readings)
+            last_ms = t
+            if t - taken_ms >= spacing_ms:
+                values.append(fuel)
+                taken_ms = t
+        return FuelState(start, last_ms, tuple(values), state.levels, state.episode,
+                         taken_ms), ()
 
     def _close_bucket(self, state: FuelState, t: int,
                       reading: Reading) -> tuple[FuelState, Sequence[Event]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from stream.detectors.base import fold
 from stream.detectors.common import engine_on, vehicle_event
 from stream.detectors.config import DetectorSettings
 from stream.model import Event, Reading
@@ -60,6 +61,26 @@ class IdlingDetector:
         if state.since_ms is not None:
             events.extend(self._close(state, state.since_ms, t, reading))
         return IdleState(last_ms=t), events
+
+    def on_readings(self, state: IdleState,
+                    readings: Sequence[Reading]) -> tuple[IdleState, Sequence[Event]]:
+        """A batch. Not idling and no reading idle (moving, or the engine off): nothing opens
+        or closes, only the time of the last usable reading moves."""
+        if state.since_ms is not None:
+            return fold(self, state, readings)
+        idle_kph, on_rpm = self._s.idle_speed_kph, self._s.engine_on_rpm
+        last_ms = None
+        for reading in readings:
+            speed = reading.sample.speed_kph
+            on = engine_on(reading.sample, on_rpm)
+            if speed is None or on is None:
+                continue
+            if on and speed <= idle_kph:
+                return fold(self, state, readings)
+            last_ms = reading.t_ms
+        if last_ms is None:
+            return state, ()
+        return IdleState(last_ms=last_ms), ()
 
     def _close(self, state: IdleState, since_ms: int, ended_ms: int,
                reading: Reading) -> Sequence[Event]:

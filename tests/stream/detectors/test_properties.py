@@ -121,7 +121,7 @@ def _phases_to_steps(phases: list[tuple[dict[str, Any], int]]) -> list[dict[str,
 phase = st.tuples(st.fixed_dictionaries({
     **STEP_FIELDS,
     "dt_s": st.sampled_from([0.5, 1.0, 5.0, 10.0, 30.0, 150.0, 400.0]),
-    "speed_kph": opt(st.sampled_from([0.0, 30.0, 118.0, 120.0, 121.0, 123.0, 130.0])),
+    "speed_kph": opt(st.sampled_from([0.0, 3.0, 30.0, 118.0, 120.0, 121.0, 123.0, 130.0])),
     "battery_v": opt(st.sampled_from([11.0, 11.7, 11.8, 11.9, 12.2, 12.3, 13.0])),
     "coolant_c": opt(st.sampled_from([90.0, 104.0, 105.0, 106.0, 110.0, 111.0, 115.0])),
     "position": opt(st.tuples(st.floats(52.0, 52.01), st.floats(13.0, 13.01))),
