@@ -14,7 +14,10 @@ Order inside the step, per sample:
    watermark (a quiet vehicle). Released samples go in time order;
 4. duplicate and position filters against the previous released sample / last good fix;
 5. motion and ignition state;
-6. store the sample; if it is in event-time order, run the detectors, in their one list.
+6. store the sample;
+7. the samples released in event-time order by this activation go through the detectors, in
+   their one list: each detector gets the whole run at once (``on_readings``) when it has
+   that method, otherwise reading by reading.
 
 A sample released *after* a newer one (it arrived later than the reorder window allowed) is
 stored but not shown to the detectors, which require event-time order.
@@ -271,7 +274,8 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, bytes]):
                                        st.inside))
 
     def _process(self, held: Held, out: list[SinkItem]) -> Reading | None:
-        """Filter, store and detect one released sample; the reading if it was in order."""
+        """Filter and store one released sample (and feed the economy tracker); the reading
+        if it was in event-time order, for `_detect`."""
         st = self.state
         ref = held.ref
         sample = held.sample
