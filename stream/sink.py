@@ -519,8 +519,9 @@ class SinkStats:
         self.db_s += db_s
         elapsed = time.monotonic() - self.started
         if elapsed >= self.every_s:
-            log.info("sink: %d telemetry rows in %d batches over %.0f s; building rows %.1f s, "
-                     "database %.1f s", self.rows, self.batches, elapsed, self.build_s, self.db_s)
+            # Rows are made during the COPY, so "writing" includes building them.
+            log.info("sink: %d telemetry rows in %d batches over %.0f s; sorting items %.1f s, "
+                     "writing %.1f s", self.rows, self.batches, elapsed, self.build_s, self.db_s)
             self._reset()
 
 
