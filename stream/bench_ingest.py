@@ -65,14 +65,14 @@ def raw_copy_rows_per_s(owner_url: str, items: list[Any], batch: int) -> float:
     `batch` rows per transaction, as the table owner; rows/s. The rows stay (truncate after)."""
     import psycopg
 
-    from stream.sink import TELEMETRY, register_geography, telemetry_row
+    from stream.sink import GEOGRAPHY, TELEMETRY, register_geography, telemetry_row
 
     rows = [telemetry_row(x.reading) for x in items]
     chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
     cols = ", ".join(TELEMETRY.columns)
     with psycopg.connect(owner_url) as conn:
         oid = register_geography(conn)
-        types = [oid if t == -1 else t for t in TELEMETRY.types]
+        types = [oid if t == GEOGRAPHY else t for t in TELEMETRY.types]
 
         def go() -> None:
             for chunk in chunks:

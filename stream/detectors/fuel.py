@@ -64,6 +64,9 @@ class FuelDetector:
 
     def __init__(self, settings: DetectorSettings) -> None:
         self._s = settings
+        self._bucket_ms = settings.fuel_smoothing_s * 1000
+        self._spacing_ms = self._bucket_ms / BUCKET_POINTS
+        """Closer samples than this are not kept in a bucket (see `BUCKET_POINTS`)."""
 
     def initial_state(self) -> FuelState:
         """No fuel data yet."""
@@ -77,11 +80,11 @@ class FuelDetector:
         t = reading.t_ms
         events: Sequence[Event] = ()
         if (state.bucket_start_ms is not None and state.bucket_last_ms is not None
-                and t - state.bucket_start_ms >= self._s.fuel_smoothing_s * 1000):
+                and t - state.bucket_start_ms >= self._bucket_ms):
             state, events = self._close_bucket(state, state.bucket_last_ms, reading)
         if state.bucket_start_ms is None:
             return FuelState(t, t, (fuel,), state.levels, state.episode, t), events
-        if t - state.bucket_taken_ms < self._s.fuel_smoothing_s * 1000 / BUCKET_POINTS:
+        if t - state.bucket_taken_ms < self._spacing_ms:
             # Denser than the bucket needs for its median: the sample is not kept.
             return FuelState(state.bucket_start_ms, t, state.bucket_values, state.levels,
                              state.episode, state.bucket_taken_ms), events
@@ -95,8 +98,7 @@ class FuelDetector:
         start = state.bucket_start_ms
         if start is None:
             return fold(self, state, readings)
-        bucket_ms = self._s.fuel_smoothing_s * 1000
-        spacing_ms = bucket_ms / BUCKET_POINTS
+        bucket_ms, spacing_ms = self._bucket_ms, self._spacing_ms
         values = list(state.bucket_values)
         last_ms, taken_ms = state.bucket_last_ms, state.bucket_taken_ms
         for reading in readings:
