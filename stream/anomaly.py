@@ -231,6 +231,7 @@ class AnomalyScorer:
     """Robust per-signal anomaly scores (a `Detector`)."""
 
     name = "anomaly"
+    ticks = False
 
     def __init__(self, settings: AnomalySettings | None = None) -> None:
         self._s = settings or AnomalySettings()

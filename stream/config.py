@@ -45,6 +45,11 @@ class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """How long an idle partition waits before looking for new messages again."""
     max_batch_messages: PositiveInt = 2000
     """Messages committed to the inbox (and handed on) per poll, at most."""
+    linger_ms: Annotated[int, Meta(ge=0)] = 50
+    """How long a partition lets arriving messages gather before it commits them as one
+    batch (unless `max_batch_messages` are there first). Every batch costs an inbox commit
+    and a sink transaction whatever its size, so under load a short wait buys a lot of
+    throughput; it adds at most this much latency. 0 hands on whatever has arrived."""
     inbox_retention_s: PositiveInt = 600
     """Inbox rows are deleted once a snapshot at least this old covers them."""
     connect_timeout_s: PositiveFloat = 10.0

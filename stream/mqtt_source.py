@@ -286,6 +286,8 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
                 return backlog
             self.emitted = self.last_written  # pruned meanwhile: nothing left to replay
         self._maybe_prune()  # on every poll: a busy partition is never idle
+        if not self._ripe():
+            return []
         taken: list[_Received] = []
         while self.received and len(taken) < limit:
             taken.append(self.received.popleft())
@@ -318,10 +320,24 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
             self.stat_messages, self.stat_commit_s = 0, 0.0
             self.stat_started = time.monotonic()
 
+    def _ripe(self) -> bool:
+        """Whether the received messages make a batch now: a full one, or the oldest has
+        waited `linger_ms`."""
+        received = self.received
+        if not received:
+            return False
+        if len(received) >= self.cfg.max_batch_messages or not self.cfg.linger_ms:
+            return True
+        return time.time_ns() // 1_000_000 - received[0].received_ms >= self.cfg.linger_ms
+
     def next_awake(self) -> datetime | None:
-        """Poll again soon when idle (never block the worker)."""
-        if self.received or self.emitted < self.last_written:
+        """Poll again when the gathering batch is due, or soon when idle (never block the
+        worker)."""
+        if self.emitted < self.last_written or self._ripe():
             return None
+        if self.received:
+            due_ms = self.received[0].received_ms + self.cfg.linger_ms
+            return datetime.fromtimestamp(due_ms / 1000, tz=UTC)
         return datetime.now(UTC) + timedelta(milliseconds=self.cfg.poll_interval_ms)
 
     def snapshot(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +30,22 @@ def ensure_recovery_dir(cfg: DataflowSettings) -> Path | None:
         path.mkdir(parents=True, exist_ok=True)
         init_db_dir(path, cfg.recovery_partitions)  # type: ignore[no-untyped-call]
     return path
+
+
+GC_THRESHOLDS = (50_000, 20, 100)
+"""Python's cyclic collector runs a young collection every 700 allocations by default. The
+stream allocates dozens of short-lived, acyclic objects per sample, so that was a collection
+every few samples, each also scanning the long-lived per-vehicle state: 5-7 % of the stream's
+CPU in profiles of `fleet bench e2e`. Reference counting frees these objects anyway; the
+collector only has to find the rare cycle, which it still does, less often."""
+
+
+def _tune_gc() -> None:
+    """Freeze what start-up built (modules, settings, the fence index) out of the collector's
+    scans and raise its thresholds (see `GC_THRESHOLDS`)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> None:
@@ -63,6 +80,7 @@ def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> No
             fleet_economy=FleetEconomy(settings.anomaly),
         )
         flow = build_flow(parts)
+        _tune_gc()
         addresses = None
         if cfg.processes > 1:
             addresses = [f"127.0.0.1:{cfg.process_base_port + i}" for i in range(cfg.processes)]

@@ -150,10 +150,14 @@ class VehicleStepConfig:
     """`stream.anomaly.EconomyTracker` feeding the fleet-relative score; None disables it."""
     batch_detectors: tuple[tuple[Detector, BatchFn | None], ...] = field(init=False)
     """The detectors in order, each with its ``on_readings`` when it has one."""
+    tick_detectors: tuple[Detector, ...] = field(init=False)
+    """The detectors in order whose `on_tick` does something (not ``ticks = False``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_detectors", tuple(
             (d, getattr(d, "on_readings", None)) for d in self.detectors))
+        object.__setattr__(self, "tick_detectors", tuple(
+            d for d in self.detectors if getattr(d, "ticks", True)))
 
 
 class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, bytes]):
@@ -195,7 +199,7 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, bytes]):
         st = self.state
         if now_ms - st.last_tick_ms >= self.cfg.dataflow.tick_interval_s * 1000 and st.ref:
             st.last_tick_ms = now_ms
-            for det in self.cfg.detectors:
+            for det in self.cfg.tick_detectors:
                 try:
                     st.detectors[det.name], events = det.on_tick(st.detectors[det.name], now_ms)
                 except Exception:  # noqa: BLE001 - logged by _log_detector_failure

@@ -11,6 +11,10 @@ when present, so a detector can settle a whole batch in which nothing can happen
 building a state per reading (the common case: most samples change nothing). It must give
 exactly what `fold` gives, and must not change `state` in place (if it raises, the step
 replays the batch reading by reading from that state).
+
+A detector whose `on_tick` never does anything sets the class attribute ``ticks = False``: the
+step then skips it on the per-vehicle tick (once a second for every vehicle, so the no-op
+calls added up).
 """
 
 from __future__ import annotations

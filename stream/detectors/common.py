@@ -96,6 +96,7 @@ class SustainedThresholdDetector:
     name: str
     event_type: VehicleEventType
     severity: Severity
+    ticks = False
 
     def __init__(self, rule: SustainedRule, signal: Callable[[Sample], float | None]) -> None:
         self._rule = rule

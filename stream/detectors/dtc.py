@@ -19,6 +19,7 @@ class DtcDetector:
     """
 
     name = "dtc"
+    ticks = False
 
     def __init__(self, settings: DetectorSettings) -> None:
         del settings  # no thresholds: a code is either new or not

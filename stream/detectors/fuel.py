@@ -61,6 +61,7 @@ class FuelDetector:
     """Emits `fuel_drop` (warning) and `refuel` (info) episodes."""
 
     name = "fuel"
+    ticks = False
 
     def __init__(self, settings: DetectorSettings) -> None:
         self._s = settings

@@ -67,6 +67,7 @@ class GeofenceDetector:
     """The `Detector` for geofences; reads fences through `index_provider` (hot-reloadable)."""
 
     name = "geofence"
+    ticks = False
 
     def __init__(self, index_provider: Callable[[], FenceIndex],
                  settings: GeofenceSettings | None = None) -> None:

@@ -49,6 +49,7 @@ class HarshDrivingDetector:
     """Emits `harsh_acceleration` and `harsh_braking` events."""
 
     name = "harsh_driving"
+    ticks = False
 
     def __init__(self, settings: DetectorSettings) -> None:
         self._s = settings

@@ -33,6 +33,7 @@ class IdlingDetector:
     """
 
     name = "idling"
+    ticks = False
 
     def __init__(self, settings: DetectorSettings) -> None:
         self._s = settings

@@ -17,6 +17,7 @@ class IgnitionDetector:
     """
 
     name = "ignition"
+    ticks = False
 
     def __init__(self, settings: DetectorSettings) -> None:
         self._rpm = settings.engine_on_rpm

@@ -62,6 +62,7 @@ class OverspeedDetector:
     """Emits one `overspeed` event per episode of at least `overspeed_min_duration_s`."""
 
     name = "overspeed"
+    ticks = False
 
     def __init__(self, settings: DetectorSettings, index_provider: IndexProvider) -> None:
         self._s = settings

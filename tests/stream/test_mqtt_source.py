@@ -84,3 +84,43 @@ def test_messages_are_committed_before_ack_and_replayed_on_resume(
     assert count(database.owner_url, "SELECT min(inbox_offset) FROM stream_inbox") == 4
     again.close()
     client.disconnect()
+
+
+def test_a_partition_lets_messages_gather_for_linger_ms(
+        database: TestDatabase, mqtt_url: str, tenant_slug: str) -> None:
+    """Messages are handed on together once the oldest has waited `linger_ms`, or at once
+    when `max_batch_messages` are there; `next_awake` names the moment the batch is due."""
+    from datetime import UTC, datetime
+
+    settings = SourceSettings(share_group=f"g{uuid.uuid4().hex[:8]}", tenant=tenant_slug,
+                              client_id_prefix=f"s{uuid.uuid4().hex[:8]}", partitions=1,
+                              session_expiry_s=60, linger_ms=1500, max_batch_messages=3)
+    source = MqttSource(mqtt=MqttSettings(url=mqtt_url), source=settings,
+                        database_url=database.ingest_url)
+    part = source.build_part("inbox", "p0", None)
+    client = mqtt_client(mqtt_url)
+    topic = topic_for(tenant_slug, "v1", Channel.TELEMETRY)
+    try:
+        for i in range(2):
+            client.publish(topic, f"m{i}".encode(), qos=1).wait_for_publish(10)
+        wait_for(lambda: len(part.received) == 2, 20, "two messages to arrive")
+        assert part.next_batch() == []  # still gathering
+        due = part.next_awake()
+        assert due is not None
+        first_ms = part.received[0].received_ms
+        assert due == datetime.fromtimestamp((first_ms + 1500) / 1000, tz=UTC)
+        # A full batch goes at once.
+        client.publish(topic, b"m2", qos=1).wait_for_publish(10)
+        wait_for(lambda: len(part.received) == 3, 20, "the third message to arrive")
+        assert part.next_awake() is None
+        assert [m.payload for m in part.next_batch()] == [b"m0", b"m1", b"m2"]
+        # A lone message goes once it has waited linger_ms, not before.
+        client.publish(topic, b"m3", qos=1).wait_for_publish(10)
+        wait_for(lambda: len(part.received) == 1, 20, "the fourth message to arrive")
+        arrived_ms = part.received[0].received_ms
+        got = poll(part, 1)
+        assert [m.payload for m in got] == [b"m3"]
+        assert time.time_ns() // 1_000_000 - arrived_ms >= 1500
+    finally:
+        part.close()
+        client.disconnect()

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream.detectors import build_detectors
+from stream.detectors.base import fold
 from stream.detectors.config import DetectorSettings
 from stream.model import Event, Reading
 
@@ -136,7 +137,6 @@ def test_on_readings_equals_reading_by_reading(phases: list[tuple[dict[str, Any]
     """Every detector's ``on_readings`` over any split into batches gives exactly the state
     and events of `on_reading` one by one (the meaning the per-vehicle step relies on)."""
     from geo.config import GeofenceSettings
-    from stream.detectors.base import fold
     from stream.detectors.geofence import GeofenceDetector
 
     readings = to_readings(_phases_to_steps(phases))
@@ -164,3 +164,25 @@ def test_on_readings_equals_reading_by_reading(phases: list[tuple[dict[str, Any]
         assert state == one, det.name
         assert list(map(repr, events)) == list(map(repr, events_one)), det.name
     assert checked >= 5
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(step, min_size=1, max_size=60), later_s=st.floats(0, 3600))
+def test_detectors_that_skip_ticks_do_nothing_on_a_tick(steps: list[dict[str, Any]],
+                                                        later_s: float) -> None:
+    """The step skips the tick of a detector with ``ticks = False``: that must lose nothing,
+    whatever the detector has seen and however late the tick comes."""
+    readings = to_readings(steps)
+    clock = Clock()
+    skipped = 0
+    for det in build_detectors(DetectorSettings(), lambda: Fences(True), clock=clock):
+        if getattr(det, "ticks", True):
+            continue
+        skipped += 1
+        state, _ = fold(det, det.initial_state(), readings)
+        clock.now_ms = readings[-1].t_ms + int(later_s * 1000)
+        before = pickle.dumps(state)
+        after, events = det.on_tick(state, clock.now_ms)
+        assert events == (), det.name
+        assert pickle.dumps(after) == before, det.name
+    assert skipped >= 8

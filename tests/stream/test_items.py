@@ -1,0 +1,31 @@
+"""Values that cross between the dataflow's processes survive pickling unchanged."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+
+from edge_gateway.protocol import Sample, Source
+from stream.items import VehicleBatch
+from stream.model import VehicleRef
+
+
+def test_a_vehicle_batch_pickles_to_an_equal_batch() -> None:
+    ref = VehicleRef(uuid.UUID(int=1), uuid.UUID(int=2), "acme", "v1", "Ford Transit")
+    full = Sample(seq=1, t_ms=1_780_000_000_000, lat_deg=52.5, lon_deg=13.4, alt_m=34.5,
+                  speed_kph=0.1 + 0.2, heading_deg=359.9, hdop=0.7, sats=11, gps_fix=1,
+                  ignition=True, rpm=812.25, coolant_c=-3.5, fuel_pct=61.0,
+                  odometer_km=123_456.789, engine_hours_h=4321.5, battery_v=13.8,
+                  throttle_pct=12.5, engine_load_pct=33.3, dtcs=["P0301", "U0100"],
+                  extra={"intake_temp_c": 21.5})
+    bare = Sample(seq=2, t_ms=1_780_000_000_100)
+    fence = frozenset({uuid.UUID(int=7), uuid.UUID(int=8)})
+    batch = VehicleBatch(ref=ref, samples=(full, bare), source=Source.GATEWAY,
+                         topic="fleet/acme/v1/telemetry", received_ms=1_780_000_000_200,
+                         partition="p0", offset=42, sent_ms=1_780_000_000_150,
+                         fences=(fence, frozenset()))
+    back = pickle.loads(pickle.dumps(batch))  # noqa: S301 - our own bytes
+    assert back == batch
+    assert back.samples[0].speed_kph == full.speed_kph  # floats exactly, not rounded
+    assert type(back.samples) is tuple
+    assert back.source is Source.GATEWAY
