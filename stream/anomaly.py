@@ -388,21 +388,22 @@ class AnomalyScorer:
         return state, ()
 
 
-def _median(values: FloatArray) -> float:
-    """Median by partial sort: several times faster than np.median on small windows."""
-    n = values.size
+def _middle(ordered: FloatArray) -> float:
+    """Median of an already sorted window."""
+    n = ordered.size
     k = n // 2
     if n % 2:
-        return float(np.partition(values, k)[k])
-    part = np.partition(values, (k - 1, k))
-    return float(part[k - 1] + part[k]) / 2
+        return float(ordered[k])
+    return float(ordered[k - 1] + ordered[k]) / 2
 
 
 def _robust_center_scale(values: FloatArray, floor: float) -> tuple[float, float]:
-    """Median and MAD-based scale (never below `floor`) of a window."""
-    center = _median(values)
-    mad = _median(np.abs(values - np.float32(center)))
-    return center, max(MAD_TO_SIGMA * mad, floor)
+    """Median and MAD-based scale (never below `floor`) of a window. A full sort of these
+    short windows costs less than two `np.partition` calls (numpy's kth handling dominated)."""
+    center = _middle(np.sort(values))
+    deviations = np.abs(values - np.float32(center))
+    deviations.sort()
+    return center, max(MAD_TO_SIGMA * _middle(deviations), floor)
 
 
 # -- fleet-relative fuel economy -----------------------------------------------------------------
@@ -422,9 +423,9 @@ class EconomySample:
     km_per_pct: float
 
 
-@dataclass(frozen=True, slots=True)
-class EconomyAccumulator:
-    """Per-vehicle state of `EconomyTracker`: the open window."""
+class EconomyAccumulator(msgspec.Struct, frozen=True, gc=False):
+    """Per-vehicle state of `EconomyTracker`: the open window (a struct: one is made per
+    reading with a fuel level)."""
 
     start_ms: int | None = None
     last_ms: int | None = None

@@ -8,7 +8,6 @@ sample with a bad fix are still stored. The caller records every removal as a de
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import msgspec
 
@@ -21,9 +20,8 @@ MIN_IMPLIED_DT_S = 1.0
 """Implied speed divides by at least this, so fix jitter between 10 Hz samples is not a jump."""
 
 
-@dataclass(frozen=True, slots=True)
-class Fix:
-    """The last accepted position of a vehicle."""
+class Fix(msgspec.Struct, frozen=True, gc=False):
+    """The last accepted position of a vehicle (a struct: one is made per fix)."""
 
     t_ms: int
     lat_deg: float

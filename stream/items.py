@@ -83,9 +83,9 @@ def _unpack_batch(ref: VehicleRef, samples: bytes, *rest: Any) -> VehicleBatch:
     return VehicleBatch(ref, _SAMPLES_IN.decode(samples), *rest)
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSample:
-    """A sample to store in `telemetry` (after dedupe and GPS filters)."""
+class StoredSample(msgspec.Struct, frozen=True, gc=False):
+    """A sample to store in `telemetry` (after dedupe and GPS filters); a struct, as one is
+    made per sample."""
 
     reading: Reading
 

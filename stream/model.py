@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
+import msgspec
+
 from edge_gateway.protocol import Sample, Source
 
 Severity = Literal["info", "warning", "critical"]
@@ -35,9 +37,12 @@ class VehicleRef:
     """"make model" for fleet-relative comparisons (peers of the same model)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One validated sample of a known vehicle, plus what the geo step found."""
+class Reading(msgspec.Struct, frozen=True, gc=False):
+    """One validated sample of a known vehicle, plus what the geo step found.
+
+    A msgspec struct rather than a frozen dataclass: one is made per sample, and a frozen
+    dataclass's ``__init__`` (a ``object.__setattr__`` per field) cost eight times as much.
+    Not tracked by the cyclic GC (it holds no cycles)."""
 
     vehicle: VehicleRef
     sample: Sample

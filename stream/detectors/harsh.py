@@ -20,10 +20,6 @@ from stream.model import Event, Reading
 KPH_TO_MPS = 1 / 3.6
 
 
-def _time(point: tuple[int, float]) -> int:
-    return point[0]
-
-
 @dataclass(frozen=True, slots=True)
 class Manoeuvre:
     """An open stretch of harsh acceleration or braking."""
@@ -61,51 +57,65 @@ class HarshDrivingDetector:
     def on_reading(self, state: HarshState,
                    reading: Reading) -> tuple[HarshState, Sequence[Event]]:
         """Estimate the acceleration ending at this reading and track manoeuvres."""
-        speed_kph = reading.sample.speed_kph
-        if speed_kph is None:
-            return state, ()
-        t = reading.t_ms
-        v = speed_kph * KPH_TO_MPS
-        max_dt_ms = self._s.harsh_max_dt_s * 1000
-        min_dt_ms = self._s.harsh_min_dt_s * 1000
-        # `recent` is in time order (readings come in event-time order), so both ends of the
-        # useful stretch are found by bisection instead of a scan per reading: at 10 Hz and
-        # more the scan was this detector's whole cost.
-        recent = state.recent
-        lo = bisect.bisect_left(recent, t - max_dt_ms, key=_time)
-        hi = bisect.bisect_left(recent, t, key=_time)  # a repeated time is not "earlier"
-        recent = recent[lo:hi]
+        return self.on_readings(state, (reading,))
+
+    def on_readings(self, state: HarshState,
+                    readings: Sequence[Reading]) -> tuple[HarshState, Sequence[Event]]:
+        """A run of readings, on plain lists; one state at the end.
+
+        Times and speeds are kept in two lists in time order (readings come in event-time
+        order), so both ends of the useful stretch are found by bisection without a key
+        function, and a reading appends instead of copying the window: at 10 Hz and more the
+        per-reading scan and copy were this detector's whole cost.
+        """
+        s = self._s
+        max_dt_ms = s.harsh_max_dt_s * 1000
+        min_dt_ms = s.harsh_min_dt_s * 1000
+        times = [p[0] for p in state.recent]
+        speeds = [p[1] for p in state.recent]
         manoeuvre = state.manoeuvre
         events: list[Event] = []
-        if manoeuvre is not None and not recent:
-            # Gap: the manoeuvre ended somewhere in it; report it as seen so far.
-            events.extend(self._close(manoeuvre, manoeuvre.last_ms, reading))
-            manoeuvre = None
-        # The newest earlier sample at least min_dt before this one; older ones than it are
-        # never the reference again (later readings only move the bound forward).
-        k = bisect.bisect_right(recent, t - min_dt_ms, key=_time)
-        ref = recent[k - 1] if k else None
-        if k > 1:
-            recent = recent[k - 1:]
-        if ref is not None:
-            accel = (v - ref[1]) / ((t - ref[0]) / 1000)
-            kind: Literal["harsh_acceleration", "harsh_braking"] | None = None
-            if accel >= self._s.harsh_accel_mps2:
-                kind = "harsh_acceleration"
-            elif -accel >= self._s.harsh_brake_mps2:
-                kind = "harsh_braking"
-            if manoeuvre is not None and manoeuvre.kind != kind:
-                events.extend(self._close(manoeuvre, t, reading))
+        for reading in readings:
+            speed_kph = reading.sample.speed_kph
+            if speed_kph is None:
+                continue
+            t = reading.t_ms
+            v = speed_kph * KPH_TO_MPS
+            hi = bisect.bisect_left(times, t)  # a repeated time is not "earlier"
+            del times[hi:], speeds[hi:]
+            lo = bisect.bisect_left(times, t - max_dt_ms)
+            del times[:lo], speeds[:lo]
+            if manoeuvre is not None and not times:
+                # Gap: the manoeuvre ended somewhere in it; report it as seen so far.
+                events.extend(self._close(manoeuvre, manoeuvre.last_ms, reading))
                 manoeuvre = None
-            if kind is not None:
-                if manoeuvre is None:
-                    manoeuvre = Manoeuvre(kind, ref[0], t, abs(accel),
-                                          reading.sample.lat_deg, reading.sample.lon_deg)
-                else:
-                    manoeuvre = Manoeuvre(kind, manoeuvre.started_ms, t,
-                                          max(manoeuvre.peak_mps2, abs(accel)),
-                                          manoeuvre.lat_deg, manoeuvre.lon_deg)
-        return HarshState(recent=(*recent, (t, v)), manoeuvre=manoeuvre), events
+            # The newest earlier sample at least min_dt before this one; older ones than it
+            # are never the reference again (later readings only move the bound forward).
+            k = bisect.bisect_right(times, t - min_dt_ms)
+            if k:
+                ref_ms, ref_v = times[k - 1], speeds[k - 1]
+                del times[:k - 1], speeds[:k - 1]
+                accel = (v - ref_v) / ((t - ref_ms) / 1000)
+                kind: Literal["harsh_acceleration", "harsh_braking"] | None = None
+                if accel >= s.harsh_accel_mps2:
+                    kind = "harsh_acceleration"
+                elif -accel >= s.harsh_brake_mps2:
+                    kind = "harsh_braking"
+                if manoeuvre is not None and manoeuvre.kind != kind:
+                    events.extend(self._close(manoeuvre, t, reading))
+                    manoeuvre = None
+                if kind is not None:
+                    if manoeuvre is None:
+                        manoeuvre = Manoeuvre(kind, ref_ms, t, abs(accel),
+                                              reading.sample.lat_deg, reading.sample.lon_deg)
+                    else:
+                        manoeuvre = Manoeuvre(kind, manoeuvre.started_ms, t,
+                                              max(manoeuvre.peak_mps2, abs(accel)),
+                                              manoeuvre.lat_deg, manoeuvre.lon_deg)
+            times.append(t)
+            speeds.append(v)
+        return HarshState(recent=tuple(zip(times, speeds, strict=True)),
+                          manoeuvre=manoeuvre), events
 
     def _close(self, m: Manoeuvre, ended_ms: int, reading: Reading) -> Sequence[Event]:
         threshold = (self._s.harsh_accel_mps2 if m.kind == "harsh_acceleration"

@@ -9,7 +9,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream.anomaly import (
     ECONOMY_SIGNAL,
@@ -231,3 +234,17 @@ def test_steady_signal_learns_a_lasting_change_after_a_full_window() -> None:
     assert min(during) > 2.4  # held out of the baseline: still suspicious
     assert max(late) < 1.0    # learned
     assert not any(r.is_event for r in recs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(-1e4, 1e4, width=32), min_size=1, max_size=130),
+       floor=st.floats(0, 10))
+def test_robust_center_scale_is_the_median_and_scaled_mad(values: list[float],
+                                                          floor: float) -> None:
+    from stream.anomaly import MAD_TO_SIGMA, _robust_center_scale
+
+    window = np.asarray(values, dtype=np.float32)
+    center, scale = _robust_center_scale(window, floor)
+    assert center == pytest.approx(float(np.median(window)), rel=1e-6, abs=1e-6)
+    mad = float(np.median(np.abs(window - np.float32(center))))
+    assert scale == pytest.approx(max(MAD_TO_SIGMA * mad, floor), rel=1e-6, abs=1e-6)
