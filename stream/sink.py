@@ -437,12 +437,16 @@ class DatabaseWriter:
             with conn.cursor() as cur:
                 cur.executemany(_STATE_UPSERT, [_state_params(s) for s in batch.states.values()])
 
-    def refresh_rollups(self, from_ms: int, to_ms: int) -> None:
-        """Recompute the minute/hour rollups of a time range (failures only logged)."""
+    def refresh_rollups(self, from_ms: int, to_ms: int,
+                        vehicles: Sequence[UUID] | None = None) -> None:
+        """Recompute the minute/hour rollups of a time range, of these vehicles or all
+        (failures only logged)."""
         try:
             conn = self._connect()
             with conn.transaction():
-                conn.execute("SELECT fleet_refresh_rollups(%s, %s)", (ts(from_ms), ts(to_ms)))
+                conn.execute("SELECT fleet_refresh_rollups(%s, %s, %s)",
+                             (ts(from_ms), ts(to_ms), None if vehicles is None else
+                              list(vehicles)))
         except psycopg.Error:
             log.warning("rollup refresh failed; it is retried with the next range",
                         exc_info=True)
@@ -457,45 +461,75 @@ class DatabaseWriter:
                 self.conn = None
 
 
+MINUTE_MS = 60_000
+ROLLUP_GRACE_MS = 10_000
+"""A minute's rollup is computed once processing time is this far past the minute's end, so
+the samples still on their way (batched by gateways, held for reordering) are in."""
+
+
 class RollupRefresher:
-    """Calls fleet_refresh_rollups() for the time ranges written, every `interval_s`.
+    """Calls fleet_refresh_rollups() for what this worker wrote, every `interval_s`.
 
     A thread of its own with its own connection, because the sink is only called when items
-    arrive, and the last minutes of a burst must be rolled up too.
+    arrive, and the last minutes of a burst must be rolled up too. Per vehicle it remembers
+    the span of sample times written. A round refreshes only minutes that have closed
+    (`ROLLUP_GRACE_MS`), so a minute is aggregated about once rather than on every round
+    while it fills, and only this worker's vehicles, so workers split the work instead of
+    each recomputing every vehicle of the same minutes. Samples arriving for a minute
+    already rolled up (late data, a replay) mark it again for the next round.
     """
 
-    def __init__(self, url: str, interval_s: float, connect_timeout_s: float) -> None:
+    def __init__(self, url: str, interval_s: float, connect_timeout_s: float, *,
+                 clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
         self.db = DatabaseWriter(url, connect_timeout_s=connect_timeout_s)
         self.interval_s = interval_s
+        self.clock_ms = clock_ms
         self._lock = threading.Lock()
-        self._touched: tuple[int, int] | None = None
+        self._touched: dict[UUID, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rollups", daemon=True)
         self._thread.start()
 
-    def touch(self, lo_ms: int, hi_ms: int) -> None:
-        """Record that rows with these sample times were committed."""
+    def touch(self, lo_ms: int, hi_ms: int, vehicles: Iterable[UUID]) -> None:
+        """Record that rows of these vehicles with sample times in [lo, hi] were committed."""
         with self._lock:
-            if self._touched is not None:
-                lo_ms, hi_ms = min(lo_ms, self._touched[0]), max(hi_ms, self._touched[1])
-            self._touched = (lo_ms, hi_ms)
+            touched = self._touched
+            for v in vehicles:
+                span = touched.get(v)
+                touched[v] = (lo_ms, hi_ms) if span is None else (
+                    min(lo_ms, span[0]), max(hi_ms, span[1]))
 
-    def flush(self) -> None:
-        """Refresh what was touched since the last refresh."""
+    def flush(self, *, everything: bool = False) -> None:
+        """Refresh the closed minutes touched since the last round (all of it when
+        `everything`); what is still open stays marked."""
+        cutoff = (self.clock_ms() - ROLLUP_GRACE_MS) // MINUTE_MS * MINUTE_MS
         with self._lock:
-            touched, self._touched = self._touched, None
-        if touched is not None:
-            self.db.refresh_rollups(touched[0], touched[1] + 1)
+            due: dict[UUID, tuple[int, int]] = {}
+            for v, (lo, hi) in list(self._touched.items()):
+                if everything or lo < cutoff:
+                    due[v] = (lo, hi)
+                    if everything or hi < cutoff:
+                        del self._touched[v]
+                    else:
+                        self._touched[v] = (cutoff, hi)
+        if not due:
+            return
+        lo = min(span[0] for span in due.values())
+        hi = max(span[1] for span in due.values())
+        # fleet_refresh_rollups takes whole buckets overlapping [from, to): ending just
+        # before the cutoff leaves the open minute out.
+        to_ms = hi + 1 if everything else min(hi + 1, cutoff - 1)
+        self.db.refresh_rollups(lo, to_ms, sorted(due))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.flush()
 
     def close(self) -> None:
-        """Final refresh, then stop the thread."""
+        """Final refresh of everything touched, then stop the thread."""
         self._stop.set()
         self._thread.join(10)
-        self.flush()
+        self.flush(everything=True)
         self.db.close()
 
 
@@ -544,7 +578,8 @@ class _SinkPartition(StatelessSinkPartition[SinkInput]):
             self.publisher.publish(batch.states.values(), batch.live)
         if self.rollups is not None and batch.min_t_ms is not None \
                 and batch.max_t_ms is not None:
-            self.rollups.touch(batch.min_t_ms, batch.max_t_ms)
+            self.rollups.touch(batch.min_t_ms, batch.max_t_ms,
+                               {r.vehicle.vehicle_id for r in batch.telemetry})
 
     def close(self) -> None:
         if self.rollups is not None:

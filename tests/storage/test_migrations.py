@@ -218,3 +218,52 @@ def test_work_order_total_cost_is_generated(database: TestDatabase,
             "WHERE tenant_id = %s RETURNING total_cost", (a,)).fetchone()
     assert total is not None
     assert float(str(total[0])) == pytest.approx(199.75)
+
+
+ROLLUP_COLUMNS = ("samples, avg_speed_kph, max_speed_kph, avg_rpm, max_coolant_temp_c, "
+                  "min_fuel_level_pct, last_fuel_level_pct, min_odometer_km, max_odometer_km, "
+                  "max_engine_hours_h, min_battery_voltage_v, ST_AsText(last_location)")
+
+
+def test_hourly_rollup_equals_the_raw_aggregate(
+        database: TestDatabase, two_tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    """The hour is built from the minutes, with NULL speeds and rpm in some of them, in two
+    refreshes (as the stream does it): it must equal aggregating the raw rows directly."""
+    a, _b = two_tenants
+    with connect(database.ingest_url) as conn:
+        vid = conn.execute("SELECT id FROM vehicles WHERE tenant_id = %s", (a,)).fetchone()
+        assert vid is not None
+        rows = []
+        for i in range(150):  # 10:00:00 to 10:02:29, every second
+            speed = None if i % 7 == 0 else 30.0 + (i * 13) % 50 / 3
+            rpm = None if i % 5 == 0 else 800.0 + (i * 37) % 900
+            location = None if i == 149 else f"SRID=4326;POINT(13.{i:03d} 52.5)"
+            rows.append((f"2026-11-01T10:{i // 60:02d}:{i % 60:02d}Z", a, vid[0], i + 1,
+                         location, speed, rpm, 90.0 + i % 11, 60.0 - i / 100,
+                         1000.0 + i / 10, 13.0 - (i % 3) / 10))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, location, speed_kph, "
+                "rpm, coolant_temp_c, fuel_level_pct, odometer_km, battery_voltage_v, source) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'gateway')", rows[:100])
+            conn.execute("SELECT fleet_refresh_rollups('2026-11-01T10:00Z', "
+                         "'2026-11-01T10:01:40Z')")
+            cur.executemany(
+                "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, location, speed_kph, "
+                "rpm, coolant_temp_c, fuel_level_pct, odometer_km, battery_voltage_v, source) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'gateway')", rows[100:])
+        conn.execute("SELECT fleet_refresh_rollups('2026-11-01T10:01:40Z', "
+                     "'2026-11-01T10:02:30Z')")
+        conn.commit()
+    with connect(database.owner_url) as conn:
+        hour = conn.execute(f"SELECT {ROLLUP_COLUMNS} FROM telemetry_1h").fetchall()
+        raw = conn.execute(
+            "SELECT count(*)::integer, avg(speed_kph)::real, max(speed_kph), avg(rpm)::real, "
+            "max(coolant_temp_c), min(fuel_level_pct), last(fuel_level_pct, time), "
+            "min(odometer_km), max(odometer_km), max(engine_hours_h), min(battery_voltage_v), "
+            "ST_AsText(last(location, time)) FROM telemetry").fetchall()
+        minutes = conn.execute("SELECT sum(samples) FROM telemetry_1m").fetchone()
+    assert hour == raw
+    assert hour[0][0] == 150
+    assert hour[0][-1] is None  # the newest sample had no fix
+    assert minutes == (150,)

@@ -38,7 +38,7 @@ def test_replayed_batches_leave_no_duplicates(database: TestDatabase, fleet: Fle
     assert writer.writers["telemetry"].direct
     # A replay overlapping the stored rows adds only the new rows.
     writer.write(Batch.of(items(fleet, range(50, 151))))
-    writer.refresh_rollups(T0, T0 + 200_000)
+    writer.refresh_rollups(T0, T0 + 200_000)  # every vehicle (no list)
     writer.close()
     with psycopg.connect(database.owner_url) as conn:
         n, distinct = conn.execute(
@@ -68,3 +68,51 @@ def test_direct_copy_falls_back_to_staging_on_a_replay(database: TestDatabase,
     with psycopg.connect(database.owner_url) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT seq) FROM telemetry").fetchone() \
             == (20, 20)
+
+
+def _samples_of(fleet: Fleet, code: str, n: int) -> list:
+    ref = VehicleRef(fleet.tenant_id, fleet.vehicles[code], fleet.slug, code)
+    return [StoredSample(Reading(ref, Sample(seq=i, t_ms=T0 + i * 1000, speed_kph=40.0),
+                                 Source.SIMULATOR)) for i in range(n)]
+
+
+def test_rollups_cover_closed_minutes_of_the_vehicles_written(database: TestDatabase,
+                                                              fleet: Fleet) -> None:
+    """A round refreshes the minutes that have closed (plus the grace) of the vehicles this
+    worker wrote; the open minute and other workers' vehicles are left; close() does the
+    rest."""
+    from stream.sink import MINUTE_MS, ROLLUP_GRACE_MS, RollupRefresher
+
+    writer = DatabaseWriter(database.ingest_url)
+    writer.write(Batch.of([*_samples_of(fleet, "v1", 150), *_samples_of(fleet, "v2", 150)]))
+    writer.close()
+    now = [T0 + 150_000]
+    refresher = RollupRefresher(database.ingest_url, 3600.0, 10.0, clock_ms=lambda: now[0])
+
+    def minutes() -> dict[str, tuple[int, int]]:
+        with psycopg.connect(database.owner_url) as conn:
+            rows = conn.execute(
+                "SELECT vehicle_id, sum(samples), "
+                "(extract(epoch FROM max(bucket)) * 1000)::bigint FROM telemetry_1m "
+                "GROUP BY 1").fetchall()
+        codes = {v: k for k, v in fleet.vehicles.items()}
+        return {codes[v]: (int(n), int(last)) for v, n, last in rows}
+
+    try:
+        refresher.touch(T0, T0 + 149_000, [fleet.vehicles["v1"]])
+        refresher.flush()
+        cutoff = (now[0] - ROLLUP_GRACE_MS) // MINUTE_MS * MINUTE_MS
+        done = minutes()
+        assert set(done) == {"v1"}  # v2 is another worker's
+        assert done["v1"] == ((cutoff - T0 + 999) // 1000, cutoff - MINUTE_MS)
+        now[0] = T0 + 600_000  # every minute closed: the rest of v1 goes too
+        refresher.flush()
+        assert minutes()["v1"][0] == 150
+        refresher.touch(T0, T0 + 149_000, [fleet.vehicles["v2"]])
+    finally:
+        refresher.close()  # everything still marked, whether closed or not
+    assert minutes() == {"v1": (150, minutes()["v1"][1]), "v2": (150, minutes()["v1"][1])}
+    with psycopg.connect(database.owner_url) as conn:
+        hours = conn.execute("SELECT sum(samples), avg(avg_speed_kph) FROM telemetry_1h"
+                             ).fetchone()
+    assert hours == (300, 40.0)
