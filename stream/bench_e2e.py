@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor-rows", type=int, default=100_000,
                         help="rows of the raw COPY anchor, timed before the stream starts")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the scratch database (its name is printed) for inspection")
+                        help="keep the scratch database and the stream's log and recovery "
+                             "store (their names are printed) for inspection")
     parser.add_argument("--drain-timeout", type=float, default=600.0,
                         help="how long to wait for the stream to catch up, s (it also stops "
                              "waiting after 30 s without progress)")
@@ -340,12 +342,14 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         if args.keep:
-            print(f"scratch database kept: {name}", file=sys.stderr)
+            print(f"scratch database kept: {name}; stream log and recovery store: {tmp}",
+                  file=sys.stderr)
         else:
             drop_database(admin_pg, name)
+            # The recovery store alone is tens of MB per run.
+            shutil.rmtree(tmp, ignore_errors=True)
     if not args.json:
         for key, value in result.items():
             print(f"{key:>16}: {value}")
-        print(f"stream log: {tmp / 'stream.log'}")
     print(json.dumps(result))
     return 0
