@@ -234,9 +234,21 @@ class AnomalyScorer:
     ticks = False
 
     def __init__(self, settings: AnomalySettings | None = None) -> None:
-        self._s = settings or AnomalySettings()
-        self._specs = tuple(SIGNALS[name] for name in self._s.signals)
-        self._thresholds = {name: self._s.threshold_for(name) for name in self._s.signals}
+        self._s = s = settings or AnomalySettings()
+        self._specs = tuple(SIGNALS[name] for name in s.signals)
+        self._thresholds = {name: s.threshold_for(name) for name in s.signals}
+        # Only the rates in use are derived (each keeps its own memory in the state).
+        self._want_accel = "accel_mps2" in s.signals
+        self._want_fuel_rate = "fuel_rate_pct_per_min" in s.signals
+        self._want_roughness = "rpm_roughness" in s.signals
+        self._plain = tuple(n for n in ("coolant_c", "battery_v", "rpm", "engine_load_pct")
+                            if n in s.signals)
+        # Read per signal per sample: plain attributes, not a settings lookup each time.
+        self._window_samples = s.window_samples
+        self._min_samples = s.min_samples
+        self._refresh_every = s.refresh_every_samples
+        self._consecutive = s.consecutive_samples
+        self._emit_every = s.emit_every_samples
 
     def initial_state(self) -> AnomalyState:
         """No history."""
@@ -265,7 +277,7 @@ class AnomalyScorer:
             sig = state.signals.get(spec.name)
             if sig is None:
                 sig = state.signals[spec.name] = SignalState(
-                    np.zeros(self._s.window_samples, dtype=np.float32))
+                    np.zeros(self._window_samples, dtype=np.float32))
             record = self._score(spec, sig, value, reading)
             if record is not None:
                 out.append(record)
@@ -273,26 +285,29 @@ class AnomalyScorer:
         return state, out
 
     def _values(self, state: AnomalyState, sample: Sample) -> dict[str, float]:
-        """The signal values of a sample, including the derived rates (updates their memory)."""
+        """The values of the signals in use, including the derived rates (updates their
+        memory)."""
         values: dict[str, float] = {}
-        for name in ("coolant_c", "battery_v", "rpm", "engine_load_pct"):
+        for name in self._plain:
             v = getattr(sample, name)
             if v is not None:
                 values[name] = float(v)
         t = sample.t_ms
         max_dt_ms = self._s.rate_max_dt_s * 1000
-        if sample.speed_kph is not None:
+        if self._want_accel and sample.speed_kph is not None:
             v_mps = sample.speed_kph / 3.6
             if state.speed_ms is not None and state.speed_mps is not None \
                     and 0 < t - state.speed_ms <= max_dt_ms:
                 values["accel_mps2"] = (v_mps - state.speed_mps) / ((t - state.speed_ms) / 1000)
             state.speed_mps, state.speed_ms = v_mps, t
-        if sample.fuel_pct is not None:
+        if self._want_fuel_rate and sample.fuel_pct is not None:
             rate = self._fuel_rate(state, t, float(sample.fuel_pct))
             if rate is not None:
                 values["fuel_rate_pct_per_min"] = rate
+        if not self._want_roughness or sample.rpm is None:
+            return values
         idle = sample.speed_kph is not None and sample.speed_kph <= IDLE_SPEED_KPH
-        if sample.rpm is not None and state.engine and idle:
+        if state.engine and idle:
             recent = tuple(p for p in state.rpm_recent if 0 < t - p[0] <= max_dt_ms)
             d2 = state.rpm_d2 if len(recent) == len(state.rpm_recent) else ()
             if len(recent) == 2:
@@ -301,7 +316,7 @@ class AnomalyScorer:
                     values["rpm_roughness"] = float(median(d2))
             state.rpm_recent = (*recent, (t, float(sample.rpm)))[-2:]
             state.rpm_d2 = d2
-        elif sample.rpm is not None:
+        else:
             state.rpm_recent, state.rpm_d2 = (), ()
         return values
 
@@ -335,30 +350,30 @@ class AnomalyScorer:
     def _score(self, spec: SignalSpec, sig: SignalState, value: float,
                reading: Reading) -> AnomalyRecord | None:
         """Score one value against the window, then add it to the window (in place)."""
-        s = self._s
         threshold = self._thresholds[spec.name]
-        scored = sig.count >= s.min_samples
+        scored = sig.count >= self._min_samples
         score = 0.0
         insert: float | None = value
         if scored:
-            if sig.since_refresh >= s.refresh_every_samples or math.isnan(sig.center):
+            if sig.since_refresh >= self._refresh_every or math.isnan(sig.center):
                 sig.center, sig.scale = _robust_center_scale(sig.window[:sig.count],
                                                              spec.scale_floor)
                 sig.since_refresh = 0
             score = abs(value - sig.center) / sig.scale
             insert = self._baseline_value(spec, sig, value, score, threshold)
         if insert is not None:
+            size = self._window_samples
             sig.window[sig.pos] = insert
-            sig.count = min(sig.count + 1, s.window_samples)
-            sig.pos = (sig.pos + 1) % s.window_samples
+            sig.count = min(sig.count + 1, size)
+            sig.pos = (sig.pos + 1) % size
             sig.since_refresh += 1
         anomalous = scored and score >= threshold
         sig.run = sig.run + 1 if anomalous else 0
-        fire = anomalous and sig.run >= s.consecutive_samples and not sig.fired
+        fire = anomalous and sig.run >= self._consecutive and not sig.fired
         sig.fired = (sig.fired or fire) if anomalous else False
         seen = sig.seen
         sig.seen += 1
-        if not scored or not (anomalous or seen % s.emit_every_samples == 0):
+        if not scored or not (anomalous or seen % self._emit_every == 0):
             return None
         return AnomalyRecord(
             t_ms=reading.t_ms, tenant_id=reading.vehicle.tenant_id,

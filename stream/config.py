@@ -105,7 +105,7 @@ class DataflowSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """Processing-time bound on the wait, so a quiet vehicle's samples are not held forever."""
     dedupe_window_samples: PositiveInt = 4096
     """Sequence numbers remembered per vehicle for duplicate detection."""
-    tick_interval_s: PositiveFloat = 1.0
+    tick_interval_s: PositiveFloat = 5.0
     """Processing-time tick for detector time-outs (device offline) and held samples."""
     moving_speed_kph: NonNegFloat = 3.0
     """A vehicle moves when its speed is at least this."""
