@@ -35,7 +35,7 @@ from msgspec import Meta
 
 from edge_gateway.protocol import Sample
 from stream.detectors.common import engine_on
-from stream.model import AnomalyRecord, Event, Reading
+from stream.model import AnomalyRecord, Event, Reading, snapshot_state
 
 MAD_TO_SIGMA: Final = 1.4826
 """MAD times this estimates the standard deviation of normally distributed data."""
@@ -182,6 +182,7 @@ class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 FloatArray = npt.NDArray[np.float32]
 
 
+@snapshot_state
 @dataclass(slots=True)
 class SignalState:
     """Rolling window and run bookkeeping of one signal of one vehicle (mutable, see
@@ -203,6 +204,7 @@ class SignalState:
     """Suspicious samples in a row kept out of the window."""
 
 
+@snapshot_state
 @dataclass(slots=True)
 class AnomalyState:
     """Per-vehicle scorer state: one `SignalState` per signal plus memory for rate signals.

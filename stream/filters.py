@@ -16,6 +16,9 @@ from stream.config import FilterSettings
 
 EARTH_RADIUS_M = 6_371_008.8
 """Mean Earth radius (IUGG), metres: plenty for an implied-speed plausibility check."""
+METRES_PER_DEGREE = EARTH_RADIUS_M * math.pi / 180
+BOUND_MARGIN = 1 - 1e-9
+"""Keeps the shortcut of `check_position` strictly inside the limit, clear of rounding."""
 MIN_IMPLIED_DT_S = 1.0
 """Implied speed divides by at least this, so fix jitter between 10 Hz samples is not a jump."""
 
@@ -70,6 +73,12 @@ def check_position(sample: Sample, last: Fix | None,  # noqa: PLR0911 - one retu
         return f"satellites: {sample.sats} < {cfg.min_satellites}"
     if cfg.max_implied_speed_kph and last is not None:
         dt_s = max(abs(sample.t_ms - last.t_ms) / 1000.0, MIN_IMPLIED_DT_S)
+        # Going along the meridian and then along the parallel is never shorter than the
+        # great circle, and never longer than R(|dlat| + |dlon|): within that bound the
+        # fix is plausible without the trigonometry (almost every fix, every sample).
+        bound_m = (abs(lat - last.lat_deg) + abs(lon - last.lon_deg)) * METRES_PER_DEGREE
+        if bound_m / dt_s * 3.6 <= cfg.max_implied_speed_kph * BOUND_MARGIN:
+            return None
         kph = haversine_m(last.lat_deg, last.lon_deg, lat, lon) / dt_s * 3.6
         if kph > cfg.max_implied_speed_kph:
             return (f"implied_speed: {kph:.0f} km/h from the last fix "

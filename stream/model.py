@@ -8,8 +8,10 @@ order per vehicle, duplicates removed) and hands each to the detectors in
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -23,6 +25,30 @@ VehicleEventType = Literal[
     "coolant_overheat",
 ]
 GeofenceEventType = Literal["enter", "exit", "dwell", "crossing"]
+
+_T = TypeVar("_T")
+
+
+def snapshot_state(cls: type[_T]) -> type[_T]:
+    """Class decorator for the slotted dataclasses of per-vehicle state: pickle them as the
+    class and its field values, taken in C (`operator.attrgetter`).
+
+    Every vehicle's state is pickled at every snapshot. The default of a slotted dataclass,
+    a Python ``__getstate__`` that calls `dataclasses.fields` per object, was most of that
+    cost. Loading calls the class with the values, so every field must be an init field
+    that can be passed by position.
+    """
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if any(not f.init or f.kw_only for f in fields):
+        raise TypeError(f"{cls.__name__}: snapshot_state needs positional init fields only")
+    get = operator.attrgetter(*(f.name for f in fields))
+    single = len(fields) == 1
+
+    def reduce(self: _T) -> tuple[type[_T], tuple[Any, ...]]:
+        return cls, ((get(self),) if single else get(self))
+
+    cls.__reduce__ = reduce  # type: ignore[method-assign,assignment]
+    return cls
 
 
 @dataclass(frozen=True, slots=True)

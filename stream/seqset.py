@@ -9,7 +9,10 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
+from stream.model import snapshot_state
 
+
+@snapshot_state
 @dataclass(slots=True)
 class SeqSet:
     """Seen sequence numbers within `window` of the highest one; older ones are forgotten."""

@@ -52,7 +52,7 @@ from stream.items import (
     VehicleOutput,
     VehicleStateRow,
 )
-from stream.model import Event, Reading, VehicleRef
+from stream.model import Event, Reading, VehicleRef, snapshot_state
 from stream.seqset import SeqSet
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def reject_row(ref: VehicleRef, sample: Sample, received_ms: int, partition: str
         sample_seq=sample.seq)
 
 
+@snapshot_state
 @dataclass(slots=True)
 class Held:
     """A sample waiting in the reorder buffer."""
@@ -107,6 +108,7 @@ class Held:
         return (self.sample.t_ms, self.sample.seq)
 
 
+@snapshot_state
 @dataclass(slots=True)
 class VehicleState:
     """Everything the stream remembers about one vehicle (picklable; snapshotted)."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from edge_gateway.protocol import Sample
 from stream.detectors.base import fold
-from stream.model import Event, Reading, Severity, VehicleEvent, VehicleEventType
+from stream.model import Event, Reading, Severity, VehicleEvent, VehicleEventType, snapshot_state
 
 
 def engine_on(sample: Sample, engine_on_rpm: float) -> bool | None:
@@ -36,6 +36,7 @@ def vehicle_event(reading: Reading, event_type: VehicleEventType, *, t_ms: int |
     )
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class SustainedState:
     """Progress of one 'value beyond a threshold for at least N seconds' condition."""

@@ -22,9 +22,10 @@ from typing import Literal
 from stream.detectors.base import fold
 from stream.detectors.common import vehicle_event
 from stream.detectors.config import DetectorSettings
-from stream.model import Event, Reading
+from stream.model import Event, Reading, snapshot_state
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class FuelEpisode:
     """An open drop or refuel."""
@@ -37,6 +38,7 @@ class FuelEpisode:
     lon_deg: float | None
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class FuelState:
     """Per-vehicle fuel state: the open bucket, recent bucket levels and an open episode."""

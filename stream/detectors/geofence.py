@@ -33,9 +33,10 @@ from geo.config import GeofenceSettings
 from geo.fence import Fence
 from geo.index import FenceIndex
 from stream.detectors.base import fold
-from stream.model import Event, GeofenceEvent, GeofenceEventType, Reading
+from stream.model import Event, GeofenceEvent, GeofenceEventType, Reading, snapshot_state
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class FenceTrack:
     """What the detector knows about one vehicle and one fence it is in or changing for."""
@@ -52,6 +53,7 @@ class FenceTrack:
     """The dwell event of this stay has been emitted."""
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class GeofenceState:
     """Per-vehicle geofence state; fences absent from `tracks` are confirmed outside."""

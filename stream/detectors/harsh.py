@@ -15,11 +15,12 @@ from typing import Literal
 
 from stream.detectors.common import vehicle_event
 from stream.detectors.config import DetectorSettings
-from stream.model import Event, Reading
+from stream.model import Event, Reading, snapshot_state
 
 KPH_TO_MPS = 1 / 3.6
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class Manoeuvre:
     """An open stretch of harsh acceleration or braking."""
@@ -33,6 +34,7 @@ class Manoeuvre:
     lon_deg: float | None
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class HarshState:
     """Recent (time ms, speed m/s) pairs within `harsh_max_dt_s`, and the open manoeuvre."""

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from stream.detectors.base import fold
 from stream.detectors.common import engine_on, vehicle_event
 from stream.detectors.config import DetectorSettings
-from stream.model import Event, Reading
+from stream.model import Event, Reading, snapshot_state
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class IdleState:
     """Per-vehicle idling state."""

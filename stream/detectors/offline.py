@@ -17,7 +17,7 @@ from uuid import UUID
 
 from stream.detectors.common import vehicle_event
 from stream.detectors.config import DetectorSettings
-from stream.model import Event, Reading, VehicleEvent
+from stream.model import Event, Reading, VehicleEvent, snapshot_state
 
 
 def wall_clock_ms() -> int:
@@ -25,6 +25,7 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class OfflineState:
     """Per-vehicle liveness, in processing time (ms)."""

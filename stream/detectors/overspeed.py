@@ -17,7 +17,7 @@ from uuid import UUID
 from stream.detectors.base import fold
 from stream.detectors.common import vehicle_event
 from stream.detectors.config import DetectorSettings
-from stream.model import Event, Reading
+from stream.model import Event, Reading, snapshot_state
 
 
 class SpeedLimits(Protocol):
@@ -32,6 +32,7 @@ IndexProvider = Callable[[], SpeedLimits | None]
 None while no index is loaded (then only the global limit applies)."""
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class OverspeedEpisode:
     """An open stretch above the limit."""
@@ -49,6 +50,7 @@ class OverspeedEpisode:
     stretches: int = 1
 
 
+@snapshot_state
 @dataclass(frozen=True, slots=True)
 class OverspeedState:
     """Per-vehicle overspeed state."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from edge_gateway.protocol import Sample
 from stream.config import FilterSettings
 from stream.filters import (
@@ -55,3 +58,21 @@ def test_strip_keeps_engine_signals_and_duplicate_needs_a_position() -> None:
     assert is_duplicate(Sample(seq=2, t_ms=T0, lat_deg=52.5, lon_deg=13.4), s)
     assert not is_duplicate(Sample(seq=2, t_ms=T0), Sample(seq=1, t_ms=T0))
     assert not is_duplicate(Sample(seq=2, t_ms=T0 + 1, lat_deg=52.5, lon_deg=13.4), s)
+
+
+@settings(max_examples=500, deadline=None)
+@given(start=st.tuples(st.floats(-89.9, 89.9), st.floats(-180, 180)),
+       step=st.tuples(st.floats(-0.05, 0.05), st.floats(-0.05, 0.05)),
+       dt_s=st.floats(0, 30), limit=st.floats(1, 400))
+def test_implied_speed_shortcut_decides_as_the_great_circle_does(
+        start: tuple[float, float], step: tuple[float, float], dt_s: float,
+        limit: float) -> None:
+    """The bound check only skips the trigonometry: the verdict is the great circle's."""
+    (lat, lon), (dlat, dlon) = start, step
+    last = Fix(1_780_000_000_000, lat, lon)
+    lat2, lon2 = max(-90.0, min(90.0, lat + dlat)), max(-180.0, min(180.0, lon + dlon))
+    sample = Sample(seq=2, t_ms=last.t_ms + int(dt_s * 1000), lat_deg=lat2, lon_deg=lon2)
+    cfg = FilterSettings(max_implied_speed_kph=limit, zero_position=False)
+    kph = haversine_m(lat, lon, lat2, lon2) / max(int(dt_s * 1000) / 1000, 1.0) * 3.6
+    rejected = check_position(sample, last, cfg) is not None
+    assert rejected == (kph > limit)

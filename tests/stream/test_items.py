@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from dataclasses import dataclass, field
+
+import pytest
 
 from edge_gateway.protocol import Sample, Source
 from stream.items import VehicleBatch
-from stream.model import VehicleRef
+from stream.model import VehicleRef, snapshot_state
 
 
 def test_a_vehicle_batch_pickles_to_an_equal_batch() -> None:
@@ -29,3 +32,27 @@ def test_a_vehicle_batch_pickles_to_an_equal_batch() -> None:
     assert back.samples[0].speed_kph == full.speed_kph  # floats exactly, not rounded
     assert type(back.samples) is tuple
     assert back.source is Source.GATEWAY
+
+
+@snapshot_state
+@dataclass(slots=True)
+class Pair:
+    a: int
+    b: list[int] = field(default_factory=list)
+
+
+@snapshot_state
+@dataclass(frozen=True, slots=True)
+class One:
+    only: Pair
+
+
+def test_snapshot_state_pickles_by_field_values_and_refuses_keyword_fields() -> None:
+    value = One(Pair(1, [2, 3]))
+    assert pickle.loads(pickle.dumps(value)) == value  # noqa: S301 - our own bytes
+    assert value.__reduce__() == (One, (Pair(1, [2, 3]),))
+    with pytest.raises(TypeError, match="positional"):
+        @snapshot_state
+        @dataclass(kw_only=True)
+        class Named:
+            a: int
