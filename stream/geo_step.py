@@ -2,6 +2,7 @@
 
 Runs before the per-vehicle step (containment depends only on the position), vectorised over
 every sample of every message in the batch: one `FenceIndex.containing` call per batch.
+Messages of tenants without fences are passed over.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class ContainmentIndex(Protocol):
         """Per position, the ids of the tenant's fences whose zone contains it."""
         ...
 
+    def has_fences(self, tenant_id: UUID) -> bool:
+        """True when the tenant has at least one active fence."""
+        ...
+
 
 IndexProvider = Callable[[], ContainmentIndex | None]
 
@@ -48,7 +53,8 @@ class GeoLookup:
         sizes: dict[int, int] = {}
         batches: dict[int, VehicleBatch] = {}
         for i, item in enumerate(items):
-            if isinstance(item, VehicleBatch):
+            # A tenant without fences has nothing to look up (no list building per sample).
+            if isinstance(item, VehicleBatch) and index.has_fences(item.ref.tenant_id):
                 sizes[i] = len(item.samples)
                 batches[i] = item
                 for j, s in enumerate(item.samples):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -56,3 +57,36 @@ def test_snapshot_state_pickles_by_field_values_and_refuses_keyword_fields() -> 
         @dataclass(kw_only=True)
         class Named:
             a: int
+
+
+class _OneTenantIndex:
+    """Fences only for tenant 1; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[Any, float, float]] = []
+
+    def has_fences(self, tenant_id: uuid.UUID) -> bool:
+        return tenant_id == uuid.UUID(int=1)
+
+    def containing(self, tenant_ids: Any, lons: Any, lats: Any) -> list[frozenset[uuid.UUID]]:
+        self.asked.extend(zip(tenant_ids, lons, lats, strict=True))
+        return [frozenset({uuid.UUID(int=7)})] * len(tenant_ids)
+
+
+def test_geo_step_looks_up_only_tenants_with_fences() -> None:
+    from stream.geo_step import GeoLookup
+
+    def batch(tenant: int, offset: int) -> VehicleBatch:
+        ref = VehicleRef(uuid.UUID(int=tenant), uuid.UUID(int=10 + tenant), "t", "v")
+        samples = (Sample(seq=1, t_ms=1_780_000_000_000, lat_deg=52.5, lon_deg=13.4),
+                   Sample(seq=2, t_ms=1_780_000_000_100))
+        return VehicleBatch(ref=ref, samples=samples, source=Source.GATEWAY, topic="t",
+                            received_ms=1_780_000_000_200, partition="p0", offset=offset)
+
+    index = _OneTenantIndex()
+    fenced, unfenced = GeoLookup(lambda: index)([batch(1, 1), batch(2, 2)])
+    assert index.asked == [(uuid.UUID(int=1), 13.4, 52.5)]
+    assert isinstance(fenced, VehicleBatch)
+    assert isinstance(unfenced, VehicleBatch)
+    assert fenced.fences == (frozenset({uuid.UUID(int=7)}), frozenset())
+    assert unfenced.fences == ()
