@@ -47,7 +47,8 @@ class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Messages committed to the inbox (and handed on) per poll, at most."""
     linger_ms: Annotated[int, Meta(ge=0)] = 50
     """How long a partition lets arriving messages gather before it commits them as one
-    batch (unless `max_batch_messages` are there first). Every batch costs an inbox commit
+    batch (unless a full batch is there first: `max_batch_messages`, or `receive_maximum`
+    if smaller, as the broker sends no more unacknowledged). Every batch costs an inbox commit
     and a sink transaction whatever its size, so under load a short wait buys a lot of
     throughput; it adds at most this much latency. 0 hands on whatever has arrived."""
     inbox_retention_s: PositiveInt = 600

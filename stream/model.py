@@ -8,6 +8,7 @@ order per vehicle, duplicates removed) and hands each to the detectors in
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import operator
 from dataclasses import dataclass, field
@@ -36,7 +37,9 @@ def snapshot_state(cls: type[_T]) -> type[_T]:
     Every vehicle's state is pickled at every snapshot. The default of a slotted dataclass,
     a Python ``__getstate__`` that calls `dataclasses.fields` per object, was most of that
     cost. Loading calls the class with the values, so every field must be an init field
-    that can be passed by position.
+    that can be passed by position, and snapshots in a recovery store are read by position:
+    new fields go last, with a default; never reorder or remove one. A subclass pickles the
+    default way (its fields are not these).
     """
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     if any(not f.init or f.kw_only for f in fields):
@@ -44,7 +47,9 @@ def snapshot_state(cls: type[_T]) -> type[_T]:
     get = operator.attrgetter(*(f.name for f in fields))
     single = len(fields) == 1
 
-    def reduce(self: _T) -> tuple[type[_T], tuple[Any, ...]]:
+    def reduce(self: _T) -> Any:
+        if type(self) is not cls:  # what pickle does for a slotted dataclass by default
+            return copyreg.__newobj__, (type(self),), self.__getstate__()  # type: ignore[attr-defined]
         return cls, ((get(self),) if single else get(self))
 
     cls.__reduce__ = reduce  # type: ignore[method-assign,assignment]

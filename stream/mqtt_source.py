@@ -215,6 +215,7 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         # unacknowledged messages in flight to this session, and we acknowledge only what we
         # have drained and committed, so this queue cannot grow past that.
         self.received: collections.deque[_Received] = collections.deque()
+        self._full = min(self.cfg.max_batch_messages, self.cfg.receive_maximum)
         self.snapshots: collections.deque[tuple[float, int]] = collections.deque()
         self.last_prune = time.monotonic()
         self.stat_messages, self.stat_commit_s = 0, 0.0
@@ -322,11 +323,13 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
 
     def _ripe(self) -> bool:
         """Whether the received messages make a batch now: a full one, or the oldest has
-        waited `linger_ms`."""
+        waited `linger_ms`. Full is `max_batch_messages`, or `receive_maximum` if smaller:
+        the broker sends no more than that before we acknowledge, so waiting for more
+        would only stall it."""
         received = self.received
         if not received:
             return False
-        if len(received) >= self.cfg.max_batch_messages or not self.cfg.linger_ms:
+        if len(received) >= self._full or not self.cfg.linger_ms:
             return True
         return time.time_ns() // 1_000_000 - received[0].received_ms >= self.cfg.linger_ms
 

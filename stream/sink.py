@@ -438,19 +438,21 @@ class DatabaseWriter:
                 cur.executemany(_STATE_UPSERT, [_state_params(s) for s in batch.states.values()])
 
     def refresh_rollups(self, from_ms: int, to_ms: int,
-                        vehicles: Sequence[UUID] | None = None) -> None:
-        """Recompute the minute/hour rollups of a time range, of these vehicles or all
-        (failures only logged)."""
+                        vehicles: Sequence[UUID] | None = None) -> bool:
+        """Recompute the minute/hour rollups of a time range, of these vehicles or all.
+        False when it failed (logged; the caller keeps the range for its next round)."""
         try:
             conn = self._connect()
             with conn.transaction():
                 conn.execute("SELECT fleet_refresh_rollups(%s, %s, %s)",
                              (ts(from_ms), ts(to_ms), None if vehicles is None else
                               list(vehicles)))
-        except psycopg.Error:
-            log.warning("rollup refresh failed; it is retried with the next range",
+        except (psycopg.Error, SinkError):
+            log.warning("rollup refresh failed; it is retried in the next round",
                         exc_info=True)
             self.close()
+            return False
+        return True
 
     def close(self) -> None:
         """Drop the connection (it is reopened on the next write)."""
@@ -462,6 +464,7 @@ class DatabaseWriter:
 
 
 MINUTE_MS = 60_000
+CLOSE_WAIT_S = 60.0
 ROLLUP_GRACE_MS = 10_000
 """A minute's rollup is computed once processing time is this far past the minute's end, so
 the samples still on their way (batched by gateways, held for reordering) are in."""
@@ -519,16 +522,24 @@ class RollupRefresher:
         # fleet_refresh_rollups takes whole buckets overlapping [from, to): ending just
         # before the cutoff leaves the open minute out.
         to_ms = hi + 1 if everything else min(hi + 1, cutoff - 1)
-        self.db.refresh_rollups(lo, to_ms, sorted(due))
+        if not self.db.refresh_rollups(lo, to_ms, sorted(due)):
+            # Each closed minute is refreshed once: a failed round must come again.
+            for v, (v_lo, v_hi) in due.items():
+                self.touch(v_lo, v_hi, (v,))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.flush()
 
     def close(self) -> None:
-        """Final refresh of everything touched, then stop the thread."""
+        """Stop the thread, then a final refresh of everything touched."""
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(CLOSE_WAIT_S)
+        if self._thread.is_alive():
+            # Still in a refresh on the one connection: a second one now would share it.
+            log.warning("rollup refresh still running after %.0f s; the final round is "
+                        "left to the rollups job", CLOSE_WAIT_S)
+            return
         self.flush(everything=True)
         self.db.close()
 

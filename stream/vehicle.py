@@ -26,19 +26,21 @@ stored but not shown to the detectors, which require event-time order.
 from __future__ import annotations
 
 import bisect
+import io
 import logging
 import pickle
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 from uuid import UUID
 
 import msgspec
 from bytewax.operators import StatefulBatchLogic
 
 from edge_gateway.protocol import Channel, RejectReason, Sample, Source, topic_for
+from stream.anomaly import EconomyAccumulator
 from stream.config import DataflowSettings, FilterSettings
 from stream.detectors.base import Detector
 from stream.filters import Fix, check_position, check_time, is_duplicate, strip_position
@@ -137,6 +139,60 @@ class VehicleState:
     late: int = 0
 
 
+class _Legacy:
+    """Stand-in for a value pickled as a frozen slotted dataclass (class, then its field
+    values as a list) whose class is a msgspec struct now, which that form cannot build."""
+
+    target: Any
+    values: list[Any]
+
+    def __new__(cls, *args: Any) -> Any:
+        # The current form, (class, field values), names the same class: build the struct.
+        # The old one creates an empty instance, then hands the values to __setstate__.
+        return cls.target(*args) if args else super().__new__(cls)
+
+    def __setstate__(self, state: list[Any]) -> None:
+        self.values = state
+
+    def upgrade(self) -> Any:
+        """The value as the current class (same fields, same order)."""
+        return self.target(*self.values)
+
+
+class _LegacyFix(_Legacy):
+    target = Fix
+
+
+class _LegacyEconomy(_Legacy):
+    target = EconomyAccumulator
+
+
+class _SnapshotUnpickler(pickle.Unpickler):
+    """Reads snapshots of this and earlier versions (`Fix` and `EconomyAccumulator` were
+    frozen dataclasses before 2026-11-27's third session)."""
+
+    _LEGACY: ClassVar[dict[tuple[str, str], type[_Legacy]]] = {
+        ("stream.filters", "Fix"): _LegacyFix,
+        ("stream.anomaly", "EconomyAccumulator"): _LegacyEconomy,
+    }
+
+    def find_class(self, module: str, name: str, /) -> Any:
+        """Our classes, with the stand-ins for the old forms."""
+        return self._LEGACY.get((module, name)) or super().find_class(module, name)
+
+
+def load_snapshot(blob: bytes) -> VehicleState:
+    """A `VehicleLogic.snapshot`, of this version or an earlier one (a recovery store
+    outlives upgrades: an unreadable one would stop the stream)."""
+    state = cast("VehicleState", _SnapshotUnpickler(io.BytesIO(blob)).load())
+    # Old forms of the struct classes hold values here only (the detectors keep neither).
+    if isinstance(state.last_fix, _Legacy):
+        state.last_fix = state.last_fix.upgrade()
+    if isinstance(state.economy, _Legacy):
+        state.economy = state.economy.upgrade()
+    return state
+
+
 BatchFn = Callable[[Any, Sequence[Reading]], tuple[Any, Sequence[Event]]]
 
 
@@ -169,7 +225,7 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, bytes]):
         self.cfg = config
         if isinstance(resume, bytes):
             # Our own snapshot (see snapshot()), read back from Bytewax's recovery store.
-            resume = cast("VehicleState", pickle.loads(resume))  # noqa: S301
+            resume = load_snapshot(resume)
         self.state: VehicleState = resume if resume is not None else VehicleState(
             seen=SeqSet(window=config.dataflow.dedupe_window_samples))
         for det in config.detectors:

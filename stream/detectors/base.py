@@ -13,8 +13,8 @@ exactly what `fold` gives, and must not change `state` in place (if it raises, t
 replays the batch reading by reading from that state).
 
 A detector whose `on_tick` never does anything sets the class attribute ``ticks = False``: the
-step then skips it on the per-vehicle tick (once a second for every vehicle, so the no-op
-calls added up).
+step then skips it on the per-vehicle tick (every `stream.tick_interval_s` for every vehicle,
+so the no-op calls added up).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class Detector(Protocol):
         """Process one reading (event-time order per vehicle, no duplicates)."""
 
     def on_tick(self, state: Any, now_ms: int) -> tuple[Any, Sequence[Event]]:
-        """Processing-time tick (about once a second) for time-outs such as device offline."""
+        """Processing-time tick (every `stream.tick_interval_s`, 5 s by default) for time-outs
+        such as device offline."""
 
 
 def fold(detector: Detector, state: Any, readings: Sequence[Reading]) -> tuple[Any, list[Event]]:

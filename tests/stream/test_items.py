@@ -90,3 +90,13 @@ def test_geo_step_looks_up_only_tenants_with_fences() -> None:
     assert isinstance(unfenced, VehicleBatch)
     assert fenced.fences == (frozenset({uuid.UUID(int=7)}), frozenset())
     assert unfenced.fences == ()
+
+
+@dataclass(frozen=True, slots=True)
+class OneMore(One):
+    extra: int = 0
+
+
+def test_a_subclass_of_a_snapshot_state_class_pickles_its_own_fields() -> None:
+    value = OneMore(Pair(1), 5)
+    assert pickle.loads(pickle.dumps(value)) == value  # noqa: S301 - our own bytes

@@ -89,12 +89,13 @@ def test_messages_are_committed_before_ack_and_replayed_on_resume(
 def test_a_partition_lets_messages_gather_for_linger_ms(
         database: TestDatabase, mqtt_url: str, tenant_slug: str) -> None:
     """Messages are handed on together once the oldest has waited `linger_ms`, or at once
-    when `max_batch_messages` are there; `next_awake` names the moment the batch is due."""
+    when a batch is full: here `receive_maximum` (3) messages, all the broker sends before
+    we acknowledge; `next_awake` names the moment the batch is due."""
     from datetime import UTC, datetime
 
     settings = SourceSettings(share_group=f"g{uuid.uuid4().hex[:8]}", tenant=tenant_slug,
                               client_id_prefix=f"s{uuid.uuid4().hex[:8]}", partitions=1,
-                              session_expiry_s=60, linger_ms=1500, max_batch_messages=3)
+                              session_expiry_s=60, linger_ms=1500, receive_maximum=3)
     source = MqttSource(mqtt=MqttSettings(url=mqtt_url), source=settings,
                         database_url=database.ingest_url)
     part = source.build_part("inbox", "p0", None)

@@ -116,3 +116,25 @@ def test_rollups_cover_closed_minutes_of_the_vehicles_written(database: TestData
         hours = conn.execute("SELECT sum(samples), avg(avg_speed_kph) FROM telemetry_1h"
                              ).fetchone()
     assert hours == (300, 40.0)
+
+
+def test_a_failed_rollup_round_is_retried(database: TestDatabase, fleet: Fleet) -> None:
+    """Each closed minute is refreshed once, so a round that fails keeps its marks."""
+    from stream.sink import RollupRefresher
+
+    writer = DatabaseWriter(database.ingest_url)
+    writer.write(Batch.of(_samples_of(fleet, "v1", 90)))
+    writer.close()
+    now = [T0 + 600_000]
+    refresher = RollupRefresher(database.ingest_url, 3600.0, 10.0, clock_ms=lambda: now[0])
+    try:
+        refresher.db = DatabaseWriter("postgresql://nobody@127.0.0.1:9/none",
+                                      connect_timeout_s=2)
+        refresher.touch(T0, T0 + 89_000, [fleet.vehicles["v1"]])
+        refresher.flush()  # the database is unreachable: logged, kept
+        refresher.db = DatabaseWriter(database.ingest_url)
+        refresher.flush()
+    finally:
+        refresher.close()
+    with psycopg.connect(database.owner_url) as conn:
+        assert conn.execute("SELECT sum(samples) FROM telemetry_1m").fetchone() == (90,)
