@@ -116,8 +116,9 @@ class DataflowSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """Vehicle/tenant cache refresh period; an unknown vehicle forces an earlier refresh."""
     directory_miss_refresh_s: PositiveFloat = 2.0
     """Minimum time between refreshes forced by unknown vehicles."""
-    rollup_interval_s: PositiveFloat = 60.0
-    """How often touched time ranges are passed to fleet_refresh_rollups(); 0 = never."""
+    rollup_interval_s: PositiveFloat = 10.0
+    """How often closed minutes written are rolled up (fleet_refresh_rollups()); each round
+    takes the vehicles whose minute has just closed (see `stream.sink.closed_before`)."""
     disabled_detectors: list[str] = msgspec.field(default_factory=list)
     """Names of detectors (from `stream.detectors.DETECTORS`) not to run, e.g. ["anomaly"]."""
     live_enabled: bool = True

@@ -470,13 +470,24 @@ ROLLUP_GRACE_MS = 10_000
 the samples still on their way (batched by gateways, held for reordering) are in."""
 
 
+def closed_before(vehicle: UUID, now_ms: int) -> int:
+    """Start of this vehicle's first minute that does not count as closed yet.
+
+    A minute closes `ROLLUP_GRACE_MS` plus a per-vehicle stagger (0-60 s, from the id) after
+    its end: with a round every few seconds, each rolls up a slice of the fleet's last
+    minute instead of every vehicle's at once (a whole minute of a busy fleet at once was a
+    burst of database work and a latency spike in the stream each minute).
+    """
+    return (now_ms - ROLLUP_GRACE_MS - vehicle.int % MINUTE_MS) // MINUTE_MS * MINUTE_MS
+
+
 class RollupRefresher:
     """Calls fleet_refresh_rollups() for what this worker wrote, every `interval_s`.
 
     A thread of its own with its own connection, because the sink is only called when items
     arrive, and the last minutes of a burst must be rolled up too. Per vehicle it remembers
     the span of sample times written. A round refreshes only minutes that have closed
-    (`ROLLUP_GRACE_MS`), so a minute is aggregated about once rather than on every round
+    (`closed_before`), so a minute is aggregated about once rather than on every round
     while it fills, and only this worker's vehicles, so workers split the work instead of
     each recomputing every vehicle of the same minutes. Samples arriving for a minute
     already rolled up (late data, a replay) mark it again for the next round.
@@ -505,27 +516,29 @@ class RollupRefresher:
     def flush(self, *, everything: bool = False) -> None:
         """Refresh the closed minutes touched since the last round (all of it when
         `everything`); what is still open stays marked."""
-        cutoff = (self.clock_ms() - ROLLUP_GRACE_MS) // MINUTE_MS * MINUTE_MS
+        now_ms = self.clock_ms()
+        # Vehicles due, grouped by where their closed minutes end (None: everything).
+        groups: dict[int | None, dict[UUID, tuple[int, int]]] = {}
         with self._lock:
-            due: dict[UUID, tuple[int, int]] = {}
             for v, (lo, hi) in list(self._touched.items()):
-                if everything or lo < cutoff:
-                    due[v] = (lo, hi)
-                    if everything or hi < cutoff:
-                        del self._touched[v]
-                    else:
-                        self._touched[v] = (cutoff, hi)
-        if not due:
-            return
-        lo = min(span[0] for span in due.values())
-        hi = max(span[1] for span in due.values())
-        # fleet_refresh_rollups takes whole buckets overlapping [from, to): ending just
-        # before the cutoff leaves the open minute out.
-        to_ms = hi + 1 if everything else min(hi + 1, cutoff - 1)
-        if not self.db.refresh_rollups(lo, to_ms, sorted(due)):
-            # Each closed minute is refreshed once: a failed round must come again.
-            for v, (v_lo, v_hi) in due.items():
-                self.touch(v_lo, v_hi, (v,))
+                cutoff = None if everything else closed_before(v, now_ms)
+                if cutoff is not None and lo >= cutoff:
+                    continue
+                groups.setdefault(cutoff, {})[v] = (lo, hi)
+                if cutoff is None or hi < cutoff:
+                    del self._touched[v]
+                else:
+                    self._touched[v] = (cutoff, hi)
+        for cutoff, due in groups.items():
+            lo = min(span[0] for span in due.values())
+            hi = max(span[1] for span in due.values())
+            # fleet_refresh_rollups takes whole buckets overlapping [from, to): ending just
+            # before the cutoff leaves the open minute out.
+            to_ms = hi + 1 if cutoff is None else min(hi + 1, cutoff - 1)
+            if not self.db.refresh_rollups(lo, to_ms, sorted(due)):
+                # Each closed minute is refreshed once: a failed round must come again.
+                for v, (v_lo, v_hi) in due.items():
+                    self.touch(v_lo, v_hi, (v,))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -604,7 +617,7 @@ class PostgresSink(DynamicSink[SinkInput]):
     """Bytewax sink writing every worker's output to TimescaleDB (and Redis, if given)."""
 
     def __init__(self, database_url: str, *, redis_url: str | None = None,
-                 rollup_interval_s: float = 60.0, connect_timeout_s: float = 10.0) -> None:
+                 rollup_interval_s: float = 10.0, connect_timeout_s: float = 10.0) -> None:
         if not database_url.startswith(("postgresql://", "postgres://")):
             raise SinkError("the sink needs a postgresql:// URL (the ingest role)")
         self.database_url = database_url

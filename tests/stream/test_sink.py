@@ -81,7 +81,7 @@ def test_rollups_cover_closed_minutes_of_the_vehicles_written(database: TestData
     """A round refreshes the minutes that have closed (plus the grace) of the vehicles this
     worker wrote; the open minute and other workers' vehicles are left; close() does the
     rest."""
-    from stream.sink import MINUTE_MS, ROLLUP_GRACE_MS, RollupRefresher
+    from stream.sink import MINUTE_MS, RollupRefresher, closed_before
 
     writer = DatabaseWriter(database.ingest_url)
     writer.write(Batch.of([*_samples_of(fleet, "v1", 150), *_samples_of(fleet, "v2", 150)]))
@@ -101,7 +101,7 @@ def test_rollups_cover_closed_minutes_of_the_vehicles_written(database: TestData
     try:
         refresher.touch(T0, T0 + 149_000, [fleet.vehicles["v1"]])
         refresher.flush()
-        cutoff = (now[0] - ROLLUP_GRACE_MS) // MINUTE_MS * MINUTE_MS
+        cutoff = closed_before(fleet.vehicles["v1"], now[0])
         done = minutes()
         assert set(done) == {"v1"}  # v2 is another worker's
         assert done["v1"] == ((cutoff - T0 + 999) // 1000, cutoff - MINUTE_MS)
@@ -138,3 +138,18 @@ def test_a_failed_rollup_round_is_retried(database: TestDatabase, fleet: Fleet) 
         refresher.close()
     with psycopg.connect(database.owner_url) as conn:
         assert conn.execute("SELECT sum(samples) FROM telemetry_1m").fetchone() == (90,)
+
+
+def test_minutes_close_staggered_by_vehicle() -> None:
+    """Each round takes a slice of the fleet: when a minute counts as closed depends on the
+    vehicle (0-60 s after the grace), and never before the grace has passed."""
+    import uuid
+
+    from stream.sink import MINUTE_MS, ROLLUP_GRACE_MS, closed_before
+
+    early, late = uuid.UUID(int=0), uuid.UUID(int=30_000)
+    now = 10 * MINUTE_MS + ROLLUP_GRACE_MS + 15_000
+    assert closed_before(early, now) == 10 * MINUTE_MS
+    assert closed_before(late, now) == 9 * MINUTE_MS
+    assert closed_before(late, now + 15_000) == 10 * MINUTE_MS
+    assert closed_before(early, 10 * MINUTE_MS + ROLLUP_GRACE_MS - 1) == 9 * MINUTE_MS
