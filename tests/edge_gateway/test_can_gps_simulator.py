@@ -55,7 +55,10 @@ async def test_can_and_gps_match_the_model_and_survive_garbage(
     model.step(40.0)
     channel = f"gw-{uuid.uuid4().hex[:8]}"
     can_sim = sim_can.CanSimulator(model, channel=channel)
-    gps = sim_nmea.NmeaGps(model, interval_s=0.2)
+    # By name: after the "drop" below the pty comes back under another number while the
+    # gateway still holds the old one, so only the link finds it again (as udev's
+    # /dev/serial/by-id does for a real receiver).
+    gps = sim_nmea.NmeaGps(model, interval_s=0.2, link_path=tmp_path / "gps")
     with can_sim, gps as gps_port, ModelDriver(model) as driver:
         settings = _settings(tmp_path, mqtt_url, tenant_slug, channel, gps_port,
                              gps_position=5, gps_speed=5, can_engine_speed=5,
