@@ -95,7 +95,7 @@ def test_a_partition_lets_messages_gather_for_linger_ms(
 
     settings = SourceSettings(share_group=f"g{uuid.uuid4().hex[:8]}", tenant=tenant_slug,
                               client_id_prefix=f"s{uuid.uuid4().hex[:8]}", partitions=1,
-                              session_expiry_s=60, linger_ms=1500, receive_maximum=3)
+                              session_expiry_s=60, linger_ms=3000, receive_maximum=3)
     source = MqttSource(mqtt=MqttSettings(url=mqtt_url), source=settings,
                         database_url=database.ingest_url)
     part = source.build_part("inbox", "p0", None)
@@ -109,7 +109,7 @@ def test_a_partition_lets_messages_gather_for_linger_ms(
         due = part.next_awake()
         assert due is not None
         first_ms = part.received[0].received_ms
-        assert due == datetime.fromtimestamp((first_ms + 1500) / 1000, tz=UTC)
+        assert due == datetime.fromtimestamp((first_ms + 3000) / 1000, tz=UTC)
         # A full batch goes at once.
         client.publish(topic, b"m2", qos=1).wait_for_publish(10)
         wait_for(lambda: len(part.received) == 3, 20, "the third message to arrive")
@@ -121,7 +121,7 @@ def test_a_partition_lets_messages_gather_for_linger_ms(
         arrived_ms = part.received[0].received_ms
         got = poll(part, 1)
         assert [m.payload for m in got] == [b"m3"]
-        assert time.time_ns() // 1_000_000 - arrived_ms >= 1500
+        assert time.time_ns() // 1_000_000 - arrived_ms >= 3000
     finally:
         part.close()
         client.disconnect()
