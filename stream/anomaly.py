@@ -245,12 +245,6 @@ class AnomalyScorer:
         self._want_roughness = "rpm_roughness" in s.signals
         self._plain = tuple(n for n in ("coolant_c", "battery_v", "rpm", "engine_load_pct")
                             if n in s.signals)
-        # Read per signal per sample: plain attributes, not a settings lookup each time.
-        self._window_samples = s.window_samples
-        self._min_samples = s.min_samples
-        self._refresh_every = s.refresh_every_samples
-        self._consecutive = s.consecutive_samples
-        self._emit_every = s.emit_every_samples
 
     def initial_state(self) -> AnomalyState:
         """No history."""
@@ -279,7 +273,7 @@ class AnomalyScorer:
             sig = state.signals.get(spec.name)
             if sig is None:
                 sig = state.signals[spec.name] = SignalState(
-                    np.zeros(self._window_samples, dtype=np.float32))
+                    np.zeros(self._s.window_samples, dtype=np.float32))
             record = self._score(spec, sig, value, reading)
             if record is not None:
                 out.append(record)
@@ -352,30 +346,30 @@ class AnomalyScorer:
     def _score(self, spec: SignalSpec, sig: SignalState, value: float,
                reading: Reading) -> AnomalyRecord | None:
         """Score one value against the window, then add it to the window (in place)."""
+        s = self._s
         threshold = self._thresholds[spec.name]
-        scored = sig.count >= self._min_samples
+        scored = sig.count >= s.min_samples
         score = 0.0
         insert: float | None = value
         if scored:
-            if sig.since_refresh >= self._refresh_every or math.isnan(sig.center):
+            if sig.since_refresh >= s.refresh_every_samples or math.isnan(sig.center):
                 sig.center, sig.scale = _robust_center_scale(sig.window[:sig.count],
                                                              spec.scale_floor)
                 sig.since_refresh = 0
             score = abs(value - sig.center) / sig.scale
             insert = self._baseline_value(spec, sig, value, score, threshold)
         if insert is not None:
-            size = self._window_samples
             sig.window[sig.pos] = insert
-            sig.count = min(sig.count + 1, size)
-            sig.pos = (sig.pos + 1) % size
+            sig.count = min(sig.count + 1, s.window_samples)
+            sig.pos = (sig.pos + 1) % s.window_samples
             sig.since_refresh += 1
         anomalous = scored and score >= threshold
         sig.run = sig.run + 1 if anomalous else 0
-        fire = anomalous and sig.run >= self._consecutive and not sig.fired
+        fire = anomalous and sig.run >= s.consecutive_samples and not sig.fired
         sig.fired = (sig.fired or fire) if anomalous else False
         seen = sig.seen
         sig.seen += 1
-        if not scored or not (anomalous or seen % self._emit_every == 0):
+        if not scored or not (anomalous or seen % s.emit_every_samples == 0):
             return None
         return AnomalyRecord(
             t_ms=reading.t_ms, tenant_id=reading.vehicle.tenant_id,
