@@ -201,7 +201,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
                     if isinstance(pos, LivePosition) and pos.sent_ms is not None:
                         anchor_hist[int(time.time() * 1000) - pos.sent_ms] += 1
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
         settle_s = 2.0 + args.clients / 200
         measure_from = time.time() + settle_s + args.warmup_s

@@ -273,7 +273,7 @@ class LiveHub:
                 backoff_s = min(backoff_s * 2, 10.0)
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def _tick_loop(self) -> None:
         while True:
