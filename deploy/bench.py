@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from deploy.cli import module_available
+from deploy.optional import module_available
 
 BENCHMARKS: list[tuple[str, str, str]] = [
     ("gateway", "edge_gateway.bench", "gateway against the simulators: RSS, CPU, catch-up rate"),

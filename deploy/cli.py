@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
 from deploy.errors import DeployError
+from deploy.optional import module_available
 
 
 def _services(args: argparse.Namespace) -> int:
@@ -59,14 +59,6 @@ def _db(args: argparse.Namespace) -> int:
         label = f"{m.version:04d}_{m.name}{edition}"
         print(f"{label:<32} {'applied' if applied else 'pending'}")
     return 0
-
-
-def module_available(name: str) -> bool:
-    """True when `name` can be imported (its parent packages included) without importing it."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
