@@ -12,6 +12,9 @@ PACKAGES=(
 # Node.js runs Azurite (the Azure Storage emulator) and installs Leaflet; keep an existing
 # installation (it may be newer than Debian's) and add Debian's only when there is none.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
+# Debian's own python3 makes virtualenvs only with python3-venv (a python3 of another origin,
+# such as pyenv's, brings venv itself).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || PACKAGES+=(python3-venv)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
