@@ -34,13 +34,29 @@ MAX_DTCS: Final = 64
 MIN_T_MS: Final = 946_684_800_000
 MAX_T_MS: Final = 7_258_118_400_000
 
-ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def whole(body: str) -> str:
+    """A pattern that matches `body` as the whole string, in Python and in JSON Schema alike.
+
+    JSON Schema patterns are ECMA-262, where `$` is the end of the string; Python's `$` also
+    matches before a final newline, so `^P0301$` would let "P0301\n" through msgspec's check
+    while the published schema refuses it. The lookahead rules that newline out in both.
+    """
+    return f"^{body}(?!\n)$"
+
+
+ID_PATTERN: Final = whole(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Tenant and vehicle ids in topics: no '/', '+', '#' or '$', so ACL patterns stay safe."""
 _ID_RE = re.compile(ID_PATTERN)
 
 Id = Annotated[str, Meta(pattern=ID_PATTERN, description="tenant slug or vehicle code")]
-DtcCode = Annotated[str, Meta(pattern=r"^[PCBU][0-3][0-9A-F]{3}$", description="SAE J2012 DTC")]
-SignalName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+DtcCode = Annotated[str, Meta(pattern=whole(r"[PCBU][0-3][0-9A-F]{3}"),
+                               description="SAE J2012 DTC")]
+SignalName = Annotated[str, Meta(pattern=whole(r"[a-z][a-z0-9_]{0,63}"))]
+EXTRA_LIMIT: Final = 1e15
+ExtraValue = Annotated[float, Meta(ge=-EXTRA_LIMIT, le=EXTRA_LIMIT,
+                                   description="a further signal's value, in its name's unit")]
 Seq = Annotated[int, Meta(ge=0, le=2**63 - 1, description="per-vehicle sequence number")]
 TimeMs = Annotated[int, Meta(ge=MIN_T_MS, le=MAX_T_MS, description="Unix time, milliseconds, UTC")]
 
@@ -95,6 +111,8 @@ class RejectReason(enum.StrEnum):
     INACTIVE_VEHICLE = "inactive_vehicle"
     VEHICLE_NOT_IN_TENANT = "vehicle_not_in_tenant"
     GPS_FILTERED = "gps_filtered"
+    REFUSED_BY_DATABASE = "refused_by_database"
+    """The message decoded, but the database refused a row made from it (the stream's sink)."""
 
 
 class Reject(msgspec.Struct, frozen=True):
@@ -174,12 +192,15 @@ class Sample(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     engine_load_pct: Percent | None = None
     dtcs: Annotated[list[DtcCode], Meta(max_length=MAX_DTCS)] | None = None
     """Stored and pending diagnostic trouble codes currently reported."""
-    extra: Annotated[dict[SignalName, float], Meta(max_length=MAX_EXTRA_SIGNALS)] | None = None
+    extra: Annotated[dict[SignalName, ExtraValue], Meta(max_length=MAX_EXTRA_SIGNALS)] | None = None
     """Further signals by name; the name carries the unit (for example `intake_temp_c`)."""
 
     def __post_init__(self) -> None:
+        # The one rule that bounds cannot say; json_schema() states it too (if/then).
         if (self.lat_deg is None) != (self.lon_deg is None):
             raise ValueError("lat_deg and lon_deg must be given together")
+        # Decoding checks the bounds; this catches a publisher's own non-finite value when it
+        # builds the sample (msgspec would encode it as null).
         if self.extra:
             for name, value in self.extra.items():
                 if not math.isfinite(value):
@@ -262,8 +283,13 @@ class _Versioned(msgspec.Struct):
     v: Any = None
 
 
+class _NoVersion(msgspec.Struct, tag_field="v", tag=0):
+    """Never sent: decoding into a union makes msgspec require the tag (`v`), which it leaves
+    optional for a lone tagged struct. Version 0 is refused like any other unknown version."""
+
+
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    tp: msgspec.json.Decoder(tp) for tp in MESSAGE_TYPES.values()
+    tp: msgspec.json.Decoder(tp | _NoVersion) for tp in MESSAGE_TYPES.values()
 }
 _version_decoder = msgspec.json.Decoder(_Versioned)
 _encoder = msgspec.json.Encoder()
@@ -275,13 +301,16 @@ def decode(payload: bytes | bytearray | memoryview, kind: type[M]) -> M | Reject
         return Reject(RejectReason.TOO_LARGE,
                       f"{len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
     try:
-        return _decoders[kind].decode(payload)  # type: ignore[no-any-return]
+        message = _decoders[kind].decode(payload)
     except msgspec.ValidationError as exc:
         return _classify(payload, exc)
     except msgspec.DecodeError as exc:
         return Reject(RejectReason.MALFORMED, str(exc))
     except RecursionError:
         return Reject(RejectReason.MALFORMED, "nesting too deep")
+    if isinstance(message, _NoVersion):
+        return Reject(RejectReason.UNKNOWN_VERSION, "protocol version 0 is not 1")
+    return message  # type: ignore[no-any-return]
 
 
 def _classify(payload: bytes | bytearray | memoryview, exc: msgspec.ValidationError) -> Reject:
@@ -309,6 +338,11 @@ def json_schema() -> dict[str, Any]:
     """JSON Schema of every payload, for device makers (docs/protocol.schema.json)."""
     schemas, components = msgspec.json.schema_components(
         list(MESSAGE_TYPES.values()), ref_template="#/$defs/{name}")
+    # What Sample.__post_init__ checks beyond the bounds: a position has both coordinates.
+    components["Sample"]["allOf"] = [
+        {"if": {"properties": {a: {"type": "number"}}, "required": [a]},
+         "then": {"properties": {b: {"type": "number"}}, "required": [b]}}
+        for a, b in (("lat_deg", "lon_deg"), ("lon_deg", "lat_deg"))]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://fleet-telemetry.dev/schema/protocol-v1.json",

@@ -13,10 +13,20 @@ from its last snapshot and re-emits rows already committed:
 - ``vehicle_state`` is upserted, never moving backwards in time;
 - Redis messages are published after the commit; the live feed is best effort (a subscriber
   may see a repeat after a replay) because the database is the record.
+
+Nothing a sender controls can stop the sink. Every text column is made storable (`pg_text`:
+PostgreSQL text cannot hold NUL or unpaired surrogates) and raw payloads stay bytes. If the
+database refuses a batch for its data (a row breaking a constraint, a value it cannot store),
+the batch is written again with the refused rows found by bisection, each in a savepoint: the
+rest is committed and each refused row becomes a dead letter (`refused_by_database`) carrying
+the database's reason, so one row never fails the batch or the epoch. Errors that are not about
+the data (no privilege, a missing table, a read-only database) still stop the sink: turning
+every row into a dead letter would hide an operator's mistake.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 import threading
@@ -27,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+import msgspec
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from psycopg import sql
@@ -34,6 +45,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
+from edge_gateway.protocol import RejectReason
 from stream.errors import SinkError
 from stream.items import (
     EmittedEvent,
@@ -148,10 +160,24 @@ def anomaly_row(a: AnomalyRecord) -> tuple[Any, ...]:
             a.threshold, a.is_event, Jsonb(a.details))
 
 
+def pg_text(value: str) -> str:
+    """`value` as PostgreSQL text can hold it: NUL is written as the four characters `\\x00`,
+    an unpaired surrogate as its `\\udXXX` escape; anything else is kept as it is."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def reject_row(r: RejectRow) -> tuple[Any, ...]:
-    """One `ingest_rejects` row."""
-    return (ts(r.time_ms), r.tenant_id, r.vehicle_code, r.reason, r.detail, r.topic,
-            r.payload, r.partition, r.offset, r.sample_seq)
+    """One `ingest_rejects` row; its texts came from a sender, so each is made storable."""
+    return (ts(r.time_ms), r.tenant_id,
+            pg_text(r.vehicle_code) if r.vehicle_code is not None else None,
+            pg_text(r.reason), pg_text(r.detail), pg_text(r.topic), r.payload, r.partition,
+            r.offset, r.sample_seq)
 
 
 GEOGRAPHY = -1  # placeholder replaced by the connection's geography oid
@@ -387,6 +413,50 @@ def live_event(item: EmittedEvent) -> LiveEvent:
                      details={"score": ev.score, "threshold": ev.threshold, "kind": ev.kind})
 
 
+# Errors about the database or the role, not about a row: no row-by-row retry can help, and
+# dead-lettering every row would hide the fault, so the sink stops (and is restarted).
+_SYSTEMIC = (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable,
+             psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedFunction,
+             psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InternalError_,
+             psycopg.errors.DiskFull, psycopg.errors.OutOfMemory, psycopg.InterfaceError)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _stable_key(*parts: object) -> int:
+    """A 63-bit number that names the same thing on every run (a replay's dead letter must
+    collide with the first one's in the idempotency key)."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def _as_json(value: Any) -> bytes:
+    try:
+        return msgspec.json.encode(value)
+    except (TypeError, ValueError, UnicodeError):
+        return repr(value).encode("utf-8", "backslashreplace")
+
+
+def refused_row(table: str, item: Any, exc: Exception) -> RejectRow:
+    """The dead letter for an item whose row `table` refused."""
+    detail = f"{table}: {_first_line(exc)}"[:2000]
+    reason = RejectReason.REFUSED_BY_DATABASE.value
+    if isinstance(item, Reading):
+        return RejectRow(time_ms=item.sample.t_ms, reason=reason, detail=detail,
+                         topic="", payload=_as_json(item.sample),
+                         tenant_id=item.vehicle.tenant_id, vehicle_code=item.vehicle.vehicle_code,
+                         partition=f"sink/{table}", offset=_stable_key(item.vehicle.vehicle_id),
+                         sample_seq=item.sample.seq)
+    if isinstance(item, RejectRow):  # a dead letter refused: handled by the caller
+        return item
+    return RejectRow(time_ms=item.t_ms, reason=reason, detail=detail, topic="",
+                     payload=_as_json(item), tenant_id=item.tenant_id,
+                     partition=f"sink/{table}", offset=_stable_key(type(item).__name__, item),
+                     sample_seq=-1)
+
+
 class DatabaseWriter:
     """Writes whole batches in one transaction each; reconnects on connection loss."""
 
@@ -408,13 +478,18 @@ class DatabaseWriter:
         return self.conn
 
     def write(self, batch: Batch) -> None:
-        """Commit a batch, retrying while the database is unreachable."""
+        """Commit a batch, retrying while the database is unreachable; rows it refuses become
+        dead letters (module doc)."""
         attempt = 0
+        isolate = False
         while True:
             try:
                 conn = self._connect()
-                with conn.transaction():
-                    self._write(conn, batch)
+                if isolate:
+                    self._write_isolating(conn, batch)
+                else:
+                    with conn.transaction():
+                        self._write(conn, batch)
                 return  # noqa: TRY300
             except psycopg.OperationalError as exc:
                 delay = _RETRY_DELAYS_S[min(attempt, len(_RETRY_DELAYS_S) - 1)]
@@ -422,9 +497,68 @@ class DatabaseWriter:
                 self.close()
                 self.sleep(delay)
                 attempt += 1
-            except psycopg.Error as exc:
-                raise SinkError(f"cannot write a batch of {len(batch.telemetry)} samples: "
-                                f"{exc}") from exc
+            except (psycopg.Error, ValueError, TypeError) as exc:
+                what = f"cannot write a batch of {len(batch.telemetry)} samples"
+                if isolate or isinstance(exc, _SYSTEMIC):
+                    raise SinkError(f"{what}: {_first_line(exc)}") from exc
+                log.warning("the database refused a batch of %d samples (%s); writing it again "
+                            "with the refused rows set aside as dead letters",
+                            len(batch.telemetry), _first_line(exc))
+                isolate = True
+
+    def _write_isolating(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
+        """Write `batch` with every row the database refuses turned into a dead letter."""
+        refused: list[RejectRow] = []
+        with conn.transaction():
+            for name, items in (("telemetry", batch.telemetry),
+                                ("vehicle_events", batch.vehicle_events),
+                                ("geofence_events", batch.geofence_events),
+                                ("anomalies", batch.anomalies)):
+                for item, exc in self._bisect(conn, self.writers[name], items):
+                    refused.append(refused_row(name, item, exc))
+            for item, exc in self._bisect(conn, self.writers["ingest_rejects"],
+                                          [*batch.rejects, *refused]):
+                # A dead letter that cannot be stored even with its texts made storable: keep
+                # what identifies it and say why in place of the detail.
+                bare = RejectRow(time_ms=item.time_ms, reason=item.reason,
+                                 detail=f"detail not storable: {_first_line(exc)}"[:2000],
+                                 topic="", payload=item.payload, tenant_id=item.tenant_id,
+                                 partition=item.partition, offset=item.offset,
+                                 sample_seq=item.sample_seq)
+                with conn.transaction():
+                    self.writers["ingest_rejects"].write([bare], force_merge=True)
+            with conn.cursor() as cur:
+                for state in batch.states.values():
+                    try:
+                        with conn.transaction():
+                            cur.execute(_STATE_UPSERT, _state_params(state))
+                    except psycopg.OperationalError:
+                        raise
+                    except (psycopg.Error, ValueError, TypeError) as exc:
+                        if isinstance(exc, _SYSTEMIC):
+                            raise
+                        log.warning("vehicle_state of %s not updated: %s",
+                                    state.ref.vehicle_id, _first_line(exc))
+
+    def _bisect(self, conn: psycopg.Connection[Any], writer: TableWriter,
+                items: Sequence[Any]) -> list[tuple[Any, Exception]]:
+        """Write `items`, halving any part the database refuses; returns the refused ones."""
+        if not items:
+            return []
+        try:
+            with conn.transaction():
+                writer.write(items)
+        except psycopg.OperationalError:
+            raise
+        except (psycopg.Error, ValueError, TypeError) as exc:
+            if isinstance(exc, _SYSTEMIC):
+                raise
+            if len(items) == 1:
+                return [(items[0], exc)]
+            mid = len(items) // 2
+            return self._bisect(conn, writer, items[:mid]) + \
+                self._bisect(conn, writer, items[mid:])
+        return []
 
     def _write(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
         w = self.writers

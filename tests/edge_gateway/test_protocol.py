@@ -16,6 +16,7 @@ from edge_gateway import protocol as p
 REPO = Path(__file__).resolve().parents[2]
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
+extra_values = st.floats(min_value=-p.EXTRA_LIMIT, max_value=p.EXTRA_LIMIT)
 
 
 def bounded(lo: float, hi: float) -> st.SearchStrategy[float]:
@@ -40,8 +41,8 @@ def samples(draw: st.DrawFn) -> p.Sample:
         battery_v=draw(st.none() | bounded(0, 60)),
         gps_fix=draw(st.none() | st.integers(0, 8)),
         dtcs=draw(st.none() | st.lists(st.from_regex(r"\A[PCBU][0-3][0-9A-F]{3}\Z"), max_size=5)),
-        extra=draw(st.none() | st.dictionaries(st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z"), finite,
-                                               max_size=4)),
+        extra=draw(st.none() | st.dictionaries(st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z"),
+                                               extra_values, max_size=4)),
     )
 
 
