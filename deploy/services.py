@@ -694,6 +694,26 @@ def provision_database(admin_url: str, database: str) -> None:
         conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
         conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(
             sql.Identifier(OWNER_ROLE)))
+        conn.execute(_REVOKE_DEFINER_EXTENSION_FUNCTIONS)
+
+
+# SECURITY DEFINER functions of the extensions that PUBLIC may call and the application roles
+# must not (docs/api.md, "Threat model"): PostGIS's ST_EstimatedExtent reads planner statistics
+# of any table past row-level security (every tenant's bounding box), and TimescaleDB's
+# cagg_migrate_update_watermark moves a continuous aggregate's watermark. Only the admin role,
+# which installed the extensions, may revoke them; by name, so every signature is covered and
+# an edition without one of them is fine.
+_REVOKE_DEFINER_EXTENSION_FUNCTIONS = """
+DO $$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+           WHERE p.proname IN ('st_estimatedextent', 'cagg_migrate_update_watermark')
+  LOOP
+    EXECUTE format('REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC', f);
+  END LOOP;
+END $$
+"""
 
 
 def drop_database(admin_url: str, database: str) -> None:

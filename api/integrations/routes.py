@@ -138,10 +138,10 @@ async def callback(request: web.Request) -> web.Response:
     state = request.query.get("state", "")
     pool = request.app[POOL_KEY]
     async with pool.acquire() as conn:
+        # No tenant yet (the owner's browser has no session): the state, used once, names it.
         pending = await conn.fetchrow(
-            "DELETE FROM smartcar_oauth_states WHERE state = $1 RETURNING tenant_id, user_id,"
-            " vehicle_id, expires_at", state)
-    if pending is None or pending["expires_at"] < datetime.now(UTC):
+            "SELECT tenant_id, user_id, vehicle_id FROM smartcar_consume_oauth_state($1)", state)
+    if pending is None:
         raise ValidationError("unknown or expired state", field="state")
     if "error" in request.query:
         raise ApiError(f"consent refused: {request.query.get('error_description') or ''}"
@@ -341,16 +341,19 @@ async def webhook(request: web.Request) -> web.Response:
         publisher = await _publisher(request.app)
         async with pool.acquire() as conn:
             for sc_id, samples in by_vehicle.items():
-                owner = await conn.fetchrow("SELECT * FROM smartcar_vehicle_owner($1)", sc_id)
-                if owner is None:
+                # Several rows only when the car's owner consented to several tenants.
+                owners = await conn.fetch(
+                    "SELECT tenant_slug, vehicle_code FROM smartcar_vehicle_owner($1)", sc_id)
+                if not owners:
                     log.warning("smartcar webhook for unlinked vehicle %s", sc_id)
                     continue
-                try:
-                    await publisher.publish(owner["tenant_slug"], owner["vehicle_code"],
-                                            Source.SMARTCAR, samples)
-                except IntegrationError as exc:
-                    raise ApiError(str(exc), status=503, code="unavailable") from exc
-                published += len(samples)
+                for owner in owners:
+                    try:
+                        await publisher.publish(owner["tenant_slug"], owner["vehicle_code"],
+                                                Source.SMARTCAR, samples)
+                    except IntegrationError as exc:
+                        raise ApiError(str(exc), status=503, code="unavailable") from exc
+                    published += len(samples)
     return web.json_response({"status": "received", "samples": published})
 
 

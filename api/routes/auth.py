@@ -63,7 +63,10 @@ async def login(request: web.Request) -> web.Response:
     metrics = request.app[METRICS_KEY]
     pool = request.app[POOL_KEY]
     async with pool.acquire() as conn:
-        row = await conn.fetchrow("SELECT * FROM api_login_lookup($1)", body.email)
+        # Before the tenant is known: the narrow definer function (docs/api.md, threat model).
+        row = await conn.fetchrow(
+            "SELECT user_id, tenant_id, password_hash, account_locked_until, can_log_in"
+            " FROM api_login_lookup($1)", body.email)
     if row is None:
         await verify_password(None, body.password)  # same cost as a real check
         metrics.logins.labels("failure").inc()
@@ -83,10 +86,18 @@ async def login(request: web.Request) -> web.Response:
         raise Locked("account locked after repeated failed logins",
                      headers={"Retry-After": str(retry)}, details={"locked_until":
                                                                    locked_until.isoformat()})
+    active = bool(row["can_log_in"])
+    # An account that cannot log in has no hash here; the check costs the same regardless.
     ok = await verify_password(row["password_hash"], body.password)
-    active = row["is_active"] and row["tenant_active"]
     async with tenant_connection(pool, tenant_id) as conn:
-        if not ok:
+        if not active:
+            metrics.logins.labels("failure").inc()
+            await audit.record(conn, "auth.login", "user", str(user_id), "failure",
+                               {"email": body.email, "reason": "inactive"},
+                               tenant_id=tenant_id, user_id=user_id, ip=request.remote,
+                               user_agent=request.headers.get("User-Agent"),
+                               error_message=_BAD_LOGIN)
+        elif not ok:
             state = await conn.fetchrow(
                 "UPDATE users SET failed_login_attempts = CASE "
                 "  WHEN account_locked_until IS NOT NULL THEN 1 "
@@ -111,19 +122,16 @@ async def login(request: web.Request) -> web.Response:
                                    {"email": body.email, "lockout_s": section.lockout_s},
                                    tenant_id=tenant_id, user_id=user_id, ip=request.remote,
                                    user_agent=request.headers.get("User-Agent"))
-        elif not active:
-            metrics.logins.labels("failure").inc()
-            await audit.record(conn, "auth.login", "user", str(user_id), "failure",
-                               {"email": body.email, "reason": "inactive"},
-                               tenant_id=tenant_id, user_id=user_id, ip=request.remote,
-                               user_agent=request.headers.get("User-Agent"),
-                               error_message=_BAD_LOGIN)
         else:
-            await conn.execute(
+            # The lookup hands out no role or e-mail: read them now, under the tenant's RLS.
+            account = await conn.fetchrow(
                 "UPDATE users SET failed_login_attempts = 0, account_locked_until = NULL, "
-                "last_login_at = now() WHERE id = $1 AND tenant_id = $2", user_id, tenant_id)
-            user = AuthUser(id=user_id, tenant_id=tenant_id, role=row["role"],
-                            email=row["email"], driver_id=row["driver_id"])
+                "last_login_at = now() WHERE id = $1 AND tenant_id = $2 "
+                "RETURNING role, email, driver_id", user_id, tenant_id)
+            if account is None:  # deleted between the lookup and now
+                raise Unauthorized(_BAD_LOGIN, code="invalid_credentials")
+            user = AuthUser(id=user_id, tenant_id=tenant_id, role=account["role"],
+                            email=account["email"], driver_id=account["driver_id"])
             issued = await _issue(request, conn, user)
             await audit.record(conn, "auth.login", "user", str(user_id), "success",
                                {"email": body.email}, tenant_id=tenant_id, user_id=user_id,
