@@ -21,7 +21,8 @@ class GeofenceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # -- detector ------------------------------------------------------------------------------
     debounce_s: NonNegative = 0.0
     """Minimum seconds a new inside/outside state must hold before enter/exit counts, for fences
-    that do not set their own `debounce_s` (the database column always sets one)."""
+    that do not set their own `debounce_s` (the column is NULL, or a fence built in code
+    without one)."""
     min_fixes: Annotated[int, Meta(ge=1)] = 2
     """Consecutive fixes that must agree on the new state before enter/exit counts; with the
     default of 2 a single stray fix across a boundary never flaps a fence."""

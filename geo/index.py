@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from geo.config import GeofenceSettings
 from geo.errors import GeoError
 from geo.fence import Fence
-from geo.geodesy import LocalFrame
+from geo.geodesy import LocalFrame, densify_geodesic, great_circle_m_scalar
 from geo.grid import AND, BLOCK, BLOCK_BITS, EXACT, FULL, HALF, Raster, rasterise_many, side_tests
 
 IntArray = NDArray[np.int64]
@@ -302,23 +302,34 @@ class FenceIndex:
 
     def crossed(self, tenant_id: UUID, lon0: float, lat0: float, lon1: float, lat1: float,
                 *, endpoint_fences: frozenset[UUID] | None = None) -> frozenset[UUID]:
-        """Ids of the tenant's fences that the straight segment between two fixes touches.
+        """Ids of the tenant's fences that the great-circle segment between two fixes touches.
 
-        `endpoint_fences`, when given, must be the fences that contain either fix (from
-        `containing`); they are left out of the answer, and knowing that no other fence holds
-        an end lets most short segments be settled from the grid without any geometry.
+        The segment is the shortest path on the sphere, as PostGIS geography joins two points;
+        one longer than `densify_max_edge_m` is followed by chords of at most that length, like
+        the fences' own edges (a straight line in degrees would pass a 20 km east-west segment
+        at 52 degrees about 10 m south of it). `endpoint_fences`, when given, must be the
+        fences that contain either fix (from `containing`); they are left out of the answer,
+        and knowing that no other fence holds an end lets most short segments be settled from
+        the grid without any geometry.
         """
         entry = self._trees.get(_tenant_keys.get(tenant_id, -1))
         if entry is None:
             return EMPTY
         ignore = endpoint_fences or EMPTY
         ids = self._ids
-        near = self._segment_candidates(tenant_id, (lon0, lat0, lon1, lat1),
-                                        ends_outside=endpoint_fences is not None)
+        max_edge_m = self.settings.densify_max_edge_m
+        arc: shapely.LineString | None = None
+        box = (lon0, lat0, lon1, lat1)
+        if great_circle_m_scalar(lon0, lat0, lon1, lat1) > max_edge_m:
+            arc = densify_geodesic(shapely.LineString([(lon0, lat0), (lon1, lat1)]), max_edge_m)
+            minx, miny, maxx, maxy = arc.bounds
+            box = (minx, miny, maxx, maxy)  # the arc bulges poleward out of the ends' box
+        near = self._segment_candidates(tenant_id, box,
+                                        ends_outside=endpoint_fences is not None and arc is None)
         candidates = None if near is None else sorted(c for c in near if ids[c] not in ignore)
         if candidates is not None and not candidates:
             return EMPTY
-        segment = shapely.LineString([(lon0, lat0), (lon1, lat1)])
+        segment = arc if arc is not None else shapely.LineString([(lon0, lat0), (lon1, lat1)])
         if candidates is None:
             tree, members = entry
             hits = [int(members[h]) for h in tree.query(segment, predicate="intersects")]
@@ -327,19 +338,20 @@ class FenceIndex:
             hits = [c for c, t in zip(candidates, touched.tolist(), strict=True) if t]
         return frozenset(ids[h] for h in hits if ids[h] not in ignore)
 
-    def _segment_candidates(self, tenant_id: UUID, segment: tuple[float, float, float, float],
+    def _segment_candidates(self, tenant_id: UUID, box: tuple[float, float, float, float],
                             *, ends_outside: bool) -> set[int] | None:
-        """Fences that may touch the segment, from the grid cells of its box; None: too long.
+        """Fences that may touch a segment inside `box` (two opposite lon/lat corners), from
+        the grid cells of the box; None: too long.
 
-        Most consecutive fixes are metres apart, so the box is a cell or two. When both ends
-        lie in one cell and neither is in the fence, only an EXACT or AND (convex corner)
-        entry can be touched: in a FULL, HALF or OR (reflex corner) cell the outside is convex
-        (or empty), so a segment between two outside points stays outside. Plain Python on
-        purpose: it runs once per reading, where numpy's per-call overhead would cost more
-        than the whole lookup.
+        Most consecutive fixes are metres apart, so the box is a cell or two. When a single
+        straight edge lies in one cell and neither end is in the fence (`ends_outside`), only an
+        EXACT or AND (convex corner) entry can be touched: in a FULL, HALF or OR (reflex corner)
+        cell the outside is convex (or empty), so a segment between two outside points stays
+        outside. Plain Python on purpose: it runs once per reading, where numpy's per-call
+        overhead would cost more than the whole lookup.
         """
         g = self._grid
-        lon0, lat0, lon1, lat1 = segment
+        lon0, lat0, lon1, lat1 = box
         tk = _tenant_keys.get(tenant_id, -1)
         if tk in self._large_tenants or not (
                 math.isfinite(lon0) and math.isfinite(lat0)

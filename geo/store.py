@@ -80,7 +80,9 @@ def load_snapshot(conn: psycopg.Connection[Any], settings: GeofenceSettings) -> 
                 shape=shapely.from_wkb(bytes(shape_wkb)), zone=shapely.from_wkb(bytes(zone_wkb)),
                 settings=settings, radius_m=radius_m, corridor_width_m=width_m,
                 speed_limit_kph=limit_kph, dwell_s=None if dwell_s is None else float(dwell_s),
-                debounce_s=float(debounce_s), alert_on_entry=alert_entry,
+                # NULL: the fence follows the `debounce_s` setting (migration 0011).
+                debounce_s=None if debounce_s is None else float(debounce_s),
+                alert_on_entry=alert_entry,
                 alert_on_exit=alert_exit, category=category))
         except (FenceGeometryError, shapely.errors.ShapelyError) as exc:
             # One bad fence must not take every other tenant's geofencing down with it.

@@ -12,10 +12,14 @@ debounced events, one vehicle at a time, in event time:
   is when the new state was first seen; `exit.dwell_s` is the whole stay (first inside fix to
   first outside fix).
 - `dwell` fires once per stay, at the first fix inside at least the fence's `dwell_s` after
-  entry (not on a fix outside whose exit is still pending: the stay may be ending short).
-- `crossing` fires when the straight segment between two consecutive fixes touches a fence
-  that neither fix is in (and the vehicle is not confirmed inside it), e.g. a sparse
-  reporter skipping a small fence.
+  the first inside fix of the stay (not after the `enter`, which debounce delays; not on a
+  fix outside whose exit is still pending: the stay may be ending short).
+- `crossing` fires when the great-circle segment between two consecutive fixes touches a
+  fence that neither fix is in and that the vehicle was not confirmed inside at the earlier
+  fix, e.g. a sparse reporter skipping a small fence.
+- Every threshold is compared in whole milliseconds and is inclusive: a fix exactly
+  `debounce_s` / `dwell_s` after, or exactly `crossing_max_gap_s` after the previous fix,
+  counts.
 
 The per-vehicle state is a small frozen value (a dict of tracks for fences the vehicle is in
 or about to change, plus the last fix), picklable for Bytewax recovery: after a restart the
@@ -34,6 +38,16 @@ from geo.fence import Fence
 from geo.index import FenceIndex
 from stream.detectors.base import fold
 from stream.model import Event, GeofenceEvent, GeofenceEventType, Reading, snapshot_state
+
+
+def _ms(seconds: float) -> int:
+    """A threshold in whole milliseconds, the resolution of event time.
+
+    Compared as a float, `seconds * 1000` lands a hair above or below the integer for many
+    values (1.001 s is 1000.9999999999999 ms, 2.007 s is 2007.0000000000002 ms), and a fix
+    exactly at the threshold would count or not depending on that rounding.
+    """
+    return round(seconds * 1000)
 
 
 @snapshot_state
@@ -114,7 +128,7 @@ class GeofenceDetector:
             else:
                 tracks[fid] = new
         if s.crossing_events and state.last_fix is not None:
-            events.extend(self._crossings(index, state, reading, (lon, lat), tracks))
+            events.extend(self._crossings(index, state, reading, (lon, lat)))
         return GeofenceState(tracks, (t, lon, lat), observed), events
 
     def on_readings(self, state: GeofenceState,
@@ -153,7 +167,7 @@ class GeofenceDetector:
             fixes = track.pending_fixes + 1
             debounce_s = (self._settings.debounce_s if fence.debounce_s is None
                           else fence.debounce_s)
-            if fixes >= self._settings.min_fixes and t - first >= debounce_s * 1000:
+            if fixes >= self._settings.min_fixes and t - first >= _ms(debounce_s):
                 if now_in:
                     events.append(self._event(reading, fence.id, "enter", details={
                         "first_fix_ms": first, "alert": fence.alert_on_entry}))
@@ -168,7 +182,7 @@ class GeofenceDetector:
         # Only on a fix that is itself inside: a vehicle that left just before the threshold
         # (exit still pending) did not dwell; if it was jitter, the next inside fix fires it.
         if (now_in and new is not None and new.inside and not new.dwell_fired
-                and fence.dwell_s is not None and t - new.since_ms >= fence.dwell_s * 1000):
+                and fence.dwell_s is not None and t - new.since_ms >= _ms(fence.dwell_s)):
             events.append(self._event(reading, fence.id, "dwell", dwell_s=fence.dwell_s,
                                       details={"entered_ms": new.since_ms}))
             new = replace(new, dwell_fired=True)
@@ -177,18 +191,24 @@ class GeofenceDetector:
         return new
 
     def _crossings(self, index: FenceIndex, state: GeofenceState, reading: Reading,
-                   fix: tuple[float, float], tracks: dict[UUID, FenceTrack]) -> list[Event]:
+                   fix: tuple[float, float]) -> list[Event]:
+        """Fences the segment from the previous fix to this one touches without either fix
+        being in them, judged against `state` as it was at the previous fix (before this fix
+        updated it): a segment that starts during a stay belongs to that stay, even when this
+        fix confirms its exit. (A fence this fix confirms an entry to holds this fix, so it is
+        left out anyway.)"""
         if state.last_fix is None:
             return []
         t0, lon0, lat0 = state.last_fix
-        if reading.t_ms - t0 > self._settings.crossing_max_gap_s * 1000:
+        # Inclusive: a gap of exactly crossing_max_gap_s still counts.
+        if reading.t_ms - t0 > _ms(self._settings.crossing_max_gap_s):
             return []
         lon, lat = fix
         crossed = index.crossed(reading.vehicle.tenant_id, lon0, lat0, lon, lat,
                                 endpoint_fences=reading.fences | state.last_fences)
         out: list[Event] = []
         for fid in sorted(crossed):
-            track = tracks.get(fid)
+            track = state.tracks.get(fid)
             if track is not None and track.inside:
                 continue
             out.append(self._event(reading, fid, "crossing", details={
