@@ -15,7 +15,7 @@ from msgspec import Meta
 
 from deploy.settings import MqttSettings
 from edge_gateway.errors import ConfigError
-from edge_gateway.protocol import ID_PATTERN, MAX_SAMPLES_PER_MESSAGE
+from edge_gateway.protocol import ID_PATTERN, MAX_SAMPLES_PER_MESSAGE, whole
 
 PositiveS = Annotated[float, Meta(gt=0)]
 RateHz = Annotated[float, Meta(ge=0, le=100, description="0 = never")]
@@ -67,7 +67,7 @@ class ObdSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Stored and pending DTCs (Mode 03/07) are read this often."""
     failures_before_reconnect: Annotated[int, Meta(ge=1)] = 10
     """Consecutive failed queries (NO DATA, garbage, timeouts) before the adapter is reset."""
-    raw_pids: list[Annotated[str, Meta(pattern=r"^01[0-9A-Fa-f]{2}$")]] = []
+    raw_pids: list[Annotated[str, Meta(pattern=whole(r"01[0-9A-Fa-f]{2}"))]] = []
     """Mode 01 PIDs outside the signal table, polled and counted as unknown (e.g. "01A4")."""
     raw_rate_hz: RateHz = 0.2
 

@@ -40,10 +40,10 @@ def whole(body: str) -> str:
     """A pattern that matches `body` as the whole string, in Python and in JSON Schema alike.
 
     JSON Schema patterns are ECMA-262, where `$` is the end of the string; Python's `$` also
-    matches before a final newline, so `^P0301$` would let "P0301\n" through msgspec's check
+    matches before a final newline, so `^P0301$` would let "P0301\\n" through msgspec's check
     while the published schema refuses it. The lookahead rules that newline out in both.
     """
-    return f"^{body}(?!\n)$"
+    return f"^{body}(?!\\n)$"
 
 
 ID_PATTERN: Final = whole(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
+from edge_gateway.protocol import whole
 from geo.config import GeofenceSettings
 from stream.anomaly import AnomalySettings
 from stream.detectors.config import DetectorSettings
@@ -27,12 +28,12 @@ PositiveFloat = Annotated[float, Meta(gt=0)]
 class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The MQTT source: shared subscription, persistent sessions and the durable inbox."""
 
-    share_group: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "fleet-stream"
+    share_group: Annotated[str, Meta(pattern=whole(r"[A-Za-z0-9_-]{1,64}"))] = "fleet-stream"
     """MQTT v5 shared-subscription group; every stream process of one deployment uses the same."""
-    tenant: Annotated[str, Meta(pattern=r"^(\+|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")] = "+"
+    tenant: Annotated[str, Meta(pattern=whole(r"(\+|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})"))] = "+"
     """Tenant level of the subscription: ``+`` for every tenant, or one tenant id to dedicate
     a stream deployment to a single tenant (a large customer, or a test)."""
-    client_id_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "fleet-stream"
+    client_id_prefix: Annotated[str, Meta(pattern=whole(r"[A-Za-z0-9_-]{1,48}"))] = "fleet-stream"
     """Partition i connects as ``{prefix}-p{i}``: a stable id, so its broker session survives."""
     partitions: PositiveInt = 2
     """MQTT client sessions (Bytewax source partitions) across the whole cluster. Fixed for

@@ -63,3 +63,27 @@ def test_schema_and_decoder_agree_on_any_object(kind: type[Any], msg: dict[str, 
 def test_the_cases_that_once_differed_are_refused_by_both(payload: dict[str, Any]) -> None:
     assert not VALIDATORS[p.Telemetry].is_valid(payload)
     assert isinstance(p.decode(json.dumps(payload).encode(), p.Telemetry), p.Reject)
+
+
+def _patterns(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return found + [p for v in node.values() for p in _patterns(v)]
+    if isinstance(node, list):
+        return [p for v in node for p in _patterns(v)]
+    return []
+
+
+def test_every_pattern_of_the_contract_and_the_settings_matches_whole_strings() -> None:
+    # The class behind "P0301\n": a pattern ending in a bare `$` lets a trailing newline
+    # through msgspec (Python) while JSON Schema (ECMA-262) refuses it.
+    import msgspec
+
+    from edge_gateway.config import GatewayProcessSettings
+    from stream.config import StreamSettings
+
+    patterns = _patterns(p.json_schema())
+    for settings_type in (GatewayProcessSettings, StreamSettings):
+        patterns += _patterns(msgspec.json.schema(settings_type))
+    assert patterns
+    assert [x for x in patterns if not x.endswith("(?!\\n)$")] == []
