@@ -13,27 +13,36 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the settings, build the app and serve until interrupted."""
+    """Load the settings, build the app and serve until SIGTERM/SIGINT (exit 0)."""
+    import logging
     import sys
 
-    from aiohttp import web
+    from deploy.stopping import StopSignals
 
-    from api.app import create_app
-    from api.config import load_api_settings
-    from api.errors import ApiError
-    from api.logs import configure_logging
-    from deploy.errors import DeployError
-
+    # Before anything else, so that a signal during start-up is a clean stop too.
+    stop = StopSignals("api").install()
+    log = logging.getLogger("api")
     try:
-        settings = load_api_settings(getattr(args, "config", None))
-        configure_logging(json_lines=settings.api.log_json)
-        app = create_app(settings)
-    except (ApiError, DeployError) as exc:
-        print(f"fleet api: {exc}", file=sys.stderr)
-        return 2
-    host = args.host or settings.api.host
-    port = args.port or settings.api.port
-    print(f"fleet api: serving on http://{host}:{port}/", file=sys.stderr, flush=True)
-    web.run_app(app, host=host, port=port, access_log=None, print=None,
-                handle_signals=True, shutdown_timeout=5)
+        from aiohttp import web
+
+        from api.app import create_app
+        from api.config import load_api_settings
+        from api.errors import ApiError
+        from api.logs import configure_logging
+        from deploy.errors import DeployError
+
+        try:
+            settings = load_api_settings(getattr(args, "config", None))
+            configure_logging(json_lines=settings.api.log_json)
+            app = create_app(settings)
+        except (ApiError, DeployError) as exc:
+            print(f"fleet api: {exc}", file=sys.stderr)
+            return 2
+        host = args.host or settings.api.host
+        port = args.port or settings.api.port
+        print(f"fleet api: serving on http://{host}:{port}/", file=sys.stderr, flush=True)
+        stop.serve(web.run_app, app, log, host=host, port=port, access_log=None, print=None,
+                   shutdown_timeout=5)
+    except KeyboardInterrupt:
+        stop.report(log)  # a signal while starting: nothing to shut down yet
     return 0

@@ -4,7 +4,8 @@ Starts (or reuses) the local services, migrates, seeds a demo tenant (an admin, 
 depots, customer sites, a school zone with a speed limit, a delivery corridor), then runs the
 stream, the API and the simulators as child processes: a few vehicles through the real gateway
 with the ELM327, SLCAN and NMEA simulators, the rest through the load generator. Ctrl-C stops
-every child cleanly; running it again reuses the seeded tenant and the same credentials.
+every child cleanly (so does SIGTERM); running it again reuses the seeded tenant and the same
+credentials.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deploy.stopping import StopSignals
 
 # The simulators' synthetic city (simulators.routes.SyntheticCity defaults): the demo's fences
 # are laid out on its street grid so that vehicles actually drive through them.
@@ -229,10 +233,22 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_for_line(path: Path, needle: str, child: Child, timeout_s: float) -> str:
+class StopRequested(Exception):  # noqa: N818 (not an error: the user asked to stop)
+    """SIGTERM/SIGINT arrived while the demo was starting its parts."""
+
+
+def _check_stop(stop: StopSignals | None) -> None:
+    """Raise StopRequested once a stop signal has come."""
+    if stop is not None and stop.signum is not None:
+        raise StopRequested
+
+
+def wait_for_line(path: Path, needle: str, child: Child, timeout_s: float,
+                  stop: StopSignals | None = None) -> str:
     """Wait until a child's log contains `needle`; returns the matching line."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        _check_stop(stop)
         if path.exists():
             for line in path.read_text(errors="replace").splitlines():
                 if needle in line:
@@ -244,14 +260,20 @@ def wait_for_line(path: Path, needle: str, child: Child, timeout_s: float) -> st
 
 
 def run(args: argparse.Namespace) -> int:
-    """Set up, seed, start every part, print how to log in, and run until Ctrl-C."""
+    """Set up, seed, start every part, print how to log in, and run until SIGINT/SIGTERM."""
     import asyncio
 
     from deploy.services import local_services
     from deploy.settings import load_settings
+    from deploy.stopping import StopSignals
     from storage.config import DbCommandSettings
     from storage.migrate import migrate
 
+    # A signal is only recorded, and every wait below looks at it: an exception raised at a
+    # random point could land between starting a child and recording it, and orphan it. The
+    # handlers are installed explicitly for SIGINT too, which a shell leaves ignored in a
+    # background job (`fleet demo &`): the demo then ignored `kill -INT` (see deploy.stopping).
+    stop = StopSignals("demo").install(lambda: None)
     services = local_services(args.config, log=lambda m: print(m, file=sys.stderr))
     services.up()
     db = load_settings(DbCommandSettings, args.config).database
@@ -264,39 +286,36 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         fleet += ["--config", args.config]
     supervisor = Supervisor(STATE_DIR / "logs")
-    stop = {"now": False}
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, on_signal)
+    reason = ""
     try:
+        _check_stop(stop)
         supervisor.start("stream", [*fleet, "stream"], env=_demo_stream_env(args.tenant))
         api = supervisor.start("api", [*fleet, "api", "--port", str(args.port)])
-        _start_gateway_vehicles(supervisor, fleet, services, demo)
+        _start_gateway_vehicles(supervisor, fleet, services, demo, stop)
         load_codes = demo.vehicle_codes[len(demo.gateway_codes):]
-        if load_codes:
+        if load_codes and stop.signum is None:
             supervisor.start("load", [
                 *fleet, "sim", "fleet", "--tenant", args.tenant, "--mqtt", services.mqtt_url(),
                 "--codes", ",".join(load_codes), "--rate-hz", "1"])
-        _wait_http(f"http://127.0.0.1:{args.port}/healthz", api, timeout_s=60)
+        _wait_http(f"http://127.0.0.1:{args.port}/healthz", api, timeout_s=60, stop=stop)
         print(_banner(args.port, demo, supervisor), flush=True)
         started = time.monotonic()
-        while not stop["now"]:
+        while stop.signum is None:
             dead = supervisor.exited()
             if dead is not None:
                 print(f"demo: {dead.name} stopped (exit {dead.proc.returncode}); its log:\n"
                       f"{tail(dead.log_path)}", file=sys.stderr)
+                reason = f"because {dead.name} ended"
                 return 1
             if args.duration_s and time.monotonic() - started >= args.duration_s:
+                reason = f"after --duration-s {args.duration_s:g}"
                 break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
+            time.sleep(0.2)
+    except StopRequested:
         pass
     finally:
-        print("demo: stopping ...", file=sys.stderr, flush=True)
         supervisor.stop()
-        print("demo: stopped", file=sys.stderr)
+        stop.report(reason=reason)
     return 0
 
 
@@ -318,20 +337,21 @@ def _demo_stream_env(tenant: str) -> dict[str, str]:
 
 
 def _start_gateway_vehicles(supervisor: Supervisor, fleet: list[str], services: Any,
-                            demo: DemoTenant) -> None:
+                            demo: DemoTenant, stop: StopSignals) -> None:
     """Each gateway vehicle: device simulators in one process, the real gateway in another."""
     from edge_gateway.mqtt_url import parse_mqtt_url
 
     devices: dict[str, str] = demo.credentials.setdefault("devices", {})
     target = parse_mqtt_url(services.mqtt_url())
     for k, code in enumerate(demo.gateway_codes):
+        _check_stop(stop)
         login = f"{demo.slug}/{code}"
         password = devices.setdefault(code, secrets.token_urlsafe(16))
         services.set_mqtt_user(login, password)
         sim = supervisor.start(f"sim-{code}", [
             *fleet, "sim", "vehicle", "--seed", str(1000 + k), "--elm327", "--can", "slcan",
             "--gps"])
-        paths = _sim_paths(wait_for_line(sim.log_path, "ready", sim, timeout_s=30))
+        paths = _sim_paths(wait_for_line(sim.log_path, "ready", sim, timeout_s=30, stop=stop))
         url = f"mqtt://{login.replace('/', '%2F')}:{password}@{target.host}:{target.port}"
         supervisor.start(f"gateway-{code}", [
             *fleet, "gateway", "--tenant", demo.slug, "--vehicle", code, "--mqtt", url,
@@ -349,11 +369,12 @@ def _sim_paths(line: str) -> dict[str, str]:
     return fields
 
 
-def _wait_http(url: str, child: Child, timeout_s: float) -> None:
+def _wait_http(url: str, child: Child, timeout_s: float, stop: StopSignals) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        _check_stop(stop)
         if child.proc.poll() is not None:
             raise RuntimeError(f"the API stopped:\n{tail(child.log_path)}")
         with contextlib.suppress(OSError), urllib.request.urlopen(  # noqa: S310 (our own URL)

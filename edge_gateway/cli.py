@@ -52,17 +52,20 @@ def load(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the gateway until SIGINT/SIGTERM; exit 2 on a settings or start-up error."""
+    """Run the gateway until SIGINT/SIGTERM (exit 0); exit 2 on a settings or start-up error."""
     import asyncio
     import contextlib
     import logging
-    import signal
 
     from deploy.errors import DeployError
+    from deploy.stopping import StopSignals
     from edge_gateway.errors import GatewayError
 
+    # Before anything else, so that a signal during start-up is a clean stop too.
+    stop = StopSignals("gateway").install()
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("edge_gateway")
     try:
         settings = load(args)
         from edge_gateway.config import GatewayProcessSettings
@@ -74,32 +77,27 @@ def run(args: argparse.Namespace) -> int:
     except (GatewayError, DeployError) as exc:
         print(f"fleet gateway: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        stop.report(log)
+        return 0
 
     async def main() -> None:
         task = asyncio.create_task(gateway.run())
-        loop = asyncio.get_running_loop()
-        signals_seen = 0
-
-        def on_signal() -> None:
-            # First signal: graceful (drain in-flight PUBACKs); a second one: stop at once.
-            nonlocal signals_seen
-            signals_seen += 1
-            if signals_seen == 1:
-                gateway.request_stop()
-            else:
-                task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
+        # First signal: graceful (drain in-flight PUBACKs); a second one: stop at once.
+        stop.install_on_loop(asyncio.get_running_loop(), gateway.request_stop, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     failure: BaseException | None = None
     try:
-        asyncio.run(main())
-    except* GatewayError as group:
-        failure = group.exceptions[0]
+        try:
+            asyncio.run(main())
+        except* GatewayError as group:
+            failure = group.exceptions[0]
+    except KeyboardInterrupt:
+        pass  # a signal before main() moved the handlers onto the loop: stopped all the same
     if failure is not None:
         print(f"fleet gateway: {failure}", file=sys.stderr)
         return 1
+    stop.report(log)
     return 0

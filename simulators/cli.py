@@ -15,7 +15,10 @@ import argparse
 import importlib
 import importlib.util
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deploy.stopping import StopSignals
 
 VENDOR_MOCKS = (
     ("samsara", "simulators.samsara", "mock Samsara API server"),
@@ -75,16 +78,19 @@ def _fail(message: str) -> int:
 
 
 def _run_vehicle(args: argparse.Namespace) -> int:
-    import signal
     import threading
     from contextlib import ExitStack, suppress
     from pathlib import Path
 
+    from deploy.stopping import StopSignals
     from simulators.errors import SimulatorError
     from simulators.routes import GeoJsonRoutes
     from simulators.runner import RealtimeDriver
     from simulators.vehicle import Fault, VehicleModel
 
+    # The first signal raises KeyboardInterrupt wherever the main thread is; the ExitStack
+    # then closes whatever front-end was already open, ptys and threads included.
+    stop = StopSignals("sim vehicle").install()
     try:
         faults = [Fault.parse(spec) for spec in args.fault]
         route = GeoJsonRoutes.load(args.route) if args.route else None
@@ -94,20 +100,23 @@ def _run_vehicle(args: argparse.Namespace) -> int:
         link_dir = Path(args.link_dir) if args.link_dir else None
         if link_dir:
             link_dir.mkdir(parents=True, exist_ok=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with ExitStack() as stack:
             ports = _start_front_ends(args, model, link_dir, stack)
             stack.enter_context(RealtimeDriver(model, step_s=0.1, speedup=args.speedup))
             print(f"vehicle seed={args.seed} vin={model.vin}", flush=True)
             print("ready " + " ".join(f"{k}={v}" for k, v in ports.items()), flush=True)
+            # Stopped: the front-ends close, and the ground truth is printed below.
             with suppress(KeyboardInterrupt):
-                stop.wait(args.duration_s)
+                threading.Event().wait(args.duration_s)
         for truth in model.ground_truth:
             print(f"fault {truth.kind} start_ms={truth.start_ms} end_ms={truth.end_ms} "
                   f"details={truth.details}", flush=True)
     except SimulatorError as exc:
         return _fail(str(exc))
+    except KeyboardInterrupt:
+        pass  # stopped while starting
+    if stop.signum is not None:
+        stop.report()
     return 0
 
 
@@ -144,23 +153,21 @@ def _run_fleet(args: argparse.Namespace) -> int:
 
     from deploy.errors import DeployError
     from deploy.settings import load_settings
+    from deploy.stopping import StopSignals
     from simulators.config import SimSettings
     from simulators.errors import SimulatorError
     from simulators.load import LoadConfig, LoadGenerator, vehicle_codes
     from simulators.seed import seed_fleet
 
-    try:
-        settings = load_settings(SimSettings, args.config)
-    except DeployError as exc:
-        return _fail(str(exc))
-    d = settings.sim
-    codes = ([c.strip() for c in args.codes.split(",") if c.strip()] if args.codes
-             else vehicle_codes(args.vehicles, prefix=args.prefix))
-
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
 
+    stop = StopSignals("sim fleet").install()  # replaced by loop handlers once it runs
     try:
+        settings = load_settings(SimSettings, args.config)
+        d = settings.sim
+        codes = ([c.strip() for c in args.codes.split(",") if c.strip()] if args.codes
+                 else vehicle_codes(args.vehicles, prefix=args.prefix))
         config = LoadConfig(
             mqtt_url=args.mqtt or settings.mqtt.url, tenant=args.tenant, codes=codes,
             rate_hz=pick(args.rate_hz, d.rate_hz), batch_size=pick(args.batch_size, d.batch_size),
@@ -175,28 +182,30 @@ def _run_fleet(args: argparse.Namespace) -> int:
             print(f"seeded tenant {args.tenant} with {len(codes)} vehicles", flush=True)
         print(f"publishing {len(codes)} vehicles at {config.rate_hz} Hz, "
               f"{config.batch_size} samples/message", flush=True)
-        report = asyncio.run(_run_until_signalled(generator))
-    except SimulatorError as exc:
+        report = asyncio.run(_run_until_signalled(generator, stop))
+    except (SimulatorError, DeployError) as exc:
         return _fail(str(exc))
-    print(f"sent {report.ledger.samples} samples in {report.ledger.messages} messages, "
-          f"{report.samples_per_s:.0f} samples/s, max lag {report.max_lag_s:.2f} s", flush=True)
-    return 0 if report.ledger.failed_messages == 0 else 1
+    except KeyboardInterrupt:
+        report = None  # stopped before the loop ran
+    if report is not None:
+        print(f"sent {report.ledger.samples} samples in {report.ledger.messages} messages, "
+              f"{report.samples_per_s:.0f} samples/s, max lag {report.max_lag_s:.2f} s",
+              flush=True)
+    if stop.signum is not None:
+        stop.report()
+    return 0 if report is None or report.ledger.failed_messages == 0 else 1
 
 
-async def _run_until_signalled(generator: Any) -> Any:
+async def _run_until_signalled(generator: Any, stop: StopSignals) -> Any:
     """Run the load generator; the first SIGINT/SIGTERM stops it gracefully (it flushes what
-    it holds), a second SIGINT interrupts at once."""
+    it holds), a second one at once (then there is no report: None)."""
     import asyncio
-    import signal
 
-    loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        print("stopping: flushing what is still held ...", file=sys.stderr, flush=True)
-        generator.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-    return await generator.run()
+    task = asyncio.create_task(generator.run())
+    stop.install_on_loop(asyncio.get_running_loop(), generator.stop, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if stop.signum is None:
+            raise
+        return None

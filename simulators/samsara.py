@@ -369,6 +369,8 @@ def run(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
+    from deploy.stopping import StopSignals
+
     mock = MockSamsara(token=args.token, vehicles=args.vehicles, seed=args.seed,
                        error_rate=args.error_rate, rate_limit_per_s=args.rate_limit_per_s,
                        page_size=args.page_size)
@@ -387,5 +389,5 @@ def run(args: argparse.Namespace) -> int:
 
     app.cleanup_ctx.append(ticker)
     print(f"samsara mock on http://{args.host}:{args.port} token={args.token}")
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    StopSignals("sim samsara").serve(web.run_app, app, host=args.host, port=args.port, print=None)
     return 0

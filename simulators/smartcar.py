@@ -419,6 +419,8 @@ def run(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
+    from deploy.stopping import StopSignals
+
     mock = MockSmartcar(client_id=args.client_id, client_secret=args.client_secret,
                         management_token=args.management_token, vehicles=args.vehicles,
                         seed=args.seed, access_ttl_s=args.access_ttl_s,
@@ -437,5 +439,5 @@ def run(args: argparse.Namespace) -> int:
 
     app.cleanup_ctx.append(ticker)
     print(f"smartcar mock on http://{args.host}:{args.port} (connect, auth, /v2.0 and /v3)")
-    web.run_app(app, host=args.host, port=args.port, print=None)
+    StopSignals("sim smartcar").serve(web.run_app, app, host=args.host, port=args.port, print=None)
     return 0

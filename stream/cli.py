@@ -9,13 +9,17 @@ others are stopped too, because a Bytewax cluster fails and resumes as a whole.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deploy.stopping import StopSignals
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +29,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, help="processes in the local cluster "
                         "(default: stream.processes)")
     parser.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--recovery-dir", help="Bytewax recovery directory "
                         "(default: stream.recovery_dir; '' disables recovery)")
     parser.add_argument("--partitions", type=int, help="MQTT source partitions "
@@ -52,9 +57,14 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the stream until it is stopped (SIGINT/SIGTERM) or fails."""
+    """Run the stream until it is stopped (SIGTERM/SIGINT: exit 0) or fails."""
+    from deploy.stopping import StopSignals
+
+    # First, so that a signal during start-up is a clean stop too.
+    stop = StopSignals("stream").install()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("stream")
     from deploy.errors import DeployError
     from stream.errors import StreamError
 
@@ -64,33 +74,27 @@ def run(args: argparse.Namespace) -> int:
 
         ensure_recovery_dir(settings.stream)
         if settings.stream.processes > 1 and args.process_id is None:
-            return _supervise(args, settings.stream.processes)
+            return _supervise(args, settings.stream.processes, stop)
         from stream.runner import run_stream
 
-        _stop_on_sigterm()
-        try:
-            run_stream(settings, process_id=args.process_id)
-        except KeyboardInterrupt:
-            # The normal way to stop (SIGINT or SIGTERM): not an error, so no traceback. What
-            # was in flight was not acknowledged and comes again from the inbox on restart.
-            logging.getLogger("stream").info("stream stopped by signal")
+        run_stream(settings, process_id=args.process_id)
+    except KeyboardInterrupt:
+        # The normal way to stop: the workers left their loop and closed the sources (MQTT
+        # sessions stay, unacknowledged messages come again) and sinks. What was in flight
+        # is in the inbox and is replayed from the last snapshot on restart (docs/stream.md).
+        pass
     except (StreamError, DeployError) as exc:
         print(f"fleet stream: {exc}", file=sys.stderr)
         return 2
+    if args.supervised:
+        return 0  # the supervisor reports the stop of the whole cluster, once
+    stop.report(log)
     return 0
-
-
-def _stop_on_sigterm() -> None:
-    def handler(_sig: int, _frame: Any) -> None:
-        # Bytewax checks for Python signals while it runs and stops on KeyboardInterrupt.
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _child_argv(args: argparse.Namespace, process_id: int, processes: int) -> list[str]:
     argv = [sys.executable, "-m", "stream.cli", "--process-id", str(process_id),
-            "--processes", str(processes)]
+            "--processes", str(processes), "--supervised"]
     if getattr(args, "config", None):
         argv += ["--config", args.config]
     for flag, value in (("--workers", args.workers), ("--recovery-dir", args.recovery_dir),
@@ -111,35 +115,45 @@ def _die_with_parent() -> None:
         pass
 
 
-def _supervise(args: argparse.Namespace, processes: int) -> int:
+def _supervise(args: argparse.Namespace, processes: int, stop: StopSignals) -> int:
+    log = logging.getLogger("stream")
+    # The supervisor only waits: a signal is just recorded (no exception in the middle of
+    # starting or reaping a child), and the loop below notices it.
+    stop.install(lambda: None)
     children = [subprocess.Popen(_child_argv(args, i, processes), preexec_fn=_die_with_parent)  # noqa: PLW1509
                 for i in range(processes)]
-    stopping = False
-
-    def stop(_sig: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     code = 0
-    while not stopping:
+    while stop.signum is None:
         done = [c for c in children if c.poll() is not None]
         if done:
             code = done[0].returncode or 0
+            log.warning("stream process %d ended (exit %d): stopping the cluster",
+                        children.index(done[0]), done[0].returncode)
             break
         time.sleep(0.2)
     for c in children:
         if c.poll() is None:
             c.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for c in children:
-        try:
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    for i, c in enumerate(children):
+        with contextlib.suppress(subprocess.TimeoutExpired):
             c.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if c.poll() is None:
+            log.error("stream process %d did not stop within %.0f s: killed", i,
+                      _STOP_TIMEOUT_S)
             c.kill()
             c.wait()
+            code = code or 1
+        elif stop.signum is not None and c.returncode != 0:
+            log.error("stream process %d exited %d while stopping", i, c.returncode)
+            code = code or 1
+    if stop.signum is not None and code == 0:
+        stop.report(log)
     return code
+
+
+_STOP_TIMEOUT_S = 15.0
+"""How long the cluster's processes get to stop after SIGTERM before SIGKILL."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -221,6 +221,7 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         self.stat_messages, self.stat_commit_s = 0, 0.0
         self.stat_started = time.monotonic()
         self.connected = threading.Event()
+        self.closing = False
         self.client = self._connect()
 
     # -- MQTT ------------------------------------------------------------------------------
@@ -269,6 +270,9 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
 
     def _on_disconnect(self, _client: Client, _userdata: Any, _flags: Any, reason: ReasonCode,
                        _props: Properties | None) -> None:
+        if self.closing:  # our own disconnect on a clean stop
+            log.info("MQTT partition %s disconnected", self.partition)
+            return
         # paho reconnects by itself; unacknowledged messages come again on the new connection.
         log.warning("MQTT partition %s disconnected: %s", self.partition, reason)
 
@@ -366,6 +370,7 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
 
     def close(self) -> None:
         """Disconnect without ending the broker session (it is persistent)."""
+        self.closing = True
         self.client.disconnect()
         self.client.loop_stop()
         self.inbox.close()

@@ -51,7 +51,14 @@ def _tune_gc() -> None:
 def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> None:
     """Run the dataflow in this process (as process `process_id` of a local cluster)."""
     from bytewax.recovery import RecoveryConfig
-    from bytewax.run import cli_main
+
+    # `cluster_main`, not `bytewax.run.cli_main`: for one process with one worker, cli_main
+    # runs the dataflow on this very thread and turns a signal into a worker panic (a Rust
+    # backtrace, then `BytewaxRuntimeError: signal received` instead of KeyboardInterrupt).
+    # cluster_main runs the workers on their own threads while this one waits and checks for
+    # signals: on KeyboardInterrupt from our handler the workers leave their loop, close the
+    # sources and sinks, and the interrupt reaches the caller as itself (stream.cli).
+    from bytewax.testing import cluster_main
 
     from geo.store import FenceWatcher
 
@@ -81,17 +88,17 @@ def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> No
         )
         flow = build_flow(parts)
         _tune_gc()
-        addresses = None
+        addresses: list[str] = []  # none: the workers of this process are the whole cluster
         if cfg.processes > 1:
             addresses = [f"127.0.0.1:{cfg.process_base_port + i}" for i in range(cfg.processes)]
         log.info("stream starting: process %s of %d, %d worker(s), %d detector(s), recovery %s",
                  process_id or 0, cfg.processes, cfg.workers_per_process, len(detectors),
                  recovery_dir or "off")
-        cli_main(  # type: ignore[no-untyped-call]
+        cluster_main(  # type: ignore[no-untyped-call]
             flow,
-            workers_per_process=cfg.workers_per_process,
-            process_id=process_id if cfg.processes > 1 else None,
-            addresses=addresses,
+            addresses,
+            process_id or 0,
+            worker_count_per_proc=cfg.workers_per_process,
             epoch_interval=timedelta(seconds=cfg.snapshot_interval_s),
             recovery_config=(RecoveryConfig(str(recovery_dir), timedelta(0))  # type: ignore[no-untyped-call]
                              if recovery_dir is not None else None),
