@@ -27,6 +27,7 @@ from api.metrics import METRICS_KEY, ApiMetrics, metrics_handler
 from api.middleware import (
     RATE_LIMIT_KEY,
     audit_middleware,
+    input_middleware,
     observe_middleware,
     security_middleware,
 )
@@ -90,7 +91,7 @@ OPS_ROUTES = [
     ApiRoute("GET", "/readyz", readyz, "Readiness (database, Redis, live feed)", "operations",
              None),
     ApiRoute("GET", "/metrics", metrics_handler, "Prometheus metrics", "operations", None,
-             response={"type": "string"}),
+             response={"type": "string"}, media_type="text/plain"),
     ApiRoute("GET", "/api/openapi.json", openapi_handler, "This document", "operations", None),
     ApiRoute("GET", "/api/map-config", map_config, "Dispatcher map settings (tiles)", "map",
              None),
@@ -120,7 +121,7 @@ def create_app(settings: ApiSettings) -> web.Application:
         raise ApiConfigError("api.dev_auth_bypass needs api.dev_tenant_id")
     app = web.Application(
         middlewares=[observe_middleware, error_middleware, security_middleware,
-                     audit_middleware],
+                     audit_middleware, input_middleware],
         client_max_size=1024 * 1024)
     metrics = ApiMetrics()
     app[SETTINGS_KEY] = settings

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from api.auth import USER_KEY, AuthUser
 from api.db import POOL_KEY, tenant_connection
+from api.params import storable, storable_tree
 
 log = logging.getLogger("api.audit")
 
@@ -60,9 +61,14 @@ async def record(  # noqa: PLR0917 - positional order is the package contract
             user_id = user_id or user.id
         ip = ip or client_ip(target)
         user_agent = user_agent or target.headers.get("User-Agent")
+    # What a client sent (path, e-mail, User-Agent, which aiohttp decodes with
+    # surrogateescape) is recorded as U+FFFD where PostgreSQL cannot store it, so a hostile
+    # request still leaves its audit row.
     args = (tenant_id, user_id, action, resource_type,
-            None if resource_id is None else str(resource_id), details or {},
-            ip, user_agent, outcome, error_message)
+            None if resource_id is None else storable(str(resource_id)),
+            storable_tree(details or {}), ip,
+            None if user_agent is None else storable(user_agent), outcome,
+            None if error_message is None else storable(error_message))
     if isinstance(target, web.Request):
         pool = target.app[POOL_KEY]
         if tenant_id is None:

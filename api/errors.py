@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 log = logging.getLogger("api")
@@ -100,6 +101,15 @@ class TooManyRequests(ApiError):  # noqa: N818 - HTTP status names
     code = "rate_limited"
 
 
+class Unprocessable(ApiError):  # noqa: N818 - HTTP status names
+    """The request conforms to the OpenAPI document but breaks a rule a JSON Schema cannot
+    state (from >= to, an invalid geometry, a reference to a row that does not exist);
+    422, `field` names it. A request that violates the document is a 400 instead."""
+
+    status = 422
+    code = "unprocessable"
+
+
 class Unavailable(ApiError):  # noqa: N818 - HTTP status names
     """A dependency (database, Redis) is unavailable (503)."""
 
@@ -109,6 +119,7 @@ class Unavailable(ApiError):  # noqa: N818 - HTTP status names
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+               422: "unprocessable",
                415: "unsupported_media_type", 429: "rate_limited"}
 
 
@@ -130,9 +141,18 @@ async def error_middleware(
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        # Keep the headers aiohttp chose: `Allow` on a 405 is required (RFC 9110 15.5.6).
+        kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         http_err = ApiError(exc.reason or "error", status=exc.status,
-                            code=_HTTP_CODES.get(exc.status, "http_error"))
+                            code=_HTTP_CODES.get(exc.status, "http_error"), headers=kept)
         return error_response(http_err)
+    except asyncpg.CharacterNotInRepertoireError:
+        # Safety net: `input_middleware` and `read_json` refuse such text with the field's
+        # name; text that reaches PostgreSQL by another way is still the client's, not a 500.
+        log.warning("unstorable text reached the database on %s %s", request.method,
+                    request.path)
+        return error_response(ApiError("a text value contains a character PostgreSQL cannot "
+                                       "store (NUL)", status=400, code="validation_error"))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         internal = ApiError("internal server error")

@@ -9,7 +9,8 @@ Protocol (JSON text frames):
   from `vehicle_state`, then ``{"type": "batch", "positions": [...], "events": [...]}`` at
   most every `live_flush_ms`, ``{"type": "heartbeat"}`` when idle, and
   ``{"type": "error", ...}`` before closing (4400 bad request, 4401 unauthenticated or token
-  expired, 4403 forbidden).
+  expired, 4403 forbidden). A `bbox` is RFC 7946's: west > east crosses the antimeridian,
+  [-180, -90, 180, 90] is the whole world; one that is not a box on Earth is a 4400.
 
 Every API process subscribes to the ``fleet:live:*`` pattern (`stream.live`), so any number of
 replicas serve clients of any tenant. Per tenant and per tick, changed positions are coalesced
@@ -37,8 +38,9 @@ from redis.exceptions import RedisError
 from api.auth import TOKENS_KEY, AuthUser, bearer_token
 from api.config import ApiSection
 from api.db import POOL_KEY, tenant_connection
-from api.errors import Unauthorized
+from api.errors import ApiError, Unauthorized
 from api.metrics import ApiMetrics
+from api.params import BBox, check_tree, parse_bbox
 from api.routes.common import driver_scope
 from api.routes.history import POSITIONS_SQL
 from stream.live import LIVE_CHANNEL_PREFIX, LiveEvent, LivePosition, decode_live
@@ -96,7 +98,7 @@ class LiveClient:
     expires_at: float
     event_buffer: int
     vehicles: frozenset[str] | None = None
-    bbox: tuple[float, float, float, float] | None = None
+    bbox: BBox | None = None
     pending: dict[str, LivePosition] = field(default_factory=dict)
     events: deque[LiveEvent] = field(init=False)
     dropped_events: int = 0
@@ -128,8 +130,7 @@ class LiveClient:
         if self.bbox is not None:
             if lat is None or lon is None:
                 return False
-            w, s, e, n = self.bbox
-            return w <= lon <= e and s <= lat <= n
+            return self.bbox.contains(lon, lat)
         return True
 
     def offer(self, positions: list[LivePosition], events: list[LiveEvent],
@@ -311,7 +312,7 @@ def _error(code: str, message: str) -> bytes:
 
 async def _snapshot(pool: asyncpg.Pool, client: LiveClient) -> bytes:
     user = client.user
-    bbox: tuple[float | None, ...] = client.bbox or (None, None, None, None)
+    bbox: list[float] | list[None] = client.bbox.as_list() if client.bbox else [None] * 4
     async with tenant_connection(pool, user.tenant_id) as conn:
         rows = await conn.fetch(POSITIONS_SQL, user.tenant_id, driver_scope(user), None, *bbox)
     positions = [
@@ -390,6 +391,10 @@ async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR
     # coalesce here (latest per vehicle) instead of queueing in socket buffers.
     ws = web.WebSocketResponse(heartbeat=section.live_ping_s, compress=False,
                                max_msg_size=64 * 1024, writer_limit=SEND_BUFFER_BYTES)
+    if not ws.can_prepare(request).ok:
+        # A plain HTTP request to the socket's URL: say what it needs (RFC 9110 15.5.22).
+        raise ApiError("this is a WebSocket: send an upgrade request", status=426,
+                       code="upgrade_required", headers={"Upgrade": "websocket"})
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -405,8 +410,18 @@ async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR
         while first.type in (WSMsgType.TEXT, WSMsgType.BINARY):
             try:
                 sub = _subscribe_decoder.decode(first.data)
+                # The same rules as REST parameters: text PostgreSQL cannot store, a bbox
+                # that is not a box on Earth.
+                check_tree(msgspec.to_builtins(sub))
+                bbox = parse_bbox(sub.bbox) if sub.bbox is not None else None
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 await ws.send_frame(_error("bad_request", str(exc)), WSMsgType.TEXT)
+                await ws.close(code=4400, message=b"bad subscribe message")
+                return ws
+            except ApiError as err:
+                await ws.send_frame(_encoder.encode({"type": "error", "code": err.code,
+                                                     "message": err.message,
+                                                     "field": err.field}), WSMsgType.TEXT)
                 await ws.close(code=4400, message=b"bad subscribe message")
                 return ws
             try:
@@ -434,10 +449,10 @@ async def live_handler(request: web.Request) -> web.StreamResponse:  # noqa: PLR
             if client is None:
                 client = LiveClient(ws=ws, user=user, expires_at=expires_at,
                                     event_buffer=section.live_event_buffer,
-                                    vehicles=vehicles, bbox=sub.bbox)
+                                    vehicles=vehicles, bbox=bbox)
                 hub.add(client)
             else:
-                client.vehicles, client.bbox, client.expires_at = vehicles, sub.bbox, expires_at
+                client.vehicles, client.bbox, client.expires_at = vehicles, bbox, expires_at
                 client.pending.clear()
             await ws.send_frame(_encoder.encode({
                 "type": "subscribed", "tenant_id": str(user.tenant_id), "role": user.role,

@@ -4,6 +4,8 @@
 2. `errors.error_middleware` — every failure becomes the stable JSON error shape;
 3. `security_middleware` — who calls (token), rate limit per client, authentication required;
 4. `audit_middleware` — an audit row for every mutating request, success or failure;
+5. `input_middleware` — query and path values PostgreSQL cannot store, and empty values of
+   declared parameters, are refused (400 naming the parameter) before any handler runs;
 then the handler, wrapped by its role check (`auth.require_roles`).
 """
 
@@ -19,8 +21,9 @@ from redis.exceptions import RedisError
 from api import audit
 from api.auth import USER_KEY, AuthUser, Handler, identify, is_public
 from api.cache import REDIS_KEY
-from api.errors import ApiError, TooManyRequests
+from api.errors import ApiError, TooManyRequests, ValidationError
 from api.metrics import METRICS_KEY
+from api.params import check_text
 from api.routing import AUDIT_RESOURCE_ID, find_route
 
 access_log = logging.getLogger("api.access")
@@ -145,3 +148,31 @@ async def _safe_record(request: web.Request, action: str, resource: str, *,
                            error_message=error)
     except (OSError, asyncpg.PostgresError, ApiError):
         log.exception("audit write failed for %s %s", request.method, request.path)
+
+
+@web.middleware
+async def input_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse unstorable text in any query or path value, and empty declared parameters.
+
+    One place for every route, including those other packages mount: a handler may pass
+    any parameter to PostgreSQL, whose text cannot hold NUL (query strings cannot carry a
+    lone surrogate: the URL decoder replaces invalid UTF-8 with U+FFFD). Bodies are
+    checked by `api.params.read_json`.
+    """
+    for name, value in request.query.items():
+        check_text(name, name)
+        check_text(value, name)
+    for name, value in request.match_info.items():
+        check_text(value, name)
+    route = find_route(request)
+    if route is not None:
+        for param in route.params:
+            if param.location != "query":
+                continue
+            values = request.query.getall(param.name, [])
+            if len(values) > 1:
+                raise ValidationError(f"{param.name} is given more than once", field=param.name)
+            if values == [""]:
+                raise ValidationError(f"{param.name} must not be empty (leave it out for the "
+                                      "default)", field=param.name)
+    return await handler(request)

@@ -70,13 +70,38 @@ def _operation(route: ApiRoute) -> dict[str, Any]:
             "schema": {"$ref": f"#/components/schemas/{route.body.__name__}"}}}}
     ok: dict[str, Any] = {"description": "success"}
     if route.status != 204:
-        ok["content"] = {"application/json": {"schema": route.response or {"type": "object"}}}
+        ok["content"] = {route.media_type: {"schema": route.response or {"type": "object"}}}
     err = {"description": "error", "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Error"}}}}
-    op["responses"] = {str(route.status): ok, "400": err, "default": err}
+    op["responses"] = {str(route.status): ok, "400": {**err, "description": BAD_REQUEST},
+                       "default": err}
+    if route.body is not None or {p.name for p in route.params} & _RELATED_PARAMS:
+        op["responses"]["422"] = {**err, "description": UNPROCESSABLE}
     if route.roles is not None:
         op["responses"].update({"401": err, "403": err, "429": err})
     return op
+
+
+BAD_REQUEST = ("The request violates this document (a parameter or body field, named in "
+               "`field`). Strings never hold NUL; an empty query value is refused like any "
+               "other malformed one.")
+UNPROCESSABLE = ("The request conforms to this document but breaks a rule a schema cannot "
+                 "state; `field` and `message` say which (from >= to or more than 366 days, "
+                 "a bbox that is not a box on Earth, an invalid geometry, a reference to a "
+                 "row that does not exist in the tenant, password complexity).")
+_RELATED_PARAMS = frozenset({"from", "to", "bbox"})
+
+
+def _body_schemas(bodies: list[type]) -> dict[str, Any]:
+    """msgspec's component schemas, plus what a Struct adds as `json_schema_extra`
+    (e.g. ``minProperties`` of a PATCH body, which its handler enforces)."""
+    _, components = msgspec.json.schema_components(
+        bodies, ref_template="#/components/schemas/{name}")
+    for body in bodies:
+        extra = getattr(body, "json_schema_extra", None)
+        if extra and body.__name__ in components:
+            components[body.__name__].update(extra)
+    return components
 
 
 def build_openapi(routes: list[ApiRoute], *, extra_paths: dict[str, Any] | None = None
@@ -84,8 +109,7 @@ def build_openapi(routes: list[ApiRoute], *, extra_paths: dict[str, Any] | None 
     """The whole document."""
     paths: dict[str, Any] = {}
     bodies = sorted({r.body for r in routes if r.body is not None}, key=lambda t: t.__name__)
-    _, components = msgspec.json.schema_components(
-        bodies, ref_template="#/components/schemas/{name}")
+    components = _body_schemas(bodies)
     for route in routes:
         paths.setdefault(openapi_path(route.path), {})[route.method.lower()] = _operation(route)
     for path, item in (extra_paths or {}).items():

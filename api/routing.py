@@ -21,7 +21,8 @@ class Param:
 
     name: str
     location: str = "query"
-    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    # An empty value is refused (input_middleware), so a free-text parameter is minLength 1.
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string", "minLength": 1})
     required: bool = False
     description: str = ""
 
@@ -41,6 +42,8 @@ class ApiRoute:
     """msgspec Struct of the JSON body (documented in components/schemas)."""
     response: dict[str, Any] | None = None
     """JSON Schema of the success body (default: an object)."""
+    media_type: str = "application/json"
+    """Content type of the success body."""
     status: int = 200
     resource: str = ""
     """Audit resource_type of a mutating route."""
@@ -53,7 +56,7 @@ AUDIT_RESOURCE_ID: web.RequestKey[str] = web.RequestKey("audit_resource_id", str
 """Handlers of create routes set the new row's id here for the audit row."""
 
 PAGE_PARAMS = (
-    Param("page", schema={"type": "integer", "minimum": 1, "default": 1}),
+    Param("page", schema={"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}),
     Param("limit", schema={"type": "integer", "minimum": 1, "maximum": 100, "default": 50}),
 )
 

@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 
 from api.auth import AuthUser
-from api.errors import Conflict, NotFound, ValidationError
+from api.errors import Conflict, NotFound, Unprocessable, ValidationError
 
 _encoder = msgspec.json.Encoder()
 
@@ -74,7 +74,10 @@ def driver_scope(user: AuthUser) -> UUID | None:
 
 async def ensure_in_tenant(conn: asyncpg.Connection, table: str, row_id: UUID | None,
                            tenant_id: UUID, field: str) -> None:
-    """Foreign keys ignore row-level security: check that a referenced row is ours."""
+    """Foreign keys ignore row-level security: check that a referenced row is ours.
+
+    A well-formed id of no row of ours is a 422: the document cannot know which ids exist.
+    """
     if row_id is None:
         return
     if table not in ("drivers", "vehicles", "users", "geofences"):
@@ -83,4 +86,4 @@ async def ensure_in_tenant(conn: asyncpg.Connection, table: str, row_id: UUID | 
         f"SELECT 1 FROM {table} WHERE id = $1 AND tenant_id = $2",  # noqa: S608 - fixed names
         row_id, tenant_id)
     if found is None:
-        raise ValidationError(f"{field} does not exist", field=field)
+        raise Unprocessable(f"{field} does not exist", field=field)

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 import asyncpg
 import msgspec
 from aiohttp import web
 
-from api.auth import ROLES, current_user, hash_password
+from api.auth import (
+    PASSWORD_MAX_LEN,
+    PASSWORD_MIN_LEN,
+    ROLES,
+    current_user,
+    hash_password,
+    password_problems,
+)
 from api.cache import invalidate
 from api.db import tenant_transaction
-from api.errors import ApiError, NotFound, ValidationError
+from api.errors import ApiError, NotFound, Unprocessable, ValidationError
 from api.params import page_params, path_uuid, query_choice, read_json
 from api.routes.common import db_error, ensure_in_tenant, json_response, page_body
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
+from edge_gateway.protocol import whole
 
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType
@@ -38,7 +46,9 @@ class DriverIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class DriverPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A partial driver update."""
+    """A partial driver update (at least one field)."""
+
+    json_schema_extra: ClassVar[dict[str, Any]] = {"minProperties": 1}
 
     first_name: str | Unset = UNSET
     last_name: str | Unset = UNSET
@@ -150,11 +160,19 @@ async def delete_driver(request: web.Request) -> web.Response:
 
 # -- users -----------------------------------------------------------------------------------
 
-class UserIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A new user account; the password must meet the IA-5 rules."""
+# One '@' with something around it, no spaces or control characters: the same regular
+# expression is msgspec's check and the document's `pattern` (whole(): ECMA and Python agree).
+Email = Annotated[str, msgspec.Meta(pattern=whole(r"[^@\u0000-\u0020]+@[^@\u0000-\u0020]+"),
+                                    max_length=254)]
+Password = Annotated[str, msgspec.Meta(min_length=PASSWORD_MIN_LEN,
+                                       max_length=PASSWORD_MAX_LEN)]
 
-    email: str
-    password: str
+
+class UserIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new user account; the password must meet the IA-5 rules (complexity: else 422)."""
+
+    email: Email
+    password: Password
     role: Literal["admin", "fleet_manager", "driver", "technician", "viewer"]
     first_name: str | None = None
     last_name: str | None = None
@@ -183,10 +201,13 @@ async def create_user(request: web.Request) -> web.Response:
     """POST /api/users: create an account (argon2id hash; IA-5 rules)."""
     user = current_user(request)
     body = await read_json(request, UserIn)
-    if "@" not in body.email:
-        raise ValidationError("email must be an e-mail address", field="email")
     if body.role == "driver" and body.driver_id is None:
-        raise ValidationError("a driver account needs driver_id", field="driver_id")
+        raise Unprocessable("a driver account needs driver_id", field="driver_id")
+    problems = password_problems(body.password, body.email)
+    if problems:
+        # Length is in the document (400 from the decoder); complexity is not: 422.
+        raise Unprocessable("password does not meet the rules: " + "; ".join(problems),
+                            field="password")
     pw_hash = hash_password(body.password, body.email)
     async with tenant_transaction(request) as conn:
         await ensure_in_tenant(conn, "drivers", body.driver_id, user.tenant_id, "driver_id")
@@ -214,7 +235,9 @@ DRIVER = {"$ref": "#/components/schemas/Driver"}
 
 ROUTES = [
     ApiRoute("GET", "/api/drivers", list_drivers, "List drivers (drivers: themselves)",
-             "drivers", READ, params=(*PAGE_PARAMS, Param("status")),
+             "drivers", READ,
+             params=(*PAGE_PARAMS, Param("status", schema={"enum": ["active", "inactive",
+                                                                    "suspended"]})),
              response={"$ref": "#/components/schemas/Page"}),
     ApiRoute("POST", "/api/drivers", create_driver, "Create a driver", "drivers", WRITE,
              body=DriverIn, response=DRIVER, status=201, resource="driver"),

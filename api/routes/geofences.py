@@ -7,7 +7,7 @@ that says where (``explain_validity``: "Self-intersection[lon lat]").
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -18,8 +18,8 @@ from shapely.validation import explain_validity
 
 from api.auth import current_user
 from api.db import tenant_transaction
-from api.errors import NotFound, ValidationError
-from api.params import path_uuid, query_bool, query_choice, read_json
+from api.errors import NotFound, Unprocessable, ValidationError
+from api.params import path_uuid, query_bool, query_choice, query_text, read_json
 from api.routes.common import db_error, json_response
 from api.routing import AUDIT_RESOURCE_ID, ApiRoute, Param
 
@@ -29,18 +29,50 @@ _GEOMETRY_FOR_KIND = {"polygon": ("Polygon", "MultiPolygon"), "circle": ("Point"
                       "corridor": ("LineString",)}
 
 
+INT4_MAX = 2**31 - 1
+Metres = Annotated[float, msgspec.Meta(ge=0.01, le=20_000_000, description="metres")]
+"""1 cm (below, PostGIS's buffer arithmetic underflows) to half the Earth's circumference."""
+SpeedKph = Annotated[float, msgspec.Meta(ge=1, le=1000, description="km/h")]
+Seconds = Annotated[int, msgspec.Meta(ge=1, le=INT4_MAX, description="seconds")]
+SecondsOrZero = Annotated[int, msgspec.Meta(ge=0, le=INT4_MAX, description="seconds")]
+
+_LON = {"type": "number", "minimum": -180, "maximum": 180}
+_LAT = {"type": "number", "minimum": -90, "maximum": 90}
+_POSITION = {"type": "array", "prefixItems": [_LON, _LAT], "minItems": 2, "maxItems": 2}
+_RING = {"type": "array", "items": _POSITION, "minItems": 4}
+GEOMETRY_SCHEMA: dict[str, Any] = {"oneOf": [
+    {"type": "object", "required": ["type", "coordinates"], "properties": {
+        "type": {"const": "Point"}, "coordinates": _POSITION}},
+    {"type": "object", "required": ["type", "coordinates"], "properties": {
+        "type": {"const": "LineString"},
+        "coordinates": {"type": "array", "items": _POSITION, "minItems": 2}}},
+    {"type": "object", "required": ["type", "coordinates"], "properties": {
+        "type": {"const": "Polygon"},
+        "coordinates": {"type": "array", "items": _RING, "minItems": 1}}},
+    {"type": "object", "required": ["type", "coordinates"], "properties": {
+        "type": {"const": "MultiPolygon"},
+        "coordinates": {"type": "array", "minItems": 1, "items": {
+            "type": "array", "items": _RING, "minItems": 1}}}},
+], "description": "GeoJSON geometry (RFC 7946), [longitude, latitude]. Rings must be "
+                  "closed and the shape valid (OGC), and the type must fit `kind` "
+                  "(Point: circle, LineString: corridor), else 422 with the reason."}
+Geometry = Annotated[dict[str, Any], msgspec.Meta(extra_json_schema=GEOMETRY_SCHEMA)]
+
+
 class FenceProperties(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Feature properties of a geofence."""
 
     name: str
     kind: Kind | None = None
     """Default: polygon for (Multi)Polygon, circle for Point, corridor for LineString."""
-    radius_m: float | None = None
-    corridor_width_m: float | None = None
+    radius_m: Metres | None = None
+    corridor_width_m: Metres | None = None
     category: str | None = None
-    speed_limit_kph: float | None = None
-    dwell_s: int | None = None
-    debounce_s: int = 0
+    speed_limit_kph: SpeedKph | None = None
+    dwell_s: Seconds | None = None
+    debounce_s: SecondsOrZero | None = None
+    """How long a change must hold before it is an event; null: the fleet's setting
+    (`geofence.debounce_s`, docs/geofencing.md)."""
     alert_on_entry: bool = False
     alert_on_exit: bool = False
     alert_recipients: list[str] = msgspec.field(default_factory=list)
@@ -51,13 +83,18 @@ class FenceFeature(msgspec.Struct, kw_only=True):
     """A GeoJSON Feature carrying one geofence."""
 
     type: Literal["Feature"]
-    geometry: dict[str, Any]
+    geometry: Geometry
     properties: FenceProperties
     id: str | None = None
 
 
 def _positions(coords: Any) -> list[tuple[float, float]]:
     if isinstance(coords, list | tuple) and coords and isinstance(coords[0], int | float):
+        # The column is 2D (geography(Geometry, 4326)): exactly [longitude, latitude].
+        if len(coords) != 2 or not all(
+                isinstance(c, int | float) and not isinstance(c, bool) for c in coords):
+            raise ValidationError("a position is [longitude, latitude]",
+                                  field="geometry.coordinates")
         return [(float(coords[0]), float(coords[1]))]
     out: list[tuple[float, float]] = []
     for c in coords if isinstance(coords, list | tuple) else []:
@@ -66,7 +103,11 @@ def _positions(coords: Any) -> list[tuple[float, float]]:
 
 
 def validate_feature(feature: FenceFeature) -> tuple[str, dict[str, Any]]:
-    """Check kind, coordinates and validity; returns (kind, geometry). Raises ValidationError."""
+    """Check kind, coordinates and validity; returns (kind, geometry).
+
+    Raises ValidationError (400) where the document's schema is violated, Unprocessable
+    (422) for what it cannot state: closed rings, OGC validity, the kind's geometry type.
+    """
     geom = feature.geometry
     gtype = geom.get("type")
     props = feature.properties
@@ -74,7 +115,7 @@ def validate_feature(feature: FenceFeature) -> tuple[str, dict[str, Any]]:
         (k for k, types in _GEOMETRY_FOR_KIND.items() if gtype in types), None)
     if kind is None or gtype not in _GEOMETRY_FOR_KIND[kind]:
         allowed = ", ".join(t for ts in _GEOMETRY_FOR_KIND.values() for t in ts)
-        raise ValidationError(f"geometry type {gtype!r} does not fit kind {kind!r} "
+        raise Unprocessable(f"geometry type {gtype!r} does not fit kind {kind!r} "
                               f"(allowed: {allowed})", field="geometry.type")
     coords = geom.get("coordinates")
     positions = _positions(coords)
@@ -91,21 +132,21 @@ def validate_feature(feature: FenceFeature) -> tuple[str, dict[str, Any]]:
         for poly in polys:
             for ring in poly or []:
                 if len(ring) < 4 or ring[0] != ring[-1]:
-                    raise ValidationError(
+                    raise Unprocessable(
                         "each polygon ring needs >= 4 positions and must be closed "
                         "(first position == last, RFC 7946 3.1.6)", field="geometry.coordinates")
     try:
         shp = shape(geom)
     except (ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise ValidationError(f"invalid geometry: {exc}", field="geometry") from exc
+        raise Unprocessable(f"invalid geometry: {exc}", field="geometry") from exc
     if not shp.is_valid:
-        raise ValidationError(f"invalid geometry: {explain_validity(shp)}", field="geometry",
-                              details={"reason": explain_validity(shp)})
+        raise Unprocessable(f"invalid geometry: {explain_validity(shp)}", field="geometry",
+                            details={"reason": explain_validity(shp)})
     if kind == "circle" and not (props.radius_m and props.radius_m > 0):
-        raise ValidationError("a circle needs radius_m > 0", field="properties.radius_m")
+        raise Unprocessable("a circle needs radius_m > 0", field="properties.radius_m")
     if kind == "corridor" and not (props.corridor_width_m and props.corridor_width_m > 0):
-        raise ValidationError("a corridor needs corridor_width_m > 0",
-                              field="properties.corridor_width_m")
+        raise Unprocessable("a corridor needs corridor_width_m > 0",
+                            field="properties.corridor_width_m")
     return kind, geom
 
 
@@ -128,7 +169,7 @@ async def list_geofences(request: web.Request) -> web.Response:
     user = current_user(request)
     kind = query_choice(request, "kind", KINDS)
     active = query_bool(request, "active")
-    category = request.query.get("category") or None
+    category = query_text(request, "category")
     async with tenant_transaction(request) as conn:
         rows = await conn.fetch(
             f"SELECT {_SELECT} FROM geofences WHERE tenant_id = $1 "  # noqa: S608

@@ -12,13 +12,17 @@ from aiohttp import web
 from api.auth import SECTION_KEY, current_user
 from api.cache import cached
 from api.db import tenant_transaction
-from api.errors import ValidationError
+from api.errors import Unprocessable
 from api.params import (
+    BBOX_PATTERN,
     page_params,
     path_uuid,
+    query_bbox,
     query_bool,
     query_choice,
+    query_date,
     query_int,
+    query_text,
     query_time,
     query_uuid,
 )
@@ -31,14 +35,21 @@ RESOLUTIONS = ("auto", "raw", "1m", "1h")
 
 
 def time_range(request: web.Request, default: timedelta) -> tuple[datetime, datetime]:
-    """`from`/`to` query parameters (default: the last `default` until now)."""
+    """`from`/`to` query parameters (default: the last `default` until now).
+
+    Both are valid date-times on their own, so their relation (from < to, at most 366 days
+    apart) is a 422: the document can state it only in words.
+    """
     now = datetime.now(UTC)
     end = query_time(request, "to", now) or now
-    start = query_time(request, "from", end - default) or end - default
+    start = query_time(request, "from")
+    if start is None:
+        start = end - default if end - datetime.min.replace(tzinfo=UTC) > default \
+            else datetime.min.replace(tzinfo=UTC)
     if start >= end:
-        raise ValidationError("from must be before to", field="from")
+        raise Unprocessable("from must be before to", field="from")
     if end - start > MAX_RANGE:
-        raise ValidationError("time range is limited to 366 days", field="from")
+        raise Unprocessable("time range is limited to 366 days", field="from")
     return start, end
 
 
@@ -142,19 +153,6 @@ async def track(request: web.Request) -> web.Response:
                        "bucket_s": width_s, "times": [r["time"] for r in pts]}})
 
 
-def _bbox(request: web.Request) -> tuple[float, float, float, float] | None:
-    raw = request.query.get("bbox")
-    if not raw:
-        return None
-    try:
-        w, s, e, n = (float(x) for x in raw.split(","))
-    except ValueError as exc:
-        raise ValidationError("bbox must be west,south,east,north", field="bbox") from exc
-    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-        raise ValidationError("bbox must be west,south,east,north in degrees", field="bbox")
-    return w, s, e, n
-
-
 POSITIONS_SQL = """
 SELECT s.vehicle_id, v.code, s.time, ST_Y(s.location::geometry) AS lat,
        ST_X(s.location::geometry) AS lon, s.speed_kph, s.heading_deg, s.ignition, s.moving,
@@ -163,8 +161,10 @@ SELECT s.vehicle_id, v.code, s.time, ST_Y(s.location::geometry) AS lat,
   FROM vehicle_state s JOIN vehicles v ON v.id = s.vehicle_id AND v.tenant_id = s.tenant_id
  WHERE s.tenant_id = $1 AND ($2::uuid IS NULL OR v.assigned_driver_id = $2)
    AND ($3::uuid IS NULL OR s.vehicle_id = $3)
-   AND ($4::float8 IS NULL OR ST_Intersects(s.location,
-        ST_MakeEnvelope($4, $5, $6, $7, 4326)::geography))
+   AND ($4::float8 IS NULL OR (ST_Y(s.location::geometry) BETWEEN $5 AND $7
+        AND CASE WHEN $4 <= $6 THEN ST_X(s.location::geometry) BETWEEN $4 AND $6
+                 ELSE ST_X(s.location::geometry) >= $4 OR ST_X(s.location::geometry) <= $6
+            END))
  ORDER BY v.code
 """
 
@@ -172,7 +172,8 @@ SELECT s.vehicle_id, v.code, s.time, ST_Y(s.location::geometry) AS lat,
 async def positions(request: web.Request) -> web.Response:
     """GET /api/positions: the latest state of each vehicle (optionally in a bbox)."""
     user = current_user(request)
-    bbox = _bbox(request) or (None, None, None, None)
+    box = query_bbox(request)
+    bbox = box.as_list() if box else (None, None, None, None)
     async with tenant_transaction(request) as conn:
         rows = await conn.fetch(POSITIONS_SQL, user.tenant_id, driver_scope(user),
                                 query_uuid(request, "vehicle_id"), *bbox)
@@ -239,7 +240,7 @@ async def vehicle_events(request: web.Request) -> web.Response:
         request, _VEHICLE_EVENTS,
         "AND ($5::uuid IS NULL OR e.vehicle_id = $5) AND ($6::text IS NULL OR e.event_type = $6)"
         " AND ($7::text IS NULL OR e.severity = $7)",
-        [query_uuid(request, "vehicle_id"), request.query.get("event_type") or None,
+        [query_uuid(request, "vehicle_id"), query_text(request, "event_type"),
          query_choice(request, "severity", ("info", "warning", "critical"))],
         "e.time DESC")
 
@@ -255,7 +256,7 @@ async def anomalies(request: web.Request) -> web.Response:
         request, _ANOMALIES,
         "AND ($5::uuid IS NULL OR e.vehicle_id = $5) AND ($6::text IS NULL OR e.signal = $6)"
         " AND ($7::boolean IS NULL OR e.is_event = $7)",
-        [query_uuid(request, "vehicle_id"), request.query.get("signal") or None,
+        [query_uuid(request, "vehicle_id"), query_text(request, "signal"),
          query_bool(request, "events_only")],
         "e.time DESC")
 
@@ -264,13 +265,10 @@ async def trips(request: web.Request) -> web.Response:
     """GET /api/vehicles/{id}/trips?date=YYYY-MM-DD: trips and stops of one UTC day."""
     user = current_user(request)
     vid = path_uuid(request)
-    raw = request.query.get("date")
-    try:
-        day = date.fromisoformat(raw) if raw else datetime.now(UTC).date()
-    except ValueError as exc:
-        raise ValidationError("date must be YYYY-MM-DD", field="date") from exc
+    day = query_date(request, "date") or datetime.now(UTC).date()
     start = datetime.combine(day, time(0), tzinfo=UTC)
-    end = start + timedelta(days=1)
+    # The day after 9999-12-31 is past datetime's range; the bound is then its last instant.
+    end = start + timedelta(days=1) if day < date.max else datetime.max.replace(tzinfo=UTC)
     async with tenant_transaction(request) as conn:
         await visible_vehicle(conn, user, vid)
         rows = await conn.fetch(
@@ -325,8 +323,11 @@ async def dashboard(request: web.Request) -> web.Response:
 # The seed's "Vehicles" read column applies to everything recorded about vehicles.
 READ = ("admin", "fleet_manager", "driver", "technician", "viewer")
 ID = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
-TIME = (Param("from", schema={"type": "string", "format": "date-time"}),
-        Param("to", schema={"type": "string", "format": "date-time"}))
+TIME = (Param("from", schema={"type": "string", "format": "date-time"},
+              description="RFC 3339; default: `to` minus the route's default span. "
+              "from < to and at most 366 days before it, else 422."),
+        Param("to", schema={"type": "string", "format": "date-time"},
+              description="RFC 3339; default: now"))
 SERIES = (*TIME, Param("resolution", schema={"enum": list(RESOLUTIONS)}),
           Param("max_points", schema={"type": "integer", "minimum": 2, "maximum": 10000}))
 UUIDQ = {"type": "string", "format": "uuid"}
@@ -343,13 +344,21 @@ ROUTES = [
     ApiRoute("GET", "/api/positions", positions, "Latest position and signals per vehicle",
              "telemetry", READ,
              params=(Param("vehicle_id", schema=UUIDQ),
-                     Param("bbox", description="west,south,east,north"))),
+                     Param("bbox", schema={"type": "string", "pattern": BBOX_PATTERN},
+                           description="west,south,east,north in degrees (RFC 7946 order); "
+                           "west > east crosses the antimeridian, -180,-90,180,90 is the "
+                           "whole world. Longitudes -180..180, latitudes -90..90, south < "
+                           "north and west != east, else 422."))),
     ApiRoute("GET", "/api/geofence-events", geofence_events, "Geofence events", "events", READ,
              params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUIDQ),
-                     Param("geofence_id", schema=UUIDQ), Param("event_type")), response=PAGE),
+                     Param("geofence_id", schema=UUIDQ),
+                     Param("event_type", schema={"enum": ["enter", "exit", "dwell",
+                                                          "crossing"]})), response=PAGE),
     ApiRoute("GET", "/api/vehicle-events", vehicle_events, "Vehicle events", "events", READ,
              params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUIDQ),
-                     Param("event_type"), Param("severity")), response=PAGE),
+                     Param("event_type"),
+                     Param("severity", schema={"enum": ["info", "warning", "critical"]})),
+             response=PAGE),
     ApiRoute("GET", "/api/anomalies", anomalies, "Anomalies", "events", READ,
              params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUIDQ), Param("signal"),
                      Param("events_only", schema={"type": "boolean"})), response=PAGE),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
 import asyncpg
@@ -13,7 +13,15 @@ from api.auth import SECTION_KEY, current_user
 from api.cache import cached, invalidate
 from api.db import tenant_transaction
 from api.errors import ApiError, NotFound, ValidationError
-from api.params import page_params, path_uuid, query_choice, query_uuid, read_json
+from api.params import (
+    like_pattern,
+    page_params,
+    path_uuid,
+    query_choice,
+    query_text,
+    query_uuid,
+    read_json,
+)
 from api.routes.common import (
     db_error,
     driver_scope,
@@ -22,14 +30,18 @@ from api.routes.common import (
     page_body,
 )
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
+from edge_gateway.protocol import ID_PATTERN, whole
 
-Code = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Vin = Annotated[str, msgspec.Meta(pattern=r"^[A-HJ-NPR-Z0-9]{17}$")]
+# Whole-string patterns (edge_gateway.protocol.whole): a code is a topic level of the wire
+# contract, so it is the contract's id pattern.
+Code = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
+Vin = Annotated[str, msgspec.Meta(pattern=whole(r"[A-HJ-NPR-Z0-9]{17}"))]
 Year = Annotated[int, msgspec.Meta(ge=1950, le=2100)]
 FuelType = Literal["gasoline", "diesel", "electric", "hybrid", "cng", "lpg", "hydrogen"]
 Status = Literal["active", "inactive", "maintenance", "retired"]
 STATUSES = ("active", "inactive", "maintenance", "retired")
-PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+# `real` in the schema: a bound keeps tiny and huge values from rounding past its CHECK.
+TankLitres = Annotated[float, msgspec.Meta(ge=0.1, le=100_000, description="litres")]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType
@@ -45,7 +57,7 @@ class VehicleIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     year: Year | None = None
     license_plate: str | None = None
     fuel_type: FuelType | None = None
-    tank_capacity_l: PositiveFloat | None = None
+    tank_capacity_l: TankLitres | None = None
     gps_device_id: str | None = None
     samsara_id: str | None = None
     smartcar_id: str | None = None
@@ -56,7 +68,9 @@ class VehicleIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class VehiclePatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A partial update: only the fields present change."""
+    """A partial update: only the fields present change (at least one)."""
+
+    json_schema_extra: ClassVar[dict[str, Any]] = {"minProperties": 1}
 
     code: Code | Unset = UNSET
     vin: Vin | Unset | None = UNSET
@@ -65,7 +79,7 @@ class VehiclePatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     year: Year | Unset | None = UNSET
     license_plate: str | Unset | None = UNSET
     fuel_type: FuelType | Unset | None = UNSET
-    tank_capacity_l: PositiveFloat | Unset | None = UNSET
+    tank_capacity_l: TankLitres | Unset | None = UNSET
     gps_device_id: str | Unset | None = UNSET
     samsara_id: str | Unset | None = UNSET
     smartcar_id: str | Unset | None = UNSET
@@ -93,8 +107,8 @@ async def list_vehicles(request: web.Request) -> web.Response:
     page, limit, offset = page_params(request)
     status = query_choice(request, "status", STATUSES)
     driver = query_uuid(request, "assigned_driver_id")
-    make = request.query.get("make") or None
-    q = request.query.get("q") or None
+    make = query_text(request, "make")
+    q = query_text(request, "q")
     scope = driver_scope(user)
     variant = f"{page}|{limit}|{status}|{driver}|{make}|{q}|{scope}"
 
@@ -104,10 +118,12 @@ async def list_vehicles(request: web.Request) -> web.Response:
                      "AND ($3::text IS NULL OR v.status = $3) "
                      "AND ($4::uuid IS NULL OR v.assigned_driver_id = $4) "
                      "AND ($5::text IS NULL OR v.make ILIKE $5) "
-                     "AND ($6::text IS NULL OR v.code ILIKE '%' || $6 || '%' "
-                     "     OR v.license_plate ILIKE '%' || $6 || '%' "
-                     "     OR v.vin ILIKE '%' || $6 || '%')")
-            args = (user.tenant_id, scope, status, driver, make, q)
+                     "AND ($6::text IS NULL OR v.code ILIKE $6 "
+                     "     OR v.license_plate ILIKE $6 OR v.vin ILIKE $6)")
+            # Literal text, not patterns: `%`, `_` and `\` match themselves.
+            args = (user.tenant_id, scope, status, driver,
+                    None if make is None else like_pattern(make),
+                    None if q is None else f"%{like_pattern(q)}%")
             total = await conn.fetchval(f"SELECT count(*) FROM vehicles v WHERE {where}", *args)  # noqa: S608
             rows = await conn.fetch(
                 f"SELECT {_SELECT} FROM vehicles v WHERE {where} "  # noqa: S608
@@ -206,7 +222,9 @@ ROUTES = [
              "vehicles", READ,
              params=(*PAGE_PARAMS, Param("status", schema={"enum": list(STATUSES)}),
                      Param("assigned_driver_id", schema={"type": "string", "format": "uuid"}),
-                     Param("make"), Param("q", description="search code, plate or VIN")),
+                     Param("make", description="exact make, case-insensitive"),
+                     Param("q", description="search code, plate or VIN (substring, "
+                           "case-insensitive)")),
              response={"$ref": "#/components/schemas/VehiclePage"}),
     ApiRoute("POST", "/api/vehicles", create_vehicle, "Create a vehicle", "vehicles", WRITE,
              body=VehicleIn, response=VEHICLE_SCHEMA, status=201, resource="vehicle"),

@@ -179,10 +179,10 @@ async def test_cross_tenant_rest_denied(world: World) -> None:
     # Foreign keys ignore RLS: references into another tenant are refused explicitly.
     resp = await c.post("/api/vehicles", json={"code": "sneaky", "assigned_driver_id":
                                                str(a.driver_id)}, headers=headers)
-    assert resp.status == 400
+    assert resp.status == 422
     assert (await resp.json())["error"]["field"] == "assigned_driver_id"
     resp = await c.post("/api/devices", json={"vehicle_id": str(vid)}, headers=headers)
-    assert resp.status == 400
+    assert resp.status == 422
     assert (await resp.json())["error"]["field"] == "vehicle_id"
     # A token whose tenant claim was swapped is not a valid token.
     token = world.b.tokens["admin"]

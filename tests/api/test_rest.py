@@ -112,8 +112,10 @@ async def test_geofences_geojson(world: World) -> None:
     assert square["geometry"]["type"] == "Polygon"
     assert square["properties"]["kind"] == "polygon"
     assert square["properties"]["speed_limit_kph"] == 20
+    # Left out, debounce_s is null: the fence follows the fleet's setting (docs/geofencing.md).
+    assert square["properties"]["debounce_s"] is None
     resp = await c.post("/api/geofences", headers=h, json=BOWTIE)
-    assert resp.status == 400
+    assert resp.status == 422
     err = (await resp.json())["error"]
     assert err["field"] == "geometry"
     assert "Self-intersection" in err["message"]
@@ -141,9 +143,13 @@ async def test_geofences_geojson(world: World) -> None:
     fc = await (await c.get("/api/geofences?kind=polygon", headers=h)).json()
     assert fc["type"] == "FeatureCollection"
     assert square["id"] in {f["id"] for f in fc["features"]}
-    moved = {**SQUARE, "properties": {"name": "Yard 2"}}
+    moved = {**SQUARE, "properties": {"name": "Yard 2", "debounce_s": 5}}
     resp = await c.put(f"/api/geofences/{square['id']}", headers=h, json=moved)
     assert (await resp.json())["properties"]["name"] == "Yard 2"
+    assert (await resp.json())["properties"]["debounce_s"] == 5
+    back = {**SQUARE, "properties": {"name": "Yard 2", "debounce_s": None}}
+    resp = await c.put(f"/api/geofences/{square['id']}", headers=h, json=back)
+    assert (await resp.json())["properties"]["debounce_s"] is None
     assert (await c.delete(f"/api/geofences/{square['id']}", headers=h)).status == 204
 
 
