@@ -18,6 +18,9 @@ from pathlib import Path
 
 from edge_gateway.errors import GatewayError
 
+STOP_TIMEOUT_S = 10.0
+"""How long `PrivateBroker.stop` waits for Mosquitto to save and exit before SIGKILL."""
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -41,6 +44,10 @@ class PrivateBroker:
             "persistence true",
             f"persistence_location {self.dir}/",
             "max_inflight_messages 1000",
+            # QoS 1 messages for a subscriber that is slow or whose connection dropped (a
+            # persistent session) wait in its queue; beyond this many they would be dropped
+            # silently while the publisher still gets its PUBACK. A benchmark's backlog is a
+            # few hundred batches, so this never binds; no byte limit either (the default).
             "max_queued_messages 1000000",
             "set_tcp_nodelay true",
             f"log_dest file {self.dir / 'mosquitto.log'}",
@@ -64,13 +71,27 @@ class PrivateBroker:
             with contextlib.suppress(OSError), socket.create_connection(
                     ("127.0.0.1", self.port), timeout=0.5):
                 return
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
                 raise GatewayError(f"private mosquitto did not start on port {self.port}")
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """SIGTERM: Mosquitto saves its persistence file (queued QoS 1 messages) on exit."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        self.proc = None
+        """SIGTERM: Mosquitto saves its persistence file (queued QoS 1 messages) on exit;
+        SIGKILL if it takes longer than `STOP_TIMEOUT_S`, so a stop never leaves it running."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> PrivateBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

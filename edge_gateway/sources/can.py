@@ -14,8 +14,10 @@ message describes but that does not decode (wrong length, bad multiplexer) is `m
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import select
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +140,8 @@ class CanSource(ThreadedSource):
         if self.settings.bitrate is not None:
             kwargs["bitrate"] = self.settings.bitrate
         try:
+            if self.settings.interface == "slcan":
+                return open_slcan(self.settings.channel, self.settings.bitrate)
             return can.Bus(**kwargs)
         except (can.CanError, OSError, ValueError) as exc:
             raise SourceError(f"cannot open CAN {self.settings.interface}:"
@@ -206,6 +210,75 @@ class CanSource(ThreadedSource):
             except can.CanError as exc:
                 self.health.count("send_errors")
                 log.debug("can: request %02x failed: %s", pid, exc)
+
+
+def open_slcan(channel: str, bitrate: int | None) -> Any:
+    """python-can's SLCAN bus with a buffered reader (see `_buffered_slcan_class`)."""
+    kwargs: dict[str, Any] = {"channel": channel}
+    if bitrate is not None:
+        kwargs["bitrate"] = bitrate
+    return _buffered_slcan_class()(**kwargs)
+
+
+_SLCAN_END = re.compile(rb"[\r\a]")
+"""An SLCAN reply ends with CR (a frame, or OK) or BEL (an error)."""
+
+
+def take_slcan_line(buffer: bytearray) -> str | None:
+    """Remove the first complete SLCAN reply from `buffer` and return it with its terminator
+    (as python-can's own reader does), or None while no reply is complete."""
+    match = _SLCAN_END.search(buffer)
+    if match is None:
+        return None
+    line = bytes(buffer[:match.end()])
+    del buffer[:match.end()]
+    return line.decode("ascii", "replace")
+
+
+@functools.cache
+def _buffered_slcan_class() -> type[Any]:
+    """python-can's SLCAN bus reading every waiting byte per system call.
+
+    python-can 4.x reads the port one byte per call and polls it with a 1 ms serial timeout:
+    about 34 system calls per J1939 frame, and a thousand wake-ups a second when idle, which
+    was most of the gateway's CPU at 100 frames/s. This reader takes everything the port holds
+    in one call, splits the replies in memory and, with nothing to read, waits in one
+    `select()` until data or the receive timeout. Built on first use so that python-can is
+    imported only when CAN is on; a port without a file descriptor (a pyserial URL) keeps
+    python-can's own loop.
+    """
+    import can
+    import serial
+    from can.interfaces.slcan import slcanBus
+
+    class BufferedSlcanBus(slcanBus):
+        def _read(self, timeout: float | None) -> str | None:
+            port = self.serialPortOrig
+            try:
+                fd = port.fileno()
+            except (AttributeError, OSError, ValueError):
+                line: str | None = super()._read(timeout)
+                return line
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while (line := take_slcan_line(self._buffer)) is None:
+                try:
+                    waiting = port.in_waiting
+                    if waiting:
+                        self._buffer += port.read(waiting)
+                        continue
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    ready, _, _ = select.select([fd], [], [], left)
+                    if ready and not port.in_waiting:
+                        # Readable with nothing to read is a hang-up: the adapter was
+                        # unplugged (or the pty's other end closed).
+                        raise can.CanOperationError("SLCAN device disconnected")
+                except (OSError, serial.SerialException) as exc:
+                    raise can.CanOperationError(f"cannot read from {port.port}: {exc}") from exc
+                if not ready:
+                    return None
+            return line
+
+    return BufferedSlcanBus
 
 
 def _now_ms() -> int:

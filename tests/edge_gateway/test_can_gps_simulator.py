@@ -138,7 +138,8 @@ async def test_injected_faults_are_visible_on_can_and_gps(
 
 
 def test_slcan_adapter_on_a_pty_decodes_like_any_bus() -> None:
-    """CAN through an SLCAN USB adapter (here the simulator's, on a pty), unmodified python-can."""
+    """CAN through an SLCAN USB adapter (here the simulator's, on a pty), read by python-can's
+    SLCAN driver with the gateway's buffered reader."""
     from edge_gateway.config import CanSettings, dbc_paths
     from edge_gateway.power import PowerMode
     from edge_gateway.sampler import Board, Rates
