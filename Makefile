@@ -22,8 +22,11 @@ EDITABLE_STAMP := $(VENV)/.editable-$(shell cat pyproject.toml $(LOCK) 2>/dev/nu
 
 setup: system venv node services migrate
 
+# The TimescaleDB source tarball and its sha256 (deploy/install/timescaledb.sh has the defaults);
+# passed explicitly because sudo drops the environment.
 system:
-	@$(SUDO) bash deploy/install/system-deps.sh
+	@$(SUDO) env FLEET_TIMESCALEDB_SOURCE='$(FLEET_TIMESCALEDB_SOURCE)' \
+	  FLEET_TIMESCALEDB_SHA256='$(FLEET_TIMESCALEDB_SHA256)' bash deploy/install/system-deps.sh
 
 venv: $(EDITABLE_STAMP)
 

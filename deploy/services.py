@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -59,6 +59,11 @@ class ServicesSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     redis_os_user: str = "redis"
     start_timeout_s: float = 60.0
     postgres_shared_buffers_mb: int = 256
+    timescaledb_license: Literal["apache", "timescale"] = "apache"
+    """TimescaleDB edition the cluster offers (`timescaledb.license`): `apache` or `timescale`
+    (compression, continuous aggregates, policies; needs the full build, `make setup`). Stays
+    `apache` until the schema works on the timescale edition (issue #21). A change restarts the
+    project's PostgreSQL on the next `up`."""
 
 
 class ServicesProcessSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -288,6 +293,8 @@ class LocalServices:
             f"unix_socket_directories = '{self.pg_run}'",
             "shared_preload_libraries = 'timescaledb'",
             "timescaledb.telemetry_level = off",
+            # Always named: a full build's default is `timescale`, the Apache-only build's `apache`.
+            f"timescaledb.license = '{s.timescaledb_license}'",
             "max_connections = 200",
             f"shared_buffers = {s.postgres_shared_buffers_mb}MB",
             "max_locks_per_transaction = 256",
@@ -322,6 +329,13 @@ class LocalServices:
         self.pg_run.mkdir(parents=True, exist_ok=True)
         self._own(self.pg_data.parent, user)
         (self.pg_data).chmod(0o700)
+        if self._pg_running():
+            # The licence is read at server start only (a reload cannot unload the tsl module).
+            in_force = self._pg_license_in_force()
+            if in_force != self.settings.timescaledb_license:
+                self.log(f"postgres: timescaledb.license is {in_force}, the setting says "
+                         f"{self.settings.timescaledb_license}: restarting")
+                self.postgres_down()
         if not self._pg_running():
             self._port_free(self.settings.postgres_port, "postgres", "POSTGRES_PORT")
             self.log(f"postgres: starting on {self.settings.host}:{self.settings.postgres_port}")
@@ -332,6 +346,20 @@ class LocalServices:
         self._wait_port(self.settings.postgres_port, "postgres", self.pg_log)
         provision_cluster(self.pg_url(ADMIN_ROLE, "postgres"), creds)
         provision_database(self.pg_url(ADMIN_ROLE, "postgres"), DATABASE)
+
+    def _pg_license_in_force(self) -> str | None:
+        """`timescaledb.license` of the running server, as a new session sees it.
+
+        Read in the project database, where the extension's library defines the setting (and
+        its build's default); before that database exists, only a licence named in the
+        configuration is known (None otherwise).
+        """
+        with _pg_connect(self.pg_url(ADMIN_ROLE, "postgres")) as conn:
+            has_db = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                  (DATABASE,)).fetchone()
+        with _pg_connect(self.pg_url(ADMIN_ROLE, DATABASE if has_db else "postgres")) as conn:
+            row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+        return str(row[0]) if row and row[0] else None
 
     def postgres_down(self) -> None:
         """Stop the cluster (fast shutdown: open transactions roll back)."""
