@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from deploy.services import LocalServices
+from deploy.services import ADMIN_ROLE, LocalServices, drop_database
 from edge_gateway.protocol import Channel, Reject, Sample, Telemetry, decode, topic_for
 from stream.sink import pg_text
 from tests.conftest import TestDatabase
@@ -33,12 +33,13 @@ from tests.stream.streamproc import StreamProcess, count, mqtt_client, publish, 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
 
 NOW_MS = int(time.time() * 1000)
-NUL_KEY = ('{"v":1,"source":"gateway","samples":[{"seq":1,"t_ms":%d}],"\\u0000x":1}'
-           % NOW_MS).encode()
-NUL_IN_SAMPLE = ('{"v":1,"source":"gateway","samples":[{"seq":2,"t_ms":%d,"\\u0000k":1}]}'
-                 % NOW_MS).encode()
-SURROGATE_KEY = ('{"v":1,"source":"gateway","samples":[{"seq":3,"t_ms":%d}],"\\ud800":1}'
-                 % NOW_MS).encode()
+# json.dumps writes NUL and an unpaired surrogate as \u escapes, the form a hostile sender uses.
+NUL_KEY = json.dumps({"v": 1, "source": "gateway", "samples": [{"seq": 1, "t_ms": NOW_MS}],
+                      "\x00x": 1}).encode()
+NUL_IN_SAMPLE = json.dumps({"v": 1, "source": "gateway",
+                            "samples": [{"seq": 2, "t_ms": NOW_MS, "\x00k": 1}]}).encode()
+SURROGATE_KEY = json.dumps({"v": 1, "source": "gateway", "samples": [{"seq": 3, "t_ms": NOW_MS}],
+                            "\ud800": 1}).encode()
 
 
 def as_bytes(value: object) -> bytes:
@@ -61,6 +62,7 @@ def fleet_db(services: LocalServices) -> Iterator[tuple[TestDatabase, Fleet]]:
     db = make_database(services)
     fleet = make_fleet(db, f"h{uuid.uuid4().hex[:10]}", ["v1", "v2"])
     yield db, fleet
+    drop_database(services.pg_url(ADMIN_ROLE, "postgres"), db.name)
 
 
 @pytest.fixture(scope="module")
