@@ -16,6 +16,7 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("geofence", "geo.bench", "geofence index against a PostGIS ST_Contains join"),
     ("ingest", "stream.bench_ingest", "telemetry sink against raw binary COPY"),
     ("e2e", "stream.bench_e2e", "load generator -> MQTT -> stream -> TimescaleDB"),
+    ("faults", "stream.bench_faults", "fault matrix under steady e2e load: lost, dup, recovery"),
     ("ws", "api.bench_ws", "WebSocket live map fan-out staleness"),
     ("api", "api.bench_api", "REST GET /api/vehicles under concurrency"),
 ]

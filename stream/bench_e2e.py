@@ -81,11 +81,17 @@ class _Publisher(threading.Thread):
     """Offers `rate` samples/s in messages of `batch` samples, round-robin over vehicles."""
 
     def __init__(self, mqtt_url: str, tenant: str, codes: list[str], *, rate: int,
-                 batch: int, duration_s: float, spacing_ms: int) -> None:
+                 batch: int, duration_s: float, spacing_ms: int,
+                 stop: threading.Event | None = None,
+                 reconnect_max_delay_s: int | None = None) -> None:
         super().__init__(name="bench-publisher", daemon=True)
         self.mqtt_url, self.tenant, self.codes = mqtt_url, tenant, codes
         self.rate, self.batch, self.duration_s = rate, batch, duration_s
         self.spacing_ms = spacing_ms
+        # `fleet bench faults`: publish until `stop` is set, and retry a lost broker often
+        # (paho's default backs off to 120 s, which would be measured as the fault's cost).
+        self.stop = stop or threading.Event()
+        self.reconnect_max_delay_s = reconnect_max_delay_s
         self.acked_samples = 0
         self.sent_samples = 0
         self.started_ms = 0
@@ -114,6 +120,8 @@ class _Publisher(threading.Thread):
                 self.acked_samples += sizes.pop(mid, 0)
 
         client.on_publish = on_publish
+        if self.reconnect_max_delay_s is not None:
+            client.reconnect_delay_set(min_delay=1, max_delay=self.reconnect_max_delay_s)
         client.connect(target.host, target.port)
         client.loop_start()
         topics = [topic_for(self.tenant, c, Channel.TELEMETRY) for c in self.codes]
@@ -125,7 +133,7 @@ class _Publisher(threading.Thread):
         self.started_ms = time.time_ns() // 1_000_000
         owed = 0.0
         k = 0
-        while (now := time.monotonic()) - start < self.duration_s:
+        while (now := time.monotonic()) - start < self.duration_s and not self.stop.is_set():
             owed += per_tick
             while owed >= 1:
                 owed -= 1
@@ -157,6 +165,21 @@ class _Publisher(threading.Thread):
         client.disconnect()
         client.loop_stop()
 
+
+
+def seed_tenant(owner_url: str, tenant: str, codes: list[str]) -> Any:
+    """Insert the bench's tenant and its vehicles (as the owner); returns the tenant id."""
+    import psycopg
+
+    with psycopg.connect(owner_url) as conn:
+        row = conn.execute("INSERT INTO tenants (slug, name) VALUES (%s, %s) RETURNING id",
+                           (tenant, tenant)).fetchone()
+        if row is None:
+            raise RuntimeError("creating the bench tenant returned no id")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO vehicles (tenant_id, code) VALUES (%s, %s)",
+                            [(row[0], c) for c in codes])
+    return row[0]
 
 def _presubscribe(mqtt_url: str, prefix: str, group: str, tenant: str, partitions: int) -> None:
     """Create the stream's persistent sessions first, so nothing published is dropped."""
@@ -231,15 +254,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
     try:
         migrate(owner, log=lambda _m: None)
         codes = [f"b{i:05d}" for i in range(args.vehicles)]
+        tenant_id = seed_tenant(owner, tenant, codes)
         with psycopg.connect(owner) as conn:
-            row = conn.execute("INSERT INTO tenants (slug, name) VALUES (%s, %s) RETURNING id",
-                               (tenant, tenant)).fetchone()
-            if row is None:
-                raise RuntimeError("creating the bench tenant returned no id")
-            tenant_id = row[0]
-            with conn.cursor() as cur:
-                cur.executemany("INSERT INTO vehicles (tenant_id, code) VALUES (%s, %s)",
-                                [(tenant_id, c) for c in codes])
             ids = [r[0] for r in conn.execute(
                 "SELECT id FROM vehicles WHERE tenant_id = %s ORDER BY code LIMIT 100",
                 (tenant_id,)).fetchall()]
