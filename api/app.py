@@ -18,7 +18,15 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from api.auth import SECTION_KEY, TOKENS_KEY, TokenIssuer
-from api.cache import REDIS_KEY
+from api.cache import (
+    BATCHER_KEY,
+    COPIES_KEY,
+    LOOKUPS_KEY,
+    REDIS_KEY,
+    LocalCopies,
+    LookupBatcher,
+    RedisBatcher,
+)
 from api.config import SETTINGS_KEY, ApiSettings
 from api.db import POOL_KEY, create_pool
 from api.errors import ApiConfigError, Unavailable, error_middleware
@@ -157,6 +165,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
                                       max_size=section.db_pool_max,
                                       timeout_s=settings.database.connect_timeout_s)
     app[REDIS_KEY] = aioredis.Redis.from_url(settings.redis.url)
+    app[BATCHER_KEY] = RedisBatcher(app[REDIS_KEY])
+    app[COPIES_KEY] = LocalCopies()
+    app[LOOKUPS_KEY] = LookupBatcher(app[REDIS_KEY])
     hub = app[HUB_KEY]
     await hub.start()
     try:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import re
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -112,10 +114,59 @@ def needs_rehash(stored_hash: str) -> bool:
 
 # -- tokens ----------------------------------------------------------------------------------
 
+VERIFIED_TOKENS_MAX = 10_000
+"""Access tokens whose verified claims one process keeps (about 0.5 KB each)."""
+
+
+class VerifiedTokens:
+    """Bounded LRU of verified access tokens: sha256(token) -> (caller, `exp` in epoch s).
+
+    Verifying a JWT costs more than the rest of a cached request (PyJWT checks every
+    character of the base64 segments in Python), so a token is verified once per process
+    and its caller reused until the token's own expiry. Only tokens that passed the full
+    check are stored, keyed by their digest (the process keeps no bearer tokens); an entry
+    is never served at or after `exp`. Access tokens are not revocable (logout revokes
+    refresh tokens only, docs/api.md), so this changes no outcome, only its cost.
+    """
+
+    def __init__(self, max_entries: int = VERIFIED_TOKENS_MAX,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: OrderedDict[bytes, tuple[AuthUser, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def key(token: str) -> bytes:
+        """The cache key of a token."""
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, key: bytes) -> AuthUser | None:
+        """The caller of a verified, unexpired token; raises Unauthorized once it expired."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        user, exp = entry
+        if self.clock() >= exp:  # PyJWT's rule: expired when exp <= now
+            del self._entries[key]
+            raise Unauthorized("token expired", code="token_expired")
+        self._entries.move_to_end(key)
+        return user
+
+    def put(self, key: bytes, user: AuthUser, exp: float) -> None:
+        """Remember a verified token; the least recently used entry goes when full."""
+        self._entries[key] = (user, exp)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
 class TokenIssuer:
     """Signs and verifies access and refresh tokens with one configured HMAC key."""
 
-    def __init__(self, section: ApiSection) -> None:
+    def __init__(self, section: ApiSection, *, verified: VerifiedTokens | None = None) -> None:
         secret = section.jwt_secret
         if section.environment == "production":
             if len(secret) < 32:
@@ -126,6 +177,8 @@ class TokenIssuer:
         self.algorithm = section.jwt_algorithm
         self.ttl_s = section.jwt_ttl_s
         self.refresh_ttl_s = section.refresh_ttl_s
+        # Per issuer, hence per signing key: a key change can never reuse an old verdict.
+        self.verified = verified if verified is not None else VerifiedTokens()
 
     def access_token(self, user: AuthUser, *, now: float | None = None) -> str:
         """A signed access token for `user`."""
@@ -161,7 +214,11 @@ class TokenIssuer:
         return claims
 
     def user_from_access(self, token: str) -> AuthUser:
-        """The caller encoded in a verified access token."""
+        """The caller encoded in a verified access token (verified once, then cached)."""
+        key = self.verified.key(token)
+        known = self.verified.get(key)
+        if known is not None:
+            return known
         claims = self.decode(token, typ="access")
         try:
             driver = claims.get("driver_id")
@@ -173,6 +230,8 @@ class TokenIssuer:
             raise Unauthorized("invalid token claims", code="invalid_token") from exc
         if role not in ROLES:
             raise Unauthorized("invalid token claims", code="invalid_token")
+        # PyJWT accepted `exp` as int(exp) > now; the cached entry keeps that very limit.
+        self.verified.put(key, user, int(claims["exp"]))
         return user
 
 

@@ -38,6 +38,19 @@ class ApiMetrics:
         self.live_messages = Counter("fleet_api_live_messages_total",
                                      "Messages received from Redis pub/sub", ["type"],
                                      registry=r)
+        # (method, route, status) -> the two labelled series; `labels()` takes a lock and
+        # builds its key on every call, which shows in the per-request profile.
+        self._request_series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, elapsed_s: float) -> None:
+        """Count one request and its latency (route template, not raw path)."""
+        key = (method, route, str(status))
+        series = self._request_series.get(key)
+        if series is None:
+            series = (self.requests.labels(*key), self.latency.labels(method, route))
+            self._request_series[key] = series
+        series[0].inc()
+        series[1].observe(elapsed_s)
 
 
 METRICS_KEY: web.AppKey[ApiMetrics] = web.AppKey("metrics", ApiMetrics)

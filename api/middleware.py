@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from api import audit
 from api.auth import USER_KEY, AuthUser, Handler, identify, is_public
-from api.cache import REDIS_KEY
+from api.cache import BATCHER_KEY
 from api.errors import ApiError, TooManyRequests, ValidationError
 from api.metrics import METRICS_KEY
 from api.params import check_text
@@ -54,9 +54,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         elapsed = time.perf_counter() - start
         route = _route_label(request)
-        metrics = request.app[METRICS_KEY]
-        metrics.requests.labels(request.method, route, str(status)).inc()
-        metrics.latency.labels(request.method, route).observe(elapsed)
+        request.app[METRICS_KEY].observe_request(request.method, route, status, elapsed)
         user: AuthUser | None = request.get(USER_KEY)
         access_log.info("request", extra={"fields": {
             "method": request.method, "path": request.path, "route": route, "status": status,
@@ -65,17 +63,24 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
             "tenant_id": str(user.tenant_id) if user else None}})
 
 
+# INCR and EXPIRE as one atomic command, so that it can share a batched round trip
+# (`RedisBatcher`) with the other requests' commands instead of a MULTI/EXEC of its own.
+_RATE_COUNT = """
+local count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return count
+"""
+
+
 async def _rate_limit(request: web.Request, client: str) -> dict[str, str]:
     """Fixed one-minute window per client in Redis; raises TooManyRequests with Retry-After."""
-    limit = request.app[RATE_LIMIT_KEY]
+    app = request.app
+    limit = app[RATE_LIMIT_KEY]
     now = time.time()
     window = int(now // 60)
     key = f"fleet:ratelimit:{client}:{window}"
     try:
-        async with request.app[REDIS_KEY].pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 61)
-            count, _ = await pipe.execute()
+        count = await app[BATCHER_KEY].execute("EVAL", _RATE_COUNT, 1, key, 61)
     except RedisError as exc:
         # Availability over strictness: a Redis outage must not take the API down.
         log.warning("rate limiter unavailable: %s", exc)
