@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 from aiohttp import web
+from shapely.errors import ShapelyError
 from shapely.geometry import shape
 from shapely.validation import explain_validity
 
@@ -102,6 +103,21 @@ def _positions(coords: Any) -> list[tuple[float, float]]:
     return out
 
 
+def _check_shape_of_coordinates(gtype: object, coords: Any, positions: list[Any]) -> None:
+    """Rings closed with >= 4 positions, lines of >= 2: what GEOS needs to build the shape."""
+    if gtype in ("Polygon", "MultiPolygon"):
+        polys: list[Any] = [coords] if gtype == "Polygon" else list(coords or [])
+        for poly in polys:
+            for ring in poly or []:
+                if len(ring) < 4 or ring[0] != ring[-1]:
+                    raise Unprocessable(
+                        "each polygon ring needs >= 4 positions and must be closed "
+                        "(first position == last, RFC 7946 3.1.6)", field="geometry.coordinates")
+    if gtype == "LineString" and len(positions) < 2:
+        raise ValidationError("a LineString needs at least 2 positions (RFC 7946 3.1.4)",
+                              field="geometry.coordinates")
+
+
 def validate_feature(feature: FenceFeature) -> tuple[str, dict[str, Any]]:
     """Check kind, coordinates and validity; returns (kind, geometry).
 
@@ -127,17 +143,11 @@ def validate_feature(feature: FenceFeature) -> tuple[str, dict[str, Any]]:
             raise ValidationError(f"position [{lon}, {lat}] is outside WGS84 longitude/latitude"
                                   " (RFC 7946 order is [longitude, latitude])",
                                   field="geometry.coordinates")
-    if gtype in ("Polygon", "MultiPolygon"):
-        polys: list[Any] = [coords] if gtype == "Polygon" else list(coords or [])
-        for poly in polys:
-            for ring in poly or []:
-                if len(ring) < 4 or ring[0] != ring[-1]:
-                    raise Unprocessable(
-                        "each polygon ring needs >= 4 positions and must be closed "
-                        "(first position == last, RFC 7946 3.1.6)", field="geometry.coordinates")
+    _check_shape_of_coordinates(gtype, coords, positions)
     try:
         shp = shape(geom)
-    except (ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (ValueError, TypeError, AttributeError, IndexError, ShapelyError) as exc:
+        # Whatever GEOS cannot build is the client's geometry, never a server error.
         raise Unprocessable(f"invalid geometry: {exc}", field="geometry") from exc
     if not shp.is_valid:
         raise Unprocessable(f"invalid geometry: {explain_validity(shp)}", field="geometry",
