@@ -77,6 +77,8 @@ def _operation(route: ApiRoute) -> dict[str, Any]:
                        "default": err}
     if route.body is not None or {p.name for p in route.params} & _RELATED_PARAMS:
         op["responses"]["422"] = {**err, "description": UNPROCESSABLE}
+    if route.body is not None:
+        op["responses"]["409"] = {**err, "description": CONFLICT}
     if route.roles is not None:
         op["responses"].update({"401": err, "403": err, "429": err})
     return op
@@ -89,6 +91,8 @@ UNPROCESSABLE = ("The request conforms to this document but breaks a rule a sche
                  "state; `field` and `message` say which (from >= to or more than 366 days, "
                  "a bbox that is not a box on Earth, an invalid geometry, a reference to a "
                  "row that does not exist in the tenant, password complexity).")
+CONFLICT = ("The request conforms to this document but conflicts with stored data: a value that "
+            "must be unique is taken (an e-mail address, a vehicle's device), named in `field`.")
 _RELATED_PARAMS = frozenset({"from", "to", "bbox"})
 
 

@@ -52,12 +52,15 @@ def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> No
     """Run the dataflow in this process (as process `process_id` of a local cluster)."""
     from bytewax.recovery import RecoveryConfig
 
-    # `cluster_main`, not `bytewax.run.cli_main`: for one process with one worker, cli_main
-    # runs the dataflow on this very thread and turns a signal into a worker panic (a Rust
-    # backtrace, then `BytewaxRuntimeError: signal received` instead of KeyboardInterrupt).
-    # cluster_main runs the workers on their own threads while this one waits and checks for
-    # signals: on KeyboardInterrupt from our handler the workers leave their loop, close the
-    # sources and sinks, and the interrupt reaches the caller as itself (stream.cli).
+    # One process: `cluster_main`, not `bytewax.run.cli_main`. For one process with one
+    # worker, cli_main runs the dataflow on this very thread and turns a signal into a worker
+    # panic (a Rust backtrace, then `BytewaxRuntimeError: signal received` instead of
+    # KeyboardInterrupt). cluster_main runs the workers on their own threads while this one
+    # waits and checks for signals: on KeyboardInterrupt from our handler the workers leave
+    # their loop, close the sources and sinks, and the interrupt reaches the caller as itself
+    # (stream.cli). A process of a local cluster keeps cli_main, the path its kill -9 and
+    # shared-subscription tests were proven on; its workers already run on their own threads.
+    from bytewax.run import cli_main
     from bytewax.testing import cluster_main
 
     from geo.store import FenceWatcher
@@ -94,14 +97,16 @@ def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> No
         log.info("stream starting: process %s of %d, %d worker(s), %d detector(s), recovery %s",
                  process_id or 0, cfg.processes, cfg.workers_per_process, len(detectors),
                  recovery_dir or "off")
-        cluster_main(  # type: ignore[no-untyped-call]
-            flow,
-            addresses,
-            process_id or 0,
-            worker_count_per_proc=cfg.workers_per_process,
-            epoch_interval=timedelta(seconds=cfg.snapshot_interval_s),
-            recovery_config=(RecoveryConfig(str(recovery_dir), timedelta(0))  # type: ignore[no-untyped-call]
-                             if recovery_dir is not None else None),
-        )
+        epoch = timedelta(seconds=cfg.snapshot_interval_s)
+        recovery = (RecoveryConfig(str(recovery_dir), timedelta(0))  # type: ignore[no-untyped-call]
+                    if recovery_dir is not None else None)
+        if cfg.processes > 1:
+            cli_main(  # type: ignore[no-untyped-call]
+                flow, workers_per_process=cfg.workers_per_process, process_id=process_id,
+                addresses=addresses, epoch_interval=epoch, recovery_config=recovery)
+        else:
+            cluster_main(  # type: ignore[no-untyped-call]
+                flow, addresses, 0, worker_count_per_proc=cfg.workers_per_process,
+                epoch_interval=epoch, recovery_config=recovery)
     finally:
         watcher.stop()

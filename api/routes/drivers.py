@@ -20,7 +20,7 @@ from api.auth import (
 )
 from api.cache import invalidate
 from api.db import tenant_transaction
-from api.errors import ApiError, NotFound, Unprocessable, ValidationError
+from api.errors import ApiError, Conflict, NotFound, Unprocessable, ValidationError
 from api.params import page_params, path_uuid, query_choice, read_json
 from api.routes.common import db_error, ensure_in_tenant, json_response, page_body
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
@@ -219,7 +219,8 @@ async def create_user(request: web.Request) -> web.Response:
                 user.tenant_id, body.email, body.role, pw_hash, body.first_name,
                 body.last_name, body.driver_id)
         except asyncpg.UniqueViolationError as exc:
-            raise ValidationError("email is already registered", field="email") from exc
+            # Schema-valid, but taken: a conflict with stored data, like every unique key.
+            raise Conflict("email is already registered", field="email") from exc
         except asyncpg.PostgresError as exc:
             raise db_error(exc) from exc
     if row is None:

@@ -270,3 +270,14 @@ async def test_generated_geometry_is_never_a_5xx(world: World, geometry: dict[st
     if resp.status == 201:
         fid = (await resp.json())["id"]
         assert (await world.client.delete(f"/api/geofences/{fid}", headers=h)).status == 204
+
+
+async def test_a_taken_email_is_a_409_conflict(world: World) -> None:
+    """Schema-valid but taken (schemathesis sent the same address twice): 409, not 400."""
+    h = world.auth(world.a.tokens["admin"])
+    body = {"email": f"dup-{uuid.uuid4().hex[:8]}@example.com", "role": "fleet_manager",
+            "password": "Str0ng!Passw0rd#2026"}
+    assert (await world.client.post("/api/users", headers=h, json=body)).status == 201
+    again = await world.client.post("/api/users", headers=h, json=body)
+    assert again.status == 409
+    assert (await again.json())["error"]["field"] == "email"
