@@ -440,7 +440,8 @@ def _as_json(value: Any) -> bytes:
 
 
 def refused_row(table: str, item: Any, exc: Exception) -> RejectRow:
-    """The dead letter for an item whose row `table` refused."""
+    """The dead letter for a reading or event whose row `table` refused (a refused dead letter
+    itself is stored bare by `_write_isolating`)."""
     detail = f"{table}: {_first_line(exc)}"[:2000]
     reason = RejectReason.REFUSED_BY_DATABASE.value
     if isinstance(item, Reading):
@@ -449,8 +450,6 @@ def refused_row(table: str, item: Any, exc: Exception) -> RejectRow:
                          tenant_id=item.vehicle.tenant_id, vehicle_code=item.vehicle.vehicle_code,
                          partition=f"sink/{table}", offset=_stable_key(item.vehicle.vehicle_id),
                          sample_seq=item.sample.seq)
-    if isinstance(item, RejectRow):  # a dead letter refused: handled by the caller
-        return item
     return RejectRow(time_ms=item.t_ms, reason=reason, detail=detail, topic="",
                      payload=_as_json(item), tenant_id=item.tenant_id,
                      partition=f"sink/{table}", offset=_stable_key(type(item).__name__, item),
