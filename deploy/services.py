@@ -59,10 +59,11 @@ class ServicesSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     redis_os_user: str = "redis"
     start_timeout_s: float = 60.0
     postgres_shared_buffers_mb: int = 256
-    timescaledb_license: Literal["apache", "timescale"] = "apache"
-    """TimescaleDB edition the cluster offers (`timescaledb.license`): `apache` or `timescale`
-    (compression, continuous aggregates, policies; needs the full build, `make setup`). Stays
-    `apache` until the schema works on the timescale edition (issue #21). A change restarts the
+    timescaledb_license: Literal["apache", "timescale"] = "timescale"
+    """TimescaleDB edition the cluster offers (`timescaledb.license`): `timescale` (compression,
+    continuous aggregates, policies: what Timescale's packages and official images run, so the
+    default) or `apache` (the Apache-2 subset, as in Debian's own package). `timescale` needs
+    the full build that `make setup` makes from the vendored source. A change restarts the
     project's PostgreSQL on the next `up`."""
 
 
@@ -303,8 +304,21 @@ class LocalServices:
             "",
         ])
 
+    def _check_edition_installed(self) -> None:
+        """The timescale licence needs the tsl module, which only the full build has."""
+        if self.settings.timescaledb_license != "timescale":
+            return
+        lib = Path(self.settings.postgres_bin_dir).parent / "lib"
+        if lib.is_dir() and not any(lib.glob("timescaledb-tsl-*.so")):
+            raise ServiceError(
+                f"timescaledb.license = timescale needs TimescaleDB's full build, and {lib} has "
+                "no timescaledb-tsl module: run `make setup` with the release source "
+                "(FLEET_TIMESCALEDB_SOURCE, see docs/schema.md), or choose the Apache edition "
+                "with FLEET_SERVICES_TIMESCALEDB_LICENSE=apache")
+
     def postgres_up(self) -> None:
         """Create the cluster on first use, start it and provision roles and extensions."""
+        self._check_edition_installed()
         user = self.settings.postgres_os_user
         creds = self.credentials()
         if not (self.pg_data / "PG_VERSION").exists():

@@ -44,6 +44,23 @@ class TestDatabase:
     owner_url: str
     app_url: str
     ingest_url: str
+    edition: str = "apache"
+    """TimescaleDB licence of the cluster: 'timescale' or 'apache' (the tests run on both)."""
+
+    def refresh_rollups(self, start: str, end: str) -> None:
+        """Bring telemetry_1m/1h up to date for [start, end) as the running system would:
+        on the Apache edition the stream's call (as the ingest role), on the Timescale edition
+        the owner's refresh of the continuous aggregates (what their policies do)."""
+        import psycopg
+
+        url = self.owner_url if self.edition == "timescale" else self.ingest_url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CALL fleet_refresh_rollups(%s, %s)", (start, end))
+
+
+def cluster_edition(services: LocalServices) -> str:
+    """The licence the project's PostgreSQL runs with (FLEET_SERVICES_TIMESCALEDB_LICENSE)."""
+    return services.settings.timescaledb_license
 
 
 def make_database(services: LocalServices, *, migrated: bool = True) -> TestDatabase:
@@ -56,6 +73,7 @@ def make_database(services: LocalServices, *, migrated: bool = True) -> TestData
         owner_url=services.pg_url(OWNER_ROLE, name),
         app_url=services.pg_url(APP_ROLE, name),
         ingest_url=services.pg_url(INGEST_ROLE, name),
+        edition=cluster_edition(services),
     )
     if migrated:
         migrate(db.owner_url, log=lambda _m: None)
@@ -76,6 +94,12 @@ def module_database(services: LocalServices) -> Iterator[TestDatabase]:
     db = make_database(services)
     yield db
     drop_database(services.pg_url(ADMIN_ROLE, "postgres"), db.name)
+
+
+@pytest.fixture(scope="session")
+def edition(services: LocalServices) -> str:
+    """The TimescaleDB edition under test."""
+    return cluster_edition(services)
 
 
 @pytest.fixture

@@ -157,13 +157,29 @@ class RetentionJob:
                                                report=report)
             else:
                 report.failures.append("no archive configured: nothing archived or dropped")
-            dropped = await conn.fetch(
-                "SELECT drop_chunks('ingest_rejects', older_than => $1::timestamptz)",
-                datetime.now(UTC) - timedelta(days=self._s.ingest_rejects_keep_days))
-            report.rejects_chunks_dropped = len(dropped)
+            keep = timedelta(days=self._s.ingest_rejects_keep_days)
+            if await _edition(conn) == "timescale":
+                # Retention is a policy on this edition (migration 0013): kept in step with the
+                # setting here, and run by TimescaleDB's scheduler.
+                await conn.execute(
+                    "SELECT remove_retention_policy('ingest_rejects', if_exists => true)")
+                await conn.execute(
+                    "SELECT add_retention_policy('ingest_rejects', drop_after => $1)", keep)
+                report.rejects_chunks_dropped = 0
+            else:
+                dropped = await conn.fetch(
+                    "SELECT drop_chunks('ingest_rejects', older_than => $1::timestamptz)",
+                    datetime.now(UTC) - keep)
+                report.rejects_chunks_dropped = len(dropped)
         finally:
             await conn.close()
         return report.as_dict()
+
+
+async def _edition(conn: asyncpg.Connection) -> str:
+    """The TimescaleDB licence in force: 'timescale' or 'apache'."""
+    edition = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+    return "timescale" if edition == "timescale" else "apache"
 
 
 class RollupsJob:
@@ -179,13 +195,11 @@ class RollupsJob:
         """Recompute the rollup buckets of the last `rollups_window_s` seconds."""
         conn = await asyncpg.connect(self._db_url)
         try:
-            edition = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
-            if edition == "timescale":
-                return {"skipped": "continuous aggregates refresh themselves"}
+            if await _edition(conn) == "timescale":
+                return {"skipped": "continuous aggregates: their policies refresh them"}
             now = datetime.now(UTC)
-            rows = await conn.fetchval(
-                "SELECT fleet_refresh_rollups($1, $2)",
-                now - timedelta(seconds=self._s.rollups_window_s), now)
+            start = now - timedelta(seconds=self._s.rollups_window_s)
+            await conn.execute("CALL fleet_refresh_rollups($1, $2)", start, now)
         finally:
             await conn.close()
-        return {"rows": rows}
+        return {"refreshed_from": start.isoformat(), "refreshed_to": now.isoformat()}

@@ -72,7 +72,7 @@ def choose_source(span: timedelta, max_points: int, resolution: str) -> tuple[st
 _RAW = """
 SELECT time, seq, ST_Y(location::geometry) AS lat, ST_X(location::geometry) AS lon, speed_kph,
        heading_deg, rpm, coolant_temp_c, fuel_level_pct, odometer_km, battery_voltage_v, ignition
-  FROM telemetry
+  FROM tenant.telemetry
  WHERE tenant_id = $1 AND vehicle_id = $2 AND time >= $3 AND time < $4
  ORDER BY time LIMIT $5
 """
@@ -83,7 +83,7 @@ SELECT time_bucket($5::interval, time) AS time, count(*)::int AS samples,
        avg(rpm)::real AS avg_rpm, max(coolant_temp_c) AS max_coolant_temp_c,
        last(fuel_level_pct, time) AS fuel_level_pct, max(odometer_km) AS odometer_km,
        min(battery_voltage_v) AS min_battery_voltage_v
-  FROM telemetry
+  FROM tenant.telemetry
  WHERE tenant_id = $1 AND vehicle_id = $2 AND time >= $3 AND time < $4
  GROUP BY 1 ORDER BY 1
 """
@@ -91,13 +91,13 @@ _ROLLUP = """
 SELECT time_bucket($5::interval, bucket) AS time, sum(samples)::int AS samples,
        ST_Y(last(last_location, bucket)::geometry) AS lat,
        ST_X(last(last_location, bucket)::geometry) AS lon,
-       (sum(avg_speed_kph * samples) / nullif(sum(samples), 0))::real AS avg_speed_kph,
+       (sum(sum_speed_kph) / nullif(sum(speed_samples), 0))::real AS avg_speed_kph,
        max(max_speed_kph) AS max_speed_kph,
-       (sum(avg_rpm * samples) / nullif(sum(samples), 0))::real AS avg_rpm,
+       (sum(sum_rpm) / nullif(sum(rpm_samples), 0))::real AS avg_rpm,
        max(max_coolant_temp_c) AS max_coolant_temp_c,
        last(last_fuel_level_pct, bucket) AS fuel_level_pct, max(max_odometer_km) AS odometer_km,
        min(min_battery_voltage_v) AS min_battery_voltage_v
-  FROM {table}
+  FROM tenant.{table}
  WHERE tenant_id = $1 AND vehicle_id = $2 AND bucket >= $3 AND bucket < $4
  GROUP BY 1 ORDER BY 1
 """
@@ -212,7 +212,7 @@ def _clean(row: Any) -> dict[str, Any]:
 _GEO_EVENTS = """(SELECT g.time, g.tenant_id, g.vehicle_id, v.code AS vehicle_code, g.geofence_id,
   f.name AS geofence_name, g.event_type, ST_Y(g.location::geometry) AS lat,
   ST_X(g.location::geometry) AS lon, g.speed_kph, g.dwell_s, g.seq, g.details
-  FROM geofence_events g JOIN vehicles v ON v.id = g.vehicle_id
+  FROM tenant.geofence_events g JOIN vehicles v ON v.id = g.vehicle_id
   LEFT JOIN geofences f ON f.id = g.geofence_id WHERE g.tenant_id = $1) e"""
 
 
@@ -230,7 +230,7 @@ async def geofence_events(request: web.Request) -> web.Response:
 _VEHICLE_EVENTS = """(SELECT ve.time, ve.tenant_id, ve.vehicle_id, v.code AS vehicle_code,
   ve.event_type, ve.severity, ve.started_at, ve.ended_at, ve.duration_s, ve.value, ve.threshold,
   ST_Y(ve.location::geometry) AS lat, ST_X(ve.location::geometry) AS lon, ve.geofence_id,
-  ve.details FROM vehicle_events ve JOIN vehicles v ON v.id = ve.vehicle_id
+  ve.details FROM tenant.vehicle_events ve JOIN vehicles v ON v.id = ve.vehicle_id
   WHERE ve.tenant_id = $1) e"""
 
 
@@ -247,7 +247,7 @@ async def vehicle_events(request: web.Request) -> web.Response:
 
 _ANOMALIES = """(SELECT a.time, a.tenant_id, a.vehicle_id, v.code AS vehicle_code, a.signal,
   a.kind, a.value, a.score, a.threshold, a.is_event, a.details
-  FROM anomalies a JOIN vehicles v ON v.id = a.vehicle_id WHERE a.tenant_id = $1) e"""
+  FROM tenant.anomalies a JOIN vehicles v ON v.id = a.vehicle_id WHERE a.tenant_id = $1) e"""
 
 
 async def anomalies(request: web.Request) -> web.Response:
@@ -273,7 +273,7 @@ async def trips(request: web.Request) -> web.Response:
         await visible_vehicle(conn, user, vid)
         rows = await conn.fetch(
             "SELECT time, speed_kph, ignition, ST_Y(location::geometry) AS lat, "
-            "ST_X(location::geometry) AS lon, odometer_km FROM telemetry "
+            "ST_X(location::geometry) AS lon, odometer_km FROM tenant.telemetry "
             "WHERE tenant_id = $1 AND vehicle_id = $2 AND time >= $3 AND time < $4 "
             "ORDER BY time", user.tenant_id, vid, start, end)
     found, stops = detect_trips(Point(r["time"], r["speed_kph"], r["ignition"], r["lat"],
@@ -286,9 +286,9 @@ async def trips(request: web.Request) -> web.Response:
 _DASHBOARD_SQL = {
     "vehicles_by_status": "SELECT status, count(*)::int FROM vehicles WHERE tenant_id = $1 "
                           "GROUP BY status",
-    "vehicle_events_24h": "SELECT event_type, count(*)::int FROM vehicle_events WHERE "
+    "vehicle_events_24h": "SELECT event_type, count(*)::int FROM tenant.vehicle_events WHERE "
                           "tenant_id = $1 AND time > now() - interval '24 hours' GROUP BY 1",
-    "geofence_events_24h": "SELECT event_type, count(*)::int FROM geofence_events WHERE "
+    "geofence_events_24h": "SELECT event_type, count(*)::int FROM tenant.geofence_events WHERE "
                            "tenant_id = $1 AND time > now() - interval '24 hours' GROUP BY 1",
 }
 
@@ -308,7 +308,7 @@ async def dashboard(request: web.Request) -> web.Response:
                 "::int AS moving, avg(fuel_level_pct)::real AS avg_fuel_level_pct "
                 "FROM vehicle_state WHERE tenant_id = $1", user.tenant_id)
             out["anomalies_24h"] = await conn.fetchval(
-                "SELECT count(*)::int FROM anomalies WHERE tenant_id = $1 AND is_event "
+                "SELECT count(*)::int FROM tenant.anomalies WHERE tenant_id = $1 AND is_event "
                 "AND time > now() - interval '24 hours'", user.tenant_id)
         out["vehicles_total"] = sum(out["vehicles_by_status"].values())
         out.update(dict(live.items()) if live else {})

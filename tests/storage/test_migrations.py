@@ -15,7 +15,9 @@ from storage.migrate import Migration, discover, migrate, plan, status
 from tests.conftest import TestDatabase
 
 HYPERTABLES = {"telemetry", "geofence_events", "vehicle_events", "anomalies", "video_events",
-               "fuel_transactions", "ingest_rejects", "telemetry_1m", "telemetry_1h"}
+               "fuel_transactions", "ingest_rejects"}
+ROLLUPS = {"telemetry_1m", "telemetry_1h"}
+pytestmark = pytest.mark.editions
 
 
 def connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
@@ -36,10 +38,29 @@ def two_tenants(database: TestDatabase) -> Iterator[tuple[uuid.UUID, uuid.UUID]]
 
 
 def test_hypertables_exist(database: TestDatabase) -> None:
+    """The rollups are hypertables on the Apache edition, continuous aggregates on the other:
+    the same names and columns either way."""
     with connect(database.owner_url) as conn:
         rows = conn.execute(
             "SELECT hypertable_name FROM timescaledb_information.hypertables").fetchall()
-    assert {r[0] for r in rows} == HYPERTABLES
+        caggs = conn.execute(
+            "SELECT view_name FROM timescaledb_information.continuous_aggregates").fetchall()
+        columns = {name: conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (name,)).fetchall() for name in ROLLUPS}
+    if database.edition == "timescale":
+        assert {r[0] for r in rows} == HYPERTABLES
+        assert {r[0] for r in caggs} == ROLLUPS
+    else:
+        assert {r[0] for r in rows} == HYPERTABLES | ROLLUPS
+        assert caggs == []
+    assert columns["telemetry_1m"] == columns["telemetry_1h"]
+    assert [c[0] for c in columns["telemetry_1m"]] == [
+        "bucket", "tenant_id", "vehicle_id", "samples", "avg_speed_kph", "max_speed_kph",
+        "avg_rpm", "max_coolant_temp_c", "min_fuel_level_pct", "last_fuel_level_pct",
+        "min_odometer_km", "max_odometer_km", "max_engine_hours_h", "min_battery_voltage_v",
+        "last_location", "sum_speed_kph", "speed_samples", "sum_rpm", "rpm_samples"]
 
 
 def test_second_migrate_is_a_no_op(database: TestDatabase) -> None:
@@ -49,13 +70,13 @@ def test_second_migrate_is_a_no_op(database: TestDatabase) -> None:
     assert all(applied for _m, applied in status(database.owner_url))
 
 
-def test_edition_detected_here_is_apache(database: TestDatabase) -> None:
+def test_edition_detected_is_the_clusters(database: TestDatabase) -> None:
     with connect(database.owner_url) as conn:
         license_row = conn.execute("SHOW timescaledb.license").fetchone()
         editions = conn.execute("SELECT edition FROM schema_migrations WHERE edition IS NOT NULL"
                                 ).fetchall()
-    assert license_row == ("apache",)
-    assert {e[0] for e in editions} == {"apache"}
+    assert license_row == (database.edition,)
+    assert {e[0] for e in editions} == {database.edition}
 
 
 def test_plan_picks_the_edition_file() -> None:
@@ -76,7 +97,7 @@ def test_plan_refuses_a_version_without_a_file_for_the_edition() -> None:
 
 
 def test_edited_applied_migration_is_refused(database: TestDatabase, tmp_path: Path) -> None:
-    for m in plan(discover(), "apache"):
+    for m in plan(discover(), database.edition):
         suffix = f".{m.edition}" if m.edition else ""
         text = m.sql + ("\n-- edited\n" if m.version == 1 else "")
         (tmp_path / f"{m.version:04d}_{m.name}{suffix}.sql").write_text(text)
@@ -131,11 +152,12 @@ def test_telemetry_accepts_samples_and_refuses_duplicates(
         with pytest.raises(psycopg.errors.UniqueViolation):
             conn.execute("INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, source) "
                          "VALUES ('2026-11-01T10:00:00Z', %s, %s, 1, 'gateway')", row)
-        written = conn.execute("SELECT fleet_refresh_rollups('2026-11-01T09:00Z', "
-                               "'2026-11-01T11:00Z')").fetchone()
-        assert written == (2,)
-        rollup = conn.execute("SELECT samples, max_speed_kph FROM telemetry_1h").fetchone()
-        assert rollup == (1, 42.5)
+    database.refresh_rollups("2026-11-01T09:00Z", "2026-11-01T11:00Z")
+    with connect(database.owner_url) as conn:
+        assert conn.execute("SELECT samples, max_speed_kph FROM telemetry_1m").fetchall() == [
+            (1, 42.5)]
+        assert conn.execute("SELECT samples, max_speed_kph FROM telemetry_1h").fetchall() == [
+            (1, 42.5)]
 
 
 def _as_tenant(conn: psycopg.Connection[tuple[object, ...]], tenant: uuid.UUID) -> None:
@@ -156,7 +178,11 @@ def test_rls_blocks_cross_tenant_reads_and_writes(
         assert app.execute("SELECT count(*) FROM vehicles").fetchone() == (0,)
         _as_tenant(app, a)
         assert app.execute("SELECT DISTINCT tenant_id FROM vehicles").fetchall() == [(a,)]
-        assert app.execute("SELECT DISTINCT tenant_id FROM telemetry").fetchall() == [(a,)]
+        assert app.execute("SELECT DISTINCT tenant_id FROM tenant.telemetry").fetchall() == [
+            (a,)]
+        # The hypertable itself (and with it every chunk) is not the API role's to read.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("SELECT count(*) FROM telemetry")
         assert app.execute("SELECT id FROM tenants").fetchall() == [(a,)]
         # Even an explicit filter on the other tenant returns nothing.
         assert app.execute("SELECT count(*) FROM vehicles WHERE tenant_id = %s",
@@ -246,15 +272,14 @@ def test_hourly_rollup_equals_the_raw_aggregate(
                 "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, location, speed_kph, "
                 "rpm, coolant_temp_c, fuel_level_pct, odometer_km, battery_voltage_v, source) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'gateway')", rows[:100])
-            conn.execute("SELECT fleet_refresh_rollups('2026-11-01T10:00Z', "
-                         "'2026-11-01T10:01:40Z')")
+            conn.commit()
+            database.refresh_rollups("2026-11-01T10:00Z", "2026-11-01T10:01:40Z")
             cur.executemany(
                 "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, location, speed_kph, "
                 "rpm, coolant_temp_c, fuel_level_pct, odometer_km, battery_voltage_v, source) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'gateway')", rows[100:])
-        conn.execute("SELECT fleet_refresh_rollups('2026-11-01T10:01:40Z', "
-                     "'2026-11-01T10:02:30Z')")
         conn.commit()
+    database.refresh_rollups("2026-11-01T10:01:40Z", "2026-11-01T10:02:30Z")
     with connect(database.owner_url) as conn:
         hour = conn.execute(f"SELECT {ROLLUP_COLUMNS} FROM telemetry_1h").fetchall()
         raw = conn.execute(

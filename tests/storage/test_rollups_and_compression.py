@@ -1,0 +1,140 @@
+"""Late rows reach the rollups on both editions; compression keeps answers and takes late rows.
+
+The late-data case is a gateway's three-day backlog: rows written after their minutes and
+hours were rolled up. Compression is the Timescale edition's: a closed chunk compresses, the
+same query gives the same answer, and a late row (as the stream writes it, binary COPY, and
+as a replay, INSERT ... ON CONFLICT DO NOTHING) is stored and read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from tests.conftest import TestDatabase
+
+pytestmark = pytest.mark.editions
+
+ANSWER = ("SELECT count(*), sum(speed_kph)::float8, max(rpm), min(time), max(time), "
+          "count(DISTINCT seq) FROM telemetry WHERE vehicle_id = %s")
+
+
+def _vehicle(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[uuid.UUID, uuid.UUID]:
+    tenant, vehicle = uuid.uuid4(), uuid.uuid4()
+    conn.execute("INSERT INTO tenants (id, slug, name) VALUES (%s, %s, 't')",
+                 (tenant, f"t{tenant.hex[:8]}"))
+    conn.execute("INSERT INTO vehicles (id, tenant_id, code) VALUES (%s, %s, 'v1')",
+                 (vehicle, tenant))
+    return tenant, vehicle
+
+
+def _samples(conn: psycopg.Connection[tuple[object, ...]], tenant: uuid.UUID,
+             vehicle: uuid.UUID, start: datetime, *, count: int, first_seq: int) -> None:
+    conn.execute(
+        "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, speed_kph, rpm, source) "
+        "SELECT %s + g * interval '10 seconds', %s, %s, %s + g, 50 + g %% 7, 1000 + g, 'gateway' "
+        "FROM generate_series(0, %s - 1) g", (start, tenant, vehicle, first_seq, count))
+
+
+def test_rows_three_days_late_reach_the_rollups(database: TestDatabase) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    late_start = (now - timedelta(days=3)).replace(minute=0, second=0)
+    with psycopg.connect(database.owner_url, autocommit=True) as conn:
+        tenant, vehicle = _vehicle(conn)
+        # What arrived in time: the hour three days ago has half its samples.
+        _samples(conn, tenant, vehicle, late_start, count=180, first_seq=0)
+    database.refresh_rollups((late_start - timedelta(hours=1)).isoformat(), now.isoformat())
+    with psycopg.connect(database.ingest_url, autocommit=True) as conn:
+        # The backlog of the same hour, written by the stream three days late.
+        _samples(conn, tenant, vehicle, late_start + timedelta(minutes=30), count=180,
+                 first_seq=180)
+    database.refresh_rollups(late_start.isoformat(), (late_start + timedelta(hours=1)).isoformat())
+    with psycopg.connect(database.owner_url) as conn:
+        minutes = conn.execute("SELECT sum(samples), count(*) FROM telemetry_1m "
+                               "WHERE vehicle_id = %s", (vehicle,)).fetchone()
+        hour = conn.execute("SELECT samples, max_speed_kph FROM telemetry_1h "
+                            "WHERE vehicle_id = %s", (vehicle,)).fetchall()
+    assert minutes == (360, 60)
+    assert hour == [(360, 56.0)]
+
+
+def test_on_the_timescale_edition_the_policy_alone_takes_late_rows(
+        database: TestDatabase) -> None:
+    """Nobody names the range: the refresh policies' window covers what the stream accepts."""
+    if database.edition != "timescale":
+        pytest.skip("continuous aggregate policies are the Timescale edition's")
+    now = datetime.now(UTC).replace(microsecond=0)
+    late_start = (now - timedelta(days=3)).replace(minute=0, second=0)
+    with psycopg.connect(database.owner_url, autocommit=True) as conn:
+        tenant, vehicle = _vehicle(conn)
+        _samples(conn, tenant, vehicle, late_start, count=360, first_seq=0)
+        for view in ("telemetry_1m", "telemetry_1h"):  # minutes first, as scheduled
+            job = conn.execute(
+                "SELECT job_id FROM timescaledb_information.jobs j JOIN "
+                "timescaledb_information.continuous_aggregates c ON "
+                "c.materialization_hypertable_name = j.hypertable_name "
+                "WHERE c.view_name = %s AND j.proc_name = 'policy_refresh_continuous_aggregate'",
+                (view,)).fetchone()
+            assert job is not None
+            conn.execute("CALL run_job(%s)", (job[0],))
+        # Materialised, not merely computed at query time from the raw rows.
+        mat_id = _materialization_id(conn, "telemetry_1h")
+        table = sql.Identifier("_timescaledb_internal", f"_materialized_hypertable_{mat_id}")
+        stored = conn.execute(sql.SQL("SELECT sum(samples) FROM {} WHERE vehicle_id = %s")
+                              .format(table), (vehicle,)).fetchone()
+    assert stored == (360,)
+
+
+def _materialization_id(conn: psycopg.Connection[tuple[object, ...]], view: str) -> int:
+    row = conn.execute("SELECT mat_hypertable_id FROM _timescaledb_catalog.continuous_agg "
+                       "WHERE user_view_name = %s", (view,)).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def test_compressed_chunk_gives_the_same_answer_and_takes_late_rows(
+        database: TestDatabase) -> None:
+    if database.edition != "timescale":
+        pytest.skip("compression is the Timescale edition's")
+    start = (datetime.now(UTC) - timedelta(days=6)).replace(hour=0, minute=0, second=0,
+                                                              microsecond=0)
+    with psycopg.connect(database.owner_url, autocommit=True) as conn:
+        tenant, vehicle = _vehicle(conn)
+        _samples(conn, tenant, vehicle, start, count=5000, first_seq=0)
+        before = conn.execute(ANSWER, (vehicle,)).fetchone()
+        chunk = conn.execute("SELECT c FROM show_chunks('telemetry', older_than => %s) c "
+                             "ORDER BY c LIMIT 1", (start + timedelta(days=1),)).fetchone()
+        assert chunk is not None
+        with contextlib.suppress(errors.DuplicateObject):  # the policy may be at it already
+            conn.execute("SELECT compress_chunk(%s, if_not_compressed => true)", (chunk[0],))
+        assert conn.execute("SELECT is_compressed FROM timescaledb_information.chunks WHERE "
+                            "format('%%I.%%I', chunk_schema, chunk_name)::regclass = %s::regclass",
+                            (chunk[0],)).fetchone() == (True,)
+        assert conn.execute(ANSWER, (vehicle,)).fetchone() == before
+    with psycopg.connect(database.ingest_url) as conn:
+        late = start + timedelta(hours=1, seconds=5)
+        with conn.cursor() as cur, cur.copy(
+                "COPY telemetry (time, tenant_id, vehicle_id, seq, speed_kph, source) "
+                "FROM STDIN") as copy:
+            copy.write_row((late, tenant, vehicle, 100_000, 99.0, "gateway"))
+        conn.commit()
+        # A replay of the same row and of a compressed one: skipped, not an error.
+        cur = conn.execute(
+            "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, speed_kph, source) "
+            "VALUES (%s, %s, %s, 100000, 99, 'gateway'), (%s, %s, %s, 0, 50, 'gateway') "
+            "ON CONFLICT DO NOTHING", (late, tenant, vehicle, start, tenant, vehicle))
+        assert cur.rowcount == 0
+        conn.commit()
+    with psycopg.connect(database.owner_url) as conn:
+        after = conn.execute(ANSWER, (vehicle,)).fetchone()
+        assert after is not None
+        assert before is not None
+        assert after[0] == before[0] + 1
+        assert after[1] == pytest.approx(float(str(before[1])) + 99.0)
+        assert conn.execute("SELECT speed_kph FROM telemetry WHERE seq = 100000").fetchone() == (
+            99.0,)
