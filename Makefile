@@ -17,8 +17,8 @@ LOCK   := requirements/dev.txt
 LOCK_STAMP     := $(VENV)/.lock-$(shell sha1sum $(LOCK) 2>/dev/null | cut -c1-12)
 EDITABLE_STAMP := $(VENV)/.editable-$(shell cat pyproject.toml $(LOCK) 2>/dev/null | sha1sum | cut -c1-12)
 
-.PHONY: setup system venv node services migrate demo test lint clean services-down \
-        lock outdated dist check-pi
+.PHONY: setup system venv node services migrate demo test test-apache lint clean \
+        services-down lock outdated dist check-pi
 
 setup: system venv node services migrate
 
@@ -83,8 +83,17 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The whole suite on the Timescale-licence edition (the default, what Timescale's packages
+# and images run), then the edition-dependent tests (marked `editions`: schema, tenancy,
+# rollups, compression, sink, jobs) again on the Apache edition: the project's PostgreSQL
+# restarts with the other licence for them and with the default again afterwards.
 test: setup lint
 	$(BIN)/pytest
+	$(MAKE) --no-print-directory test-apache
+
+test-apache: venv
+	FLEET_SERVICES_TIMESCALEDB_LICENSE=apache $(BIN)/pytest -m editions; \
+	  rc=$$?; $(BIN)/fleet services up >/dev/null; exit $$rc
 
 demo: setup
 	$(BIN)/fleet demo $(DEMO_ARGS)

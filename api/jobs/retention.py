@@ -163,8 +163,8 @@ class RetentionJob:
                 # setting here, and run by TimescaleDB's scheduler.
                 await conn.execute(
                     "SELECT remove_retention_policy('ingest_rejects', if_exists => true)")
-                await conn.execute(
-                    "SELECT add_retention_policy('ingest_rejects', drop_after => $1)", keep)
+                await conn.execute("SELECT add_retention_policy('ingest_rejects', "
+                                   "drop_after => $1::interval)", keep)
                 report.rejects_chunks_dropped = 0
             else:
                 dropped = await conn.fetch(

@@ -38,6 +38,7 @@ CREATE TABLE analyst_roles (
 );
 COMMENT ON TABLE analyst_roles IS
   'The tenant each analyst login reads (`fleet db analyst create`); only the owner reads or writes it.';
+COMMENT ON COLUMN analyst_roles.role_name IS 'The analyst''s PostgreSQL login (matched against session_user).';
 
 -- The binding of the login running the query. session_user, not current_user: inside this
 -- SECURITY DEFINER function current_user is the owner, and session_user is the role that

@@ -43,8 +43,43 @@ SELECT time_bucket(INTERVAL '1 hour', bucket) AS bucket, tenant_id, vehicle_id,
  GROUP BY 1, 2, 3
 WITH NO DATA;
 
-COMMENT ON VIEW telemetry_1m IS 'Per-vehicle one-minute aggregates of telemetry (continuous aggregate).';
-COMMENT ON VIEW telemetry_1h IS 'Per-vehicle one-hour aggregates of telemetry, from telemetry_1m (continuous aggregate).';
+COMMENT ON VIEW telemetry_1m IS 'Per-vehicle one-minute aggregates of telemetry.';
+COMMENT ON VIEW telemetry_1h IS 'Per-vehicle one-hour aggregates of telemetry (columns as telemetry_1m).';
+-- The same comments as the Apache edition's tables (docs/schema.md is one document for both).
+COMMENT ON COLUMN telemetry_1m.bucket IS 'Start of the bucket (time_bucket).';
+COMMENT ON COLUMN telemetry_1m.samples IS 'Number of telemetry rows in the bucket.';
+COMMENT ON COLUMN telemetry_1m.avg_speed_kph IS 'Mean ground speed, km/h.';
+COMMENT ON COLUMN telemetry_1m.max_speed_kph IS 'Highest ground speed, km/h.';
+COMMENT ON COLUMN telemetry_1m.avg_rpm IS 'Mean engine speed, rev/min.';
+COMMENT ON COLUMN telemetry_1m.max_coolant_temp_c IS 'Highest coolant temperature, degC.';
+COMMENT ON COLUMN telemetry_1m.min_fuel_level_pct IS 'Lowest fuel level, % of tank.';
+COMMENT ON COLUMN telemetry_1m.last_fuel_level_pct IS 'Fuel level of the newest sample, % of tank.';
+COMMENT ON COLUMN telemetry_1m.min_odometer_km IS 'Lowest odometer, km (distance = max - min).';
+COMMENT ON COLUMN telemetry_1m.max_odometer_km IS 'Highest odometer, km.';
+COMMENT ON COLUMN telemetry_1m.max_engine_hours_h IS 'Highest engine hours, h.';
+COMMENT ON COLUMN telemetry_1m.min_battery_voltage_v IS 'Lowest battery voltage, V.';
+COMMENT ON COLUMN telemetry_1m.last_location IS 'Position of the newest sample (NULL when it had no fix).';
+COMMENT ON COLUMN telemetry_1m.sum_speed_kph IS 'Sum of the non-NULL speeds, km/h (avg_speed_kph = this / speed_samples).';
+COMMENT ON COLUMN telemetry_1m.speed_samples IS 'Rows with a speed.';
+COMMENT ON COLUMN telemetry_1m.sum_rpm IS 'Sum of the non-NULL engine speeds, rev/min.';
+COMMENT ON COLUMN telemetry_1m.rpm_samples IS 'Rows with an engine speed.';
+COMMENT ON COLUMN telemetry_1h.bucket IS 'Start of the bucket (time_bucket).';
+COMMENT ON COLUMN telemetry_1h.samples IS 'Number of telemetry rows in the bucket.';
+COMMENT ON COLUMN telemetry_1h.avg_speed_kph IS 'Mean ground speed, km/h.';
+COMMENT ON COLUMN telemetry_1h.max_speed_kph IS 'Highest ground speed, km/h.';
+COMMENT ON COLUMN telemetry_1h.avg_rpm IS 'Mean engine speed, rev/min.';
+COMMENT ON COLUMN telemetry_1h.max_coolant_temp_c IS 'Highest coolant temperature, degC.';
+COMMENT ON COLUMN telemetry_1h.min_fuel_level_pct IS 'Lowest fuel level, % of tank.';
+COMMENT ON COLUMN telemetry_1h.last_fuel_level_pct IS 'Fuel level of the newest sample, % of tank.';
+COMMENT ON COLUMN telemetry_1h.min_odometer_km IS 'Lowest odometer, km (distance = max - min).';
+COMMENT ON COLUMN telemetry_1h.max_odometer_km IS 'Highest odometer, km.';
+COMMENT ON COLUMN telemetry_1h.max_engine_hours_h IS 'Highest engine hours, h.';
+COMMENT ON COLUMN telemetry_1h.min_battery_voltage_v IS 'Lowest battery voltage, V.';
+COMMENT ON COLUMN telemetry_1h.last_location IS 'Position of the newest sample (NULL when it had no fix).';
+COMMENT ON COLUMN telemetry_1h.sum_speed_kph IS 'Sum of the non-NULL speeds, km/h (avg_speed_kph = this / speed_samples).';
+COMMENT ON COLUMN telemetry_1h.speed_samples IS 'Rows with a speed.';
+COMMENT ON COLUMN telemetry_1h.sum_rpm IS 'Sum of the non-NULL engine speeds, rev/min.';
+COMMENT ON COLUMN telemetry_1h.rpm_samples IS 'Rows with an engine speed.';
 
 -- The refresh window reaches as far back as the stream accepts samples (stream.max_past_s,
 -- 30 days) and the archive keeps chunks hot (jobs.hot_days, 30): a late row anywhere in it is

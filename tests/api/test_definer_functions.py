@@ -24,6 +24,7 @@ from api.auth import hash_password
 from tests.conftest import TestDatabase
 
 PASSWORD = "Fleet!Test2024"
+pytestmark = pytest.mark.editions
 
 
 @dataclass
