@@ -15,6 +15,8 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("gateway", "edge_gateway.bench", "gateway against the simulators: RSS, CPU, catch-up rate"),
     ("geofence", "geo.bench", "geofence index against a PostGIS ST_Contains join"),
     ("ingest", "stream.bench_ingest", "telemetry sink against raw binary COPY"),
+    ("storage", "stream.bench_storage",
+     "ingest with the edition's policies, compression ratio, analyst query compressed or not"),
     ("e2e", "stream.bench_e2e", "load generator -> MQTT -> stream -> TimescaleDB"),
     ("faults", "stream.bench_faults", "fault matrix under steady e2e load: lost, dup, recovery"),
     ("ws", "api.bench_ws", "WebSocket live map fan-out staleness"),

@@ -699,9 +699,10 @@ def provision_cluster(admin_url: str, creds: dict[str, str]) -> None:
     """Create (or re-password) the owner, application and ingest roles.
 
     The application role is subject to row-level security. The ingest role (the stream) writes
-    every tenant's rows and checks tenancy itself (the topic's tenant must own the vehicle), so
-    it gets BYPASSRLS: PostgreSQL refuses a plain COPY into a table with row-level security,
-    and the direct binary COPY is the stream's fast path. Neither is a superuser.
+    every tenant's rows and checks tenancy itself (the topic's tenant must own the vehicle). It
+    still has BYPASSRLS from when the hypertables had row-level security (PostgreSQL refuses a
+    binary COPY into such a table); since migration 0012 its policies on the ordinary tables
+    would do, and dropping the attribute is a follow-up. Neither is a superuser.
     """
     from psycopg import sql
 

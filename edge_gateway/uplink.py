@@ -63,15 +63,38 @@ class _StopRequestedError(Exception):
     """Internal: ends a connection's task group once a clean shutdown has drained."""
 
 
+NO_MATCHING_SUBSCRIBERS = 0x10
+"""MQTT v5 PUBACK reason: accepted, but nobody subscribes to the topic, so nobody gets it."""
+
+
+class NoSubscriberError(aiomqtt.MqttError):
+    """Telemetry reached the broker while nothing subscribed to it: not delivered. An MQTT
+    error like a lost connection: the uplink reconnects after its back-off and sends again."""
+
+
 class AckCheckingClient(aiomqtt.Client):
     """aiomqtt client that does not treat a negative PUBACK as delivered.
 
     aiomqtt 2.x completes `publish()` on any PUBACK, whatever its MQTT v5 reason code. A
     refused message (for example "not authorized") must stay in the spool, so we swallow the
     confirmation: `publish()` then times out and the batch is sent again after a reconnect.
+
+    "No matching subscribers" (0x10) is a success code, but for telemetry it means the message
+    is gone: Mosquitto does not restore shared subscriptions after a restart, so until the
+    stream has subscribed again every telemetry message is acknowledged to nobody (issue #13:
+    about 24 s of a fleet's data lost per broker restart). Such a PUBACK completes `publish()`
+    and is counted in `unheard`; the uplink then keeps the batch in the spool and sends it
+    again (`NoSubscriberError`). Status, events and acks are not held for that: nobody may be
+    listening to them, and a retained status needs no subscriber.
     """
 
     refused = 0
+    unheard_total = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unheard = 0
+        """Telemetry messages this connection's broker acknowledged with 0x10."""
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
@@ -79,6 +102,13 @@ class AckCheckingClient(aiomqtt.Client):
             type(self).refused += 1
             log.error("broker refused message %s: %s", mid, reason_code)
             return
+        if getattr(reason_code, "value", 0) == NO_MATCHING_SUBSCRIBERS:
+            # paho removes the message from _out_messages only after this callback.
+            message = getattr(client, "_out_messages", {}).get(mid)
+            topic = str(getattr(message, "topic", ""))
+            if topic.endswith("/" + Channel.TELEMETRY.value):
+                self.unheard += 1
+                type(self).unheard_total += 1
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
 
@@ -230,10 +260,18 @@ class Uplink:
     async def _publish_batch(self, client: aiomqtt.Client, rows: list[SpoolRow],
                              samples: list[Sample], window: asyncio.Semaphore) -> None:
         try:
+            unheard = getattr(client, "unheard", 0)
             for payload in self._payloads(samples):
                 await client.publish(self.topics[Channel.TELEMETRY], payload, qos=1,
                                      timeout=self.gw.publish_timeout_s)
                 self.published_messages += 1
+            if getattr(client, "unheard", 0) != unheard:
+                # Counted per connection, not per message: a concurrent batch's unheard
+                # message sends this one again too, which the stream's dedupe absorbs.
+                log.warning("MQTT: telemetry acknowledged with no subscriber (the stream is "
+                            "not subscribed, e.g. just after a broker restart); kept in the "
+                            "spool and sent again")
+                raise NoSubscriberError("telemetry had no subscriber")
             await self.spool.run(self.spool.spool.ack, rows[0].seq, rows[-1].seq)
             self.published_samples += len(rows)
         finally:

@@ -83,6 +83,20 @@ class FilterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Drop a sample with the same time and position as the previous one (new seq, same fix)."""
 
 
+class RollupSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What each sample accounts for in the rollups (telemetry.interval_s, distance_m,
+    over_speed, over_rpm; migration 0013). A threshold applies to samples written while it is
+    in force: changing it does not rewrite history."""
+
+    overspeed_kph: PositiveFloat = 90.0
+    """Speed above which a sample's seconds count as over_speed_s, km/h."""
+    high_rpm: PositiveFloat = 3000.0
+    """Engine speed above which a sample's seconds count as over_rpm_s, rev/min."""
+    max_gap_s: PositiveFloat = 60.0
+    """A longer gap to the previous sample is not counted as time (nor as GPS distance): the
+    vehicle was not observed. Odometer distance still counts, it is measured."""
+
+
 class DataflowSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Scaling, recovery and per-vehicle processing of the dataflow."""
 
@@ -136,6 +150,7 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     source: SourceSettings = msgspec.field(default_factory=SourceSettings)
     stream: DataflowSettings = msgspec.field(default_factory=DataflowSettings)
     filters: FilterSettings = msgspec.field(default_factory=FilterSettings)
+    rollups: RollupSettings = msgspec.field(default_factory=RollupSettings)
     detectors: DetectorSettings = msgspec.field(default_factory=DetectorSettings)
     anomaly: AnomalySettings = msgspec.field(default_factory=AnomalySettings)
     geofence: GeofenceSettings = msgspec.field(default_factory=GeofenceSettings)

@@ -68,6 +68,16 @@ class VehicleRef:
     """"make model" for fleet-relative comparisons (peers of the same model)."""
 
 
+class Derived(msgspec.Struct, frozen=True, gc=False):
+    """A sample's share of the rollups, from the vehicle's previous in-order sample."""
+
+    interval_s: float | None = None
+    distance_m: float | None = None
+    fuel_used_pct: float | None = None
+    over_speed: bool | None = None
+    over_rpm: bool | None = None
+
+
 class Reading(msgspec.Struct, frozen=True, gc=False):
     """One validated sample of a known vehicle, plus what the geo step found.
 
@@ -80,6 +90,9 @@ class Reading(msgspec.Struct, frozen=True, gc=False):
     source: Source
     fences: frozenset[UUID] = frozenset()
     """Active geofences of the vehicle's tenant whose zone contains the position."""
+    derived: Derived | None = None
+    """What the sample accounts for since the previous one (`stream.derived`); None when
+    that cannot be known (first sample, out of event-time order)."""
 
     @property
     def t_ms(self) -> int:

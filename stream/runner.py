@@ -86,7 +86,8 @@ def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> No
             decoder=Decoder(directory, payload_max_bytes=cfg.reject_payload_max_bytes),
             index_provider=watcher.current,
             vehicle=VehicleStepConfig(cfg, settings.filters, detectors,
-                                      economy=EconomyTracker(settings.anomaly)),
+                                      economy=EconomyTracker(settings.anomaly),
+                                      rollups=settings.rollups),
             fleet_economy=FleetEconomy(settings.anomaly),
         )
         flow = build_flow(parts)

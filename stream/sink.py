@@ -134,7 +134,12 @@ def telemetry_row(r: Reading) -> tuple[Any, ...]:
         s.coolant_c, s.fuel_pct, s.odometer_km, s.engine_hours_h, s.battery_v,
         s.throttle_pct, s.engine_load_pct, s.ignition, s.gps_fix, s.hdop, s.sats,
         s.dtcs, Jsonb(s.extra) if s.extra else None, r.source.value,
+        *(_NO_DERIVED if (d := r.derived) is None else
+          (d.interval_s, d.distance_m, d.fuel_used_pct, d.over_speed, d.over_rpm)),
     )
+
+
+_NO_DERIVED = (None, None, None, None, None)
 
 
 def vehicle_event_row(e: VehicleEvent) -> tuple[Any, ...]:
@@ -187,9 +192,11 @@ TELEMETRY = Table("telemetry", (
     "heading_deg", "rpm", "coolant_temp_c", "fuel_level_pct", "odometer_km", "engine_hours_h",
     "battery_voltage_v", "throttle_pct", "engine_load_pct", "ignition", "gps_fix_quality",
     "gps_hdop", "gps_satellites", "dtc_codes", "extra", "source",
+    "interval_s", "distance_m", "fuel_used_pct", "over_speed", "over_rpm",
 ), ("timestamptz", "uuid", "uuid", "int8", GEOGRAPHY, "float4", "float4", "float4", "float4",
     "float4", "float4", "float8", "float8", "float4", "float4", "float4", "bool", "int2",
-    "float4", "int2", "varchar[]", "jsonb", "text"), telemetry_row)
+    "float4", "int2", "varchar[]", "jsonb", "text", "float4", "float4", "float4", "bool",
+    "bool"), telemetry_row)
 
 VEHICLE_EVENTS = Table("vehicle_events", (
     "time", "tenant_id", "vehicle_id", "event_type", "severity", "started_at", "ended_at",
@@ -592,7 +599,7 @@ class DatabaseWriter:
 
     def rollups_refresh_themselves(self, conn: psycopg.Connection[Any]) -> bool:
         """True on the Timescale-licence edition: its rollups are continuous aggregates that
-        their policies refresh, late rows included (migration 0013), and only their owner may
+        their policies refresh, late rows included (migration 0014), and only their owner may
         refresh them by hand."""
         if self._edition is None:
             row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()

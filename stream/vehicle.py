@@ -41,7 +41,8 @@ from bytewax.operators import StatefulBatchLogic
 
 from edge_gateway.protocol import Channel, RejectReason, Sample, Source, topic_for
 from stream.anomaly import EconomyAccumulator
-from stream.config import DataflowSettings, FilterSettings
+from stream.config import DataflowSettings, FilterSettings, RollupSettings
+from stream.derived import derive
 from stream.detectors.base import Detector
 from stream.filters import Fix, check_position, check_time, is_duplicate, strip_position
 from stream.items import (
@@ -206,6 +207,7 @@ class VehicleStepConfig:
     clock_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
     economy: Any = None
     """`stream.anomaly.EconomyTracker` feeding the fleet-relative score; None disables it."""
+    rollups: RollupSettings = field(default_factory=RollupSettings)
     batch_detectors: tuple[tuple[Detector, BatchFn | None], ...] = field(init=False)
     """The detectors in order, each with its ``on_readings`` when it has one."""
     tick_detectors: tuple[Detector, ...] = field(init=False)
@@ -353,7 +355,9 @@ class VehicleLogic(StatefulBatchLogic[VehicleBatch, VehicleOutput, bytes]):
             out.append(held.reject(reason))
             sample = strip_position(sample)
             fences = frozenset()
-        reading = Reading(vehicle=ref, sample=sample, source=held.source, fences=fences)
+        derived = derive(sample, st.previous, st.last_fix, self.cfg.rollups) if in_order else None
+        reading = Reading(vehicle=ref, sample=sample, source=held.source, fences=fences,
+                          derived=derived)
         out.append(StoredSample(reading))
         if not in_order:
             st.late += 1

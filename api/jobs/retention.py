@@ -159,7 +159,7 @@ class RetentionJob:
                 report.failures.append("no archive configured: nothing archived or dropped")
             keep = timedelta(days=self._s.ingest_rejects_keep_days)
             if await _edition(conn) == "timescale":
-                # Retention is a policy on this edition (migration 0013): kept in step with the
+                # Retention is a policy on this edition (migration 0014): kept in step with the
                 # setting here, and run by TimescaleDB's scheduler.
                 await conn.execute(
                     "SELECT remove_retention_policy('ingest_rejects', if_exists => true)")

@@ -90,7 +90,7 @@ REVOKE ALL ON FUNCTION fleet_tenant_view(regclass) FROM PUBLIC;
 SELECT fleet_tenant_view(t::regclass) FROM unnest(ARRAY[
   'telemetry', 'geofence_events', 'vehicle_events', 'anomalies', 'video_events',
   'fuel_transactions', 'ingest_rejects']) AS t;
--- The Apache edition's rollup tables (the other edition's continuous aggregates come in 0013).
+-- The Apache edition's rollup tables (the other edition's continuous aggregates come in 0014).
 SELECT fleet_tenant_view(to_regclass(t)) FROM unnest(ARRAY['telemetry_1m', 'telemetry_1h']) AS t
  WHERE to_regclass(t) IS NOT NULL;
 

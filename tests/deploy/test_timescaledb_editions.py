@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from deploy.errors import SettingsError
+from deploy.errors import ServiceError, SettingsError
 from deploy.services import (
     ADMIN_ROLE,
     LocalServices,
@@ -175,9 +175,9 @@ def test_up_restarts_postgres_only_when_the_licence_changes(
     assert show_license(stack.pg_url(ADMIN_ROLE)) == "timescale"
 
 
-def test_licence_setting_defaults_to_apache_and_takes_only_the_two_editions() -> None:
-    assert ServicesSettings().timescaledb_license == "apache"
-    assert "timescaledb.license = 'apache'" in LocalServices(ServicesSettings())._pg_conf()
+def test_licence_setting_defaults_to_timescale_and_takes_only_the_two_editions() -> None:
+    assert ServicesSettings().timescaledb_license == "timescale"
+    assert "timescaledb.license = 'timescale'" in LocalServices(ServicesSettings())._pg_conf()
 
     def load(value: str) -> ServicesSettings:
         environ = {"FLEET_SERVICES_TIMESCALEDB_LICENSE": value}
@@ -214,3 +214,18 @@ def test_script_falls_back_to_the_apache_edition_without_the_tarball(tmp_path: P
     assert out.returncode == 0, out
     assert "falling back" in out.stderr
     assert "Apache edition only" in out.stderr
+
+
+def test_timescale_licence_without_the_full_build_is_a_clear_error(tmp_path: Path) -> None:
+    """An Apache-only build (no tsl module) cannot serve the default licence: `up` says what
+    to do instead of PostgreSQL failing to start with a library error."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "timescaledb-2.19.3.so").touch()
+    settings = ServicesSettings(postgres_bin_dir=str(tmp_path / "bin"),
+                                state_dir=str(tmp_path / "state"))
+    with pytest.raises(ServiceError, match="FLEET_SERVICES_TIMESCALEDB_LICENSE=apache"):
+        LocalServices(settings).postgres_up()
+    apache = ServicesSettings(postgres_bin_dir=str(tmp_path / "bin"),
+                              state_dir=str(tmp_path / "state"), timescaledb_license="apache")
+    LocalServices(apache)._check_edition_installed()  # the Apache edition needs no tsl

@@ -196,3 +196,46 @@ async def test_refused_publishes_stay_in_the_spool(tmp_path: Path, services: Loc
         feeder.cancel()
         os.close(master)
         os.close(slave)
+
+
+async def test_telemetry_nobody_subscribes_to_stays_in_the_spool(
+        tmp_path: Path, services: LocalServices, mqtt_url: str, tenant_slug: str) -> None:
+    """A PUBACK "no matching subscribers" (Mosquitto after a restart, before the stream has
+    subscribed again) is not delivery: the samples stay spooled and go once someone listens."""
+    from edge_gateway.uplink import AckCheckingClient
+
+    master, slave = os.openpty()
+    settings = apply_overrides(
+        _settings(tmp_path, mqtt_url, tenant_slug, os.ttyname(slave)),
+        gateway={"reconnect_min_s": 0.2, "reconnect_max_s": 0.5})
+    feeder = asyncio.create_task(_feed_gps(master))
+    unheard_before = AckCheckingClient.unheard_total
+    received: list[Telemetry] = []
+    try:
+        async with running_gateway(settings) as gateway:
+            await wait_for(lambda: AckCheckingClient.unheard_total > unheard_before
+                           and gateway.spool.spool.count >= 5, 30, "unheard telemetry spooled")
+            assert gateway.uplink.published_samples == 0
+            spooled = gateway.spool.spool.count
+            first_seq = gateway.spool.spool.first_seq
+            async with mqtt_client(mqtt_url) as client:
+                await client.subscribe(topic_for(tenant_slug, "v1", Channel.TELEMETRY), qos=1)
+
+                async def collect() -> None:
+                    async for m in client.messages:
+                        message = decode(bytes(m.payload), Telemetry)
+                        assert isinstance(message, Telemetry)
+                        received.append(message)
+
+                collector = asyncio.create_task(collect())
+                await wait_for(lambda: gateway.uplink.published_samples >= spooled, 30,
+                               "the spooled samples delivered once someone subscribed")
+                await wait_for(lambda: sum(len(t.samples) for t in received) >= spooled, 10,
+                               "the subscriber got them")
+                collector.cancel()
+    finally:
+        feeder.cancel()
+        os.close(master)
+        os.close(slave)
+    seqs = sorted({s.seq for t in received for s in t.samples})
+    assert seqs[0] == first_seq  # the first sample, spooled while nobody listened, is not lost

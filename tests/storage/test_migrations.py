@@ -60,7 +60,8 @@ def test_hypertables_exist(database: TestDatabase) -> None:
         "bucket", "tenant_id", "vehicle_id", "samples", "avg_speed_kph", "max_speed_kph",
         "avg_rpm", "max_coolant_temp_c", "min_fuel_level_pct", "last_fuel_level_pct",
         "min_odometer_km", "max_odometer_km", "max_engine_hours_h", "min_battery_voltage_v",
-        "last_location", "sum_speed_kph", "speed_samples", "sum_rpm", "rpm_samples"]
+        "last_location", "sum_speed_kph", "speed_samples", "sum_rpm", "rpm_samples", "max_rpm",
+        "distance_km", "engine_on_s", "idle_s", "over_speed_s", "over_rpm_s", "fuel_used_pct"]
 
 
 def test_second_migrate_is_a_no_op(database: TestDatabase) -> None:

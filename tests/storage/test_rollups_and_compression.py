@@ -138,3 +138,44 @@ def test_compressed_chunk_gives_the_same_answer_and_takes_late_rows(
         assert after[1] == pytest.approx(float(str(before[1])) + 99.0)
         assert conn.execute("SELECT speed_kph FROM telemetry WHERE seq = 100000").fetchone() == (
             99.0,)
+
+
+def test_rollups_answer_how_far_how_long_and_how_much(database: TestDatabase) -> None:
+    """Distance, engine-on, idle and above-threshold seconds, fuel used and max rpm, per
+    minute, hour and the tenant's own day (Asia/Kolkata: days start at 18:30 UTC)."""
+    day_start = datetime(2026, 11, 1, 18, 30, tzinfo=UTC)  # 2026-11-02 00:00 in Kolkata
+    with psycopg.connect(database.owner_url, autocommit=True) as conn:
+        tenant, vehicle = _vehicle(conn)
+        conn.execute("UPDATE tenants SET timezone = 'Asia/Kolkata' WHERE id = %s", (tenant,))
+        with pytest.raises(errors.CheckViolation):
+            conn.execute("UPDATE tenants SET timezone = 'Mars/Olympus' WHERE id = %s", (tenant,))
+        # 20 minutes at 10 s a sample from 10 minutes before the local midnight: the first
+        # half idling, the second driving fast and revving, using fuel; a NULL interval (the
+        # first sample after a gap) counts no time.
+        conn.execute(
+            "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, speed_kph, rpm, ignition, "
+            "interval_s, distance_m, fuel_used_pct, over_speed, over_rpm, source) "
+            "SELECT %s - interval '10 minutes' + g * interval '10 seconds', %s, %s, g, "
+            "CASE WHEN g < 60 THEN 0 ELSE 100 END, CASE WHEN g < 60 THEN 800 ELSE 3500 END, "
+            "true, CASE WHEN g = 0 THEN NULL ELSE 10 END, CASE WHEN g < 60 THEN 0 ELSE 250 END, "
+            "0.01, g >= 60, g >= 60, 'gateway' FROM generate_series(0, 119) g",
+            (day_start, tenant, vehicle))
+    database.refresh_rollups((day_start - timedelta(hours=1)).isoformat(),
+                             (day_start + timedelta(hours=1)).isoformat())
+    with psycopg.connect(database.owner_url) as conn:
+        totals = conn.execute(
+            "SELECT sum(distance_km), sum(engine_on_s), sum(idle_s), sum(over_speed_s), "
+            "sum(over_rpm_s), round(sum(fuel_used_pct)::numeric, 2)::float8, max(max_rpm) "
+            "FROM telemetry_1h WHERE vehicle_id = %s", (vehicle,)).fetchone()
+        minutes = conn.execute("SELECT sum(distance_km), sum(idle_s) FROM telemetry_1m "
+                               "WHERE vehicle_id = %s", (vehicle,)).fetchone()
+    assert totals == (15.0, 1190.0, 590.0, 600.0, 600.0, 1.2, 3500.0)
+    assert minutes == (15.0, 590.0)
+    with psycopg.connect(database.app_url) as conn:
+        conn.execute("SELECT set_config('app.tenant_id', %s, false)", (str(tenant),))
+        days = conn.execute(
+            "SELECT day, samples, distance_km, engine_on_s, idle_s FROM "
+            "tenant.telemetry_days('2026-11-01', '2026-11-02') ORDER BY day").fetchall()
+    # Local 1 Nov: the idling 10 minutes; local 2 Nov: the 10 driving minutes.
+    assert [(str(d), n, km, on, idle) for d, n, km, on, idle in days] == [
+        ("2026-11-01", 60, 0.0, 590.0, 590.0), ("2026-11-02", 60, 15.0, 600.0, 0.0)]

@@ -1,11 +1,24 @@
 -- The Apache edition's rollups, as 0009 left them, behind the same interface as the other
--- edition's continuous aggregates (0013_rollups_and_compression.timescale): a procedure,
+-- edition's continuous aggregates (0014_rollups_and_compression.timescale): a procedure,
 -- `CALL fleet_refresh_rollups(from, to[, vehicles])`, which the stream (the ingest role), the
 -- rollups job and `fleet db refresh-rollups` call on either edition. The Apache edition's
 -- refresh needs no transaction control, so it may stay SECURITY DEFINER (it writes every
 -- tenant's rollups whoever calls it) and run inside the caller's transaction.
 --
 -- Retention stays with the retention job on this edition (it has no policies).
+--
+-- The rollups also get the columns built on 0013's derived signals, as on the other edition.
+
+ALTER TABLE telemetry_1m
+  ADD COLUMN max_rpm real, ADD COLUMN distance_km double precision, ADD COLUMN engine_on_s real,
+  ADD COLUMN idle_s real, ADD COLUMN over_speed_s real, ADD COLUMN over_rpm_s real,
+  ADD COLUMN fuel_used_pct real;
+ALTER TABLE telemetry_1h
+  ADD COLUMN max_rpm real, ADD COLUMN distance_km double precision, ADD COLUMN engine_on_s real,
+  ADD COLUMN idle_s real, ADD COLUMN over_speed_s real, ADD COLUMN over_rpm_s real,
+  ADD COLUMN fuel_used_pct real;
+SELECT fleet_tenant_view('telemetry_1m');
+SELECT fleet_tenant_view('telemetry_1h');
 
 DROP FUNCTION fleet_refresh_rollups(timestamptz, timestamptz, uuid[]);
 CREATE PROCEDURE fleet_refresh_rollups(p_from timestamptz, p_to timestamptz,
@@ -24,7 +37,13 @@ BEGIN
              min(fuel_level_pct), last(fuel_level_pct, time), min(odometer_km),
              max(odometer_km), max(engine_hours_h), min(battery_voltage_v),
              last(location, time), sum(speed_kph::double precision),
-             count(speed_kph)::integer, sum(rpm::double precision), count(rpm)::integer
+             count(speed_kph)::integer, sum(rpm::double precision), count(rpm)::integer,
+             max(rpm), sum(distance_m::double precision) / 1000,
+             -- Seconds: observed but never in that state is 0, never observed is NULL.
+             sum(CASE WHEN coalesce(rpm > 0, ignition) THEN interval_s ELSE interval_s * 0 END),
+             sum(CASE WHEN coalesce(rpm > 0, ignition) AND coalesce(speed_kph, 0) < 2 THEN interval_s ELSE interval_s * 0 END),
+             sum(CASE WHEN over_speed THEN interval_s ELSE interval_s * 0 END), sum(CASE WHEN over_rpm THEN interval_s ELSE interval_s * 0 END),
+             sum(fuel_used_pct)
         FROM telemetry
        WHERE time >= time_bucket(INTERVAL '1 minute', $1)
          AND time < time_bucket(INTERVAL '1 minute', $2) + INTERVAL '1 minute'
@@ -38,7 +57,9 @@ BEGIN
              min(min_fuel_level_pct), last(last_fuel_level_pct, bucket), min(min_odometer_km),
              max(max_odometer_km), max(max_engine_hours_h), min(min_battery_voltage_v),
              last(last_location, bucket), sum(sum_speed_kph), sum(speed_samples)::integer,
-             sum(sum_rpm), sum(rpm_samples)::integer
+             sum(sum_rpm), sum(rpm_samples)::integer, max(max_rpm), sum(distance_km),
+             sum(engine_on_s), sum(idle_s), sum(over_speed_s), sum(over_rpm_s),
+             sum(fuel_used_pct)
         FROM telemetry_1m
        WHERE bucket >= time_bucket(INTERVAL '1 hour', $1)
          AND bucket < time_bucket(INTERVAL '1 hour', $2) + INTERVAL '1 hour'
@@ -58,7 +79,10 @@ BEGIN
         min_battery_voltage_v = EXCLUDED.min_battery_voltage_v,
         last_location = EXCLUDED.last_location, sum_speed_kph = EXCLUDED.sum_speed_kph,
         speed_samples = EXCLUDED.speed_samples, sum_rpm = EXCLUDED.sum_rpm,
-        rpm_samples = EXCLUDED.rpm_samples
+        rpm_samples = EXCLUDED.rpm_samples, max_rpm = EXCLUDED.max_rpm,
+        distance_km = EXCLUDED.distance_km, engine_on_s = EXCLUDED.engine_on_s,
+        idle_s = EXCLUDED.idle_s, over_speed_s = EXCLUDED.over_speed_s,
+        over_rpm_s = EXCLUDED.over_rpm_s, fuel_used_pct = EXCLUDED.fuel_used_pct
     $q$, target, source) USING p_from, p_to, p_vehicles;
   END LOOP;
 END

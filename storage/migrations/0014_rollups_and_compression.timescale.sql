@@ -16,7 +16,15 @@ SELECT time_bucket(INTERVAL '1 minute', time) AS bucket, tenant_id, vehicle_id,
        min(battery_voltage_v) AS min_battery_voltage_v, last(location, time) AS last_location,
        sum(speed_kph::double precision) AS sum_speed_kph,
        count(speed_kph)::integer AS speed_samples, sum(rpm::double precision) AS sum_rpm,
-       count(rpm)::integer AS rpm_samples
+       count(rpm)::integer AS rpm_samples, max(rpm) AS max_rpm,
+       -- Seconds: "ELSE interval_s * 0" makes a bucket whose time was observed but never in
+       -- that state 0, and one with no observed time (interval_s NULL throughout) NULL.
+       sum(distance_m::double precision) / 1000 AS distance_km,
+       sum(CASE WHEN coalesce(rpm > 0, ignition) THEN interval_s ELSE interval_s * 0 END) AS engine_on_s,
+       sum(CASE WHEN coalesce(rpm > 0, ignition) AND coalesce(speed_kph, 0) < 2 THEN interval_s ELSE interval_s * 0 END) AS idle_s,
+       sum(CASE WHEN over_speed THEN interval_s ELSE interval_s * 0 END) AS over_speed_s,
+       sum(CASE WHEN over_rpm THEN interval_s ELSE interval_s * 0 END) AS over_rpm_s,
+       sum(fuel_used_pct) AS fuel_used_pct
   FROM telemetry
  GROUP BY 1, 2, 3
 WITH NO DATA;
@@ -38,7 +46,10 @@ SELECT time_bucket(INTERVAL '1 hour', bucket) AS bucket, tenant_id, vehicle_id,
        min(min_battery_voltage_v) AS min_battery_voltage_v,
        last(last_location, bucket) AS last_location, sum(sum_speed_kph) AS sum_speed_kph,
        sum(speed_samples)::integer AS speed_samples, sum(sum_rpm) AS sum_rpm,
-       sum(rpm_samples)::integer AS rpm_samples
+       sum(rpm_samples)::integer AS rpm_samples, max(max_rpm) AS max_rpm,
+       sum(distance_km) AS distance_km, sum(engine_on_s) AS engine_on_s,
+       sum(idle_s) AS idle_s, sum(over_speed_s) AS over_speed_s,
+       sum(over_rpm_s) AS over_rpm_s, sum(fuel_used_pct) AS fuel_used_pct
   FROM telemetry_1m
  GROUP BY 1, 2, 3
 WITH NO DATA;
