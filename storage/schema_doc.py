@@ -52,7 +52,11 @@ is beside it (`schema.md`: Timescale licence, `schema.apache.md`: Apache).
   hypertables that the stream and the rollups job keep current. `CALL
   fleet_refresh_rollups(from, to)` (or `fleet db refresh-rollups`) recomputes a range on
   either. `sum_speed_kph`/`speed_samples` and `sum_rpm`/`rpm_samples` let coarser averages be
-  exact: `sum(sum_speed_kph) / sum(speed_samples)`.
+  exact: `sum(sum_speed_kph) / sum(speed_samples)`. Distance, engine-on, idle and
+  above-threshold seconds and fuel used come from what the stream derives per sample
+  (`telemetry.interval_s`, `distance_m`, `fuel_used_pct`, `over_speed`, `over_rpm`).
+  `tenant.telemetry_days(from, to)` gives them per vehicle and day in the tenant's time zone
+  (`tenants.timezone`).
 - Editions: on the Timescale-licence edition closed chunks of `telemetry` (after 2 days) and
   of the event tables (after 14 days) are compressed, minute rollups after 45 days, and
   retention is a policy (dead letters 30 days, minute rollups 400 days). The Apache edition
