@@ -44,9 +44,16 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     publish_timeout_s: PositiveS = 60.0
     """A PUBACK that takes longer counts as a broken connection: reconnect and resend (a busy
     broker can be slow; the keep-alive detects dead connections sooner)."""
+    connect_timeout_s: PositiveS = 10.0
+    """How long a connection attempt (CONNACK) and the `cmd` subscription may take. A broker
+    that does not answer (a network partition, a dead mobile link) is tried again after the
+    back-off instead of being waited for as long as a slow PUBACK."""
     status_interval_s: PositiveS = 60.0
     reconnect_min_s: PositiveS = 1.0
-    reconnect_max_s: PositiveS = 60.0
+    reconnect_max_s: PositiveS = 20.0
+    """Longest wait between reconnect attempts (broker, adapters), s: bounds how long the
+    gateway stays away after the broker is reachable again (measured: `fleet bench faults`,
+    gateway_broker_partition)."""
     forward_unknown_raw: bool = False
     """Forward unknown CAN frames / raw OBD PIDs in `extra` (they are always counted)."""
 

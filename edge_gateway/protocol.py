@@ -34,6 +34,11 @@ MAX_DTCS: Final = 64
 MIN_T_MS: Final = 946_684_800_000
 MAX_T_MS: Final = 7_258_118_400_000
 
+NO_MATCHING_SUBSCRIBERS: Final = 0x10
+"""MQTT v5 PUBACK reason "no matching subscribers": the broker took the message and nobody got
+it. For telemetry that is not delivery (the stream was not subscribed, as after a broker
+restart): a device keeps the samples and sends them again (docs/protocol.md, "Delivery")."""
+
 
 
 def whole(body: str) -> str:

@@ -37,6 +37,7 @@ from edge_gateway.errors import ConfigError
 from edge_gateway.mqtt_url import parse_mqtt_url
 from edge_gateway.protocol import (
     MAX_PAYLOAD_BYTES,
+    NO_MATCHING_SUBSCRIBERS,
     Channel,
     DeviceEvent,
     Sample,
@@ -61,10 +62,6 @@ TimeoutStopSec=30 must stay above it)."""
 
 class _StopRequestedError(Exception):
     """Internal: ends a connection's task group once a clean shutdown has drained."""
-
-
-NO_MATCHING_SUBSCRIBERS = 0x10
-"""MQTT v5 PUBACK reason: accepted, but nobody subscribes to the topic, so nobody gets it."""
 
 
 class NoSubscriberError(aiomqtt.MqttError):
@@ -177,7 +174,9 @@ class Uplink:
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(self.topics[Channel.STATUS], encode(offline), qos=1, retain=True),
             clean_start=False, properties=props,
-            keepalive=mqtt.keepalive_s, timeout=self.gw.publish_timeout_s,
+            # The default timeout is the connect's and the subscription's; every publish
+            # passes publish_timeout_s.
+            keepalive=mqtt.keepalive_s, timeout=self.gw.connect_timeout_s,
             tls_params=tls_params, max_inflight_messages=self.gw.max_inflight_messages + 8,
         )
         # A full replay window is normal here, not the leak aiomqtt warns about by default.

@@ -31,6 +31,7 @@ seconds.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -78,7 +79,12 @@ def _db_url(url: str, database: str) -> str:
 
 
 class _Publisher(threading.Thread):
-    """Offers `rate` samples/s in messages of `batch` samples, round-robin over vehicles."""
+    """Offers `rate` samples/s in messages of `batch` samples, round-robin over vehicles.
+
+    It keeps the device side of the wire contract (docs/protocol.md, "Delivery") as `fleet
+    gateway` does: a message the broker acknowledges with "no matching subscribers" (0x10, a
+    broker that restarted before the stream subscribed again) was not delivered and is sent
+    again a second later."""
 
     def __init__(self, mqtt_url: str, tenant: str, codes: list[str], *, rate: int,
                  batch: int, duration_s: float, spacing_ms: int,
@@ -94,17 +100,22 @@ class _Publisher(threading.Thread):
         self.reconnect_max_delay_s = reconnect_max_delay_s
         self.acked_samples = 0
         self.sent_samples = 0
+        self.unheard_messages = 0
+        """Messages acknowledged with 0x10 and therefore sent again."""
+        self._sizes: dict[int, int] = {}
+        self._sent: dict[int, tuple[str, bytes]] = {}
+        self._again: collections.deque[tuple[float, str, bytes, int]] = collections.deque()
         self.started_ms = 0
         self.elapsed_s = 0.0
         self.seqs: list[int] = []
         self._lock = threading.Lock()
 
-    def run(self) -> None:
+    def _connect(self) -> Any:
+        """The paho client, connected, its network loop running."""
         from paho.mqtt.client import Client
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
         from edge_gateway.mqtt_url import parse_mqtt_url
-        from edge_gateway.protocol import Channel, Sample, Source, Telemetry, encode, topic_for
 
         target = parse_mqtt_url(self.mqtt_url)
         client = Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex}",
@@ -113,19 +124,45 @@ class _Publisher(threading.Thread):
         client.max_inflight_messages_set(1000)
         # Unbounded by design: a benchmark publisher must never block on its own queue.
         client.max_queued_messages_set(0)
-        sizes: dict[int, int] = {}
-
-        def on_publish(_c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
-            with self._lock:
-                self.acked_samples += sizes.pop(mid, 0)
-
-        client.on_publish = on_publish
+        client.on_publish = self._on_publish
         if self.reconnect_max_delay_s is not None:
             client.reconnect_delay_set(min_delay=1, max_delay=self.reconnect_max_delay_s)
         client.connect(target.host, target.port)
         client.loop_start()
+        return client
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+        from edge_gateway.protocol import NO_MATCHING_SUBSCRIBERS
+
+        with self._lock:
+            n = self._sizes.pop(mid, 0)
+            message = self._sent.pop(mid, None)
+            if getattr(rc, "value", 0) == NO_MATCHING_SUBSCRIBERS and message is not None:
+                self.unheard_messages += 1
+                self._again.append((time.monotonic() + 1.0, *message, n))
+            else:
+                self.acked_samples += n
+
+    def _publish(self, client: Any, topic: str, payload: bytes, n: int) -> None:
+        info = client.publish(topic, payload, qos=1)
+        with self._lock:
+            self._sizes[info.mid], self._sent[info.mid] = n, (topic, payload)
+
+    def _resend_due(self, client: Any) -> None:
+        """Send again what was acknowledged to no subscriber a second ago or earlier."""
+        with self._lock:
+            due = []
+            while self._again and self._again[0][0] <= time.monotonic():
+                due.append(self._again.popleft())
+        for _t, topic, payload, n in due:
+            self._publish(client, topic, payload, n)
+
+    def run(self) -> None:
+        from edge_gateway.protocol import Channel, topic_for
+
+        client = self._connect()
         topics = [topic_for(self.tenant, c, Channel.TELEMETRY) for c in self.codes]
-        seqs = self.seqs = [0] * len(self.codes)
+        self.seqs = [0] * len(self.codes)
         lats = [52.40 + i * 1e-3 for i in range(len(self.codes))]
         tick_s = 0.05
         per_tick = self.rate * tick_s / self.batch
@@ -134,36 +171,40 @@ class _Publisher(threading.Thread):
         owed = 0.0
         k = 0
         while (now := time.monotonic()) - start < self.duration_s and not self.stop.is_set():
+            self._resend_due(client)
             owed += per_tick
             while owed >= 1:
                 owed -= 1
                 v = k % len(self.codes)
                 k += 1
-                t_ms = time.time_ns() // 1_000_000
-                samples = []
-                for i in range(self.batch):
-                    seqs[v] += 1
-                    lats[v] += 1e-6
-                    samples.append(Sample(
-                        seq=seqs[v], t_ms=t_ms - (self.batch - 1 - i) * self.spacing_ms,
-                        lat_deg=lats[v],
-                        lon_deg=13.40, speed_kph=40.0, heading_deg=0.0, rpm=1500.0,
-                        coolant_c=88.0, fuel_pct=60.0, battery_v=13.8, ignition=True,
-                        gps_fix=1, hdop=0.9, sats=9))
-                payload = encode(Telemetry(source=Source.SIMULATOR, samples=samples,
-                                           sent_ms=t_ms))
-                info = client.publish(topics[v], payload, qos=1)
-                with self._lock:
-                    sizes[info.mid] = self.batch
+                self._publish(client, topics[v], self._message(v, lats), self.batch)
                 self.sent_samples += self.batch
             time.sleep(max(0.0, start + (int((now - start) / tick_s) + 1) * tick_s
                            - time.monotonic()))
         self.elapsed_s = time.monotonic() - start
         deadline = time.monotonic() + 60
         while self.acked_samples < self.sent_samples and time.monotonic() < deadline:
+            self._resend_due(client)
             time.sleep(0.05)
         client.disconnect()
         client.loop_stop()
+
+    def _message(self, v: int, lats: list[float]) -> bytes:
+        """The next message of vehicle `v`: `batch` samples with their own sequence numbers."""
+        from edge_gateway.protocol import Sample, Source, Telemetry, encode
+
+        t_ms = time.time_ns() // 1_000_000
+        samples = []
+        for i in range(self.batch):
+            self.seqs[v] += 1
+            lats[v] += 1e-6
+            samples.append(Sample(
+                seq=self.seqs[v], t_ms=t_ms - (self.batch - 1 - i) * self.spacing_ms,
+                lat_deg=lats[v],
+                lon_deg=13.40, speed_kph=40.0, heading_deg=0.0, rpm=1500.0,
+                coolant_c=88.0, fuel_pct=60.0, battery_v=13.8, ignition=True,
+                gps_fix=1, hdop=0.9, sats=9))
+        return encode(Telemetry(source=Source.SIMULATOR, samples=samples, sent_ms=t_ms))
 
 
 

@@ -39,8 +39,16 @@ Method:
    from the restart until the gateway's first new sample, and everything it spooled before,
    is stored.
 
-Faults not measured yet (listed in the JSON as `not_measured`): gateway to broker partition,
-API replica kill with WebSocket clients.
+The gateway reaches the broker through `_Partition`, a TCP relay in this process. Its fault
+`gateway_broker_partition` stops relaying bytes both ways without closing anything (no FIN,
+no RST: what a cut cable or a dead mobile link looks like), so each side learns of it only by
+its own timeouts (MQTT keepalive); a connection attempt during the cut gets no answer. When the
+fault ends the relay closes every connection of the cut (a peer that timed out answers a late
+packet with a reset) and relays new ones again. Measured like the power cut: everything the
+gateway spooled meanwhile, and its first sample after the cut, stored.
+
+Faults not measured yet (listed in the JSON as `not_measured`): API replica kill with
+WebSocket clients.
 """
 
 from __future__ import annotations
@@ -116,6 +124,87 @@ def _nothing(_run: _Run) -> None:
     return None
 
 
+def _heal_partition(run: _Run) -> None:
+    run.partition.heal()
+    run.gateway.next_after_cut = run.gateway.next_seq()
+
+
+class _Partition(threading.Thread):
+    """A TCP relay from a local port to the broker that can cut the link like a network
+    partition (see the module doc)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+
+        super().__init__(name="bench-partition", daemon=True)
+        self.target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._cut = threading.Event()
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
+
+    def run(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _addr = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self._open.append(client)
+            if self._cut.is_set():
+                continue  # accepted by the kernel, never answered: the broker is unreachable
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.append(upstream)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                if not self._cut.is_set():
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.close()
+
+    def cut(self) -> None:
+        """From now on no byte crosses, and new connections get no answer."""
+        self._cut.set()
+        _log("partition: the gateway's link to the broker carries nothing")
+
+    def heal(self) -> None:
+        """Reset what the cut left behind; new connections are relayed again."""
+        import socket
+
+        with self._lock:
+            stale, self._open = self._open, []
+        self._cut.clear()
+        for sock in stale:
+            # shutdown first: a bare close() from this thread neither wakes the pump blocked
+            # in recv() on it nor sends anything, and the peer would never hear of it.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+        _log(f"partition healed ({len(stale)} stale socket(s) reset)")
+
+    def close(self) -> None:
+        """Stop accepting and close everything."""
+        self._listener.close()
+        self.heal()
+
+
 FAULTS: list[Fault] = [
     Fault("broker_restart", "private Mosquitto stopped (SIGTERM, persistence on) and started",
           start=lambda r: r.stack.mosquitto_down(), end=lambda r: r.stack.mosquitto_up()),
@@ -126,6 +215,9 @@ FAULTS: list[Fault] = [
           start=_kill9_stream_process, end=_nothing, held=False),
     Fault("redis_restart", "private Redis stopped (SIGTERM) and started",
           start=lambda r: r.stack.redis_down(), end=lambda r: r.stack.redis_up()),
+    Fault("gateway_broker_partition", "the gateway's link to the broker cut without a FIN "
+          "or RST (nothing crosses, connection attempts unanswered), then restored",
+          start=lambda r: r.partition.cut(), end=_heal_partition, measure="gateway"),
     Fault("gateway_power_cut", "kill -9 of the `fleet gateway` process while it samples and "
           "spools (fsync per sample), started again after the fault",
           start=lambda r: r.gateway.kill9(), end=lambda r: r.gateway.start(),
@@ -133,7 +225,7 @@ FAULTS: list[Fault] = [
 ]
 """The fault matrix, in the order the benchmark injects them."""
 
-NOT_MEASURED = ["gateway_broker_partition", "api_replica_kill"]
+NOT_MEASURED = ["api_replica_kill"]
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -386,6 +478,7 @@ class _Run:
     vehicle_ids: list[Any]
     gateway: _Gateway
     gateway_vehicle_id: Any
+    partition: _Partition
     _conn: psycopg.Connection[Any] | None = None
 
     def seqs(self) -> list[int]:
@@ -642,7 +735,10 @@ def _bench(args: argparse.Namespace, faults: list[Fault]) -> dict[str, Any]:  # 
             "FLEET_STREAM_PROCESS_BASE_PORT": str(free_port_block(args.processes)),
             "FLEET_STREAM_LIVE_ENABLED": "true",
         }
-        gateway = _Gateway(tmp, tenant=tenant, mqtt_url=mqtt_url,
+        partition = _Partition(*_host_port(mqtt_url))
+        partition.start()
+        cleanup.callback(partition.close)
+        gateway = _Gateway(tmp, tenant=tenant, mqtt_url=_via_port(mqtt_url, partition.port),
                            gps_port=cleanup.enter_context(_gps_simulator()))
         cleanup.callback(gateway.close)
         keeper = _StreamKeeper(env, tmp / "stream.log", args.restart_delay_s)
@@ -661,7 +757,7 @@ def _bench(args: argparse.Namespace, faults: list[Fault]) -> dict[str, Any]:  # 
         if not wait_until(lambda: publisher.started_ms > 0, 30):
             raise RuntimeError("the load generator did not start")
         bench = _Run(stack, keeper, publisher, owner, tenant_id, [by_code[c] for c in codes],
-                     gateway, by_code[GATEWAY_VEHICLE])
+                     gateway, by_code[GATEWAY_VEHICLE], partition)
         cleanup.callback(bench.close)
         _log(f"load {args.rate} samples/s over {args.vehicles} vehicles; warm-up "
              f"{args.warmup_s:.0f} s")
@@ -685,6 +781,23 @@ def _bench(args: argparse.Namespace, faults: list[Fault]) -> dict[str, Any]:  # 
         return _result(args, bench, phases, final=final, drained=drained,
                        publisher=publisher, keeper=keeper, normal_lag=normal_lag,
                        gateway_final=gateway_final)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 1883
+
+
+def _via_port(url: str, port: int) -> str:
+    """The same MQTT URL on another local port (the partition relay)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    userinfo, _, _hostport = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _remove(tmp: Path, stack: LocalServices, *, keep: bool) -> None:

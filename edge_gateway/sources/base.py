@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import Counter
@@ -49,18 +50,23 @@ class SourceHealth:
 
 
 class Backoff:
-    """Exponential back-off between reconnect attempts, reset after a good session."""
+    """Exponential back-off between reconnect attempts, reset after a good session.
+
+    Each delay is drawn between half and all of the current step ("equal jitter"): after a
+    broker restart or a network cut, a fleet's gateways then come back spread over the step
+    instead of all at once, and none waits longer than `max_s`."""
 
     def __init__(self, min_s: float, max_s: float) -> None:
         self.min_s = min_s
         self.max_s = max_s
         self._next_s = min_s
+        self._rng = random.Random()  # noqa: S311 - spreading retries, not a secret
 
     def next_delay_s(self) -> float:
-        """The delay to wait now; doubles the next one up to the maximum."""
-        delay = self._next_s
+        """The delay to wait now; doubles the next step up to the maximum."""
+        step = self._next_s
         self._next_s = min(self._next_s * 2, self.max_s)
-        return delay
+        return self._rng.uniform(step / 2, step)
 
     def reset(self) -> None:
         """Back to the minimum delay."""

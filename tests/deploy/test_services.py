@@ -45,7 +45,7 @@ def test_up_status_down_up_again(private_stack: LocalServices) -> None:
     first = {s.name: s for s in private_stack.status()}
     assert all(s.healthy for s in first.values()), first
     assert "timescaledb 2." in first["postgres"].detail
-    assert "license apache" in first["postgres"].detail
+    assert f"license {private_stack.settings.timescaledb_license}" in first["postgres"].detail
     assert "postgis 3." in first["postgres"].detail
     assert "mosquitto version 2" in first["mosquitto"].detail
 
