@@ -248,3 +248,28 @@ def test_analyst_names_are_checked(world: World, services: LocalServices) -> Non
             create_analyst(world.db.owner_url, bad, world.a.slug)
     with pytest.raises(AdminError, match="no tenant"):
         create_analyst(world.db.owner_url, "nobody_special", "no-such-tenant")
+
+
+def test_fleet_db_analyst_and_refresh_from_the_command_line(
+        world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The commands an operator runs: the password on stdout only, clear errors, exit 2."""
+    from deploy.cli import main
+
+    monkeypatch.setenv("FLEET_DATABASE_OWNER_URL", world.db.owner_url)
+    role = f"cli_{uuid.uuid4().hex[:10]}"
+    assert main(["db", "analyst", "create", role, "--tenant", world.b.slug]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.strip()) >= 24  # the generated password, and nothing else
+    assert f"analyst {role} reads tenant {world.b.slug}" in out.err
+    try:
+        assert main(["db", "analyst", "list"]) == 0
+        assert role in capsys.readouterr().out
+        assert main(["db", "analyst", "create", role, "--tenant", world.b.slug]) == 2
+        assert "exists already" in capsys.readouterr().err
+        assert main(["db", "refresh-rollups", "--from", "2026-11-02", "--to",
+                     "2026-11-01"]) == 2
+        assert "empty range" in capsys.readouterr().err
+        assert main(["db", "refresh-rollups", "--from", "2026-11-01", "--to",
+                     "2026-11-02T00:00+01:00"]) == 0
+    finally:
+        assert main(["db", "analyst", "drop", role]) == 0
