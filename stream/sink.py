@@ -473,7 +473,9 @@ class DatabaseWriter:
         self.sleep = sleep
         self.conn: psycopg.Connection[Any] | None = None
         self.writers: dict[str, TableWriter] = {}
-        self._edition: str | None = None
+        self.continuous_aggregates: bool | None = None
+        """Whether the rollups are continuous aggregates (Timescale edition); None until the
+        first refresh has asked the database."""
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
@@ -601,13 +603,13 @@ class DatabaseWriter:
         """True on the Timescale-licence edition: its rollups are continuous aggregates that
         their policies refresh, late rows included (migration 0014), and only their owner may
         refresh them by hand."""
-        if self._edition is None:
+        if self.continuous_aggregates is None:
             row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
             conn.rollback()
-            self._edition = str(row[0]) if row else "apache"
-            if self._edition == "timescale":
+            self.continuous_aggregates = row is not None and row[0] == "timescale"
+            if self.continuous_aggregates:
                 log.info("rollups: continuous aggregates, refreshed by their policies")
-        return self._edition == "timescale"
+        return self.continuous_aggregates
 
     def close(self) -> None:
         """Drop the connection (it is reopened on the next write)."""
@@ -661,6 +663,8 @@ class RollupRefresher:
 
     def touch(self, lo_ms: int, hi_ms: int, vehicles: Iterable[UUID]) -> None:
         """Record that rows of these vehicles with sample times in [lo, hi] were committed."""
+        if self.db.continuous_aggregates:
+            return  # nothing to refresh by hand: spare the sink's every batch the bookkeeping
         with self._lock:
             touched = self._touched
             for v in vehicles:
@@ -694,6 +698,9 @@ class RollupRefresher:
                 # Each closed minute is refreshed once: a failed round must come again.
                 for v, (v_lo, v_hi) in due.items():
                     self.touch(v_lo, v_hi, (v,))
+        if self.db.continuous_aggregates:
+            with self._lock:
+                self._touched.clear()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

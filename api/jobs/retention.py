@@ -159,12 +159,16 @@ class RetentionJob:
                 report.failures.append("no archive configured: nothing archived or dropped")
             keep = timedelta(days=self._s.ingest_rejects_keep_days)
             if await _edition(conn) == "timescale":
-                # Retention is a policy on this edition (migration 0014): kept in step with the
-                # setting here, and run by TimescaleDB's scheduler.
-                await conn.execute(
-                    "SELECT remove_retention_policy('ingest_rejects', if_exists => true)")
-                await conn.execute("SELECT add_retention_policy('ingest_rejects', "
-                                   "drop_after => $1::interval)", keep)
+                # Retention is a policy on this edition (migration 0014), run by TimescaleDB's
+                # scheduler; replaced only when the setting has changed.
+                current = await conn.fetchval(
+                    "SELECT (config->>'drop_after')::interval FROM timescaledb_information.jobs"
+                    " WHERE proc_name = 'policy_retention' AND hypertable_name = 'ingest_rejects'")
+                if current != keep:
+                    await conn.execute(
+                        "SELECT remove_retention_policy('ingest_rejects', if_exists => true)")
+                    await conn.execute("SELECT add_retention_policy('ingest_rejects', "
+                                       "drop_after => $1::interval)", keep)
                 report.rejects_chunks_dropped = 0
             else:
                 dropped = await conn.fetch(

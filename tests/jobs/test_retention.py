@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
+import msgspec
 import psycopg
 import pytest
 
@@ -145,6 +146,13 @@ async def test_failed_upload_or_verification_drops_nothing(database, azurite,
         await conn.close()
 
 
+def _retention_policies(owner_url: str) -> list[tuple[int, str]]:
+    with psycopg.connect(owner_url) as conn:
+        return [(int(r[0]), str(r[1])) for r in conn.execute(
+            "SELECT job_id, config->>'drop_after' FROM timescaledb_information.jobs "
+            "WHERE proc_name = 'policy_retention' AND hypertable_name = 'ingest_rejects'")]
+
+
 @pytest.mark.editions
 async def test_retention_job_and_rollups(database, azurite, two_tenants) -> None:
     settings = JobsSettings(azure_connection_string=azurite,
@@ -169,6 +177,15 @@ async def test_retention_job_and_rollups(database, azurite, two_tenants) -> None
         assert conn.execute("SELECT count(*) FROM ingest_rejects").fetchone()[0] == 1
         # Audit logs are a plain table: retention never touches them.
         assert conn.execute("SELECT count(*) FROM show_chunks('telemetry')").fetchone()[0] == 1
+    if database.edition == "timescale":
+        # An unchanged setting leaves the policy (and its job) be; a changed one replaces it.
+        await RetentionJob(database.owner_url, settings).run()
+        assert _retention_policies(database.owner_url) == [(job[0], "30 days")]
+        await RetentionJob(database.owner_url, msgspec.structs.replace(
+            settings, ingest_rejects_keep_days=10)).run()
+        policies = _retention_policies(database.owner_url)
+        assert [p[1] for p in policies] == ["10 days"]
+        assert policies[0][0] != job[0]
     roll = await RollupsJob(database.owner_url, JobsSettings(rollups_window_s=3 * 86400)).run()
     if database.edition == "timescale":
         assert "policies" in roll["skipped"]

@@ -63,28 +63,37 @@ def test_rows_three_days_late_reach_the_rollups(database: TestDatabase) -> None:
     assert hour == [(360, 56.0)]
 
 
-def test_on_the_timescale_edition_the_policy_alone_takes_late_rows(
+def test_late_rows_reach_the_rollups_without_anyone_naming_a_range(
         database: TestDatabase) -> None:
-    """Nobody names the range: the refresh policies' window covers what the stream accepts."""
-    if database.edition != "timescale":
-        pytest.skip("continuous aggregate policies are the Timescale edition's")
+    """What runs by itself takes a three-day backlog: on the Timescale edition the refresh
+    policies (their window covers what the stream accepts), on the Apache edition the stream's
+    refresher, which marks the range the rows it wrote cover."""
+    from stream.sink import RollupRefresher
+
     now = datetime.now(UTC).replace(microsecond=0)
     late_start = (now - timedelta(days=3)).replace(minute=0, second=0)
     with psycopg.connect(database.owner_url, autocommit=True) as conn:
         tenant, vehicle = _vehicle(conn)
         _samples(conn, tenant, vehicle, late_start, count=360, first_seq=0)
-        for view in ("telemetry_1m", "telemetry_1h"):  # minutes first, as scheduled
-            job = conn.execute(
-                "SELECT job_id FROM timescaledb_information.jobs j JOIN "
-                "timescaledb_information.continuous_aggregates c ON "
-                "c.materialization_hypertable_name = j.hypertable_name "
-                "WHERE c.view_name = %s AND j.proc_name = 'policy_refresh_continuous_aggregate'",
-                (view,)).fetchone()
-            assert job is not None
-            conn.execute("CALL run_job(%s)", (job[0],))
-        # Materialised, not merely computed at query time from the raw rows.
-        mat_id = _materialization_id(conn, "telemetry_1h")
-        table = sql.Identifier("_timescaledb_internal", f"_materialized_hypertable_{mat_id}")
+        if database.edition == "timescale":
+            for view in ("telemetry_1m", "telemetry_1h"):  # minutes first, as scheduled
+                job = conn.execute(
+                    "SELECT job_id FROM timescaledb_information.jobs j JOIN "
+                    "timescaledb_information.continuous_aggregates c ON "
+                    "c.materialization_hypertable_name = j.hypertable_name WHERE "
+                    "c.view_name = %s AND j.proc_name = 'policy_refresh_continuous_aggregate'",
+                    (view,)).fetchone()
+                assert job is not None
+                conn.execute("CALL run_job(%s)", (job[0],))
+            # Materialised, not merely computed at query time from the raw rows.
+            mat_id = _materialization_id(conn, "telemetry_1h")
+            table = sql.Identifier("_timescaledb_internal", f"_materialized_hypertable_{mat_id}")
+        else:
+            start_ms = int(late_start.timestamp() * 1000)
+            refresher = RollupRefresher(database.ingest_url, 3600.0, 10.0)
+            refresher.touch(start_ms, start_ms + 3_590_000, [vehicle])
+            refresher.close()  # its final round: what the stream does on a clean stop
+            table = sql.Identifier("telemetry_1h")
         stored = conn.execute(sql.SQL("SELECT sum(samples) FROM {} WHERE vehicle_id = %s")
                               .format(table), (vehicle,)).fetchone()
     assert stored == (360,)
@@ -99,8 +108,8 @@ def _materialization_id(conn: psycopg.Connection[tuple[object, ...]], view: str)
 
 def test_compressed_chunk_gives_the_same_answer_and_takes_late_rows(
         database: TestDatabase) -> None:
-    if database.edition != "timescale":
-        pytest.skip("compression is the Timescale edition's")
+    """On the Apache edition compression is refused outright (not silently skipped) and the
+    same late rows go into the plain chunk: the same answers on both."""
     start = (datetime.now(UTC) - timedelta(days=6)).replace(hour=0, minute=0, second=0,
                                                               microsecond=0)
     with psycopg.connect(database.owner_url, autocommit=True) as conn:
@@ -110,11 +119,16 @@ def test_compressed_chunk_gives_the_same_answer_and_takes_late_rows(
         chunk = conn.execute("SELECT c FROM show_chunks('telemetry', older_than => %s) c "
                              "ORDER BY c LIMIT 1", (start + timedelta(days=1),)).fetchone()
         assert chunk is not None
-        with contextlib.suppress(errors.DuplicateObject):  # the policy may be at it already
-            conn.execute("SELECT compress_chunk(%s, if_not_compressed => true)", (chunk[0],))
+        if database.edition == "timescale":
+            with contextlib.suppress(errors.DuplicateObject):  # the policy may be at it
+                conn.execute("SELECT compress_chunk(%s, if_not_compressed => true)",
+                             (chunk[0],))
+        else:
+            with pytest.raises(errors.FeatureNotSupported, match='"apache" license'):
+                conn.execute("SELECT compress_chunk(%s)", (chunk[0],))
         assert conn.execute("SELECT is_compressed FROM timescaledb_information.chunks WHERE "
                             "format('%%I.%%I', chunk_schema, chunk_name)::regclass = %s::regclass",
-                            (chunk[0],)).fetchone() == (True,)
+                            (chunk[0],)).fetchone() == (database.edition == "timescale",)
         assert conn.execute(ANSWER, (vehicle,)).fetchone() == before
     with psycopg.connect(database.ingest_url) as conn:
         late = start + timedelta(hours=1, seconds=5)
