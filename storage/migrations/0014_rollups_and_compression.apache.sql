@@ -1,7 +1,7 @@
 -- The Apache edition's rollups, as 0009 left them, behind the same interface as the other
 -- edition's continuous aggregates (0014_rollups_and_compression.timescale): a procedure,
--- `CALL fleet_refresh_rollups(from, to[, vehicles])`, which the stream (the ingest role), the
--- rollups job and `fleet db refresh-rollups` call on either edition. The Apache edition's
+-- `CALL fleet_refresh_rollups(from, to[, vehicles])`. Here the stream (the ingest role) and
+-- the rollups job call it; `fleet db refresh-rollups` calls it on either edition. This
 -- refresh needs no transaction control, so it may stay SECURITY DEFINER (it writes every
 -- tenant's rollups whoever calls it) and run inside the caller's transaction.
 --

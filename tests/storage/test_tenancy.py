@@ -20,8 +20,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from deploy.services import LocalServices
-from storage.admin import create_analyst, drop_analyst, list_analysts
+from storage.admin import AdminError, create_analyst, drop_analyst, list_analysts
 from tests.conftest import TestDatabase
 
 pytestmark = pytest.mark.editions
@@ -240,9 +239,7 @@ def test_analyst_binding_is_the_owners(world: World) -> None:
     assert [a.tenant_slug for a in list_analysts(world.db.owner_url)] == [world.a.slug]
 
 
-def test_analyst_names_are_checked(world: World, services: LocalServices) -> None:
-    from storage.admin import AdminError
-
+def test_analyst_names_are_checked(world: World) -> None:
     for bad in ("fleet_app", "pg_monitor", "Robert'); DROP TABLE x;--", "", "a" * 64):
         with pytest.raises(AdminError):
             create_analyst(world.db.owner_url, bad, world.a.slug)
