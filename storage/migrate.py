@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +26,11 @@ EDITIONS = ("apache", "timescale")
 _NAME_RE = re.compile(
     r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<edition>apache|timescale))?\.sql$")
 _LOCK_KEY = 0x666C656574  # "fleet": any constant shared by every runner
+# Migrations that rebuild the continuous aggregates: once they are applied, the runner
+# refreshes the aggregates over every stored telemetry row. A refresh cannot run inside the
+# migration's transaction, and the policies only reach back 30 days.
+_REFRESH_ROLLUPS_AFTER = frozenset({(17, "timescale")})
+_DEADLOCK_RETRY_S = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -145,16 +151,49 @@ def _migrate_locked(conn: psycopg.Connection[tuple[object, ...]], log: Callable[
             report.already_applied += 1
             continue
         log(f"migrate: applying {m.version:04d}_{m.name}{'.' + m.edition if m.edition else ''}")
+        _apply(conn, m, log)
+        report.applied.append(m)
+    if any((m.version, m.edition) in _REFRESH_ROLLUPS_AFTER for m in report.applied):
+        _refresh_all_rollups(conn, log)
+    return report
+
+
+def _apply(conn: psycopg.Connection[tuple[object, ...]], m: Migration,
+           log: Callable[[str], None]) -> None:
+    """Run one file in one transaction. TimescaleDB's background jobs (policies) run beside
+    the migration and lock the same relations in their own order, so DDL on a hypertable or
+    an aggregate can deadlock with one; PostgreSQL then aborts one side, and when it is the
+    migration, the whole file is rolled back and simply runs again."""
+    for attempt in range(len(_DEADLOCK_RETRY_S) + 1):
         try:
             with conn.transaction():
                 conn.execute(m.sql.encode())  # bytes: run the file as one simple query
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, edition, checksum) "
                     "VALUES (%s, %s, %s, %s)", (m.version, m.name, m.edition, m.checksum))
+            return  # noqa: TRY300
+        except psycopg.errors.DeadlockDetected as exc:
+            if attempt == len(_DEADLOCK_RETRY_S):
+                raise MigrationError(f"migration {m.version:04d}_{m.name} failed: {exc}") from exc
+            log(f"migrate: {m.version:04d}_{m.name} deadlocked with a background job; "
+                f"running it again in {_DEADLOCK_RETRY_S[attempt]} s")
+            time.sleep(_DEADLOCK_RETRY_S[attempt])
         except psycopg.Error as exc:
             raise MigrationError(f"migration {m.version:04d}_{m.name} failed: {exc}") from exc
-        report.applied.append(m)
-    return report
+
+
+def _refresh_all_rollups(conn: psycopg.Connection[tuple[object, ...]],
+                         log: Callable[[str], None]) -> None:
+    row = conn.execute("SELECT min(time), max(time) FROM telemetry").fetchone()
+    if row is None or row[0] is None:
+        return
+    log(f"migrate: refreshing the rollups from {row[0]} to {row[1]} (rebuilt aggregates)")
+    try:
+        conn.execute("CALL fleet_refresh_rollups(%s, %s)", (row[0], row[1]))
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"rollup refresh after the migrations failed: {exc}; the schema is migrated, "
+            f"run `fleet db refresh-rollups --from {row[0]:%Y-%m-%d} --to <today>` again") from exc
 
 
 def status(url: str, directory: Path | None = None) -> list[tuple[Migration, bool]]:
