@@ -43,7 +43,10 @@ is beside it (`schema.md`: Timescale licence, `schema.apache.md`: Apache).
 
 - Times are `timestamptz` (UTC on the wire). Positions are PostGIS `geography` in WGS84
   (SRID 4326): use `ST_Y(location::geometry)` for latitude, `ST_X` for longitude, and
-  `ST_DWithin`/`ST_Distance` for metres.
+  `ST_DWithin`/`ST_Distance` for metres. `telemetry` itself stores a position as two
+  integers, `lat_e7` and `lon_e7` (degrees x 10^7, about 1 cm), because they compress to a
+  fraction of a geography's bytes; readers get `location` (computed by
+  `fleet_position(lat_e7, lon_e7)`), `lat_deg` and `lon_deg` from `tenant.telemetry`.
 - Hypertables (TimescaleDB) are partitioned by time: filter on `time` (or `bucket`) first.
 - Rollups: `telemetry_1m` and `telemetry_1h` have the same names and columns on both
   TimescaleDB editions. On the Timescale-licence edition they are continuous aggregates with

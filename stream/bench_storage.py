@@ -8,7 +8,9 @@ tenant views as on the edition in force):
    day chunks are closed.
 2. Ingest: the stream's `DatabaseWriter` (ingest role) writes recent copies of those samples
    into `telemetry`, with every policy running; the anchor is psycopg binary COPY of the same
-   pre-built rows into a plain table without indexes, as the owner, in the same run.
+   pre-built rows into a plain table without indexes, as the owner, in the same run. A second
+   anchor, COPY into a plain table with telemetry's indexes and constraints, separates what
+   the indexes cost from what the hypertable, its policies and the sink cost.
    Contenders alternate over `--rounds` rounds; medians. Goal on the Timescale edition: sink
    >= 0.85 x anchor.
 3. Storage (Timescale edition only): bytes of the closed chunks (heap, indexes, TOAST) per
@@ -157,6 +159,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
                 "INSERT INTO vehicles (tenant_id, code) SELECT %s, 'v' || g "
                 "FROM generate_series(1, %s) g RETURNING id", (tenant, args.vehicles))]
             conn.execute("CREATE TABLE plain_telemetry (LIKE telemetry INCLUDING DEFAULTS)")
+            conn.execute("CREATE TABLE indexed_telemetry (LIKE telemetry INCLUDING ALL)")
         day_ms = 86_400_000
         now_ms = time.time_ns() // 1_000_000
         closed_start_ms = (now_ms // day_ms - 9) * day_ms
@@ -168,6 +171,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
         recent_shift = (now_ms // day_ms - 1) * day_ms - closed_start_ms
         sink_t: list[float] = []
         raw_t: list[float] = []
+        indexed_t: list[float] = []
         for r in range(args.rounds):
             items = _items(tenant, samples, recent_shift, (r + 1) * 10_000_000)
             rows = [telemetry_row(x.reading) for x in items]
@@ -176,19 +180,28 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
                     c, "plain_telemetry", rw, args.batch)))
                 conn.execute("TRUNCATE plain_telemetry")
                 conn.commit()
+                indexed_t.append(_timed(lambda c=conn, rw=rows: _copy_rows(  # type: ignore[misc]
+                    c, "indexed_telemetry", rw, args.batch)))
+                conn.execute("TRUNCATE indexed_telemetry")
+                conn.commit()
             writer = DatabaseWriter(ingest)
             batches = [items[i:i + args.batch] for i in range(0, n, args.batch)]
             sink_t.append(_timed(lambda w=writer, bs=batches: [  # type: ignore[misc]
                 w.write(Batch.of(b)) for b in bs]))
             writer.close()
             progress(f"ingest round {r + 1}: sink {n / sink_t[-1]:,.0f} rows/s, "
-                     f"raw COPY {n / raw_t[-1]:,.0f} rows/s")
+                     f"raw COPY {n / raw_t[-1]:,.0f} rows/s, "
+                     f"with telemetry's indexes {n / indexed_t[-1]:,.0f} rows/s")
         sink_s, raw_s = statistics.median(sink_t), statistics.median(raw_t)
+        indexed_s = statistics.median(indexed_t)
         result.update({
             "edition": edition, "vehicles": args.vehicles, "hours": args.hours,
             "rows_per_round": n, "rounds": args.rounds, "batch_rows": args.batch,
             "sink_rows_per_s": round(n / sink_s), "raw_copy_rows_per_s": round(n / raw_s),
             "ingest_ratio": round(raw_s / sink_s, 3),
+            "indexed_copy_rows_per_s": round(n / indexed_s),
+            "indexed_copy_ratio": round(raw_s / indexed_s, 3),
+            "ingest_vs_indexed_copy": round(indexed_s / sink_s, 3),
         })
 
         # 3. and 4. The closed range: stored, measured, queried, compressed, measured, queried.

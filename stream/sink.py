@@ -125,12 +125,19 @@ def _point(lat: float | None, lon: float | None) -> bytes | None:
     return _EWKB_POINT.pack(1, 0x20000001, 4326, lon, lat)
 
 
+def _e7(lat: float | None, lon: float | None) -> tuple[int | None, int | None]:
+    """A position as `telemetry` stores it: degrees x 10^7 (migration 0016), both or neither."""
+    if lat is None or lon is None:
+        return None, None
+    return round(lat * 1e7), round(lon * 1e7)
+
+
 def telemetry_row(r: Reading) -> tuple[Any, ...]:
     """One `telemetry` row from a stored reading."""
     s = r.sample
     return (
         ts(s.t_ms), r.vehicle.tenant_id, r.vehicle.vehicle_id, s.seq,
-        _point(s.lat_deg, s.lon_deg), s.alt_m, s.speed_kph, s.heading_deg, s.rpm,
+        *_e7(s.lat_deg, s.lon_deg), s.alt_m, s.speed_kph, s.heading_deg, s.rpm,
         s.coolant_c, s.fuel_pct, s.odometer_km, s.engine_hours_h, s.battery_v,
         s.throttle_pct, s.engine_load_pct, s.ignition, s.gps_fix, s.hdop, s.sats,
         s.dtcs, Jsonb(s.extra) if s.extra else None, r.source.value,
@@ -188,12 +195,12 @@ def reject_row(r: RejectRow) -> tuple[Any, ...]:
 GEOGRAPHY = -1  # placeholder replaced by the connection's geography oid
 
 TELEMETRY = Table("telemetry", (
-    "time", "tenant_id", "vehicle_id", "seq", "location", "altitude_m", "speed_kph",
+    "time", "tenant_id", "vehicle_id", "seq", "lat_e7", "lon_e7", "altitude_m", "speed_kph",
     "heading_deg", "rpm", "coolant_temp_c", "fuel_level_pct", "odometer_km", "engine_hours_h",
     "battery_voltage_v", "throttle_pct", "engine_load_pct", "ignition", "gps_fix_quality",
     "gps_hdop", "gps_satellites", "dtc_codes", "extra", "source",
     "interval_s", "distance_m", "fuel_used_pct", "over_speed", "over_rpm",
-), ("timestamptz", "uuid", "uuid", "int8", GEOGRAPHY, "float4", "float4", "float4", "float4",
+), ("timestamptz", "uuid", "uuid", "int8", "int4", "int4", "float4", "float4", "float4", "float4",
     "float4", "float4", "float8", "float8", "float4", "float4", "float4", "bool", "int2",
     "float4", "int2", "varchar[]", "jsonb", "text", "float4", "float4", "float4", "bool",
     "bool"), telemetry_row)

@@ -5,13 +5,17 @@ Parquet so that a restore gives identical rows: timestamps as UTC microseconds, 
 geography (hex EWKB) and jsonb as text, arrays as lists. `archive_manifest` records the row
 count and the SHA-256 of each object; both are checked on read-back before anything is dropped
 and again before a restore.
+
+An object keeps the columns its table had when it was written; a restore after a later
+migration fills the columns that replaced old ones (`_UPGRADES`) and leaves columns added since
+NULL (their defaults, if any), so no archived day becomes unrestorable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -56,6 +60,7 @@ class Column:
 
     name: str
     udt: str
+    nullable: bool = True
 
     @property
     def export_sql(self) -> str:
@@ -78,14 +83,62 @@ class Column:
         return f'"{self.name}"{_RESTORE_CAST.get(self.udt, "")}'
 
 
+@dataclass(frozen=True)
+class Upgrade:
+    """A column that older archived objects have and the table no longer has: what it is
+    staged as, and the SQL (over the staged column) of each column that replaced it."""
+
+    source: str
+    staging_type: str
+    targets: Mapping[str, str]
+
+
+# Per table, the columns that migrations replaced, newest schema last.
+_UPGRADES: dict[str, tuple[Upgrade, ...]] = {
+    # 0016_compact_position: a geography (archived as hex EWKB) became degrees x 10^7.
+    "telemetry": (Upgrade("location", "text", {
+        "lat_e7": "round(ST_Y(\"location\"::geography::geometry) * 1e7)::integer",
+        "lon_e7": "round(ST_X(\"location\"::geography::geometry) * 1e7)::integer",
+    }),),
+}
+
+
+def restore_plan(table: str, columns: Sequence[Column],
+                 archived: Sequence[str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """How an object with the `archived` columns goes back into today's `table`: the columns
+    to stage (name, type) and, per table column to write, its SQL over the staging table.
+    Raises ArchiveError when a NOT NULL column has nothing to come from."""
+    present = set(archived)
+    stage: dict[str, str] = {}
+    select: dict[str, str] = {}
+    missing: list[str] = []
+    for c in columns:
+        if c.name in present:
+            stage[c.name] = c.staging_type
+            select[c.name] = c.restore_sql
+            continue
+        upgrade = next((u for u in _UPGRADES.get(table, ())
+                        if c.name in u.targets and u.source in present), None)
+        if upgrade is not None:
+            stage[upgrade.source] = upgrade.staging_type
+            select[c.name] = upgrade.targets[c.name]
+        elif not c.nullable:
+            missing.append(c.name)
+        # else: a column added after the object was written; left to its default (or NULL)
+    if missing:
+        raise ArchiveError(f"archived object lacks columns {missing}")
+    return list(stage.items()), select
+
+
 async def table_columns(conn: asyncpg.Connection, table: str) -> list[Column]:
     """Columns of a table in order; raises ArchiveError for a type the archive cannot hold."""
     rows = await conn.fetch(
-        "SELECT column_name, udt_name, is_generated FROM information_schema.columns"
+        "SELECT column_name, udt_name, is_generated, is_nullable FROM information_schema.columns"
         " WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position", table)
     if not rows:
         raise ArchiveError(f"table {table!r} does not exist")
-    cols = [Column(r["column_name"], r["udt_name"]) for r in rows if r["is_generated"] == "NEVER"]
+    cols = [Column(r["column_name"], r["udt_name"], r["is_nullable"] == "YES")
+            for r in rows if r["is_generated"] == "NEVER"]
     unknown = [c for c in cols if c.udt not in _TYPES]
     if unknown:
         raise ArchiveError(f"table {table}: cannot archive column types "
@@ -248,22 +301,22 @@ async def restore_day(conn: asyncpg.Connection, store: BlobArchive, day: date, *
         arrow = parquet_rows(data)
         if arrow.num_rows != entry["row_count"]:
             raise VerificationError(f"{entry['blob_path']}: row count differs from the manifest")
-        names = [c.name for c in columns]
-        missing = [n for n in names if n not in arrow.column_names]
-        if missing:
-            raise ArchiveError(f"{entry['blob_path']}: archived object lacks columns {missing}")
-        pylists = [arrow.column(n).to_pylist() for n in names]
-        records = list(zip(*pylists, strict=True))
+        try:
+            stage, select = restore_plan(table, columns, arrow.column_names)
+        except ArchiveError as exc:
+            raise ArchiveError(f"{entry['blob_path']}: {exc}") from exc
+        names = [name for name, _ in stage]
+        records = list(zip(*(arrow.column(n).to_pylist() for n in names), strict=True))
         async with conn.transaction():
             staging = "archive_restore_staging"
             await conn.execute(
                 f"CREATE TEMP TABLE {staging} ("
-                + ", ".join(f'"{c.name}" {c.staging_type}' for c in columns)
+                + ", ".join(f'"{name}" {kind}' for name, kind in stage)
                 + ") ON COMMIT DROP")
             await conn.copy_records_to_table(staging, records=records, columns=names)
             status = await conn.execute(
-                f"INSERT INTO {table} ({', '.join(chr(34) + n + chr(34) for n in names)})"  # noqa: S608
-                f" SELECT {', '.join(c.restore_sql for c in columns)} FROM {staging}"
+                f"INSERT INTO {table} ({', '.join(chr(34) + n + chr(34) for n in select)})"  # noqa: S608
+                f" SELECT {', '.join(select.values())} FROM {staging}"
                 " ON CONFLICT DO NOTHING")
             await conn.execute("UPDATE archive_manifest SET restored_at = now()"
                                " WHERE tenant_id = $1 AND table_name = $2 AND day = $3",

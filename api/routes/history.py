@@ -70,7 +70,7 @@ def choose_source(span: timedelta, max_points: int, resolution: str) -> tuple[st
 
 
 _RAW = """
-SELECT time, seq, ST_Y(location::geometry) AS lat, ST_X(location::geometry) AS lon, speed_kph,
+SELECT time, seq, lat_deg AS lat, lon_deg AS lon, speed_kph,
        heading_deg, rpm, coolant_temp_c, fuel_level_pct, odometer_km, battery_voltage_v, ignition
   FROM tenant.telemetry
  WHERE tenant_id = $1 AND vehicle_id = $2 AND time >= $3 AND time < $4
@@ -78,7 +78,7 @@ SELECT time, seq, ST_Y(location::geometry) AS lat, ST_X(location::geometry) AS l
 """
 _BUCKETED = """
 SELECT time_bucket($5::interval, time) AS time, count(*)::int AS samples,
-       ST_Y(last(location, time)::geometry) AS lat, ST_X(last(location, time)::geometry) AS lon,
+       last(lat_deg, time) AS lat, last(lon_deg, time) AS lon,
        avg(speed_kph)::real AS avg_speed_kph, max(speed_kph) AS max_speed_kph,
        avg(rpm)::real AS avg_rpm, max(coolant_temp_c) AS max_coolant_temp_c,
        last(fuel_level_pct, time) AS fuel_level_pct, max(odometer_km) AS odometer_km,
@@ -272,8 +272,8 @@ async def trips(request: web.Request) -> web.Response:
     async with tenant_transaction(request) as conn:
         await visible_vehicle(conn, user, vid)
         rows = await conn.fetch(
-            "SELECT time, speed_kph, ignition, ST_Y(location::geometry) AS lat, "
-            "ST_X(location::geometry) AS lon, odometer_km FROM tenant.telemetry "
+            "SELECT time, speed_kph, ignition, lat_deg AS lat, lon_deg AS lon, odometer_km "
+            "FROM tenant.telemetry "
             "WHERE tenant_id = $1 AND vehicle_id = $2 AND time >= $3 AND time < $4 "
             "ORDER BY time", user.tenant_id, vid, start, end)
     found, stops = detect_trips(Point(r["time"], r["speed_kph"], r["ignition"], r["lat"],

@@ -167,15 +167,15 @@ async def _insert_day(world: World, vehicle_id: uuid.UUID) -> None:
         for _ in range(duration):
             seq += 1
             lon += speed / 3600 / 68  # roughly km per degree of longitude at 52N
-            rows.append((t, world.a.id, vehicle_id, seq, f"POINT({lon} 52.5)", speed, 90.0,
-                         ignition, 1000 + seq * 0.01, "simulator"))
+            rows.append((t, world.a.id, vehicle_id, seq, round(lon * 1e7), 525_000_000, speed,
+                         90.0, ignition, 1000 + seq * 0.01, "simulator"))
             t += timedelta(seconds=1)
     conn = await asyncpg.connect(world.db.ingest_url)
     try:
         await conn.executemany(
-            "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, location, speed_kph, "
+            "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, lon_e7, lat_e7, speed_kph, "
             "heading_deg, ignition, odometer_km, source) VALUES ($1, $2, $3, $4, "
-            "ST_GeogFromText($5), $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING", rows)
+            "$5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING", rows)
     finally:
         await conn.close()
 

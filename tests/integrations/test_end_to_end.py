@@ -61,7 +61,7 @@ async def test_samsara_lands_in_timescaledb_and_fires_geofences(
         events = [r[0] for r in conn.execute(
             "SELECT event_type FROM geofence_events ORDER BY time")]
         odo = conn.execute("SELECT max(odometer_km) FROM telemetry").fetchone()[0]
-        fixes = conn.execute("SELECT count(*) FROM telemetry WHERE location IS NOT NULL"
+        fixes = conn.execute("SELECT count(*) FROM telemetry WHERE lat_e7 IS NOT NULL"
                              ).fetchone()[0]
     assert events[:2] == ["enter", "exit"]
     assert fixes == STEPS + 1

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import io
+import struct
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import msgspec
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from api.jobs.archive import BlobArchive, blob_path, restore_day
+from api.jobs.archive import (
+    BlobArchive,
+    Column,
+    blob_path,
+    parquet_rows,
+    restore_day,
+    restore_plan,
+    sha256_hex,
+)
 from api.jobs.config import JobsSettings
 from api.jobs.errors import ArchiveError
 from api.jobs.retention import RetentionJob, RollupsJob, archive_and_drop
@@ -28,10 +40,10 @@ def _insert_telemetry(owner_url: str, tenant_id: uuid.UUID, vehicle_id: uuid.UUI
     with psycopg.connect(owner_url, autocommit=True) as conn:
         for i in range(n):
             conn.execute(
-                "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, location, speed_kph,"
-                " rpm, fuel_level_pct, odometer_km, ignition, gps_satellites, dtc_codes, extra,"
-                " source, received_at) VALUES (%s, %s, %s, %s,"
-                " ST_SetSRID(ST_MakePoint(%s, %s), 4326)::geography, %s, %s, %s, %s, %s, %s,"
+                "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, lon_e7, lat_e7,"
+                " speed_kph, rpm, fuel_level_pct, odometer_km, ignition, gps_satellites,"
+                " dtc_codes, extra, source, received_at) VALUES (%s, %s, %s, %s,"
+                " round(%s * 1e7), round(%s * 1e7), %s, %s, %s, %s, %s, %s,"
                 " %s, %s::jsonb, 'gateway', %s)",
                 (base + timedelta(seconds=37 * i, microseconds=123), tenant_id, vehicle_id,
                  seq0 + i, 13.4 + i * 1e-4, 52.5 + i * 1e-4, 40.5 + i, 1500.25, 55.5,
@@ -231,3 +243,55 @@ def test_fleet_archive_cli(database, azurite, two_tenants) -> None:
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1
     assert "no archived telemetry" in bad.stderr
+
+
+def _as_archived_before_0016(data: bytes) -> bytes:
+    """The same rows as an object written before migrations 0013 and 0016: a `location`
+    geography (hex EWKB, as geography::text gives it) instead of lat_e7/lon_e7, and none of
+    0013's derived columns."""
+    table = parquet_rows(data)
+    lat, lon = table.column("lat_e7").to_pylist(), table.column("lon_e7").to_pylist()
+    location = [None if la is None else
+                struct.pack("<BIIdd", 1, 0x20000001, 4326, lo / 1e7, la / 1e7).hex().upper()
+                for la, lo in zip(lat, lon, strict=True)]
+    table = table.drop_columns(["lat_e7", "lon_e7", "interval_s", "distance_m",
+                                "fuel_used_pct", "over_speed", "over_rpm"])
+    table = table.add_column(4, "location", pa.array(location, type=pa.string()))
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+async def test_a_day_archived_before_a_migration_restores_after_it(database, azurite,
+                                                                    two_tenants) -> None:
+    """Objects keep the columns of their day: a replaced column is converted (the geography
+    `location` into degrees x 10^7), columns added since stay NULL, the rows come back
+    identical."""
+    a, _b = two_tenants
+    old_day = (NOW - timedelta(days=40)).date()
+    before_day = _snapshot(database.owner_url, old_day)
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        async with BlobArchive(azurite, f"c{uuid.uuid4().hex[:12]}") as store:
+            await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
+            for slug in (a.slug, _b.slug):
+                path = blob_path(slug, "telemetry", old_day)
+                old = _as_archived_before_0016(await store.get(path))
+                await store.put(path, old)
+                await conn.execute("UPDATE archive_manifest SET sha256 = $1 WHERE blob_path = $2",
+                                   sha256_hex(old), path)
+            assert await restore_day(conn, store, old_day) == {a.slug: 24, _b.slug: 12}
+        assert _snapshot(database.owner_url, old_day) == before_day
+    finally:
+        await conn.close()
+
+
+def test_restore_plan_fills_replaced_and_added_columns_and_refuses_a_missing_required_one(
+        ) -> None:
+    columns = [Column("time", "timestamptz", nullable=False), Column("lat_e7", "int4"),
+               Column("lon_e7", "int4"), Column("interval_s", "float4")]
+    stage, select = restore_plan("telemetry", columns, ["time", "location"])
+    assert stage == [("time", "timestamptz"), ("location", "text")]
+    assert list(select) == ["time", "lat_e7", "lon_e7"]  # interval_s: added later, NULL
+    with pytest.raises(ArchiveError, match=r"lacks columns \['time'\]"):
+        restore_plan("telemetry", columns, ["location"])

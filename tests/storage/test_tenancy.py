@@ -59,9 +59,9 @@ def _seed(conn: psycopg.Connection[tuple[object, ...]], t: Tenant) -> None:
     # Ten days of one sample a minute: closed chunks to compress, open ones, and rollups.
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=10)
     conn.execute(
-        "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, location, speed_kph, rpm, "
-        "source) SELECT %s + g * interval '1 minute', %s, %s, g, "
-        "'SRID=4326;POINT(13.4 52.5)', 40 + g %% 30, 900 + g %% 1000, 'simulator' "
+        "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, lat_e7, lon_e7, speed_kph, "
+        "rpm, source) SELECT %s + g * interval '1 minute', %s, %s, g, "
+        "525000000, 134000000, 40 + g %% 30, 900 + g %% 1000, 'simulator' "
         "FROM generate_series(0, 14399) g", (start, t.id, t.vehicle))
     now = datetime.now(UTC)
     old = now - timedelta(days=20)
