@@ -188,12 +188,24 @@ def _refresh_all_rollups(conn: psycopg.Connection[tuple[object, ...]],
     if row is None or row[0] is None:
         return
     log(f"migrate: refreshing the rollups from {row[0]} to {row[1]} (rebuilt aggregates)")
-    try:
-        conn.execute("CALL fleet_refresh_rollups(%s, %s)", (row[0], row[1]))
-    except psycopg.Error as exc:
-        raise MigrationError(
-            f"rollup refresh after the migrations failed: {exc}; the schema is migrated, "
-            f"run `fleet db refresh-rollups --from {row[0]:%Y-%m-%d} --to <today>` again") from exc
+    for attempt in range(len(_DEADLOCK_RETRY_S) + 1):
+        try:
+            conn.execute("CALL fleet_refresh_rollups(%s, %s)", (row[0], row[1]))
+            return  # noqa: TRY300
+        except psycopg.Error as exc:
+            # The new aggregates' policies start at once and refresh beside this call;
+            # TimescaleDB then refuses one of the two ("tuple concurrently updated", or a
+            # deadlock). A refresh is idempotent: run it again.
+            transient = isinstance(exc, psycopg.errors.DeadlockDetected) or \
+                "concurrently" in str(exc)
+            if not transient or attempt == len(_DEADLOCK_RETRY_S):
+                raise MigrationError(
+                    f"rollup refresh after the migrations failed: {exc}; the schema is "
+                    f"migrated, run `fleet db refresh-rollups --from {row[0]:%Y-%m-%d} "
+                    f"--to <today>` again") from exc
+            log(f"migrate: the refresh met a policy's; running it again in "
+                f"{_DEADLOCK_RETRY_S[attempt]} s")
+            time.sleep(_DEADLOCK_RETRY_S[attempt])
 
 
 def status(url: str, directory: Path | None = None) -> list[tuple[Migration, bool]]:

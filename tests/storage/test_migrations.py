@@ -12,9 +12,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from deploy.services import ADMIN_ROLE, LocalServices, drop_database
 from storage.errors import MigrationError
 from storage.migrate import Migration, discover, migrate, plan, status
-from tests.conftest import TestDatabase
+from tests.conftest import TestDatabase, make_database
 
 HYPERTABLES = {"telemetry", "geofence_events", "vehicle_events", "anomalies", "video_events",
                "fuel_transactions", "ingest_rejects"}
@@ -335,3 +336,43 @@ def test_hourly_rollup_equals_the_raw_aggregate(
     assert hour[0][0] == 150
     assert hour[0][-1] is None  # the newest sample had no fix
     assert minutes == (150,)
+
+
+def test_positions_survive_the_move_to_integers(services: LocalServices, tmp_path: Path) -> None:
+    """Telemetry stored before 0016 (a geography) keeps its positions, to the centimetre,
+    through 0016/0017, and the rebuilt rollups hold the old rows (on the Timescale edition
+    the runner refreshes the recreated aggregates over everything stored)."""
+    db = make_database(services, migrated=False)
+    try:
+        for m in plan(discover(), db.edition):
+            if m.version < 16:  # the schema before the change
+                suffix = f".{m.edition}" if m.edition else ""
+                (tmp_path / f"{m.version:04d}_{m.name}{suffix}.sql").write_text(m.sql)
+        migrate(db.owner_url, log=lambda _m: None, directory=tmp_path)
+        with connect(db.owner_url) as conn:
+            tenant = conn.execute("INSERT INTO tenants (slug, name) VALUES ('t', 'T') "
+                                  "RETURNING id").fetchone()[0]  # type: ignore[index]
+            vid = conn.execute("INSERT INTO vehicles (tenant_id, code) VALUES (%s, 'v') "
+                               "RETURNING id", (tenant,)).fetchone()[0]  # type: ignore[index]
+            # 40 days back: outside the aggregates' 30-day policy window.
+            conn.execute(
+                "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, location, speed_kph, "
+                "source) SELECT date_trunc('minute', now()) - interval '40 days' "
+                "+ g * interval '1 s', %s, %s, g, "
+                "CASE WHEN g = 3 THEN NULL ELSE ST_SetSRID(ST_MakePoint(-179.9999999 + g, "
+                "-89.1234567 + g * 0.5), 4326)::geography END, 10, 'gateway' "
+                "FROM generate_series(1, 5) g", (tenant, vid))
+            conn.execute("CALL fleet_refresh_rollups(now() - interval '41 days', now())")
+        logged: list[str] = []
+        migrate(db.owner_url, log=logged.append)
+        with connect(db.owner_url) as conn:
+            rows = conn.execute("SELECT seq, lat_e7, lon_e7 FROM telemetry ORDER BY seq").fetchall()
+            assert rows == [(1, -886234567, -1789999999), (2, -881234567, -1779999999),
+                            (3, None, None), (4, -871234567, -1759999999),
+                            (5, -866234567, -1749999999)]
+            assert conn.execute("SELECT samples, ST_AsText(last_location) FROM telemetry_1m"
+                                ).fetchall() == [(5, "POINT(-174.9999999 -86.6234567)")]
+        if db.edition == "timescale":
+            assert any("refreshing the rollups" in line for line in logged), logged
+    finally:
+        drop_database(services.pg_url(ADMIN_ROLE, "postgres"), db.name)
