@@ -146,7 +146,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
 
     import aiohttp
 
-    from api.bench_common import api_process, cpu_s, free_port, rss_mb
+    from api.bench_common import api_process, free_port
+    from deploy.bench import cpu_seconds, memory_mib
 
     client = args.client
     if client == "auto":
@@ -160,10 +161,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
             body = await r.read()
         print(f"api: {client}, {args.connections} connections on {url}", file=sys.stderr)
-        cpu0 = cpu_s(env.pid)
+        cpu0 = cpu_seconds([env.pid])
         result.update(await _measure(client, url, headers, args))
-        result["api_cpu_s"] = round(cpu_s(env.pid) - cpu0, 1)
-        result["api_rss_mb"], result["api_rss_peak_mb"] = rss_mb(env.pid)
+        result["api_cpu_s"] = round(cpu_seconds([env.pid]) - cpu0, 1)
+        result["api_rss_mb"], result["api_rss_peak_mb"] = memory_mib([env.pid])
     async with api_process(vehicles=args.vehicles, with_state=False,
                            extra_env={"FLEET_API_VEHICLE_CACHE_TTL_S": "0"}) as env:
         url = f"{env.base_url}/api/vehicles?limit=50"

@@ -38,24 +38,6 @@ def free_port() -> int:
         return port
 
 
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process, MiB."""
-    values = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024
-    return round(values.get("VmRSS", 0.0), 1), round(values.get("VmHWM", 0.0), 1)
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of a process, seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _seed(app_url: str, vehicles: int) -> tuple[UUID, str, list[tuple[UUID, str]]]:
     import asyncpg
 

@@ -152,8 +152,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
 
     import redis.asyncio as aioredis
 
-    from api.bench_common import api_process, cpu_s, rss_mb
+    from api.bench_common import api_process
     from api.config import load_api_settings
+    from deploy.bench import cpu_seconds, memory_mib
     from stream.live import LivePosition, decode_live, encode_live, live_channel
 
     redis_url = load_api_settings(None).redis.url
@@ -223,15 +224,15 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
         side = [asyncio.create_task(publisher(redis)), asyncio.create_task(anchor(redis))]
         await asyncio.sleep(max(0.0, measure_from - time.time()))
         state["measuring"] = True
-        cpu0, t0 = cpu_s(env.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds([env.pid]), time.monotonic()
         series = []
         while time.time() < measure_to:
             await asyncio.sleep(max(0.0, min(5.0, measure_to - time.time())))
-            series.append(rss_mb(env.pid)[0])
+            series.append(memory_mib([env.pid])[0])
         elapsed = time.monotonic() - t0
-        cpu = cpu_s(env.pid) - cpu0
+        cpu = cpu_seconds([env.pid]) - cpu0
         state["measuring"] = False
-        rss_end, rss_peak = rss_mb(env.pid)
+        rss_end, rss_peak = memory_mib([env.pid])
         results = [json.loads(out.splitlines()[-1]) for out, _ in
                    [await task for task in outputs]]
         state["stop"] = True

@@ -47,3 +47,49 @@ def emit(result: dict[str, object], json_only: bool) -> int:
             print(f"{key:>{width}}: {value}", file=sys.stderr)
     print(json.dumps(result), flush=True)
     return 0
+
+
+# ---- what a process costs (Linux /proc), for every benchmark -----------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its direct children (a supervisor and its workers)."""
+    from pathlib import Path
+
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(c) for c in children)]
+
+
+def memory_mib(pids: list[int]) -> tuple[float, float]:
+    """(VmRSS, VmHWM) summed over processes, MiB; a process that has exited counts 0."""
+    rss = hwm = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+                for line in fh:
+                    key, _, rest = line.partition(":")
+                    if key == "VmRSS":
+                        rss += int(rest.split()[0])
+                    elif key == "VmHWM":
+                        hwm += int(rest.split()[0])
+        except (OSError, ValueError):
+            continue
+    return round(rss / 1024, 1), round(hwm / 1024, 1)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds summed over processes; a process that has exited counts 0."""
+    import os
+
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")

@@ -234,17 +234,19 @@ async def _measure(rig: _Rig, args: argparse.Namespace) -> dict[str, Any]:
     import asyncio
     import time
 
+    from deploy.bench import cpu_seconds, memory_mib
+
     sub = rig.subscriber
     gateway = rig.start_gateway()
     _log(f"warm-up {args.warmup_s:.0f} s (gateway pid {gateway.pid})")
     await sub.sleep(args.warmup_s)
-    cpu0, t0 = _cpu_s(gateway.pid), time.monotonic()
+    cpu0, t0 = cpu_seconds([gateway.pid]), time.monotonic()
     frames0 = sub.frames_seen[-1] if sub.frames_seen else 0
     _log(f"steady state {args.steady_s:.0f} s")
     await sub.sleep(args.steady_s)
-    cpu1, t1 = _cpu_s(gateway.pid), time.monotonic()
+    cpu1, t1 = cpu_seconds([gateway.pid]), time.monotonic()
     frames1 = sub.frames_seen[-1] if sub.frames_seen else 0
-    rss_mb, peak_mb = _rss_mb(gateway.pid)
+    rss_mb, peak_mb = memory_mib([gateway.pid])
     steady_samples = len(sub.received)
 
     _log("stopping the gateway, pre-filling the spool with a 10-minute backlog")
@@ -584,21 +586,3 @@ async def _anchor(url: str, tenant: str, template: Any, backlog: int) -> float:
         return rate
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    import os
-
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def _rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process in MiB."""
-    values: dict[str, float] = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024
-    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)

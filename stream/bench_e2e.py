@@ -26,6 +26,16 @@ achieved), latency_p50_ms, latency_p99_ms, lost (acknowledged by the broker but 
 once the stream stopped making progress, or when `--drain-timeout` ran out: see `drained`),
 duplicated (stored twice: impossible by the unique key, checked anyway), and the stream's CPU
 seconds.
+
+Every `--sample-s` a sampler records where the backlog waits and what it costs: samples the
+broker acknowledged but the stream has not yet taken into its inbox (`in_broker`), taken but
+not yet stored (`in_stream`), and the resident memory of the stream's processes and of the
+broker. From PostgreSQL's insert counters (cheap at any table size), so the figures lag by
+up to a second. `windows` cuts the run into `--window-s` slices: per slice the offered and
+stored rates, latency p50/p99, peak backlog and memory; `rss_growth_pct` compares the last
+slice's memory with the first's (a soak: `--duration 3600 --window-s 300` at a quarter of
+capacity), and `drain_s` is how long the backlog took to clear after the publisher stopped (an
+overload: `--rate` above capacity).
 """
 
 from __future__ import annotations
@@ -42,8 +52,11 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from deploy.bench import cpu_seconds, memory_mib, process_tree
 
 STEADY_WARMUP_S = 5.0
 """Start of the run left out of samples_per_s: the stream's first batches wait for the
@@ -66,6 +79,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true",
                         help="keep the scratch database and the stream's log and recovery "
                              "store (their names are printed) for inspection")
+    parser.add_argument("--sample-s", type=float, default=5.0,
+                        help="interval of the backlog and memory sampler, s")
+    parser.add_argument("--window-s", type=float, default=0.0,
+                        help="report per-slice figures for slices this long, s (0: one slice "
+                             "per sixth of the run)")
     parser.add_argument("--drain-timeout", type=float, default=600.0,
                         help="how long to wait for the stream to catch up, s (it also stops "
                              "waiting after 30 s without progress)")
@@ -250,23 +268,99 @@ def _presubscribe(mqtt_url: str, prefix: str, group: str, tenant: str, partition
         c.loop_stop()
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (Linux /proc)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
+def _broker_pid() -> int | None:
+    """The project's local Mosquitto (`fleet services`), if that is the broker in use."""
+    from deploy.services import local_services
+
     try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+        pid = int(local_services().mq_pid.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@dataclass
+class _Sample:
+    t_s: float
+    acked: int
+    inbox_samples: int
+    stored: int
+    rss_stream_mb: float
+    rss_broker_mb: float | None
+
+
+class _Sampler(threading.Thread):
+    """Where the backlog waits and what the processes hold, every `interval_s` (module doc)."""
+
+    def __init__(self, owner_url: str, publisher: _Publisher, stream_pid: int, batch: int,
+                 interval_s: float) -> None:
+        super().__init__(name="bench-sampler", daemon=True)
+        self.owner_url, self.publisher, self.stream_pid = owner_url, publisher, stream_pid
+        self.batch, self.interval_s = batch, interval_s
+        self.broker_pid = _broker_pid()
+        self.samples: list[_Sample] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        start = time.monotonic()
+        with psycopg.connect(self.owner_url, autocommit=True) as conn:
+            while not self.stop.wait(self.interval_s):
+                # Inserts per table since the database was created: the chunks of
+                # `telemetry` and the inbox (one row per message of `batch` samples).
+                row = conn.execute(
+                    "SELECT coalesce(sum(s.n_tup_ins) FILTER (WHERE c.hypertable_name IS NOT "
+                    "NULL), 0), coalesce(sum(s.n_tup_ins) FILTER (WHERE s.relname = "
+                    "'stream_inbox'), 0) FROM pg_stat_user_tables s LEFT JOIN "
+                    "timescaledb_information.chunks c ON c.chunk_schema = s.schemaname AND "
+                    "c.chunk_name = s.relname AND c.hypertable_name = 'telemetry'").fetchone()
+                stored, inbox = (int(row[0]), int(row[1])) if row else (0, 0)
+                self.samples.append(_Sample(
+                    round(time.monotonic() - start, 1), self.publisher.acked_samples,
+                    inbox * self.batch, stored, memory_mib(process_tree(self.stream_pid))[0],
+                    memory_mib([self.broker_pid])[0] if self.broker_pid else None))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(10)
+
+
+def _windows(slices: list[tuple[Any, ...]], samples: list[_Sample], window_s: float,
+             elapsed_s: float) -> list[dict[str, Any]]:
+    """Per slice of the publishing time: stored rows and their latency (by publish time), and
+    the sampler's backlog and memory (by sampling time)."""
+    out = []
+    for index, count, pct in slices:
+        if index < 0 or index * window_s >= elapsed_s:
+            continue  # rows published before the start or after the end (none expected)
+        lo, hi = index * window_s, (index + 1) * window_s
+        mine = [x for x in samples if lo <= x.t_s < hi]
+        out.append({
+            "from_s": round(lo), "stored_per_s": round(int(count) / window_s),
+            "latency_p50_ms": round(pct[0], 1) if pct else None,
+            "latency_p99_ms": round(pct[1], 1) if pct else None,
+            "peak_backlog_samples": max((x.acked - x.stored for x in mine), default=None),
+            "rss_stream_mb": round(sum(x.rss_stream_mb for x in mine) / len(mine), 1)
+            if mine else None,
+            "rss_broker_mb": round(sum(x.rss_broker_mb or 0.0 for x in mine) / len(mine), 1)
+            if mine and mine[0].rss_broker_mb is not None else None,
+        })
+    return out
+
+
+def _growth(windows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Memory growth per process kind, %: the last slice's mean against the second's (the
+    first holds the start-up, caches filling)."""
+    if len(windows) < 3:  # start-up, a reference, and a last slice
+        return {}
+    out: dict[str, float | None] = {}
+    for key in ("rss_stream_mb", "rss_broker_mb"):
+        ref, last = windows[1][key], windows[-1][key]
+        out[key.removesuffix("_mb")] = round(100 * (last - ref) / ref, 1) if ref and last \
+            else None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear script
@@ -333,7 +427,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                                batch=args.batch, duration_s=args.duration,
                                spacing_ms=spacing_ms)
         publisher.start()
+        sampler = _Sampler(owner, publisher, proc.pid, args.batch, args.sample_s)
+        sampler.start()
         publisher.join(args.duration + 90)
+        published_end = time.monotonic()
 
         def stored() -> int:
             with psycopg.connect(owner) as conn:
@@ -353,7 +450,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             elif time.monotonic() - last_change > 30:
                 break  # stalled: what is missing now is lost
             time.sleep(0.5)
-        cpu_s = _cpu_s(proc.pid)
+        drain_s = round(time.monotonic() - published_end, 1) if drained else None
+        sampler.close()
+        cpu_s = cpu_seconds(process_tree(proc.pid))
         with psycopg.connect(owner) as conn:
             r = conn.execute(
                 "SELECT count(*), count(DISTINCT (vehicle_id, seq)), "
@@ -380,6 +479,15 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                     "AND t.seq = g) AND g <= (SELECT max(seq) FROM telemetry t2 "
                     "WHERE t2.vehicle_id = v.id) GROUP BY v.code LIMIT 5",
                     (max(publisher.seqs) if publisher.seqs else 0,)).fetchall()
+            window_s = args.window_s or max(1.0, publisher.elapsed_s / 6)
+            slices = conn.execute(
+                "SELECT floor((extract(epoch FROM time) * 1000 + (%s - 1 - (seq - 1) %% %s) * %s"
+                " - %s) / %s)::int AS slice, count(*), percentile_cont(ARRAY[0.5, 0.99]) "
+                "WITHIN GROUP (ORDER BY extract(epoch FROM received_at - time) * 1000 "
+                "  - ((%s - 1 - (seq - 1) %% %s) * %s)) FROM telemetry GROUP BY 1 ORDER BY 1",
+                (args.batch, args.batch, spacing_ms, publisher.started_ms, window_s * 1000,
+                 args.batch, args.batch, spacing_ms)).fetchall()
+        windows = _windows(slices, sampler.samples, window_s, publisher.elapsed_s)
         rows, distinct, last_ms, pct = r if r else (0, 0, None, None)
         span_s = max(1e-3, (float(last_ms) - publisher.started_ms) / 1000) if last_ms else 0
         sustained = int(steady[0]) * 1000 / max(1.0, window[1] - window[0]) if steady else 0.0
@@ -406,6 +514,19 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             "disabled_detectors": args.disable,
             "stream_cpu_s": round(cpu_s, 1),
             "stream_cpu_us_per_sample": round(cpu_s * 1e6 / max(1, int(distinct)), 1),
+            "drain_s": drain_s,
+            "peak_backlog_samples": max((x.acked - x.stored for x in sampler.samples),
+                                        default=0),
+            "peak_in_broker_samples": max((x.acked - x.inbox_samples for x in sampler.samples),
+                                          default=0),
+            "peak_in_stream_samples": max((x.inbox_samples - x.stored for x in sampler.samples),
+                                          default=0),
+            "peak_rss_stream_mb": max((x.rss_stream_mb for x in sampler.samples), default=None),
+            "peak_rss_broker_mb": max((x.rss_broker_mb or 0.0 for x in sampler.samples),
+                                      default=None),
+            "window_s": round(window_s, 1),
+            "windows": windows,
+            "rss_growth_pct": _growth(windows),
         }
     finally:
         if proc is not None and proc.poll() is None:

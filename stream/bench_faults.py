@@ -47,8 +47,12 @@ fault ends the relay closes every connection of the cut (a peer that timed out a
 packet with a reset) and relays new ones again. Measured like the power cut: everything the
 gateway spooled meanwhile, and its first sample after the cut, stored.
 
-Faults not measured yet (listed in the JSON as `not_measured`): API replica kill with
-WebSocket clients.
+Fault `api_replica_kill` runs two `fleet api` replicas over the run's services with
+`--ws-clients` live-map clients spread over them (`stream.bench_replicas`) and kills one
+with -9; its clients connect to the other one, as behind a load balancer, and the replica is
+started again when the fault ends. `ws_recovery_s` is the time from the kill until the last
+client has a live batch again (fan-out through Redis, not only an accepted socket);
+`ws_clients_recovered` how many did within `--recovery-timeout-s`.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ if TYPE_CHECKING:
 
     from deploy.services import LocalServices
     from stream.bench_e2e import _Publisher
+    from stream.bench_replicas import ApiReplicas, WsClients
 
 RECONNECT_MAX_DELAY_S = 2
 """The load generator's longest wait between two attempts to reach a lost broker, s."""
@@ -112,12 +117,26 @@ class Fault:
     measure: Literal["stream", "gateway"] = "stream"
     """What `recovery_s` waits for: "stream" (the load generator's backlog) or "gateway"
     (the gateway's first new sample stored, after everything it spooled before)."""
+    ws: bool = False
+    """Whether the run needs the API replicas and their WebSocket clients (and measures them
+    for this fault)."""
 
 
 def _kill9_stream_process(run: _Run) -> None:
     pids = run.keeper.cluster_pids(timeout_s=30)
     os.kill(pids[-1], signal.SIGKILL)
     _log(f"kill -9 stream process pid {pids[-1]} (one of {len(pids)})")
+
+
+def _kill9_api_replica(run: _Run) -> None:
+    assert run.replicas is not None  # noqa: S101 - started for every fault with ws=True
+    run.replicas.kill9(0)
+    _log("kill -9 of API replica 0 (one of two)")
+
+
+def _restart_api_replica(run: _Run) -> None:
+    assert run.replicas is not None  # noqa: S101 - as above
+    run.replicas.start(0)
 
 
 def _nothing(_run: _Run) -> None:
@@ -222,10 +241,14 @@ FAULTS: list[Fault] = [
           "spools (fsync per sample), started again after the fault",
           start=lambda r: r.gateway.kill9(), end=lambda r: r.gateway.start(),
           measure="gateway"),
+    Fault("api_replica_kill", "kill -9 of one of two `fleet api` replicas while WebSocket "
+          "clients watch the live map; its clients connect to the other replica (as behind a "
+          "load balancer); the replica is started again after the fault",
+          start=_kill9_api_replica, end=_restart_api_replica, ws=True),
 ]
 """The fault matrix, in the order the benchmark injects them."""
 
-NOT_MEASURED = ["api_replica_kill"]
+NOT_MEASURED: list[str] = []
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -252,6 +275,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="longest wait for a fault's backlog to drain, s")
     parser.add_argument("--restart-delay-s", type=float, default=1.0,
                         help="the keeper's pause before restarting an exited `fleet stream`, s")
+    parser.add_argument("--ws-clients", type=int, default=100,
+                        help="WebSocket clients of the API replicas (fault api_replica_kill)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary folder (services' data and logs, stream log)")
     parser.set_defaults(func=run)
@@ -461,6 +486,7 @@ class _Phase:
     recovery_s: float | None = None
     backlog_at_end: int | None = None
     live_recovery_s: float | None = None
+    ws: dict[str, Any] | None = None
     stream_restarts: int = 0
     offered_per_s: float = 0.0
     committed_per_s: float = 0.0
@@ -479,6 +505,8 @@ class _Run:
     gateway: _Gateway
     gateway_vehicle_id: Any
     partition: _Partition
+    replicas: ApiReplicas | None = None
+    ws: WsClients | None = None
     _conn: psycopg.Connection[Any] | None = None
 
     def seqs(self) -> list[int]:
@@ -634,6 +662,8 @@ def _inject(run: _Run, fault: Fault, args: argparse.Namespace, watcher: _LiveWat
     time.sleep(args.settle_s)
     restarts0 = run.keeper.restarts
     _log(f"{fault.name}: {fault.what}")
+    if fault.ws and run.ws is not None:
+        run.ws.mark()
     t_start = time.monotonic()
     fault.start(run)
     if fault.held:
@@ -652,6 +682,11 @@ def _inject(run: _Run, fault: Fault, args: argparse.Namespace, watcher: _LiveWat
     wait_until(lambda: watcher.first_after_mark is not None, 30)
     if watcher.first_after_mark is not None:
         phase.live_recovery_s = round(watcher.first_after_mark - t_end, 1)
+    if fault.ws and run.ws is not None:
+        ws = run.ws
+        wait_until(lambda: None not in ws.first_after_mark, args.recovery_timeout_s)
+        phase.ws = ws.figures(dropped_from=0)
+        _log(f"{fault.name}: WebSocket clients {phase.ws}")
     _log(f"{fault.name}: fault {phase.fault_s} s, recovered after {phase.recovery_s} s, "
          f"live feed after {phase.live_recovery_s} s")
     run.measure_window(phase, args.post_s)
@@ -759,6 +794,9 @@ def _bench(args: argparse.Namespace, faults: list[Fault]) -> dict[str, Any]:  # 
         bench = _Run(stack, keeper, publisher, owner, tenant_id, [by_code[c] for c in codes],
                      gateway, by_code[GATEWAY_VEHICLE], partition)
         cleanup.callback(bench.close)
+        if any(f.ws for f in faults):
+            bench.replicas, bench.ws = _start_replicas(
+                env, tmp, tenant, tenant_id, clients=args.ws_clients, cleanup=cleanup)
         _log(f"load {args.rate} samples/s over {args.vehicles} vehicles; warm-up "
              f"{args.warmup_s:.0f} s")
         time.sleep(args.warmup_s)
@@ -781,6 +819,27 @@ def _bench(args: argparse.Namespace, faults: list[Fault]) -> dict[str, Any]:  # 
         return _result(args, bench, phases, final=final, drained=drained,
                        publisher=publisher, keeper=keeper, normal_lag=normal_lag,
                        gateway_final=gateway_final)
+
+
+def _start_replicas(env: dict[str, str], tmp: Path, tenant: str, tenant_id: Any, *,
+                    clients: int, cleanup: contextlib.ExitStack,
+                    ) -> tuple[ApiReplicas, WsClients]:
+    """Two API replicas over the run's services and `clients` live-map clients on them."""
+    from stream.bench_replicas import ApiReplicas, WsClients, bench_user, free_ports, login
+
+    replicas = ApiReplicas(env, free_ports(2), tmp)
+    cleanup.callback(replicas.close)
+    for i in range(2):
+        replicas.start(i)
+    email = f"dispatcher@{tenant}.example.com"
+    bench_user(env["FLEET_DATABASE_URL"], tenant_id, email)
+    ws = WsClients(replicas.urls, login(replicas.urls[0], email), clients)
+    ws.start()
+    cleanup.callback(ws.close)
+    if not ws.wait_live(60):
+        raise RuntimeError("the WebSocket clients did not all receive the live feed")
+    _log(f"{clients} WebSocket clients live on 2 API replicas")
+    return replicas, ws
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -891,12 +950,15 @@ def _result(args: argparse.Namespace, bench: _Run, phases: list[_Phase], *, fina
         })
     faults: dict[str, Any] = {}
     for phase, counts in zip(phases[1:], per_phase[1:], strict=True):
+        ws_ok = phase.ws is None or (phase.ws["ws_recovery_s"] is not None
+                                     and phase.ws["ws_recovery_s"] <= RECOVERY_GOAL_S)
         faults[phase.name] = {
             "lost": counts["lost"], "duplicated": counts["duplicated"],
             "recovery_s": phase.recovery_s, "fault_s": phase.fault_s,
             "goal_met": (counts["lost"] == 0 and counts["duplicated"] == 0
                          and phase.recovery_s is not None
-                         and phase.recovery_s <= RECOVERY_GOAL_S),
+                         and phase.recovery_s <= RECOVERY_GOAL_S and ws_ok),
+            **(phase.ws or {}),
             "backlog_at_fault_end": phase.backlog_at_end,
             "live_recovery_s": phase.live_recovery_s,
             "stream_restarts": phase.stream_restarts,

@@ -1,11 +1,12 @@
-"""`fleet bench faults`: one cheap fault through the benchmark's own code path, end to end.
+"""`fleet bench faults`: two cheap faults through the benchmark's own code path, end to end.
 
 The benchmark starts its own PostgreSQL, Mosquitto and Redis (never the shared ones), so
 this needs the services' binaries but not the `services` fixture. The database restart is
 the fault used here: it goes through the stream's retries on both the inbox and the sink,
 and is expected to lose and duplicate nothing. (The broker restart and the gateway-broker
 partition are measured by the benchmark, docs/benchmarks.md, "Fault matrix"; a broker restart
-is tested at the device, tests/edge_gateway/test_gateway_mqtt.py.)
+is tested at the device, tests/edge_gateway/test_gateway_mqtt.py.) The second fault kills one
+of two API replicas under ten live-map clients: every client must be live again.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = pytest.mark.timeout(200)
 
 
-def test_database_restart_loses_and_duplicates_nothing() -> None:
+def test_database_restart_and_api_replica_kill_lose_nothing() -> None:
     argv = [sys.executable, "-m", "deploy.cli", "bench", "faults", "--json",
-            "--faults", "db_restart", "--rate", "200", "--vehicles", "20", "--batch", "5",
-            "--fault-s", "2", "--warmup-s", "2", "--baseline-s", "3", "--settle-s", "2",
-            "--post-s", "2", "--recovery-timeout-s", "40"]
-    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=140,
+            "--faults", "db_restart,api_replica_kill", "--rate", "200", "--vehicles", "20",
+            "--batch", "5", "--fault-s", "2", "--warmup-s", "2", "--baseline-s", "3",
+            "--settle-s", "2", "--post-s", "2", "--recovery-timeout-s", "40",
+            "--ws-clients", "10"]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=190,
                           check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -44,3 +46,9 @@ def test_database_restart_loses_and_duplicates_nothing() -> None:
     assert (fault["lost"], fault["duplicated"]) == (0, 0), result
     assert fault["recovery_s"] is not None, result
     assert (result["lost"], result["duplicated"], result["drained"]) == (0, 0, True), result
+    api = result["faults"]["api_replica_kill"]
+    assert (api["lost"], api["duplicated"]) == (0, 0), result
+    assert api["ws_clients"] == api["ws_clients_recovered"] == 10, api
+    assert api["ws_clients_dropped"] > 0, api  # some clients were on the replica killed
+    assert api["ws_reconnections"] >= api["ws_clients_dropped"], api
+    assert api["ws_recovery_s"] is not None, api
