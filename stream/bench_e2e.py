@@ -35,7 +35,8 @@ up to a second. `windows` cuts the run into `--window-s` slices: per slice the o
 stored rates, latency p50/p99, peak backlog and memory; `rss_growth_pct` compares the last
 slice's memory with the first's (a soak: `--duration 3600 --window-s 300` at a quarter of
 capacity), and `drain_s` is how long the backlog took to clear after the publisher stopped (an
-overload: `--rate` above capacity).
+overload: `--rate` above capacity). Spikes: the p99 of each second of publishing, its median
+over the run, its maximum, and how many seconds had a p99 above twice that median.
 """
 
 from __future__ import annotations
@@ -487,6 +488,18 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                 "  - ((%s - 1 - (seq - 1) %% %s) * %s)) FROM telemetry GROUP BY 1 ORDER BY 1",
                 (args.batch, args.batch, spacing_ms, publisher.started_ms, window_s * 1000,
                  args.batch, args.batch, spacing_ms)).fetchall()
+            # Spikes: p99 per second of publishing, its median and the seconds well above it
+            # (a stall, such as the epoch end's state snapshot, shows as a periodic spike).
+            spikes = conn.execute(
+                "WITH per_s AS (SELECT floor((extract(epoch FROM time) * 1000 + (%s - 1 - "
+                "(seq - 1) %% %s) * %s) / 1000) AS s, percentile_cont(0.99) WITHIN GROUP "
+                "(ORDER BY extract(epoch FROM received_at - time) * 1000 - ((%s - 1 - (seq - 1)"
+                " %% %s) * %s)) AS p99 FROM telemetry GROUP BY 1), m AS (SELECT "
+                "percentile_cont(0.5) WITHIN GROUP (ORDER BY p99) AS median FROM per_s) "
+                "SELECT m.median, max(p99), count(*) FILTER (WHERE p99 > 2 * m.median), "
+                "count(*) FROM per_s, m GROUP BY m.median",
+                (args.batch, args.batch, spacing_ms, args.batch, args.batch, spacing_ms),
+            ).fetchone()
         windows = _windows(slices, sampler.samples, window_s, publisher.elapsed_s)
         rows, distinct, last_ms, pct = r if r else (0, 0, None, None)
         span_s = max(1e-3, (float(last_ms) - publisher.started_ms) / 1000) if last_ms else 0
@@ -524,6 +537,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             "peak_rss_stream_mb": max((x.rss_stream_mb for x in sampler.samples), default=None),
             "peak_rss_broker_mb": max((x.rss_broker_mb or 0.0 for x in sampler.samples),
                                       default=None),
+            "p99_per_s_median_ms": round(spikes[0], 1) if spikes else None,
+            "p99_per_s_max_ms": round(spikes[1], 1) if spikes else None,
+            "seconds_over_twice_median_p99": int(spikes[2]) if spikes else None,
+            "seconds": int(spikes[3]) if spikes else None,
             "window_s": round(window_s, 1),
             "windows": windows,
             "rss_growth_pct": _growth(windows),
