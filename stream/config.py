@@ -52,6 +52,10 @@ class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     if smaller, as the broker sends no more unacknowledged). Every batch costs an inbox commit
     and a sink transaction whatever its size, so under load a short wait buys a lot of
     throughput; it adds at most this much latency. 0 hands on whatever has arrived."""
+    max_ahead_messages: PositiveInt = 4000
+    """Messages committed to the inbox ahead of the dataflow that a partition also keeps in
+    memory, to hand on without reading them back; a backlog beyond this waits in the inbox
+    only (on disk) and is read back from there."""
     inbox_retention_s: PositiveInt = 600
     """Inbox rows are deleted once a snapshot at least this old covers them."""
     connect_timeout_s: PositiveFloat = 10.0

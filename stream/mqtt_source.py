@@ -7,8 +7,9 @@ partition is one MQTT v5 client with a stable client id and a persistent session
 partition of every stream process.
 
 Delivery guarantee (docs/stream.md): messages are acknowledged with manual PUBACKs only
-after they are committed to `stream_inbox`; the dataflow reads from that log by offset and
-Bytewax snapshots the offset each partition has handed on. So:
+after they are committed to `stream_inbox` (by the partition's intake thread, at the
+database's pace, not the dataflow's); the dataflow reads from that log by offset and Bytewax
+snapshots the offset each partition has handed on. So:
 
 - killed before the inbox commit: the message is not acknowledged; the broker redelivers it
   to the session when the partition reconnects (or keeps it queued while it is away);
@@ -105,10 +106,13 @@ class MqttSource(FixedPartitionedSource[InboxMessage, int]):
 class _Inbox:
     """One partition's log in `stream_inbox` (single writer: the partition itself)."""
 
-    def __init__(self, url: str, partition: str, connect_timeout_s: float) -> None:
+    def __init__(self, url: str, partition: str, connect_timeout_s: float,
+                 halt: threading.Event | None = None) -> None:
+        """`halt`, when set, ends a wait for an unreachable database with SourceError."""
         self.url = url
         self.partition = partition
         self.connect_timeout_s = connect_timeout_s
+        self.halt = halt or threading.Event()
         self.conn: psycopg.Connection[Any] | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -129,7 +133,9 @@ class _Inbox:
                 log.warning("inbox %s %s failed (%s); retrying in %.1f s", self.partition,
                             what, exc, delay)
                 self.close()
-                time.sleep(delay)
+                if self.halt.wait(delay):
+                    raise SourceError(f"inbox {self.partition}: stopped while the database "
+                                      f"was unreachable") from exc
                 attempt += 1
             except psycopg.Error as exc:
                 raise SourceError(f"inbox {self.partition}: {what} failed: {exc}") from exc
@@ -193,7 +199,16 @@ class _Inbox:
 
 
 class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
-    """One MQTT session and its inbox log."""
+    """One MQTT session and its inbox log.
+
+    Two threads share it. The *intake* (a thread of its own) takes what the broker sends,
+    commits it to the inbox in batches and acknowledges it, as fast as the database takes
+    it, whatever the dataflow's pace; the Bytewax worker hands on what is committed, in offset
+    order, from memory while it is near (up to `source.max_ahead_messages`) and from the inbox
+    beyond. So when the stream is slower than the load, the backlog waits on disk in
+    `stream_inbox`, not in the broker's per-session queue, whose limit (Mosquitto's
+    `max_queued_messages`) would drop messages silently, nor in the broker's memory.
+    """
 
     def __init__(self, source: MqttSource, partition: str, resume_state: int | None) -> None:
         self.src = source
@@ -202,7 +217,14 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         # The MQTT client id names the inbox log too: it is unique per deployment (two stream
         # clusters on one database must not share "p0"), and stable across restarts.
         self.client_id = f"{self.cfg.client_id_prefix}-{partition}"
-        self.inbox = _Inbox(source.database_url, self.client_id, source.connect_timeout_s)
+        self.halt = threading.Event()
+        self.wake = threading.Event()
+        """Set when a full batch has arrived (or on close): the intake stops lingering."""
+        self.inbox = _Inbox(source.database_url, self.client_id, source.connect_timeout_s,
+                            self.halt)
+        # The intake's own connection: it commits while the worker reads and prunes.
+        self.writer = _Inbox(source.database_url, self.client_id, source.connect_timeout_s,
+                             self.halt)
         self.last_written = self.inbox.last_offset()
         if resume_state is None:
             # No snapshot yet: replay whatever the inbox still holds, so nothing committed
@@ -213,9 +235,15 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
             self.emitted = resume_state
         # Bounded by MQTT flow control: the broker never has more than `receive_maximum`
         # unacknowledged messages in flight to this session, and we acknowledge only what we
-        # have drained and committed, so this queue cannot grow past that.
+        # have committed, so this queue cannot grow past that.
         self.received: collections.deque[_Received] = collections.deque()
         self._full = min(self.cfg.max_batch_messages, self.cfg.receive_maximum)
+        # Committed batches not yet handed on, kept for the worker (`lock` guards them and
+        # `last_written`, which only the intake advances).
+        self.lock = threading.Lock()
+        self.ready: collections.deque[list[InboxMessage]] = collections.deque()
+        self.ready_messages = 0
+        self.failure: SourceError | None = None
         self.snapshots: collections.deque[tuple[float, int]] = collections.deque()
         self.last_prune = time.monotonic()
         self.stat_messages, self.stat_commit_s = 0, 0.0
@@ -223,6 +251,9 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         self.connected = threading.Event()
         self.closing = False
         self.client = self._connect()
+        self.intake = threading.Thread(target=self._intake, name=f"intake-{self.client_id}",
+                                       daemon=True)
+        self.intake.start()
 
     # -- MQTT ------------------------------------------------------------------------------
     def _connect(self) -> Client:
@@ -279,30 +310,34 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
     def _on_message(self, _client: Client, _userdata: Any, msg: MQTTMessage) -> None:
         self.received.append(_Received(msg.mid, msg.qos, msg.topic, bytes(msg.payload),
                                        time.time_ns() // 1_000_000))
+        if len(self.received) >= self._full:
+            self.wake.set()
 
-    # -- Bytewax ---------------------------------------------------------------------------
-    def next_batch(self) -> list[InboxMessage]:
-        """Replay the inbox backlog first; then commit new messages, acknowledge, hand on."""
-        limit = self.cfg.max_batch_messages
-        if self.emitted < self.last_written:
-            backlog = self.inbox.read(self.emitted, limit)
-            if backlog:
-                self.emitted = backlog[-1].offset
-                return backlog
-            self.emitted = self.last_written  # pruned meanwhile: nothing left to replay
-        self._maybe_prune()  # on every poll: a busy partition is never idle
-        if not self._ripe():
-            return []
+    # -- the intake thread -----------------------------------------------------------------
+    def _intake(self) -> None:
+        """Commit and acknowledge batches until the partition closes; a failure is kept for
+        the worker to raise (the stream stops, its supervisor restarts it)."""
+        try:
+            while not self.halt.is_set():
+                if self._ripe():
+                    self._commit_received()
+                else:
+                    self.wake.wait(self._wait_s())
+                    self.wake.clear()
+        except SourceError as exc:
+            if not self.halt.is_set():
+                self.failure = exc
+        except Exception as exc:  # noqa: BLE001 - anything else would stall the partition silently
+            self.failure = SourceError(f"inbox {self.client_id}: intake failed: {exc!r}")
+
+    def _commit_received(self) -> None:
         taken: list[_Received] = []
-        while self.received and len(taken) < limit:
+        while self.received and len(taken) < self.cfg.max_batch_messages:
             taken.append(self.received.popleft())
-        if not taken:
-            return []
         first = self.last_written + 1
         t0 = time.perf_counter()
-        self.inbox.append(first, taken)
+        self.writer.append(first, taken)
         self._count(len(taken), time.perf_counter() - t0)
-        self.last_written = first + len(taken) - 1
         for m in taken:
             if m.qos > 0:
                 rc = self.client.ack(m.mid, m.qos)
@@ -310,9 +345,22 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
                     # Not fatal: the message is in the inbox; the broker will redeliver it
                     # and dedupe drops the copy.
                     log.debug("PUBACK of mid %d failed: %s", m.mid, rc)
-        self.emitted = self.last_written
-        return [InboxMessage(self.client_id, first + i, m.received_ms, m.topic, m.payload)
-                for i, m in enumerate(taken)]
+        batch = [InboxMessage(self.client_id, first + i, m.received_ms, m.topic, m.payload)
+                 for i, m in enumerate(taken)]
+        with self.lock:
+            self.last_written = first + len(taken) - 1
+            if self.ready_messages + len(batch) <= self.cfg.max_ahead_messages:
+                self.ready.append(batch)
+                self.ready_messages += len(batch)
+            # else: the worker is far behind; it reads this batch back from the inbox
+
+    def _wait_s(self) -> float:
+        """How long the intake sleeps before looking again: until the gathering batch is
+        due, or a poll interval when nothing has arrived."""
+        if self.received:
+            due_ms = self.received[0].received_ms + self.cfg.linger_ms
+            return max(0.001, (due_ms - time.time_ns() // 1_000_000) / 1000)
+        return self.cfg.poll_interval_ms / 1000
 
     def _count(self, messages: int, commit_s: float) -> None:
         """Log the inbox's share of the time every 30 s (to find the bottleneck)."""
@@ -320,8 +368,11 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         self.stat_commit_s += commit_s
         elapsed = time.monotonic() - self.stat_started
         if elapsed >= _STATS_EVERY_S:
-            log.info("source %s: %d messages over %.0f s; inbox commits %.1f s",
-                     self.partition, self.stat_messages, elapsed, self.stat_commit_s)
+            with self.lock:
+                behind = self.last_written - self.emitted
+            log.info("source %s: %d messages over %.0f s; inbox commits %.1f s; "
+                     "%d committed messages not yet handed on", self.partition,
+                     self.stat_messages, elapsed, self.stat_commit_s, behind)
             self.stat_messages, self.stat_commit_s = 0, 0.0
             self.stat_started = time.monotonic()
 
@@ -337,14 +388,50 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
             return True
         return time.time_ns() // 1_000_000 - received[0].received_ms >= self.cfg.linger_ms
 
+    # -- Bytewax ---------------------------------------------------------------------------
+    def next_batch(self) -> list[InboxMessage]:
+        """Hand on the next committed messages in offset order: the intake's batch in memory
+        when it is the next one, else from the inbox (a replay after a restart, or a backlog
+        beyond `max_ahead_messages`)."""
+        if self.failure is not None:
+            raise self.failure
+        self._maybe_prune()  # on every poll: a busy partition is never idle
+        with self.lock:
+            written = self.last_written
+            while self.ready and self.ready[0][-1].offset <= self.emitted:
+                self.ready_messages -= len(self.ready.popleft())
+            head = self.ready[0] if self.ready else None
+            if head is not None and head[0].offset == self.emitted + 1:
+                # Every contiguous batch the intake has committed, up to a full batch: a
+                # batch costs the dataflow a sink transaction whatever its size, so under
+                # load the worker must take what gathered while it was busy in one go.
+                out: list[InboxMessage] = []
+                while (self.ready and self.ready[0][0].offset == self.emitted + 1
+                       and (not out or len(out) + len(self.ready[0])
+                            <= self.cfg.max_batch_messages)):
+                    batch = self.ready.popleft()
+                    self.ready_messages -= len(batch)
+                    out.extend(batch)
+                    self.emitted = batch[-1].offset
+                return out
+        if self.emitted >= written:
+            return []
+        upto = head[0].offset - 1 if head is not None else written
+        backlog = self.inbox.read(self.emitted, min(self.cfg.max_batch_messages,
+                                                    upto - self.emitted))
+        if backlog:
+            self.emitted = backlog[-1].offset
+            return backlog
+        self.emitted = upto  # pruned meanwhile: nothing left to replay before `upto`
+        return []
+
     def next_awake(self) -> datetime | None:
-        """Poll again when the gathering batch is due, or soon when idle (never block the
-        worker)."""
-        if self.emitted < self.last_written or self._ripe():
+        """Poll again at once while committed messages wait, else after a poll interval
+        (never block the worker)."""
+        with self.lock:
+            waiting = self.emitted < self.last_written
+        if waiting or self.failure is not None:
             return None
-        if self.received:
-            due_ms = self.received[0].received_ms + self.cfg.linger_ms
-            return datetime.fromtimestamp(due_ms / 1000, tz=UTC)
         return datetime.now(UTC) + timedelta(milliseconds=self.cfg.poll_interval_ms)
 
     def snapshot(self) -> int:
@@ -369,8 +456,13 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
             self.inbox.prune(upto)
 
     def close(self) -> None:
-        """Disconnect without ending the broker session (it is persistent)."""
+        """Stop the intake, disconnect without ending the broker session (it is persistent):
+        what was received and not committed is unacknowledged, so the broker sends it again."""
+        self.halt.set()
+        self.wake.set()
+        self.intake.join(10)
         self.closing = True
         self.client.disconnect()
         self.client.loop_stop()
         self.inbox.close()
+        self.writer.close()
