@@ -25,6 +25,17 @@ def poll(part, n: int, timeout_s: float = 20) -> list[InboxMessage]:
     return got
 
 
+def source_for(database: TestDatabase, mqtt_url: str, tenant_slug: str,
+               **settings: int) -> tuple[MqttSource, str]:
+    """A one-partition source of its own (group, client ids) and the topic of vehicle v1."""
+    cfg = SourceSettings(share_group=f"g{uuid.uuid4().hex[:8]}", tenant=tenant_slug,
+                         client_id_prefix=f"s{uuid.uuid4().hex[:8]}", partitions=1,
+                         session_expiry_s=60, **settings)
+    source = MqttSource(mqtt=MqttSettings(url=mqtt_url), source=cfg,
+                        database_url=database.ingest_url)
+    return source, topic_for(tenant_slug, "v1", Channel.TELEMETRY)
+
+
 def test_inbox_log_append_read_prune(database: TestDatabase) -> None:
     from stream.mqtt_source import _Received
 
@@ -43,14 +54,9 @@ def test_inbox_log_append_read_prune(database: TestDatabase) -> None:
 
 def test_messages_are_committed_before_ack_and_replayed_on_resume(
         database: TestDatabase, mqtt_url: str, tenant_slug: str) -> None:
-    settings = SourceSettings(share_group=f"g{uuid.uuid4().hex[:8]}", tenant=tenant_slug,
-                              client_id_prefix=f"s{uuid.uuid4().hex[:8]}", partitions=1,
-                              session_expiry_s=60)
-    source = MqttSource(mqtt=MqttSettings(url=mqtt_url), source=settings,
-                        database_url=database.ingest_url)
+    source, topic = source_for(database, mqtt_url, tenant_slug)
     part = source.build_part("inbox", "p0", None)
     client = mqtt_client(mqtt_url)
-    topic = topic_for(tenant_slug, "v1", Channel.TELEMETRY)
     for i in range(3):
         client.publish(topic, f"m{i}".encode(), qos=1).wait_for_publish(10)
     got = poll(part, 3)
@@ -93,14 +99,9 @@ def test_a_partition_lets_messages_gather_for_linger_ms(
     """Messages are committed (and handed on) together once the oldest has waited
     `linger_ms`, or at once when a batch is full: here `receive_maximum` (3) messages, all the
     broker sends before we acknowledge."""
-    settings = SourceSettings(share_group=f"g{uuid.uuid4().hex[:8]}", tenant=tenant_slug,
-                              client_id_prefix=f"s{uuid.uuid4().hex[:8]}", partitions=1,
-                              session_expiry_s=60, linger_ms=3000, receive_maximum=3)
-    source = MqttSource(mqtt=MqttSettings(url=mqtt_url), source=settings,
-                        database_url=database.ingest_url)
+    source, topic = source_for(database, mqtt_url, tenant_slug, linger_ms=3000, receive_maximum=3)
     part = source.build_part("inbox", "p0", None)
     client = mqtt_client(mqtt_url)
-    topic = topic_for(tenant_slug, "v1", Channel.TELEMETRY)
     try:
         for i in range(2):
             client.publish(topic, f"m{i}".encode(), qos=1).wait_for_publish(10)
@@ -129,15 +130,10 @@ def test_a_backlog_waits_in_the_inbox_not_in_the_broker(
     it: with the worker not polling, every message is in the inbox (none left queued at the
     broker), only `max_ahead_messages` of them also in memory; handed on later, all come in
     offset order, from memory and read back from the inbox alike."""
-    settings = SourceSettings(share_group=f"g{uuid.uuid4().hex[:8]}", tenant=tenant_slug,
-                              client_id_prefix=f"s{uuid.uuid4().hex[:8]}", partitions=1,
-                              session_expiry_s=60, linger_ms=0, receive_maximum=5,
-                              max_batch_messages=5, max_ahead_messages=7)
-    source = MqttSource(mqtt=MqttSettings(url=mqtt_url), source=settings,
-                        database_url=database.ingest_url)
+    source, topic = source_for(database, mqtt_url, tenant_slug, linger_ms=0,
+                               receive_maximum=5, max_batch_messages=5, max_ahead_messages=7)
     part = source.build_part("inbox", "p0", None)
     client = mqtt_client(mqtt_url)
-    topic = topic_for(tenant_slug, "v1", Channel.TELEMETRY)
     try:
         for i in range(40):
             client.publish(topic, f"m{i}".encode(), qos=1).wait_for_publish(10)
