@@ -307,6 +307,16 @@ class _Sampler(threading.Thread):
         import psycopg
 
         start = time.monotonic()
+        while not self.stop.is_set():
+            try:
+                self._sample(start)
+            except psycopg.OperationalError:
+                # The database restarted (a fault, or another job): sample again once it is back.
+                self.stop.wait(self.interval_s)
+
+    def _sample(self, start: float) -> None:
+        import psycopg
+
         with psycopg.connect(self.owner_url, autocommit=True) as conn:
             while not self.stop.wait(self.interval_s):
                 # Inserts per table since the database was created: the chunks of
