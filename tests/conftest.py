@@ -76,7 +76,12 @@ def make_database(services: LocalServices, *, migrated: bool = True) -> TestData
         edition=cluster_edition(services),
     )
     if migrated:
-        migrate(db.owner_url, log=lambda _m: None)
+        try:
+            migrate(db.owner_url, log=lambda _m: None)
+        except BaseException:
+            # The fixture never yields it, so nothing else would drop it.
+            drop_database(services.pg_url(ADMIN_ROLE, "postgres"), name)
+            raise
     return db
 
 
