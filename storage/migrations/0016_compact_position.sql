@@ -19,10 +19,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 COMMENT ON FUNCTION fleet_position(integer, integer) IS
   'WGS84 point of a position stored as degrees x 10^7 (NULL when either is NULL).';
 
-ALTER TABLE telemetry ADD COLUMN lat_e7 integer, ADD COLUMN lon_e7 integer,
-  ADD CONSTRAINT telemetry_position_check CHECK (
-    (lat_e7 IS NULL) = (lon_e7 IS NULL)
-    AND lat_e7 BETWEEN -900000000 AND 900000000 AND lon_e7 BETWEEN -1800000000 AND 1800000000);
+-- No CHECK constraint on the range: TimescaleDB refuses to add one to a hypertable with
+-- compressed chunks. The wire decoder bounds latitude and longitude before anything is stored.
+ALTER TABLE telemetry ADD COLUMN lat_e7 integer, ADD COLUMN lon_e7 integer;
 COMMENT ON COLUMN telemetry.lat_e7 IS 'WGS84 latitude, degrees x 10^7; NULL when the sample has no fix (readers: tenant.telemetry.location or lat_deg).';
 COMMENT ON COLUMN telemetry.lon_e7 IS 'WGS84 longitude, degrees x 10^7; NULL with lat_e7.';
 
