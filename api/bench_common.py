@@ -82,6 +82,7 @@ async def api_process(*, vehicles: int, with_state: bool, extra_env: dict[str, s
     """Create a database, seed it, run `fleet api` on a free port; clean everything up."""
     import aiohttp
 
+    from deploy.bench import stop_process
     from deploy.services import (
         ADMIN_ROLE,
         APP_ROLE,
@@ -136,13 +137,7 @@ async def api_process(*, vehicles: int, with_state: bool, extra_env: dict[str, s
         yield BenchEnv(base_url=base, pid=proc.pid, token=token, tenant_id=tenant,
                        vehicles=rows)
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         drop_database(services.pg_url(ADMIN_ROLE, "postgres"), name)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from typing import Any
 
 from deploy.optional import module_available
 
@@ -93,3 +94,17 @@ def cpu_seconds(pids: list[int]) -> float:
         except (OSError, IndexError, ValueError):
             continue
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def stop_process(proc: Any, grace_s: float = 10.0) -> None:
+    """SIGTERM a child (a `subprocess.Popen`) that still runs, SIGKILL after `grace_s`."""
+    import subprocess
+
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)

@@ -30,7 +30,7 @@ _LOCK_KEY = 0x666C656574  # "fleet": any constant shared by every runner
 # refreshes the aggregates over every stored telemetry row. A refresh cannot run inside the
 # migration's transaction, and the policies only reach back 30 days.
 _REFRESH_ROLLUPS_AFTER = frozenset({(17, "timescale")})
-_DEADLOCK_RETRY_S = (0.5, 1.0, 2.0, 4.0)
+_CONFLICT_RETRY_S = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -158,28 +158,39 @@ def _migrate_locked(conn: psycopg.Connection[tuple[object, ...]], log: Callable[
     return report
 
 
+def _beside_jobs(what: str, fn: Callable[[], object], log: Callable[[str], None]) -> None:
+    """Run `fn`, and again after a pause when PostgreSQL aborted it for a conflict with one
+    of TimescaleDB's background jobs (policies), which lock the same relations in their own
+    order: a deadlock, or "tuple concurrently updated" from two refreshes of one aggregate.
+    `fn` must be safe to repeat (one transaction, or an idempotent refresh). Other errors,
+    and a conflict on the last attempt, propagate."""
+    for delay in (*_CONFLICT_RETRY_S, None):
+        try:
+            fn()
+            return  # noqa: TRY300
+        except psycopg.Error as exc:
+            conflict = isinstance(exc, psycopg.errors.DeadlockDetected) or \
+                "concurrently updated" in str(exc)
+            if delay is None or not conflict:
+                raise
+            log(f"migrate: {what} met a background job ({str(exc).splitlines()[0]}); "
+                f"running it again in {delay} s")
+            time.sleep(delay)
+
+
 def _apply(conn: psycopg.Connection[tuple[object, ...]], m: Migration,
            log: Callable[[str], None]) -> None:
-    """Run one file in one transaction. TimescaleDB's background jobs (policies) run beside
-    the migration and lock the same relations in their own order, so DDL on a hypertable or
-    an aggregate can deadlock with one; PostgreSQL then aborts one side, and when it is the
-    migration, the whole file is rolled back and simply runs again."""
-    for attempt in range(len(_DEADLOCK_RETRY_S) + 1):
-        try:
-            with conn.transaction():
-                conn.execute(m.sql.encode())  # bytes: run the file as one simple query
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, edition, checksum) "
-                    "VALUES (%s, %s, %s, %s)", (m.version, m.name, m.edition, m.checksum))
-            return  # noqa: TRY300
-        except psycopg.errors.DeadlockDetected as exc:
-            if attempt == len(_DEADLOCK_RETRY_S):
-                raise MigrationError(f"migration {m.version:04d}_{m.name} failed: {exc}") from exc
-            log(f"migrate: {m.version:04d}_{m.name} deadlocked with a background job; "
-                f"running it again in {_DEADLOCK_RETRY_S[attempt]} s")
-            time.sleep(_DEADLOCK_RETRY_S[attempt])
-        except psycopg.Error as exc:
-            raise MigrationError(f"migration {m.version:04d}_{m.name} failed: {exc}") from exc
+    """Run one file in one transaction (rolled back whole, so it can run again)."""
+    def run() -> None:
+        with conn.transaction():
+            conn.execute(m.sql.encode())  # bytes: run the file as one simple query
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, edition, checksum) "
+                "VALUES (%s, %s, %s, %s)", (m.version, m.name, m.edition, m.checksum))
+    try:
+        _beside_jobs(f"{m.version:04d}_{m.name}", run, log)
+    except psycopg.Error as exc:
+        raise MigrationError(f"migration {m.version:04d}_{m.name} failed: {exc}") from exc
 
 
 def _refresh_all_rollups(conn: psycopg.Connection[tuple[object, ...]],
@@ -188,24 +199,15 @@ def _refresh_all_rollups(conn: psycopg.Connection[tuple[object, ...]],
     if row is None or row[0] is None:
         return
     log(f"migrate: refreshing the rollups from {row[0]} to {row[1]} (rebuilt aggregates)")
-    for attempt in range(len(_DEADLOCK_RETRY_S) + 1):
-        try:
-            conn.execute("CALL fleet_refresh_rollups(%s, %s)", (row[0], row[1]))
-            return  # noqa: TRY300
-        except psycopg.Error as exc:
-            # The new aggregates' policies start at once and refresh beside this call;
-            # TimescaleDB then refuses one of the two ("tuple concurrently updated", or a
-            # deadlock). A refresh is idempotent: run it again.
-            transient = isinstance(exc, psycopg.errors.DeadlockDetected) or \
-                "concurrently" in str(exc)
-            if not transient or attempt == len(_DEADLOCK_RETRY_S):
-                raise MigrationError(
-                    f"rollup refresh after the migrations failed: {exc}; the schema is "
-                    f"migrated, run `fleet db refresh-rollups --from {row[0]:%Y-%m-%d} "
-                    f"--to <today>` again") from exc
-            log(f"migrate: the refresh met a policy's; running it again in "
-                f"{_DEADLOCK_RETRY_S[attempt]} s")
-            time.sleep(_DEADLOCK_RETRY_S[attempt])
+    try:
+        # The new aggregates' policies start at once and may refresh beside this call.
+        _beside_jobs("the rollup refresh", lambda: conn.execute(
+            "CALL fleet_refresh_rollups(%s, %s)", (row[0], row[1])), log)
+    except psycopg.Error as exc:
+        raise MigrationError(
+            f"rollup refresh after the migrations failed: {exc}; the schema is migrated, "
+            f"run `fleet db refresh-rollups --from {row[0]:%Y-%m-%d} --to <today>` "
+            f"again") from exc
 
 
 def status(url: str, directory: Path | None = None) -> list[tuple[Migration, bool]]:

@@ -74,6 +74,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
+from deploy.bench import stop_process
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -460,15 +462,7 @@ class _Gateway:
 
     def close(self) -> None:
         """SIGTERM (the gateway drains what it can), SIGKILL after 20 s."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(self._proc, grace_s=20)
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -825,9 +819,10 @@ def _start_replicas(env: dict[str, str], tmp: Path, tenant: str, tenant_id: Any,
                     clients: int, cleanup: contextlib.ExitStack,
                     ) -> tuple[ApiReplicas, WsClients]:
     """Two API replicas over the run's services and `clients` live-map clients on them."""
-    from stream.bench_replicas import ApiReplicas, WsClients, bench_user, free_ports, login
+    from stream.bench_replicas import ApiReplicas, WsClients, bench_user, login
 
-    replicas = ApiReplicas(env, free_ports(2), tmp)
+    base = free_port_block(2)
+    replicas = ApiReplicas(env, [base, base + 1], tmp)
     cleanup.callback(replicas.close)
     for i in range(2):
         replicas.start(i)

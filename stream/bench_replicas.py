@@ -23,6 +23,8 @@ from typing import Any
 
 import msgspec
 
+from deploy.bench import stop_process
+
 RECONNECT_DELAY_S = 0.5
 """A client's pause before it tries the next replica."""
 
@@ -79,14 +81,7 @@ class ApiReplicas:
     def close(self) -> None:
         """Stop every replica (SIGTERM, SIGKILL after 10 s)."""
         for proc in self.procs:
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
 
 
 def bench_user(app_url: str, tenant_id: Any, email: str) -> None:
@@ -206,17 +201,3 @@ class WsClients(threading.Thread):
         if self._loop is not None and self._halt is not None:
             self._loop.call_soon_threadsafe(self._halt.set)
         self.join(10)
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free TCP ports on localhost."""
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()

@@ -3,7 +3,7 @@
 -- dictionary- or LZ-compress: on the project's simulated fleet it was 38 % of a compressed
 -- chunk. Two integers are 8 bytes hot and compress by delta-of-delta (a vehicle's position
 -- changes smoothly from one second to the next): cold bytes per sample fell by a third and
--- hot ones by a quarter (docs/benchmarks.md). 10^-7 degrees is about 1 cm, far below a GPS
+-- hot ones by a tenth (docs/benchmarks.md). 10^-7 degrees is about 1 cm, far below a GPS
 -- fix's error, and both fit a 32-bit integer (|lon| <= 1.8e9).
 --
 -- Readers are unaffected: `tenant.telemetry` still has `location` (a geography computed from

@@ -137,7 +137,8 @@ def test_a_migration_that_deadlocks_runs_again(database: TestDatabase, tmp_path:
     report = migrate(database.owner_url, log=logged.append, directory=tmp_path)
     worker.join(10)
     assert [m.version for m in report.applied] == [9999]
-    assert any("deadlocked" in line for line in logged), logged
+    assert any("9999_two_locks met a background job (deadlock detected)" in line
+               for line in logged), logged
     with connect(database.owner_url) as conn:
         assert conn.execute("SELECT count(*) FROM lock_a").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM lock_b").fetchone() == (1,)
