@@ -96,6 +96,9 @@ RECOVERY_GOAL_S = 30.0
 CONFIRM_S = 3.0
 """How long the backlog must stay at the normal lag for a fault to count as recovered, s."""
 
+PROGRESS_S = 5.0
+"""How often the wait for recovery logs the backlog, s."""
+
 MAX_STREAM_RESTARTS = 20
 """The keeper gives up after this many restarts of `fleet stream` (a crash loop)."""
 
@@ -607,11 +610,16 @@ def _recovery(run: _Run, lo: list[int], t_end: float, timeout_s: float,
     to that level."""
     series: list[tuple[float, int]] = []
     deadline = t_end + timeout_s
+    next_report = t_end + PROGRESS_S
     while time.monotonic() < deadline:
         backlog = run.backlog(lo)
         now = time.monotonic()
         if backlog is not None:
             series.append((now, backlog))
+            if now >= next_report:
+                _log(f"recovering: backlog {backlog:,} samples {now - t_end:.0f} s after "
+                     f"the fault (normal lag {normal_lag:,})")
+                next_report += PROGRESS_S
             since = _settled_since(series, normal_lag)
             if since is not None and now - since >= CONFIRM_S:
                 return round(since - t_end, 1)

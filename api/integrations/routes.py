@@ -49,7 +49,7 @@ from api.integrations.smartcar_v3 import (
     signals_to_samples,
     webhook_v3_samples,
 )
-from api.params import path_uuid, read_json
+from api.params import UUID_SCHEMA, path_uuid, read_json
 from api.routing import ApiRoute, Param, register
 from edge_gateway.protocol import Source
 
@@ -386,7 +386,7 @@ async def samsara_token(request: web.Request) -> web.Response:
     return web.json_response({"vendor": "samsara", "stored": True})
 
 
-_ID = (Param("id", location="path", schema={"type": "string", "format": "uuid"},
+_ID = (Param("id", location="path", schema=UUID_SCHEMA,
              required=True),)
 
 ROUTES = [

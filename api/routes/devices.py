@@ -23,7 +23,7 @@ from api.auth import current_user
 from api.config import SETTINGS_KEY
 from api.db import tenant_transaction
 from api.errors import ApiError, Conflict, NotFound
-from api.params import page_params, path_uuid, read_json
+from api.params import UUID_SCHEMA, page_params, path_uuid, read_json
 from api.routes.common import ensure_in_tenant, json_response, page_body
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
 from edge_gateway.mqtt_url import parse_mqtt_url
@@ -173,7 +173,7 @@ async def revoke_device(request: web.Request) -> web.Response:
 # inventory with broker logins is not a driver's business).
 READ = ("admin", "fleet_manager", "technician", "viewer")
 WRITE = ("admin", "fleet_manager")
-ID = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
+ID = Param("id", "path", UUID_SCHEMA, required=True)
 ROUTES = [
     ApiRoute("GET", "/api/devices", list_devices, "List devices", "devices", READ,
              params=PAGE_PARAMS, response={"$ref": "#/components/schemas/Page"}),

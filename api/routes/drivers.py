@@ -21,7 +21,7 @@ from api.auth import (
 from api.cache import invalidate
 from api.db import tenant_transaction
 from api.errors import ApiError, Conflict, NotFound, Unprocessable, ValidationError
-from api.params import page_params, path_uuid, query_choice, read_json
+from api.params import UUID_SCHEMA, page_params, path_uuid, query_choice, read_json
 from api.routes.common import db_error, ensure_in_tenant, json_response, page_body
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
 from edge_gateway.protocol import whole
@@ -231,7 +231,7 @@ async def create_user(request: web.Request) -> web.Response:
 
 READ = ROLES
 WRITE = ("admin", "fleet_manager")
-ID = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
+ID = Param("id", "path", UUID_SCHEMA, required=True)
 DRIVER = {"$ref": "#/components/schemas/Driver"}
 
 ROUTES = [

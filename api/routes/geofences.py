@@ -20,7 +20,7 @@ from shapely.validation import explain_validity
 from api.auth import current_user
 from api.db import tenant_transaction
 from api.errors import NotFound, Unprocessable, ValidationError
-from api.params import path_uuid, query_bool, query_choice, query_text, read_json
+from api.params import UUID_SCHEMA, path_uuid, query_bool, query_choice, query_text, read_json
 from api.routes.common import db_error, json_response
 from api.routing import AUDIT_RESOURCE_ID, ApiRoute, Param
 
@@ -276,7 +276,7 @@ async def delete_geofence(request: web.Request) -> web.Response:
 # The seed's "Routes" column: admin/fleet_manager CRUD; driver and viewer read; technician none.
 READ = ("admin", "fleet_manager", "driver", "viewer")
 WRITE = ("admin", "fleet_manager")
-ID = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
+ID = Param("id", "path", UUID_SCHEMA, required=True)
 FEATURE = {"$ref": "#/components/schemas/GeofenceFeature"}
 ROUTES = [
     ApiRoute("GET", "/api/geofences", list_geofences, "Geofences as a FeatureCollection",

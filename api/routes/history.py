@@ -15,6 +15,7 @@ from api.db import tenant_transaction
 from api.errors import Unprocessable
 from api.params import (
     BBOX_PATTERN,
+    UUID_SCHEMA,
     page_params,
     path_uuid,
     query_bbox,
@@ -322,7 +323,7 @@ async def dashboard(request: web.Request) -> web.Response:
 
 # The seed's "Vehicles" read column applies to everything recorded about vehicles.
 READ = ("admin", "fleet_manager", "driver", "technician", "viewer")
-ID = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
+ID = Param("id", "path", UUID_SCHEMA, required=True)
 TIME = (Param("from", schema={"type": "string", "format": "date-time"},
               description="RFC 3339; default: `to` minus the route's default span. "
               "from < to and at most 366 days before it, else 422."),
@@ -330,7 +331,6 @@ TIME = (Param("from", schema={"type": "string", "format": "date-time"},
               description="RFC 3339; default: now"))
 SERIES = (*TIME, Param("resolution", schema={"enum": list(RESOLUTIONS)}),
           Param("max_points", schema={"type": "integer", "minimum": 2, "maximum": 10000}))
-UUIDQ = {"type": "string", "format": "uuid"}
 PAGE = {"$ref": "#/components/schemas/Page"}
 ROUTES = [
     ApiRoute("GET", "/api/vehicles/{id}/telemetry", telemetry_history,
@@ -343,24 +343,24 @@ ROUTES = [
                                                                  "format": "date"}))),
     ApiRoute("GET", "/api/positions", positions, "Latest position and signals per vehicle",
              "telemetry", READ,
-             params=(Param("vehicle_id", schema=UUIDQ),
+             params=(Param("vehicle_id", schema=UUID_SCHEMA),
                      Param("bbox", schema={"type": "string", "pattern": BBOX_PATTERN},
                            description="west,south,east,north in degrees (RFC 7946 order); "
                            "west > east crosses the antimeridian, -180,-90,180,90 is the "
                            "whole world. Longitudes -180..180, latitudes -90..90, south < "
                            "north and west != east, else 422."))),
     ApiRoute("GET", "/api/geofence-events", geofence_events, "Geofence events", "events", READ,
-             params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUIDQ),
-                     Param("geofence_id", schema=UUIDQ),
+             params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUID_SCHEMA),
+                     Param("geofence_id", schema=UUID_SCHEMA),
                      Param("event_type", schema={"enum": ["enter", "exit", "dwell",
                                                           "crossing"]})), response=PAGE),
     ApiRoute("GET", "/api/vehicle-events", vehicle_events, "Vehicle events", "events", READ,
-             params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUIDQ),
+             params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUID_SCHEMA),
                      Param("event_type"),
                      Param("severity", schema={"enum": ["info", "warning", "critical"]})),
              response=PAGE),
     ApiRoute("GET", "/api/anomalies", anomalies, "Anomalies", "events", READ,
-             params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUIDQ), Param("signal"),
+             params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUID_SCHEMA), Param("signal"),
                      Param("events_only", schema={"type": "boolean"})), response=PAGE),
     ApiRoute("GET", "/api/dashboard", dashboard, "Fleet metrics (cached 1 h)", "dashboard",
              ("admin", "fleet_manager", "technician", "viewer")),

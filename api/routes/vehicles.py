@@ -14,6 +14,7 @@ from api.cache import cached, invalidate
 from api.db import tenant_transaction
 from api.errors import ApiError, NotFound, ValidationError
 from api.params import (
+    UUID_SCHEMA,
     like_pattern,
     page_params,
     path_uuid,
@@ -214,14 +215,14 @@ async def delete_vehicle(request: web.Request) -> web.Response:
 
 READ = ("admin", "fleet_manager", "driver", "technician", "viewer")
 WRITE = ("admin", "fleet_manager")
-ID = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
+ID = Param("id", "path", UUID_SCHEMA, required=True)
 VEHICLE_SCHEMA = {"$ref": "#/components/schemas/Vehicle"}
 
 ROUTES = [
     ApiRoute("GET", "/api/vehicles", list_vehicles, "List vehicles (drivers: the assigned one)",
              "vehicles", READ,
              params=(*PAGE_PARAMS, Param("status", schema={"enum": list(STATUSES)}),
-                     Param("assigned_driver_id", schema={"type": "string", "format": "uuid"}),
+                     Param("assigned_driver_id", schema=UUID_SCHEMA),
                      Param("make", description="exact make, case-insensitive"),
                      Param("q", description="search code, plate or VIN (substring, "
                            "case-insensitive)")),

@@ -129,6 +129,51 @@ async def test_generated_text_in_every_parameter_is_never_a_5xx(world: World,
         assert body["error"]["field"] == name
 
 
+def _uuid_spellings() -> st.SearchStrategy[str]:
+    """UUIDs as Python's `UUID()` would read them, and text that is nearly one."""
+    return st.one_of(
+        st.uuids().flatmap(lambda u: st.sampled_from([
+            str(u), str(u).upper(), u.hex, "{" + str(u) + "}", "urn:uuid:" + str(u),
+            str(u)[:-1], str(u) + "0", " " + str(u), str(u).replace("-", "", 1)])),
+        HOSTILE)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_a_uuid_parameter_reads_what_its_pattern_says(world: World,
+                                                            data: st.DataObject) -> None:
+    """Every UUID parameter (query or path) accepts exactly the values its documented
+    pattern matches: a query value that does not match is a 400 naming it, a path value a
+    404 (nothing can have that id); one that matches is never refused for its form.
+
+    The class behind a fuzzer's find: a non-UUID `geofence_id` that only `format: uuid`
+    (which JSON Schema validators do not check) called valid."""
+    routes: list[ApiRoute] = world.client.app[ROUTES_KEY]
+    params = [(r, p) for r in routes for p in r.params
+              if p.schema.get("format") == "uuid" and r.path != "/api/live"]
+    assert len(params) >= 10
+    route, param = data.draw(st.sampled_from(params))
+    pattern = param.schema["pattern"]
+    text = data.draw(_uuid_spellings())
+    matches = re.fullmatch(pattern, text) is not None
+    h = world.auth(world.a.tokens["admin"])
+    if param.location == "query":
+        status, body = await _send(world, route, f"{param.name}={_wire(text)}")
+        refused = status == 400 and body["error"].get("field") == param.name
+        assert refused != matches, (route.method, route.path, text, status, body)
+    else:
+        url = URL(str(world.client.make_url(route.path.replace(
+            "{" + param.name + "}", _wire(text)))), encoded=True)
+        async with world.client.session.request(
+                route.method, url, headers=h,
+                json={} if route.method != "GET" else None) as resp:
+            status = resp.status
+        assert status < 500, (route.method, route.path, text)
+        if not matches:
+            assert status in (400, 404), (route.method, route.path, text, status)
+
+
 async def test_empty_values_are_refused_not_ignored(world: World) -> None:
     """`?vehicle_id=` is a malformed value, not an absent parameter (docs/api.md); so is a
     parameter given twice."""
