@@ -20,6 +20,15 @@ from geo.config import GeofenceSettings
 from stream.anomaly import AnomalySettings
 from stream.detectors.config import DetectorSettings
 
+DB_RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0)
+"""Back-off between attempts while the database is unreachable, s; the last repeats forever
+(the source holds its acknowledgements and the sink stalls the dataflow: back-pressure,
+nothing lost). Capped at 1 s: a refused connection costs nothing, and the former 5 s cap
+left up to 5 s of every database restart unused (`fleet bench faults`, db_restart)."""
+DB_RETRY_LOG_EVERY = 10
+"""While the database stays unreachable, one warning per this many attempts (the first
+included); the others are DEBUG."""
+
 PositiveInt = Annotated[int, Meta(ge=1)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
 PositiveFloat = Annotated[float, Meta(gt=0)]

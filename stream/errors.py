@@ -17,3 +17,9 @@ class SourceError(StreamError):
 
 class SinkError(StreamError):
     """The database or Redis sink could not write a batch."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (psycopg's carry a multi-line context), or its
+    type's name when it has none: what a log line or a dead letter's reason quotes."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]

@@ -46,8 +46,8 @@ from deploy.settings import MqttSettings
 from edge_gateway.errors import ConfigError
 from edge_gateway.mqtt_url import MqttTarget, parse_mqtt_url
 from edge_gateway.protocol import Channel, subscription
-from stream.config import SourceSettings
-from stream.errors import SourceError, StreamConfigError
+from stream.config import DB_RETRY_DELAYS_S, DB_RETRY_LOG_EVERY, SourceSettings
+from stream.errors import SourceError, StreamConfigError, first_line
 from stream.items import InboxMessage
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ _PRUNE_EVERY_S = 30.0
 _STATS_EVERY_S = 30.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
-_RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +128,10 @@ class _Inbox:
             except psycopg.OperationalError as exc:
                 # The database is down: hold on (nothing is acknowledged meanwhile, so the
                 # broker keeps the messages) and retry.
-                delay = _RETRY_DELAYS_S[min(attempt, len(_RETRY_DELAYS_S) - 1)]
-                log.warning("inbox %s %s failed (%s); retrying in %.1f s", self.partition,
-                            what, exc, delay)
+                delay = DB_RETRY_DELAYS_S[min(attempt, len(DB_RETRY_DELAYS_S) - 1)]
+                log.log(logging.DEBUG if attempt % DB_RETRY_LOG_EVERY else logging.WARNING,
+                        "inbox %s %s failed (%s, attempt %d); retrying in %.2f s",
+                        self.partition, what, first_line(exc), attempt + 1, delay)
                 self.close()
                 if self.halt.wait(delay):
                     raise SourceError(f"inbox {self.partition}: stopped while the database "

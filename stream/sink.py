@@ -46,7 +46,8 @@ from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
 from edge_gateway.protocol import RejectReason
-from stream.errors import SinkError
+from stream.config import DB_RETRY_DELAYS_S, DB_RETRY_LOG_EVERY
+from stream.errors import SinkError, first_line
 from stream.items import (
     EmittedEvent,
     RejectRow,
@@ -62,9 +63,6 @@ from stream.model import AnomalyRecord, GeofenceEvent, Reading, VehicleEvent
 log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)
-"""Back-off between attempts when the database is unreachable; the last repeats forever,
-which stalls the dataflow (back-pressure) rather than losing a batch."""
 
 
 class Ewkb(bytes):
@@ -435,10 +433,6 @@ _SYSTEMIC = (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedTable
              psycopg.errors.DiskFull, psycopg.errors.OutOfMemory, psycopg.InterfaceError)
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 def _stable_key(*parts: object) -> int:
     """A 63-bit number that names the same thing on every run (a replay's dead letter must
     collide with the first one's in the idempotency key)."""
@@ -456,7 +450,7 @@ def _as_json(value: Any) -> bytes:
 def refused_row(table: str, item: Any, exc: Exception) -> RejectRow:
     """The dead letter for a reading or event whose row `table` refused (a refused dead letter
     itself is stored bare by `_write_isolating`)."""
-    detail = f"{table}: {_first_line(exc)}"[:2000]
+    detail = f"{table}: {first_line(exc)}"[:2000]
     reason = RejectReason.REFUSED_BY_DATABASE.value
     if isinstance(item, Reading):
         return RejectRow(time_ms=item.sample.t_ms, reason=reason, detail=detail,
@@ -508,18 +502,20 @@ class DatabaseWriter:
                         self._write(conn, batch)
                 return  # noqa: TRY300
             except psycopg.OperationalError as exc:
-                delay = _RETRY_DELAYS_S[min(attempt, len(_RETRY_DELAYS_S) - 1)]
-                log.warning("database write failed (%s); retrying in %.1f s", exc, delay)
+                delay = DB_RETRY_DELAYS_S[min(attempt, len(DB_RETRY_DELAYS_S) - 1)]
+                log.log(logging.DEBUG if attempt % DB_RETRY_LOG_EVERY else logging.WARNING,
+                        "database write failed (%s, attempt %d); retrying in %.2f s",
+                        first_line(exc), attempt + 1, delay)
                 self.close()
                 self.sleep(delay)
                 attempt += 1
             except (psycopg.Error, ValueError, TypeError) as exc:
                 what = f"cannot write a batch of {len(batch.telemetry)} samples"
                 if isolate or isinstance(exc, _SYSTEMIC):
-                    raise SinkError(f"{what}: {_first_line(exc)}") from exc
+                    raise SinkError(f"{what}: {first_line(exc)}") from exc
                 log.warning("the database refused a batch of %d samples (%s); writing it again "
                             "with the refused rows set aside as dead letters",
-                            len(batch.telemetry), _first_line(exc))
+                            len(batch.telemetry), first_line(exc))
                 isolate = True
 
     def _write_isolating(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
@@ -537,7 +533,7 @@ class DatabaseWriter:
                 # A dead letter that cannot be stored even with its texts made storable: keep
                 # what identifies it and say why in place of the detail.
                 bare = RejectRow(time_ms=item.time_ms, reason=item.reason,
-                                 detail=f"detail not storable: {_first_line(exc)}"[:2000],
+                                 detail=f"detail not storable: {first_line(exc)}"[:2000],
                                  topic="", payload=item.payload, tenant_id=item.tenant_id,
                                  partition=item.partition, offset=item.offset,
                                  sample_seq=item.sample_seq)
@@ -554,7 +550,7 @@ class DatabaseWriter:
                         if isinstance(exc, _SYSTEMIC):
                             raise
                         log.warning("vehicle_state of %s not updated: %s",
-                                    state.ref.vehicle_id, _first_line(exc))
+                                    state.ref.vehicle_id, first_line(exc))
 
     def _bisect(self, conn: psycopg.Connection[Any], writer: TableWriter,
                 items: Sequence[Any]) -> list[tuple[Any, Exception]]:

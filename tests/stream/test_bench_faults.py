@@ -52,3 +52,22 @@ def test_database_restart_and_api_replica_kill_lose_nothing() -> None:
     assert api["ws_clients_dropped"] > 0, api  # some clients were on the replica killed
     assert api["ws_reconnections"] >= api["ws_clients_dropped"], api
     assert api["ws_recovery_s"] is not None, api
+
+
+def test_a_slow_drain_is_not_a_plateau() -> None:
+    """The loss rule: a backlog that keeps its level is a loss; one that drains slowly (the
+    run that reported a database restart recovered with 250,000 samples still waiting) or
+    swings is not."""
+    from stream.bench_faults import PLATEAU_S, _plateau
+
+    lag = 22_760
+    times = [i * 0.5 for i in range(int(PLATEAU_S * 2) + 1)]
+    now = times[-1]
+    flat = [(t, 100_000 + (3_000 if i % 2 else -3_000)) for i, t in enumerate(times)]
+    assert _plateau(flat, now, lag)
+    draining = [(t, int(330_000 - 1_000 * t)) for t in times]
+    assert max(b for _, b in draining) - min(b for _, b in draining) <= lag
+    assert not _plateau(draining, now, lag)
+    swinging = [(t, 100_000 + (2 * lag if i % 7 == 0 else 0)) for i, t in enumerate(times)]
+    assert not _plateau(swinging, now, lag)
+    assert not _plateau(flat[-4:], now, lag)  # too few polls to tell
