@@ -20,9 +20,11 @@ from redis.exceptions import RedisError
 from api.auth import SECTION_KEY, TOKENS_KEY, TokenIssuer
 from api.cache import (
     BATCHER_KEY,
+    COHERENCE_KEY,
     COPIES_KEY,
     LOOKUPS_KEY,
     REDIS_KEY,
+    Coherence,
     LocalCopies,
     LookupBatcher,
     RedisBatcher,
@@ -168,12 +170,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[BATCHER_KEY] = RedisBatcher(app[REDIS_KEY])
     app[COPIES_KEY] = LocalCopies()
     app[LOOKUPS_KEY] = LookupBatcher(app[REDIS_KEY])
+    app[COHERENCE_KEY] = Coherence(settings.redis.url, section.cache_local_trust_s)
+    await app[COHERENCE_KEY].start()
     hub = app[HUB_KEY]
     await hub.start()
     try:
         yield
     finally:
         await hub.stop()
+        await app[COHERENCE_KEY].stop()
         await app[REDIS_KEY].aclose()
         await app[POOL_KEY].close()
 

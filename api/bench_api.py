@@ -8,7 +8,8 @@ connections busy for `--duration-s` seconds after a warm-up, with a valid Bearer
 after the first request, as in production). Figures: `requests_per_s`, `latency_p99_ms`
 (and the API process's CPU seconds and RSS); `uncached_*` repeat the run against a second API
 process with the cache off (`api.vehicle_cache_ttl_s = 0`): a COUNT and a page query in a
-tenant transaction per request.
+tenant transaction per request; `confirm_each_*` with `api.cache_local_trust_s = 0` (Redis
+asked on every request, as before copies were trusted).
 
 Anchor (same run, same client, same concurrency): a bare aiohttp app in its own process
 answering a static JSON body of the same size — the framework's ceiling on this machine.
@@ -137,16 +138,57 @@ async def _measure(client: str, url: str, headers: dict[str, str], args: argpars
                                args.warmup_s)
 
 
-async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+async def _other_api(client: str, args: argparse.Namespace, extra_env: dict[str, str]
+                     ) -> dict[str, float]:
+    """The same measurement on an API process with other settings."""
+    from api.bench_common import api_process
+
+    async with api_process(vehicles=args.vehicles, with_state=False,
+                           extra_env=extra_env) as env:
+        url = f"{env.base_url}/api/vehicles?limit=50"
+        headers = {"Authorization": f"Bearer {env.token}"}
+        return await _measure(client, url, headers, args)
+
+
+async def _anchor(client: str, body: bytes, args: argparse.Namespace) -> dict[str, float]:
+    """The same measurement on a bare aiohttp app serving `body` in its own process."""
     import asyncio
     import os
-    import shutil
     import subprocess
     import tempfile
 
     import aiohttp
 
-    from api.bench_common import api_process, free_port
+    from api.bench_common import free_port
+
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        fh.write(body)
+    port = free_port()
+    anchor = subprocess.Popen(  # noqa: ASYNC220 - start only
+        [sys.executable, "-c", _ANCHOR_APP, str(port), fh.name],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        anchor_url = f"http://127.0.0.1:{port}/api/vehicles"
+        for _ in range(100):
+            try:
+                async with aiohttp.ClientSession() as session, session.get(anchor_url) as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+        return await _measure(client, anchor_url, {}, args)
+    finally:
+        anchor.terminate()
+        anchor.wait(timeout=10)
+        os.unlink(fh.name)
+
+
+async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+    import shutil
+
+    import aiohttp
+
+    from api.bench_common import api_process
     from deploy.bench import cpu_seconds, memory_mib
 
     client = args.client
@@ -165,34 +207,19 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         result.update(await _measure(client, url, headers, args))
         result["api_cpu_s"] = round(cpu_seconds([env.pid]) - cpu0, 1)
         result["api_rss_mb"], result["api_rss_peak_mb"] = memory_mib([env.pid])
-    async with api_process(vehicles=args.vehicles, with_state=False,
-                           extra_env={"FLEET_API_VEHICLE_CACHE_TTL_S": "0"}) as env:
-        url = f"{env.base_url}/api/vehicles?limit=50"
-        headers = {"Authorization": f"Bearer {env.token}"}
-        uncached = await _measure(client, url, headers, args)
-        result["uncached_requests_per_s"] = uncached["requests_per_s"]
-        result["uncached_latency_p99_ms"] = uncached["latency_p99_ms"]
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-        fh.write(body)
-    port = free_port()
-    anchor = subprocess.Popen(  # noqa: ASYNC220 - start only
-        [sys.executable, "-c", _ANCHOR_APP, str(port), fh.name],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        anchor_url = f"http://127.0.0.1:{port}/api/vehicles"
-        for _ in range(100):
-            try:
-                async with aiohttp.ClientSession() as session, session.get(anchor_url) as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-        a = await _measure(client, anchor_url, {}, args)
-        result["anchor_bare_aiohttp_requests_per_s"] = a["requests_per_s"]
-        result["anchor_bare_aiohttp_latency_p99_ms"] = a["latency_p99_ms"]
-    finally:
-        anchor.terminate()
-        anchor.wait(timeout=10)
-        os.unlink(fh.name)
+    # The cache as it was before copies were trusted: Redis asked on every request.
+    asked = await _other_api(client, args, {"FLEET_API_CACHE_LOCAL_TRUST_S": "0"})
+    result["confirm_each_requests_per_s"] = asked["requests_per_s"]
+    result["confirm_each_latency_p99_ms"] = asked["latency_p99_ms"]
+    uncached = await _other_api(client, args, {"FLEET_API_VEHICLE_CACHE_TTL_S": "0"})
+    result["uncached_requests_per_s"] = uncached["requests_per_s"]
+    result["uncached_latency_p99_ms"] = uncached["latency_p99_ms"]
+    a = await _anchor(client, body, args)
+    result["anchor_bare_aiohttp_requests_per_s"] = a["requests_per_s"]
+    result["anchor_bare_aiohttp_latency_p99_ms"] = a["latency_p99_ms"]
     result["response_bytes"] = len(body)
+    anchor_rps = result["anchor_bare_aiohttp_requests_per_s"] or 1
+    result["ratio_to_anchor"] = round(result["requests_per_s"] / anchor_rps, 3)
+    result["confirm_each_ratio_to_anchor"] = round(
+        result["confirm_each_requests_per_s"] / anchor_rps, 3)
     return result

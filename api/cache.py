@@ -2,25 +2,39 @@
 
 Invalidation without key scans: each cache name has a per-tenant generation counter that is
 part of every key; a write bumps the counter, so older entries are never read again and
-expire on their own TTL. Every lookup asks Redis (one round trip, batched with the other
+expire on their own TTL. A lookup asks Redis (one round trip, batched with the other
 requests' commands of the same event-loop pass); a process that already holds the current
 entry's body gets a one-byte "yours is current" instead of the body (`LocalCopies`).
+
+A copy that Redis confirmed current less than `api.cache_local_trust_s` ago is served
+without asking again, as long as nothing says it changed: every write publishes the new
+generation on `INVALIDATIONS` in the same script that bumps it, each process keeps a
+subscription (`Coherence`), and a copy whose generation is no longer the one last pushed is
+not served. So a write through any replica is seen by every replica as soon as Redis's push
+reaches it; what no push announces (an entry evicted or flushed, the subscription lost
+without a sign) is noticed at the next confirmation, within the trust time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from api.metrics import METRICS_KEY
@@ -146,37 +160,165 @@ LOCAL_COPIES_MAX = 1024
 """Cached bodies one process keeps a copy of (the vehicle page is about 20 KB)."""
 
 
-class LocalCopies:
-    """Bounded LRU of (cache, tenant, query digest) -> (stamp, body) that this process holds.
+KNOWN_MAX = 100_000
+"""(cache, tenant) generations one process remembers from the pushes."""
+INVALIDATIONS = f"{PREFIX}invalidations"
+"""Pub/sub channel of new generations: ``{name} {tenant_id} {generation}``."""
 
-    A copy is only ever served when Redis confirms, in the same round trip that reads the
-    generation, that the current entry carries the copy's stamp: what is served is exactly
-    what Redis holds (same invalidation, TTL and tenant keys), minus the transfer.
+
+@dataclass(slots=True)
+class Copy:
+    """A cached body this process holds, and when Redis last said it is current."""
+
+    stamp: bytes
+    body: bytes
+    generation: int
+    epoch: int
+    """`Coherence.epoch` when the lookup that confirmed it was sent."""
+    confirmed_at: float
+    """`time.monotonic()` of that confirmation."""
+
+
+class LocalCopies:
+    """Bounded LRU of (cache, tenant, query digest) -> `Copy` that this process holds.
+
+    A copy is served when Redis confirms, in the same round trip that reads the generation,
+    that the current entry carries the copy's stamp, or when that confirmation is recent and
+    no push since says otherwise (`Coherence.current`): what is served is what Redis holds
+    (same invalidation, TTL and tenant keys), minus the transfer.
     """
 
     def __init__(self, max_entries: int = LOCAL_COPIES_MAX) -> None:
         self.max_entries = max_entries
-        self._copies: OrderedDict[tuple[str, UUID, str], tuple[bytes, bytes]] = OrderedDict()
+        self._copies: OrderedDict[tuple[str, UUID, str], Copy] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._copies)
 
-    def get(self, ident: tuple[str, UUID, str]) -> tuple[bytes, bytes] | None:
-        """(stamp, body) of a held copy."""
+    def get(self, ident: tuple[str, UUID, str]) -> Copy | None:
+        """A held copy."""
         copy = self._copies.get(ident)
         if copy is not None:
             self._copies.move_to_end(ident)
         return copy
 
-    def put(self, ident: tuple[str, UUID, str], stamp: bytes, body: bytes) -> None:
+    def put(self, ident: tuple[str, UUID, str], copy: Copy) -> None:
         """Hold a copy; the least recently used goes when full."""
-        self._copies[ident] = (stamp, body)
+        self._copies[ident] = copy
         self._copies.move_to_end(ident)
         while len(self._copies) > self.max_entries:
             self._copies.popitem(last=False)
 
 
+class Coherence:
+    """The generations Redis pushes on `INVALIDATIONS`, as this process last heard them.
+
+    A copy may be served without asking Redis only while the subscription that would have
+    told of a change has been up since the copy was confirmed (`epoch`: a new one on every
+    subscription, and everything heard before is forgotten) and the generation last heard
+    for its cache and tenant is the copy's. Writes of this process note their generation
+    before they answer, so it reads its own writes at once.
+    """
+
+    def __init__(self, redis_url: str, trust_s: float) -> None:
+        self.redis_url = redis_url
+        self.trust_s = trust_s
+        self.live = False
+        self.epoch = 0
+        self.known: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self.subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._redis: aioredis.Redis | None = None
+
+    async def start(self) -> None:
+        """Subscribe in the background (copies are confirmed with Redis until it is up)."""
+        if self.trust_s <= 0:
+            return
+        # No retries: redis-py would otherwise reconnect and subscribe again inside
+        # get_message, silently, and the pushes published in between would be missed while
+        # the copies were still trusted. The loop below reconnects, under a new epoch.
+        self._redis = aioredis.Redis.from_url(self.redis_url, retry=Retry(NoBackoff(), 0))
+        self._task = asyncio.create_task(self._read_loop(), name="cache-coherence")
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        self.live = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def note(self, name: str, tenant: str, generation: int) -> None:
+        """Remember a generation (pushed, or bumped by this process); never go back."""
+        key = (name, tenant)
+        if generation > self.known.get(key, -1):
+            self.known[key] = generation
+        self.known.move_to_end(key)
+        while len(self.known) > KNOWN_MAX:
+            self.known.popitem(last=False)
+
+    def distrust(self) -> None:
+        """Every copy held now must be confirmed with Redis before it is served again."""
+        self.epoch += 1
+
+    def current(self, name: str, tenant: str, copy: Copy, now: float) -> bool:
+        """Whether `copy` may be served without asking Redis."""
+        return (self.live and copy.epoch == self.epoch
+                and now - copy.confirmed_at < self.trust_s
+                and self.known.get((name, tenant)) == copy.generation)
+
+    def _apply(self, data: bytes) -> None:
+        try:
+            name, tenant, generation = data.decode().split(" ")
+            self.note(name, tenant, int(generation))
+        except ValueError:
+            log.warning("cache: unreadable invalidation %r", data[:100])
+
+    async def _read_loop(self) -> None:
+        assert self._redis is not None  # noqa: S101 - set by start()
+        backoff_s = 0.5
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await _subscribed(pubsub)
+                self.known.clear()
+                self.epoch += 1
+                self.live = True
+                self.subscribed.set()
+                backoff_s = 0.5
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None and msg["type"] == "message":
+                        self._apply(msg["data"])
+            except (RedisError, OSError) as exc:
+                self.live = False  # first: no copy is trusted from this moment
+                log.warning("cache: invalidation subscription lost (%s); copies are confirmed "
+                            "with Redis until it is back", exc)
+            finally:
+                self.live = False
+                self.subscribed.clear()
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 10.0)
+
+
+async def _subscribed(pubsub: PubSub) -> None:
+    """Subscribe to `INVALIDATIONS` and wait for Redis's confirmation: from then on every
+    push reaches this process."""
+    await pubsub.subscribe(INVALIDATIONS)
+    while True:
+        msg = await pubsub.get_message(timeout=5.0)
+        if msg is None:
+            raise RedisError("no subscription confirmation within 5 s")
+        if msg["type"] == "subscribe":
+            return
+
+
 COPIES_KEY: web.AppKey[LocalCopies] = web.AppKey("cache_copies", LocalCopies)
+COHERENCE_KEY: web.AppKey[Coherence] = web.AppKey("cache_coherence", Coherence)
 LOOKUPS_KEY: web.AppKey[LookupBatcher] = web.AppKey("cache_lookups", LookupBatcher)
 
 
@@ -196,22 +338,37 @@ async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: s
     ident = (name, tenant_id, digest)
     prefix = f"{PREFIX}{name}:{tenant_id}:"
     suffix = f":{ENTRY_FORMAT}:{digest}"
+    coherence = app[COHERENCE_KEY]
+    tenant = str(tenant_id)
     held = copies.get(ident)
+    if held is not None and coherence.live:
+        # A push that arrived with this request is applied by the subscription's task once
+        # the loop runs the callbacks already scheduled: let it, then decide.
+        await asyncio.sleep(0)
+        if coherence.current(name, tenant, held, time.monotonic()):
+            metrics.cache.labels(name, "hit").inc()
+            return held.body
+    epoch = coherence.epoch if coherence.live else -1
     try:
         gen, hit = await app[LOOKUPS_KEY].execute(
-            _gen_key(name, tenant_id), prefix, suffix, held[0] if held is not None else b"")
+            _gen_key(name, tenant_id), prefix, suffix, held.stamp if held is not None else b"")
         gen_s = gen.decode() if isinstance(gen, bytes) else str(gen)
         key = f"{prefix}{gen_s}{suffix}"
     except RedisError as exc:
         log.warning("cache %s unavailable: %s", name, exc)
         return msgspec.json.encode(await compute())
+    generation = int(gen_s)
+    coherence.note(name, tenant, generation)
+    if epoch != coherence.epoch:
+        epoch = -1  # the subscription changed meanwhile: a push may have been missed
     if hit == 1 and held is not None:
         metrics.cache.labels(name, "hit").inc()
-        return held[1]
+        held.generation, held.epoch, held.confirmed_at = generation, epoch, time.monotonic()
+        return held.body
     if isinstance(hit, bytes) and len(hit) > STAMP_LEN:
         metrics.cache.labels(name, "hit").inc()
         body = hit[STAMP_LEN:]
-        copies.put(ident, hit[:STAMP_LEN], body)
+        copies.put(ident, Copy(hit[:STAMP_LEN], body, generation, epoch, time.monotonic()))
         return body
     metrics.cache.labels(name, "miss").inc()
     value = msgspec.json.encode(await compute())
@@ -221,13 +378,30 @@ async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: s
     except RedisError as exc:
         log.warning("cache %s store failed: %s", name, exc)
     else:
-        copies.put(ident, stamp, value)
+        # Confirmed as of the lookup: a write since then has bumped the generation and is
+        # heard (pushed) or found at the next confirmation.
+        copies.put(ident, Copy(stamp, value, generation, epoch, time.monotonic()))
     return value
 
 
+# Bump the generation and tell every process, in one atomic step: no process can read the
+# new generation's absence of a push.
+_INVALIDATE = """
+local gen = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. gen)
+return gen
+"""
+
+
 async def invalidate(request: web.Request, name: str, tenant_id: UUID) -> None:
-    """Make every cached entry of `name` for the tenant stale (after a write)."""
+    """Make every cached entry of `name` for the tenant stale (after a write), here at once
+    and in every other process as soon as the push reaches it."""
     try:
-        await request.app[REDIS_KEY].incr(_gen_key(name, tenant_id))
+        gen = await request.app[REDIS_KEY].eval(
+            _INVALIDATE, 1, _gen_key(name, tenant_id), INVALIDATIONS, f"{name} {tenant_id}")
     except RedisError as exc:
         log.warning("cache %s invalidation failed: %s", name, exc)
+        # Nobody heard of this write: no copy of this process may be served unconfirmed.
+        request.app[COHERENCE_KEY].distrust()
+        return
+    request.app[COHERENCE_KEY].note(name, str(tenant_id), int(gen))

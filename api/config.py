@@ -9,10 +9,11 @@ start-up, so adding an integration needs no change here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
+from msgspec import Meta
 
 from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
 
@@ -45,6 +46,11 @@ class ApiSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Vehicle list cache in Redis, seconds (the seed's 5 minutes); 0 disables."""
     dashboard_cache_ttl_s: int = 3600
     """Dashboard metrics cache, seconds (the seed's 1 hour); 0 disables."""
+    cache_local_trust_s: Annotated[float, Meta(ge=0, le=60)] = 1.0
+    """How long a process serves its copy of a cached body without asking Redis again once
+    Redis confirmed it current, s. Writes through any replica still reach every process at
+    once (a pushed generation); only what no write announces (an entry evicted or flushed
+    from Redis) waits up to this long. 0: ask Redis on every request."""
     dev_auth_bypass: bool = False
     """Development only: requests without a token act as an admin of `dev_tenant_id`."""
     dev_tenant_id: str = ""

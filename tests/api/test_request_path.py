@@ -17,7 +17,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from api import seed
 from api.auth import TOKENS_KEY, AuthUser, TokenIssuer, VerifiedTokens
-from api.cache import BATCHER_KEY, COPIES_KEY, PREFIX, RedisBatcher
+from api.cache import BATCHER_KEY, COHERENCE_KEY, COPIES_KEY, LOOKUPS_KEY, PREFIX, RedisBatcher
 from api.config import ApiSection
 from api.errors import Unauthorized
 from tests.api.conftest import PASSWORD, World, login
@@ -250,7 +250,81 @@ async def test_a_held_copy_is_not_served_once_redis_lost_the_entry(world: World)
     redis = world.client.app[BATCHER_KEY].redis
     keys = [k async for k in redis.scan_iter(f"{PREFIX}vehicles:{world.a.id}:*")]
     await redis.delete(*[k for k in keys if not k.endswith(b":gen")])
+    # No write announced it: the copy confirmed a moment ago may still be served, but not
+    # past the trust time, after which Redis is asked again.
+    await asyncio.sleep(world.client.app[COHERENCE_KEY].trust_s)
     assert code in await _codes(world.client, headers)
+
+
+async def test_a_trusted_copy_is_served_without_asking_redis(make_client: Any,
+                                                             world: World) -> None:
+    """Within the trust time a confirmed copy costs no Redis command; with a trust of 0
+    every request asks Redis."""
+    headers = world.auth(world.a.tokens["viewer"])
+    await _codes(world.client, headers)
+    await _codes(world.client, headers)
+    assert world.client.app[COHERENCE_KEY].live
+    sent = 0
+    lookups = world.client.app[LOOKUPS_KEY]
+    real = lookups.execute
+
+    async def counting(*args: Any) -> Any:
+        nonlocal sent
+        sent += 1
+        return await real(*args)
+
+    lookups.execute = counting  # type: ignore[method-assign]
+    try:
+        for _ in range(5):
+            await _codes(world.client, headers)
+        assert sent == 0
+        strict = make_client(cache_local_trust_s=0)
+        await strict.start_server()
+        try:
+            strict_lookups = strict.app[LOOKUPS_KEY]
+            strict_real = strict_lookups.execute
+            asked = 0
+
+            async def counting_strict(*args: Any) -> Any:
+                nonlocal asked
+                asked += 1
+                return await strict_real(*args)
+
+            strict_lookups.execute = counting_strict  # type: ignore[method-assign]
+            for _ in range(3):
+                await _codes(strict, headers)
+            assert asked == 3
+            assert not strict.app[COHERENCE_KEY].live
+        finally:
+            await strict.close()
+    finally:
+        del lookups.execute
+
+
+async def test_a_lost_subscription_stops_trust_until_it_is_back(make_client: Any,
+                                                                world: World) -> None:
+    """Redis drops the process's subscription (a restart, `CLIENT KILL`): a write through
+    another replica meanwhile is missed by the push, yet never served stale; trust comes
+    back with the new subscription."""
+    replica = make_client()
+    await replica.start_server()
+    coherence = world.client.app[COHERENCE_KEY]
+    try:
+        headers = world.auth(world.a.tokens["fleet_manager"])
+        await _codes(world.client, headers)
+        await _codes(world.client, headers)
+        epoch = coherence.epoch
+        redis = world.client.app[BATCHER_KEY].redis
+        await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        code = f"k{uuid.uuid4().hex[:8]}"
+        created = await replica.post("/api/vehicles", json={"code": code}, headers=headers)
+        assert created.status == 201, await created.text()
+        assert code in await _codes(world.client, headers)
+        await asyncio.wait_for(coherence.subscribed.wait(), 15)
+        assert coherence.epoch > epoch
+        assert code in await _codes(world.client, headers)
+    finally:
+        await replica.close()
 
 
 async def test_copies_are_per_tenant(world: World) -> None:
