@@ -153,19 +153,41 @@ async def get_device(request: web.Request) -> web.Response:
     return json_response(_json(row))
 
 
+async def revoke_devices(request: web.Request, conn: asyncpg.Connection, tenant_id: UUID, *,
+                         device_id: UUID | None = None, vehicle_id: UUID | None = None
+                         ) -> list[str]:
+    """Revoke one device, or every device of a vehicle, inside the caller's transaction: the
+    row keeps its history under a freed username, and the broker login gets an unknown random
+    password (which ends a live session). Returns the logins revoked."""
+    usernames: list[str] = [r[0] for r in await conn.fetch(
+        "UPDATE devices SET status = 'revoked', mqtt_password_hash = $4, "
+        "mqtt_username = mqtt_username || '#revoked-' || id::text "
+        "WHERE tenant_id = $1 AND status <> 'revoked' "
+        "AND ($2::uuid IS NULL OR id = $2) AND ($3::uuid IS NULL OR vehicle_id = $3) "
+        "RETURNING split_part(mqtt_username, '#', 1)",
+        tenant_id, device_id, vehicle_id, mosquitto_hash(secrets.token_urlsafe(24)))]
+    for username in usernames:
+        # Inside the transaction: if the broker refuses, nothing is marked revoked.
+        await _apply_broker_login(request, username, secrets.token_urlsafe(24))
+    return usernames
+
+
+async def active_device(conn: asyncpg.Connection, tenant_id: UUID, vehicle_id: UUID
+                        ) -> str | None:
+    """The broker login of the vehicle's device that is not revoked, if any."""
+    login: str | None = await conn.fetchval(
+        "SELECT mqtt_username FROM devices WHERE tenant_id = $1 AND vehicle_id = $2 "
+        "AND status <> 'revoked' LIMIT 1", tenant_id, vehicle_id)
+    return login
+
+
 async def revoke_device(request: web.Request) -> web.Response:
     """DELETE /api/devices/{id}: revoke; the broker login gets an unknown random password."""
     user = current_user(request)
     async with tenant_transaction(request) as conn:
-        username = await conn.fetchval(
-            "UPDATE devices SET status = 'revoked', mqtt_password_hash = $3, "
-            "mqtt_username = mqtt_username || '#revoked-' || id::text "
-            "WHERE id = $1 AND tenant_id = $2 AND status <> 'revoked' "
-            "RETURNING split_part(mqtt_username, '#', 1)",
-            path_uuid(request), user.tenant_id, mosquitto_hash(secrets.token_urlsafe(24)))
-        if username is None:
+        if not await revoke_devices(request, conn, user.tenant_id,
+                                    device_id=path_uuid(request)):
             raise NotFound("device not found")
-        await _apply_broker_login(request, username, secrets.token_urlsafe(24))
     return web.Response(status=204)
 
 

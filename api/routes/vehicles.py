@@ -12,7 +12,7 @@ from aiohttp import web
 from api.auth import SECTION_KEY, current_user
 from api.cache import cached, invalidate
 from api.db import tenant_transaction
-from api.errors import ApiError, NotFound, ValidationError
+from api.errors import ApiError, Conflict, NotFound, ValidationError
 from api.params import (
     UUID_SCHEMA,
     like_pattern,
@@ -30,6 +30,7 @@ from api.routes.common import (
     json_response,
     page_body,
 )
+from api.routes.devices import active_device, revoke_devices
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
 from edge_gateway.protocol import ID_PATTERN, whole
 
@@ -186,6 +187,8 @@ async def update_vehicle(request: web.Request) -> web.Response:
         if "assigned_driver_id" in values:
             await ensure_in_tenant(conn, "drivers", values["assigned_driver_id"],
                                    user.tenant_id, "assigned_driver_id")
+        if "code" in values:
+            await _refuse_recode(conn, user.tenant_id, vid, values["code"])
         sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(values, start=3))
         try:
             row = await conn.fetchrow(
@@ -199,11 +202,29 @@ async def update_vehicle(request: web.Request) -> web.Response:
     return json_response(vehicle_json(row))
 
 
+async def _refuse_recode(conn: asyncpg.Connection, tenant_id: UUID, vid: UUID, code: str
+                         ) -> None:
+    """A vehicle's code is in its device's broker login and topics: while a device is not
+    revoked, the code stays (a 409), so no login ever writes to a vehicle it was not
+    provisioned for (docs/api.md, "Devices")."""
+    current = await conn.fetchval(
+        "SELECT code FROM vehicles WHERE id = $1 AND tenant_id = $2 FOR UPDATE", vid, tenant_id)
+    if current is None or current == code:
+        return
+    login = await active_device(conn, tenant_id, vid)
+    if login is not None:
+        raise Conflict(f"the vehicle's device {login!r} publishes under its code; revoke the "
+                       "device (DELETE /api/devices/{id}) before changing the code, then "
+                       "provision a new one", field="code")
+
+
 async def delete_vehicle(request: web.Request) -> web.Response:
-    """DELETE /api/vehicles/{id}."""
+    """DELETE /api/vehicles/{id}: its devices are revoked in the same transaction (their
+    broker logins stop working and live sessions end)."""
     user = current_user(request)
     vid = path_uuid(request)
     async with tenant_transaction(request) as conn:
+        await revoke_devices(request, conn, user.tenant_id, vehicle_id=vid)
         deleted = await conn.fetchval(
             "DELETE FROM vehicles WHERE id = $1 AND tenant_id = $2 RETURNING id",
             vid, user.tenant_id)

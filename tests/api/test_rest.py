@@ -4,6 +4,7 @@ trips, events, dashboard, devices, errors and operations endpoints."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import tomllib
 import uuid
@@ -333,6 +334,84 @@ async def test_device_login_works_on_the_local_broker(world: World, make_client:
             async with aiomqtt.Client(target.host, target.port, username=target.username,
                                       password=target.password, timeout=10):
                 pass
+    finally:
+        await client.close()
+
+
+async def _session_ends(mqtt: Any, topic: str, *, within_s: float) -> bool:
+    """Whether the broker ends `mqtt`'s session within `within_s` (a QoS 1 publish fails)."""
+    import asyncio
+
+    import aiomqtt
+
+    deadline = asyncio.get_running_loop().time() + within_s
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            await mqtt.publish(topic, b"{}", qos=1, timeout=2)
+        except aiomqtt.MqttError:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_a_device_lives_and_dies_with_its_vehicle(world: World,
+                                                      make_client: Any) -> None:
+    """Issue #23, finding 3: a vehicle's code cannot change under its device, deleting the
+    vehicle revokes the device (its live session ends, its login no longer works), and a new
+    vehicle with the same code gets a device of its own that the old login cannot use."""
+    import aiomqtt
+
+    client = make_client(mqtt_credentials="local")
+    await client.start_server()
+    try:
+        h = H(world)
+        code = f"lv{uuid.uuid4().hex[:6]}"
+        vehicle = await (await client.post("/api/vehicles", headers=h,
+                                           json={"code": code})).json()
+        device = await (await client.post("/api/devices", headers=h,
+                                          json={"vehicle_id": vehicle["id"]})).json()
+        old = parse_mqtt_url(tomllib.loads(device["gateway_config"])["mqtt"]["url"])
+        renamed = await client.patch(f"/api/vehicles/{vehicle['id']}", headers=h,
+                                     json={"code": f"{code}x"})
+        assert renamed.status == 409, await renamed.text()
+        assert (await renamed.json())["error"]["field"] == "code"
+        # The same code, or another field, is not a rename.
+        assert (await client.patch(f"/api/vehicles/{vehicle['id']}", headers=h,
+                                   json={"code": code, "make": "Iveco"})).status == 200
+        topic = f"fleet/v1/{world.a.slug}/{code}/status"
+        live = aiomqtt.Client(old.host, old.port, username=old.username,
+                              password=old.password, timeout=10)
+        await live.__aenter__()
+        try:
+            await live.publish(topic, b"{}", qos=1)
+            assert (await client.delete(f"/api/vehicles/{vehicle['id']}",
+                                        headers=h)).status == 204
+            # The broker ends the session of a login that no longer holds.
+            assert await _session_ends(live, topic, within_s=10)
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await live.__aexit__(None, None, None)
+        again = await (await client.get(f"/api/devices/{device['id']}", headers=h)).json()
+        assert again["status"] == "revoked"
+        assert again["vehicle_id"] is None
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(old.host, old.port, username=old.username,
+                                      password=old.password, timeout=10):
+                pass
+        # A new vehicle with the same code: provisioned afresh, the old login still refused.
+        second = await (await client.post("/api/vehicles", headers=h,
+                                          json={"code": code})).json()
+        resp = await client.post("/api/devices", headers=h, json={"vehicle_id": second["id"]})
+        assert resp.status == 201, await resp.text()
+        new = parse_mqtt_url(tomllib.loads((await resp.json())["gateway_config"])["mqtt"]["url"])
+        assert new.username == old.username
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client(old.host, old.port, username=old.username,
+                                      password=old.password, timeout=10):
+                pass
+        async with aiomqtt.Client(new.host, new.port, username=new.username,
+                                  password=new.password, timeout=10) as mqtt:
+            await mqtt.publish(f"fleet/v1/{world.a.slug}/{code}/status", b"{}", qos=1)
     finally:
         await client.close()
 
