@@ -312,6 +312,17 @@ async def test_device_provisioning(world: World) -> None:
                          json={"vehicle_id": vehicle["id"]})).status == 201
 
 
+async def _vehicle_with_device(client: Any, h: dict[str, str], code: str
+                               ) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """A new vehicle, its provisioned device, and the device's MQTT target (with login)."""
+    vehicle = await (await client.post("/api/vehicles", headers=h, json={"code": code})).json()
+    resp = await client.post("/api/devices", headers=h, json={"vehicle_id": vehicle["id"]})
+    assert resp.status == 201, await resp.text()
+    device = await resp.json()
+    return vehicle, device, parse_mqtt_url(
+        tomllib.loads(device["gateway_config"])["mqtt"]["url"])
+
+
 async def test_device_login_works_on_the_local_broker(world: World, make_client: Any) -> None:
     """In "local" mode the returned credentials log in to the project's Mosquitto."""
     import aiomqtt
@@ -321,11 +332,7 @@ async def test_device_login_works_on_the_local_broker(world: World, make_client:
     try:
         h = H(world)
         code = f"mq{uuid.uuid4().hex[:6]}"
-        vehicle = await (await client.post("/api/vehicles", headers=h,
-                                           json={"code": code})).json()
-        device = await (await client.post("/api/devices", headers=h,
-                                          json={"vehicle_id": vehicle["id"]})).json()
-        target = parse_mqtt_url(tomllib.loads(device["gateway_config"])["mqtt"]["url"])
+        _, device, target = await _vehicle_with_device(client, h, code)
         async with aiomqtt.Client(target.host, target.port, username=target.username,
                                   password=target.password, timeout=10) as mqtt:
             await mqtt.publish(f"fleet/v1/{world.a.slug}/{code}/status", b"{}", qos=1)
@@ -366,11 +373,7 @@ async def test_a_device_lives_and_dies_with_its_vehicle(world: World,
     try:
         h = H(world)
         code = f"lv{uuid.uuid4().hex[:6]}"
-        vehicle = await (await client.post("/api/vehicles", headers=h,
-                                           json={"code": code})).json()
-        device = await (await client.post("/api/devices", headers=h,
-                                          json={"vehicle_id": vehicle["id"]})).json()
-        old = parse_mqtt_url(tomllib.loads(device["gateway_config"])["mqtt"]["url"])
+        vehicle, device, old = await _vehicle_with_device(client, h, code)
         renamed = await client.patch(f"/api/vehicles/{vehicle['id']}", headers=h,
                                      json={"code": f"{code}x"})
         assert renamed.status == 409, await renamed.text()
