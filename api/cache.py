@@ -176,7 +176,7 @@ class Copy:
     epoch: int
     """`Coherence.epoch` when the lookup that confirmed it was sent."""
     confirmed_at: float
-    """`time.monotonic()` of that confirmation."""
+    """`time.monotonic()` when that lookup was sent."""
 
 
 class LocalCopies:
@@ -215,8 +215,9 @@ class Coherence:
 
     A copy may be served without asking Redis only while the subscription that would have
     told of a change has been up since the copy was confirmed (`epoch`: a new one on every
-    subscription, and everything heard before is forgotten) and the generation last heard
-    for its cache and tenant is the copy's. Writes of this process note their generation
+    subscription, and everything heard before is forgotten), has answered a PING within the
+    trust time (a half-open connection never errors), and the generation last heard for the
+    copy's cache and tenant is the copy's. Writes of this process note their generation
     before they answer, so it reads its own writes at once.
     """
 
@@ -225,6 +226,8 @@ class Coherence:
         self.trust_s = trust_s
         self.live = False
         self.epoch = 0
+        self.last_pong = 0.0
+        """`time.monotonic()` of the subscription's last sign of life (PONG or confirmation)."""
         self.known: OrderedDict[tuple[str, str], int] = OrderedDict()
         self.subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -234,10 +237,12 @@ class Coherence:
         """Subscribe in the background (copies are confirmed with Redis until it is up)."""
         if self.trust_s <= 0:
             return
-        # No retries: redis-py would otherwise reconnect and subscribe again inside
-        # get_message, silently, and the pushes published in between would be missed while
-        # the copies were still trusted. The loop below reconnects, under a new epoch.
-        self._redis = aioredis.Redis.from_url(self.redis_url, retry=Retry(NoBackoff(), 0))
+        # No retry of any error: redis-py's failure handler would otherwise reconnect and
+        # subscribe again before the error reaches the loop below (pushes published in
+        # between would be missed while copies stayed trusted). The loop reconnects itself,
+        # under a new epoch.
+        self._redis = aioredis.Redis.from_url(
+            self.redis_url, retry=Retry(NoBackoff(), 0, supported_errors=()))
         self._task = asyncio.create_task(self._read_loop(), name="cache-coherence")
 
     async def stop(self) -> None:
@@ -250,10 +255,12 @@ class Coherence:
         if self._redis is not None:
             await self._redis.aclose()
 
-    def note(self, name: str, tenant: str, generation: int) -> None:
-        """Remember a generation (pushed, or bumped by this process); never go back."""
+    def note(self, name: str, tenant: str, generation: int, *, pushed: bool = False) -> None:
+        """Remember a generation. A lookup's reply never moves it back (a push may have
+        overtaken it); a push is taken as it is, since pushes arrive in order on one
+        connection (so a counter reset in Redis, a FLUSHDB, is followed too)."""
         key = (name, tenant)
-        if generation > self.known.get(key, -1):
+        if pushed or generation > self.known.get(key, -1):
             self.known[key] = generation
         self.known.move_to_end(key)
         while len(self.known) > KNOWN_MAX:
@@ -267,39 +274,62 @@ class Coherence:
         """Whether `copy` may be served without asking Redis."""
         return (self.live and copy.epoch == self.epoch
                 and now - copy.confirmed_at < self.trust_s
+                and now - self.last_pong < self.trust_s
                 and self.known.get((name, tenant)) == copy.generation)
+
+    def _lost(self) -> None:
+        self.live = False
+        self.epoch += 1
+        self.subscribed.clear()
+
+    def _confirmed(self) -> None:
+        self.known.clear()
+        self.epoch += 1
+        self.last_pong = time.monotonic()
+        self.live = True
+        self.subscribed.set()
 
     def _apply(self, data: bytes) -> None:
         try:
             name, tenant, generation = data.decode().split(" ")
-            self.note(name, tenant, int(generation))
+            self.note(name, tenant, int(generation), pushed=True)
         except ValueError:
+            # Unreadable: the generation it announced is unknown, so trust nothing held.
             log.warning("cache: unreadable invalidation %r", data[:100])
+            self.distrust()
 
     async def _read_loop(self) -> None:
         assert self._redis is not None  # noqa: S101 - set by start()
         backoff_s = 0.5
+        ping_every_s = max(0.05, self.trust_s / 2)
         while True:
             pubsub = self._redis.pubsub()
             try:
                 await _subscribed(pubsub)
-                self.known.clear()
-                self.epoch += 1
-                self.live = True
-                self.subscribed.set()
+                self._confirmed()
                 backoff_s = 0.5
+                next_ping = time.monotonic() + ping_every_s
                 while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg is not None and msg["type"] == "message":
-                        self._apply(msg["data"])
-            except (RedisError, OSError) as exc:
-                self.live = False  # first: no copy is trusted from this moment
+                    msg = await pubsub.get_message(timeout=ping_every_s)
+                    if msg is not None:
+                        if msg["type"] == "message":
+                            self._apply(msg["data"])
+                        elif msg["type"] == "pong":
+                            self.last_pong = time.monotonic()
+                        elif msg["type"] == "subscribe":  # subscribed again: start afresh
+                            self._confirmed()
+                    if time.monotonic() >= next_ping:
+                        await pubsub.ping()
+                        next_ping = time.monotonic() + ping_every_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: stop trusting, reconnect
+                self._lost()  # first: no copy is trusted from this moment
                 log.warning("cache: invalidation subscription lost (%s); copies are confirmed "
                             "with Redis until it is back", exc)
             finally:
                 self.live = False
-                self.subscribed.clear()
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 10.0)
@@ -349,26 +379,28 @@ async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: s
             metrics.cache.labels(name, "hit").inc()
             return held.body
     epoch = coherence.epoch if coherence.live else -1
+    # Confirmed as of when the lookup is sent, not when its reply is read.
+    asked_at = time.monotonic()
     try:
         gen, hit = await app[LOOKUPS_KEY].execute(
             _gen_key(name, tenant_id), prefix, suffix, held.stamp if held is not None else b"")
         gen_s = gen.decode() if isinstance(gen, bytes) else str(gen)
+        generation = int(gen_s)
         key = f"{prefix}{gen_s}{suffix}"
-    except RedisError as exc:
+    except (RedisError, ValueError) as exc:
         log.warning("cache %s unavailable: %s", name, exc)
         return msgspec.json.encode(await compute())
-    generation = int(gen_s)
     coherence.note(name, tenant, generation)
     if epoch != coherence.epoch:
         epoch = -1  # the subscription changed meanwhile: a push may have been missed
     if hit == 1 and held is not None:
         metrics.cache.labels(name, "hit").inc()
-        held.generation, held.epoch, held.confirmed_at = generation, epoch, time.monotonic()
+        held.generation, held.epoch, held.confirmed_at = generation, epoch, asked_at
         return held.body
     if isinstance(hit, bytes) and len(hit) > STAMP_LEN:
         metrics.cache.labels(name, "hit").inc()
         body = hit[STAMP_LEN:]
-        copies.put(ident, Copy(hit[:STAMP_LEN], body, generation, epoch, time.monotonic()))
+        copies.put(ident, Copy(hit[:STAMP_LEN], body, generation, epoch, asked_at))
         return body
     metrics.cache.labels(name, "miss").inc()
     value = msgspec.json.encode(await compute())
@@ -380,7 +412,7 @@ async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: s
     else:
         # Confirmed as of the lookup: a write since then has bumped the generation and is
         # heard (pushed) or found at the next confirmation.
-        copies.put(ident, Copy(stamp, value, generation, epoch, time.monotonic()))
+        copies.put(ident, Copy(stamp, value, generation, epoch, asked_at))
     return value
 
 

@@ -99,9 +99,12 @@ async def provision_device(request: web.Request) -> web.Response:
     password = secrets.token_urlsafe(24)
     async with tenant_transaction(request) as conn:
         await ensure_in_tenant(conn, "vehicles", body.vehicle_id, user.tenant_id, "vehicle_id")
+        # FOR SHARE: the code read here goes into the login, so it must not change (a PATCH
+        # takes the row FOR UPDATE) nor the vehicle go (DELETE) before this commits.
         names = await conn.fetchrow(
             "SELECT t.slug, v.code FROM vehicles v JOIN tenants t ON t.id = v.tenant_id "
-            "WHERE v.id = $1 AND v.tenant_id = $2", body.vehicle_id, user.tenant_id)
+            "WHERE v.id = $1 AND v.tenant_id = $2 FOR SHARE OF v", body.vehicle_id,
+            user.tenant_id)
         if names is None:
             raise NotFound("vehicle not found")
         username = f"{names['slug']}/{names['code']}"

@@ -224,6 +224,11 @@ async def delete_vehicle(request: web.Request) -> web.Response:
     user = current_user(request)
     vid = path_uuid(request)
     async with tenant_transaction(request) as conn:
+        # The row first: a provisioning still open for this vehicle (FOR SHARE) commits
+        # before this goes on, so its device is among those revoked.
+        if await conn.fetchval("SELECT id FROM vehicles WHERE id = $1 AND tenant_id = $2 "
+                               "FOR UPDATE", vid, user.tenant_id) is None:
+            raise NotFound("vehicle not found")
         await revoke_devices(request, conn, user.tenant_id, vehicle_id=vid)
         deleted = await conn.fetchval(
             "DELETE FROM vehicles WHERE id = $1 AND tenant_id = $2 RETURNING id",

@@ -17,7 +17,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from api import seed
 from api.auth import TOKENS_KEY, AuthUser, TokenIssuer, VerifiedTokens
-from api.cache import BATCHER_KEY, COHERENCE_KEY, COPIES_KEY, LOOKUPS_KEY, PREFIX, RedisBatcher
+from api.cache import (
+    BATCHER_KEY,
+    COHERENCE_KEY,
+    COPIES_KEY,
+    LOOKUPS_KEY,
+    PREFIX,
+    Copy,
+    RedisBatcher,
+)
 from api.config import ApiSection
 from api.errors import Unauthorized
 from tests.api.conftest import PASSWORD, World, login
@@ -278,6 +286,18 @@ async def test_a_trusted_copy_is_served_without_asking_redis(make_client: Any,
         for _ in range(5):
             await _codes(world.client, headers)
         assert sent == 0
+        # The subscription proves it is alive by PONGs (a half-open connection never errors);
+        # without a recent one, nothing is trusted.
+        coherence = world.client.app[COHERENCE_KEY]
+        await asyncio.sleep(coherence.trust_s * 1.5)
+        assert time.monotonic() - coherence.last_pong < coherence.trust_s
+        await _codes(world.client, headers)  # confirmed again: the copy is older than trust
+        assert sent == 1
+        key = ("vehicles", str(world.a.id))
+        late = coherence.last_pong + coherence.trust_s  # no PONG for the whole trust time
+        young = Copy(b"s" * 16, b"{}", coherence.known[key], coherence.epoch, late - 0.01)
+        assert coherence.current(*key, young, late - 0.02)
+        assert not coherence.current(*key, young, late)
         strict = make_client(cache_local_trust_s=0)
         await strict.start_server()
         try:
