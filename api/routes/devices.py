@@ -161,7 +161,13 @@ async def revoke_devices(request: web.Request, conn: asyncpg.Connection, tenant_
                          ) -> list[str]:
     """Revoke one device, or every device of a vehicle, inside the caller's transaction: the
     row keeps its history under a freed username, and the broker login gets an unknown random
-    password (which ends a live session). Returns the logins revoked."""
+    password (with `mqtt_credentials = "local"` the broker reloads its password file, which
+    ends a live session; a broker that authenticates against the database sees the new hash
+    at the device's next login). Returns the logins revoked.
+
+    The broker is told inside the transaction, so a refusal leaves nothing marked revoked;
+    the reverse (the broker changed, then the transaction failed) leaves a device that cannot
+    log in but is not marked revoked, and repeating the request revokes it."""
     usernames: list[str] = [r[0] for r in await conn.fetch(
         "UPDATE devices SET status = 'revoked', mqtt_password_hash = $4, "
         "mqtt_username = mqtt_username || '#revoked-' || id::text "
