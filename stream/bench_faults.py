@@ -483,8 +483,9 @@ class _Phase:
     seqs_fault_end: list[int] = field(default_factory=list)
     fault_s: float = 0.0
     recovery_s: float | None = None
-    by_plateau: bool = False
-    """Whether `recovery_s` is where the backlog settled above the normal lag (a loss)."""
+    plateau: int | None = None
+    """The backlog's level when `recovery_s` is where it settled above the normal lag (taken
+    as a loss, to be confirmed by the accounting)."""
     backlog_at_end: int | None = None
     live_recovery_s: float | None = None
     ws: dict[str, Any] | None = None
@@ -634,7 +635,7 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
 
 
 def _recovery(run: _Run, lo: list[int], t_end: float, timeout_s: float,
-              normal_lag: int) -> tuple[float | None, bool]:
+              normal_lag: int) -> tuple[float | None, int | None]:
     """Seconds from `t_end` until the backlog (samples generated since `lo` and not stored)
     is back, for good, to the normal lag above what is lost; None if it does not settle
     within `timeout_s`.
@@ -642,7 +643,7 @@ def _recovery(run: _Run, lo: list[int], t_end: float, timeout_s: float,
     For good: it stays there for `CONFIRM_S` (a process just killed has not built its
     backlog yet). When samples are lost the backlog settles higher: a level it keeps within
     the normal lag for `PLATEAU_S` is taken as the loss, and recovery is when it came down
-    to that level; the second value says whether recovery was found that way."""
+    to that level; the second value is that level when recovery was found that way."""
     series: list[tuple[float, int]] = []
     deadline = t_end + timeout_s
     next_report = t_end + PROGRESS_S
@@ -654,16 +655,16 @@ def _recovery(run: _Run, lo: list[int], t_end: float, timeout_s: float,
             if now >= next_report:
                 _log(f"recovering: backlog {backlog:,} samples {now - t_end:.0f} s after "
                      f"the fault (normal lag {normal_lag:,})")
-                next_report += PROGRESS_S
+                next_report = now + PROGRESS_S
             since = _settled_since(series, normal_lag)
             if since is not None and now - since >= CONFIRM_S:
-                return round(since - t_end, 1), False
+                return round(since - t_end, 1), None
             if now - series[0][0] >= PLATEAU_S and _plateau(series, now, normal_lag):
                 recent = [b for t, b in series if t >= now - PLATEAU_S]
                 since = _settled_since(series, min(recent) + normal_lag)
-                return round((since or now) - t_end, 1), True
+                return round((since or now) - t_end, 1), min(recent)
         time.sleep(0.5)
-    return None, False
+    return None, None
 
 
 def _plateau(series: list[tuple[float, int]], now: float, normal_lag: int) -> bool:
@@ -675,8 +676,12 @@ def _plateau(series: list[tuple[float, int]], now: float, normal_lag: int) -> bo
     comparing only the spread once took a drain of 1,800 samples/s, under a normal lag of
     22,760, for a loss, and reported the fault recovered while a quarter of a million samples
     still waited."""
-    recent = [b for t, b in series if t >= now - PLATEAU_S]
-    if len(recent) < 8 or max(recent) - min(recent) > normal_lag:
+    window = [(t, b) for t, b in series if t >= now - PLATEAU_S]
+    recent = [b for _, b in window]
+    # Polls can stall (the database unreachable): the window must hold enough of them and
+    # span most of its length, or the "flat" verdict rests on a few seconds of data.
+    if (len(recent) < 8 or window[-1][0] - window[0][0] < 0.75 * PLATEAU_S
+            or max(recent) - min(recent) > normal_lag):
         return False
     q = len(recent) // 4
     first, last = sum(recent[:q]) / q, sum(recent[-q:]) / q
@@ -730,7 +735,7 @@ def _inject(run: _Run, fault: Fault, args: argparse.Namespace, watcher: _LiveWat
     if fault.measure == "gateway":
         phase.recovery_s = _gateway_recovery(run, t_end, args.recovery_timeout_s)
     else:
-        phase.recovery_s, phase.by_plateau = _recovery(
+        phase.recovery_s, phase.plateau = _recovery(
             run, phase.seqs_start, t_end, args.recovery_timeout_s, normal_lag)
     wait_until(lambda: watcher.first_after_mark is not None, 30)
     if watcher.first_after_mark is not None:
@@ -998,6 +1003,7 @@ def _result(args: argparse.Namespace, bench: _Run, phases: list[_Phase], *, fina
         per_phase.append({
             "samples": generated + gw_generated,
             "lost": generated - got[1] + gw_lost,
+            "lost_load": generated - got[1],
             "duplicated": got[0] - got[1] + gw[0] - gw[1],
             "gateway": {"samples": gw_generated, "lost": gw_lost, "duplicated": gw[0] - gw[1],
                         "dead_lettered_gps_duplicates": gw[2]},
@@ -1007,11 +1013,12 @@ def _result(args: argparse.Namespace, bench: _Run, phases: list[_Phase], *, fina
         ws_ok = phase.ws is None or (phase.ws["ws_recovery_s"] is not None
                                      and phase.ws["ws_recovery_s"] <= RECOVERY_GOAL_S)
         recovery_s = phase.recovery_s
-        if phase.by_plateau and counts["lost"] == 0:
-            # The backlog settled above the normal lag, yet nothing was lost: it was still
-            # draining, so the fault did not recover within the wait.
-            _log(f"{phase.name}: the backlog looked settled at {recovery_s} s but nothing was "
-                 f"lost: still draining, not recovered")
+        if phase.plateau is not None and counts["lost_load"] < phase.plateau - normal_lag:
+            # The backlog settled above the normal lag, yet the load generator's loss does
+            # not explain that level: it was still draining, not recovered within the wait.
+            _log(f"{phase.name}: the backlog looked settled at {phase.plateau:,} samples "
+                 f"({recovery_s} s) but only {counts['lost_load']:,} were lost: still "
+                 f"draining, not recovered")
             recovery_s = None
         faults[phase.name] = {
             "lost": counts["lost"], "duplicated": counts["duplicated"],

@@ -124,7 +124,7 @@ class _Inbox:
         attempt = 0
         while True:
             try:
-                return fn(self._connect())
+                result = fn(self._connect())
             except psycopg.OperationalError as exc:
                 # The database is down: hold on (nothing is acknowledged meanwhile, so the
                 # broker keeps the messages) and retry.
@@ -139,6 +139,11 @@ class _Inbox:
                 attempt += 1
             except psycopg.Error as exc:
                 raise SourceError(f"inbox {self.partition}: {what} failed: {exc}") from exc
+            else:
+                if attempt:
+                    log.info("inbox %s %s succeeded again after %d failed attempts",
+                             self.partition, what, attempt)
+                return result
 
     def last_offset(self) -> int:
         """Highest offset stored (0 when empty)."""

@@ -500,6 +500,9 @@ class DatabaseWriter:
                 else:
                     with conn.transaction():
                         self._write(conn, batch)
+                if attempt:
+                    log.info("database write succeeded again after %d failed attempts",
+                             attempt)
                 return  # noqa: TRY300
             except psycopg.OperationalError as exc:
                 delay = DB_RETRY_DELAYS_S[min(attempt, len(DB_RETRY_DELAYS_S) - 1)]
