@@ -18,7 +18,6 @@ without a sign) is noticed at the next confirmation, within the trust time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import secrets
@@ -38,6 +37,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from api.metrics import METRICS_KEY
+from api.tasks import bounded, cancel_and_wait
 
 log = logging.getLogger("api.cache")
 REDIS_KEY: web.AppKey[aioredis.Redis] = web.AppKey("redis", aioredis.Redis)
@@ -249,11 +249,9 @@ class Coherence:
         """Stop listening."""
         self.live = False
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._redis is not None:
-            await self._redis.aclose()
+            await bounded(self._redis.aclose())
 
     def note(self, name: str, tenant: str, generation: int, *, pushed: bool = False) -> None:
         """Remember a generation. A lookup's reply never moves it back (a push may have
@@ -329,8 +327,7 @@ class Coherence:
                             "with Redis until it is back", exc)
             finally:
                 self.live = False
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                await bounded(pubsub.aclose())
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 10.0)
 

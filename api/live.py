@@ -43,6 +43,7 @@ from api.metrics import ApiMetrics
 from api.params import BBox, check_tree, parse_bbox
 from api.routes.common import driver_scope
 from api.routes.history import POSITIONS_SQL
+from api.tasks import bounded, cancel_and_wait
 from stream.live import LIVE_CHANNEL_PREFIX, LiveEvent, LivePosition, decode_live
 
 log = logging.getLogger("api.live")
@@ -210,12 +211,9 @@ class LiveHub:
     async def stop(self) -> None:
         """Stop the loops and close the Redis connection."""
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._redis is not None:
-            await self._redis.aclose()
+            await bounded(self._redis.aclose())
 
     def add(self, client: LiveClient) -> None:
         """Register a client (before its snapshot is read, so nothing falls in between)."""
@@ -273,8 +271,7 @@ class LiveHub:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 10.0)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                await bounded(pubsub.aclose())
 
     async def _tick_loop(self) -> None:
         while True:
