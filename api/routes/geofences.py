@@ -220,7 +220,16 @@ async def insert_geofence(conn: asyncpg.Connection, tenant_id: UUID, feature: Fe
             p.dwell_s, p.debounce_s, p.alert_on_entry, p.alert_on_exit, p.alert_recipients,
             p.is_active)
     except asyncpg.PostgresError as exc:
-        raise db_error(exc) from exc
+        raise _fence_error(exc) from exc
+
+
+def _fence_error(exc: asyncpg.PostgresError) -> Exception:
+    """PostGIS refuses some position and size pairs when it computes the fence's zone (a
+    buffer whose best projection does not hold the point: "Point outside of projection
+    domain"): a rule of the geometry, not of the schema, so a 422 naming the geometry."""
+    if isinstance(exc, asyncpg.InternalServerError):
+        return Unprocessable(f"the fence's zone cannot be computed: {exc}", field="geometry")
+    return db_error(exc)
 
 
 async def create_geofence(request: web.Request) -> web.Response:
@@ -255,7 +264,7 @@ async def replace_geofence(request: web.Request) -> web.Response:
                 p.speed_limit_kph, p.dwell_s, p.debounce_s, p.alert_on_entry, p.alert_on_exit,
                 p.alert_recipients, p.is_active)
         except asyncpg.PostgresError as exc:
-            raise db_error(exc) from exc
+            raise _fence_error(exc) from exc
     if row is None:
         raise NotFound("geofence not found")
     return json_response(feature_json(row))

@@ -326,3 +326,26 @@ async def test_a_taken_email_is_a_409_conflict(world: World) -> None:
     again = await world.client.post("/api/users", headers=h, json=body)
     assert again.status == 409
     assert (await again.json())["error"]["field"] == "email"
+
+
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lon=st.floats(-180, 180), lat=st.floats(-90, 90),
+       radius=st.floats(0.01, 20_000_000))
+@example(lon=2.3369725133650688e-221, lat=-13.030439504364395, radius=19819698.67116016)
+async def test_a_circle_of_any_documented_size_anywhere_is_never_a_5xx(
+        world: World, lon: float, lat: float, radius: float) -> None:
+    """The fuzzer's find: a circle of 19,820 km at 13 degrees south made PostGIS fail while
+    computing the zone ("Point outside of projection domain"), a 500. Any centre and any
+    radius the document allows is stored or refused with a 422 naming the geometry."""
+    fence = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
+             "properties": {"name": "c", "kind": "circle", "radius_m": radius}}
+    resp = await world.client.post("/api/geofences", json=fence,
+                                    headers=world.auth(world.a.tokens["admin"]))
+    assert resp.status in (201, 422), (resp.status, await resp.text())
+    if resp.status == 422:
+        assert (await resp.json())["error"]["field"] == "geometry"
+    else:
+        fid = (await resp.json())["id"]
+        await world.client.delete(f"/api/geofences/{fid}",
+                                  headers=world.auth(world.a.tokens["admin"]))
