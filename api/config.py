@@ -68,10 +68,14 @@ class ApiSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Events kept per slow client; older ones are dropped and counted."""
     live_auth_timeout_s: float = 10.0
     """A WebSocket client must subscribe within this many seconds."""
-    mqtt_credentials: Literal["local", "database"] = "local"
-    """Where device passwords go: "local" also adds them to the project's Mosquitto password
-    file (`deploy.services`); "database" only stores the hash in `devices` (for a broker that
-    authenticates against the database)."""
+    mqtt_credentials: Literal["dynsec", "database"] = "dynsec"
+    """Where device logins go: "dynsec" gives each one its client id and rules in Mosquitto's
+    dynamic-security plugin, through `mqtt_admin_url` (the project's broker, or any Mosquitto
+    2 with the plugin); "database" only stores the hash in `devices`, for a broker that
+    authenticates against the database and applies the rules of docs/protocol.md itself."""
+    mqtt_admin_url: str = ""
+    """mqtt:// or mqtts:// URL of a login allowed to publish to $CONTROL/dynamic-security/#;
+    `fleet services up` writes the local broker's. Required with "dynsec"."""
     mqtt_public_url: str = ""
     """Broker URL written into provisioned gateway configs; default: the [mqtt] host/port."""
     db_pool_min: int = 2

@@ -347,7 +347,7 @@ def _start_gateway_vehicles(supervisor: Supervisor, fleet: list[str], services: 
         _check_stop(stop)
         login = f"{demo.slug}/{code}"
         password = devices.setdefault(code, secrets.token_urlsafe(16))
-        services.set_mqtt_user(login, password)
+        services.add_device_login(login, password)
         sim = supervisor.start(f"sim-{code}", [
             *fleet, "sim", "vehicle", "--seed", str(1000 + k), "--elm327", "--can", "slcan",
             "--gps"])

@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from api.broker_logins import BrokerAdmin, dynsec_config, hash_verifies, mosquitto_hash
 from deploy.errors import ServiceError
 from deploy.settings import LOCAL_SERVICES_FILE, to_toml_lines
 
@@ -41,6 +42,8 @@ OWNER_ROLE = "fleet_owner"
 APP_ROLE = "fleet_app"
 INGEST_ROLE = "fleet_ingest"
 MQTT_SERVICE_USER = "fleet-service"
+MQTT_ADMIN_USER = "fleet-admin"
+"""Sends the broker's dynamic-security commands (device logins); nothing else."""
 DATABASE = "fleet"
 
 
@@ -56,6 +59,8 @@ class ServicesSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     postgres_os_user: str = "postgres"
     """Unprivileged user that runs PostgreSQL when `fleet services` runs as root."""
     mosquitto_os_user: str = "mosquitto"
+    mosquitto_dynsec_plugin: str = ""
+    """Path of Mosquitto's dynamic-security plugin; empty = where Debian's package puts it."""
     redis_os_user: str = "redis"
     start_timeout_s: float = 60.0
     postgres_shared_buffers_mb: int = 256
@@ -137,18 +142,24 @@ class LocalServices:
     # ---- credentials and URLs -------------------------------------------------------------
 
     def credentials(self) -> dict[str, str]:
-        """Passwords of the local services, generated once and kept private."""
+        """Passwords of the local services, generated once and kept private; a login added
+        by a later version of the project gets its password on the next call."""
+        names = (ADMIN_ROLE, OWNER_ROLE, APP_ROLE, INGEST_ROLE, MQTT_SERVICE_USER,
+                 MQTT_ADMIN_USER, "redis")
+        data: dict[str, str] = {}
         if self.credentials_file.is_file():
-            data: dict[str, str] = json.loads(self.credentials_file.read_text())
-            return data
+            data = json.loads(self.credentials_file.read_text())
+            if all(name in data for name in names):
+                return data
         self.project_state.mkdir(parents=True, exist_ok=True)
-        data = {
-            name: secrets.token_urlsafe(18)
-            for name in (ADMIN_ROLE, OWNER_ROLE, APP_ROLE, INGEST_ROLE, MQTT_SERVICE_USER, "redis")
-        }
-        fd = os.open(self.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        for name in names:
+            data.setdefault(name, secrets.token_urlsafe(18))
+        # Written aside and renamed: a reader never sees half a file.
+        tmp = self.credentials_file.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=2)
+        tmp.replace(self.credentials_file)
         return data
 
     def pg_url(self, role: str, database: str = DATABASE) -> str:
@@ -157,10 +168,10 @@ class LocalServices:
         host, port = self.settings.host, self.settings.postgres_port
         return f"postgresql://{role}:{pw}@{host}:{port}/{database}"
 
-    def mqtt_url(self) -> str:
-        """Connection URL of the MQTT service account."""
-        pw = quote(self.credentials()[MQTT_SERVICE_USER], safe="")
-        return f"mqtt://{MQTT_SERVICE_USER}:{pw}@{self.settings.host}:{self.settings.mqtt_port}"
+    def mqtt_url(self, user: str = MQTT_SERVICE_USER) -> str:
+        """Connection URL of an MQTT service login (by default the service account)."""
+        pw = quote(self.credentials()[user], safe="")
+        return f"mqtt://{user}:{pw}@{self.settings.host}:{self.settings.mqtt_port}"
 
     def redis_url(self) -> str:
         """Connection URL of Redis."""
@@ -175,6 +186,7 @@ class LocalServices:
             "FLEET_DATABASE_INGEST_URL": self.pg_url(INGEST_ROLE),
             "FLEET_DATABASE_ADMIN_URL": self.pg_url(ADMIN_ROLE),
             "FLEET_MQTT_URL": self.mqtt_url(),
+            "FLEET_API_MQTT_ADMIN_URL": self.mqtt_url(MQTT_ADMIN_USER),
             "FLEET_REDIS_URL": self.redis_url(),
         }
 
@@ -189,6 +201,7 @@ class LocalServices:
         })
         lines += ["", *to_toml_lines("mqtt", {"url": self.mqtt_url()})]
         lines += ["", *to_toml_lines("redis", {"url": self.redis_url()})]
+        lines += ["", *to_toml_lines("api", {"mqtt_admin_url": self.mqtt_url(MQTT_ADMIN_USER)})]
         path = self.project_state / LOCAL_SERVICES_FILE.name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -409,7 +422,12 @@ class LocalServices:
 
     @property
     def mq_passwd(self) -> Path:
+        """The password file of versions before the dynamic-security plugin (imported once)."""
         return self.mq_dir / "passwd"
+
+    @property
+    def mq_dynsec(self) -> Path:
+        return self.mq_dir / "dynamic-security.json"
 
     def _mosquitto_conf(self) -> str:
         s = self.settings
@@ -419,8 +437,10 @@ class LocalServices:
             f"listener {s.mqtt_port} {s.host}",
             "protocol mqtt",
             "allow_anonymous false",
-            f"password_file {self.mq_passwd}",
-            f"acl_file {self.mq_dir / 'acl'}",
+            # Logins, client ids and ACLs: api.broker_logins (docs/protocol.md, "Who may do
+            # what"). The plugin checks subscriptions at SUBACK and binds client ids.
+            f"plugin {self._dynsec_plugin()}",
+            f"plugin_opt_config_file {self.mq_dynsec}",
             "persistence true",
             f"persistence_location {self.mq_dir / 'data'}/",
             "autosave_interval 10",
@@ -433,30 +453,68 @@ class LocalServices:
             "log_type error",
             "log_type warning",
             "log_type notice",
-            "connection_messages false",
+            # Each connection with its login and client id, and each refused one with its
+            # address: the trail of a takeover attempt.
+            "connection_messages true",
             f"pid_file {self.mq_pid}",
         ]
         if _is_root():
             lines.append(f"user {s.mosquitto_os_user}")
         return "\n".join(lines) + "\n"
 
-    def _acl(self) -> str:
-        # Devices log in as "{tenant}/{vehicle}", so %u expands to their own topic prefix and a
-        # device can write nothing but its own telemetry/status/events/cmd-acks.
-        return "\n".join([
-            "# Written by `fleet services up`.",
-            f"user {MQTT_SERVICE_USER}",
-            "topic readwrite fleet/#",
-            "topic readwrite $share/#",
-            "topic read $SYS/#",
-            "",
-            "pattern write fleet/v1/%u/telemetry",
-            "pattern write fleet/v1/%u/status",
-            "pattern write fleet/v1/%u/events",
-            "pattern write fleet/v1/%u/cmd/ack",
-            "pattern read fleet/v1/%u/cmd",
-            "",
-        ])
+    def _dynsec_plugin(self) -> str:
+        if self.settings.mosquitto_dynsec_plugin:
+            return self.settings.mosquitto_dynsec_plugin
+        found = sorted(Path("/usr/lib").glob("*/mosquitto_dynamic_security.so"))
+        found += [p for p in [Path("/usr/lib/mosquitto_dynamic_security.so")] if p.is_file()]
+        if not found:
+            raise ServiceError("Mosquitto's dynamic-security plugin is not installed (Debian: "
+                               "package mosquitto); run `make setup` or set "
+                               "services.mosquitto_dynsec_plugin")
+        return str(found[0])
+
+    def _dynsec_wanted(self, current: dict[str, Any] | None) -> dict[str, Any]:
+        """The plugin's configuration: the project's admin and service logins and roles as
+        this version defines them, every device login kept (its role's rules renewed), and,
+        on the first start after the password-file era, that file's device logins imported."""
+        creds = self.credentials()
+        own = {MQTT_ADMIN_USER: creds[MQTT_ADMIN_USER],
+               MQTT_SERVICE_USER: creds[MQTT_SERVICE_USER]}
+        kept: dict[str, dict[str, Any]] = {}
+        devices: list[tuple[str, str]] = []
+        if current is not None:
+            for client in current.get("clients", []):
+                login = str(client.get("username", ""))
+                if login in own:
+                    kept[login] = client
+                elif all(k in client for k in ("password", "salt", "iterations")):
+                    devices.append((login, "$7${iterations}${salt}${password}".format(**client)))
+        elif self.mq_passwd.is_file():
+            for line in self.mq_passwd.read_text().splitlines():
+                login, _, pw_hash = line.partition(":")
+                if "/" in login and pw_hash.startswith("$7$"):
+                    devices.append((login, pw_hash))
+
+        def hashed(login: str) -> str:
+            # Keep a stored hash that still verifies, so an unchanged file stays unchanged.
+            client = kept.get(login)
+            if client is not None and hash_verifies(client, own[login]):
+                return "$7${iterations}${salt}${password}".format(**client)
+            return mosquitto_hash(own[login])
+
+        return dynsec_config(admins=[(MQTT_ADMIN_USER, hashed(MQTT_ADMIN_USER))],
+                             services=[(MQTT_SERVICE_USER, hashed(MQTT_SERVICE_USER))],
+                             devices=devices)
+
+    def _read_dynsec(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.mq_dynsec.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            raise ServiceError(f"{self.mq_dynsec} is not valid JSON ({exc}); restore it or "
+                               "remove it (device logins are then lost)") from exc
+        return data
 
     def _pid_alive(self, pid_file: Path) -> int | None:
         try:
@@ -472,52 +530,46 @@ class LocalServices:
         return pid
 
     def mosquitto_up(self) -> None:
-        """Write config, password file and ACL, then start the broker when it is not running."""
-        creds = self.credentials()
-        (self.mq_dir / "data").mkdir(parents=True, exist_ok=True)
-        (self.mq_dir / "mosquitto.conf").write_text(self._mosquitto_conf())
-        (self.mq_dir / "acl").write_text(self._acl())
-        self.set_mqtt_user(MQTT_SERVICE_USER, creds[MQTT_SERVICE_USER], reload=False)
-        self._own(self.mq_dir, self.settings.mosquitto_os_user)
-        if self._pid_alive(self.mq_pid) is None:
-            self._port_free(self.settings.mqtt_port, "mosquitto", "MQTT_PORT")
-            self.mq_pid.unlink(missing_ok=True)
-            self.log(f"mosquitto: starting on {self.settings.host}:{self.settings.mqtt_port}")
-            self._run(["mosquitto", "-d", "-c", str(self.mq_dir / "mosquitto.conf")],
-                      "mosquitto start", self.mq_log)
-        else:
-            self._signal(self.mq_pid, signal.SIGHUP)
+        """Write the configuration and the plugin's logins, then start the broker when it is
+        not running. A running broker whose configuration or project-owned logins and rules
+        differ from this version's is restarted: the plugin reads its file only at start."""
+        conf = self._mosquitto_conf()
+        conf_file = self.mq_dir / "mosquitto.conf"
+        with self._lock():
+            (self.mq_dir / "data").mkdir(parents=True, exist_ok=True)
+            current = self._read_dynsec()
+            wanted = self._dynsec_wanted(current)
+            running = self._pid_alive(self.mq_pid) is not None
+            stale = (not conf_file.is_file() or conf_file.read_text() != conf
+                     or current is None or not _same_dynsec(current, wanted))
+            if running and stale:
+                self.log("mosquitto: configuration changed, restarting")
+                self._stop_pid(self.mq_pid, "mosquitto")
+                # Stopping saved the plugin's file: read the logins it now holds.
+                wanted = self._dynsec_wanted(self._read_dynsec())
+                running = False
+            if not running:
+                conf_file.write_text(conf)
+                fd = os.open(self.mq_dynsec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(wanted, fh, indent=1)
+                # Imported (or never there): the password-file era ends here.
+                if self.mq_passwd.is_file():
+                    self.mq_passwd.replace(self.mq_dir / "passwd.imported")
+                (self.mq_dir / "acl").unlink(missing_ok=True)
+                self._own(self.mq_dir, self.settings.mosquitto_os_user)
+                self._port_free(self.settings.mqtt_port, "mosquitto", "MQTT_PORT")
+                self.mq_pid.unlink(missing_ok=True)
+                self.log(f"mosquitto: starting on {self.settings.host}:{self.settings.mqtt_port}")
+                self._run(["mosquitto", "-d", "-c", str(conf_file)], "mosquitto start",
+                          self.mq_log)
         self._wait_port(self.settings.mqtt_port, "mosquitto", self.mq_log)
 
-    def set_mqtt_user(self, username: str, password: str, *, reload: bool = True) -> None:
-        """Add or change one broker login (a device's or a service's) and reload the broker."""
-        with self._lock():
-            self.mq_dir.mkdir(parents=True, exist_ok=True)
-            argv = ["mosquitto_passwd", "-b"]
-            if not self.mq_passwd.exists():
-                argv.append("-c")
-            self._run([*argv, str(self.mq_passwd), username, password], "mosquitto_passwd")
-            self.mq_passwd.chmod(0o600)
-            self._own(self.mq_dir, self.settings.mosquitto_os_user)
-            if reload and self._pid_alive(self.mq_pid) is not None:
-                self._signal(self.mq_pid, signal.SIGHUP)
-                self._wait_login(username, password)
-
-    def _wait_login(self, username: str, password: str) -> None:
-        """Return once the broker accepts the new login: it reloads the file asynchronously,
-        and a device told "provisioned" must be able to connect straight away."""
-        url = (f"mqtt://{quote(username, safe='')}:{quote(password, safe='')}@"
-               f"{self.settings.host}:{self.settings.mqtt_port}")
-        deadline = time.monotonic() + self.settings.start_timeout_s
-        while True:
-            try:
-                mqtt_ping(url, timeout_s=5.0, read_version=False)
-            except ServiceError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-            else:
-                return
+    def add_device_login(self, login: str, password: str) -> None:
+        """Add or replace one device's broker login (``{tenant}/{vehicle}``, also its client
+        id) on the running local broker, as the API does when it provisions a device."""
+        BrokerAdmin(self.mqtt_url(MQTT_ADMIN_USER),
+                    timeout_s=self.settings.start_timeout_s).add_device(login, password)
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -665,6 +717,32 @@ class LocalServices:
     def status(self) -> list[ServiceStatus]:
         """One status line per service."""
         return [self.postgres_status(), self.mosquitto_status(), self.redis_status()]
+
+
+def _acl_set(role: dict[str, Any]) -> set[tuple[Any, ...]]:
+    return {(a.get("acltype"), a.get("topic"), bool(a.get("allow")), int(a.get("priority", 0)))
+            for a in role.get("acls", [])}
+
+
+def _same_dynsec(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether the plugin's file already says what `wanted` says (the broker rewrites the
+    file in its own layout, so compare meaning, not text)."""
+    if current.get("defaultACLAccess") != wanted["defaultACLAccess"]:
+        return False
+    roles = {r.get("rolename"): r for r in current.get("roles", [])}
+    for role in wanted["roles"]:
+        if role["rolename"] not in roles or _acl_set(roles[role["rolename"]]) != _acl_set(role):
+            return False
+    clients = {c.get("username"): c for c in current.get("clients", [])}
+    for client in wanted["clients"]:
+        have = clients.get(client["username"])
+        if have is None or any(have.get(k) != client.get(k)
+                               for k in ("password", "salt", "iterations", "clientid")):
+            return False
+        if {r.get("rolename") for r in have.get("roles", [])} != \
+                {r["rolename"] for r in client["roles"]}:
+            return False
+    return True
 
 
 def _owner(path: str) -> int | None:

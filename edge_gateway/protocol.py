@@ -147,6 +147,23 @@ def topic_for(tenant: str, vehicle: str, channel: Channel) -> str:
     return f"{TOPIC_ROOT}/{TOPIC_VERSION}/{tenant}/{vehicle}/{channel.value}"
 
 
+DEVICE_PUBLISHES: Final = (Channel.TELEMETRY, Channel.STATUS, Channel.EVENTS, Channel.CMD_ACK)
+"""The channels a device login may publish on, each on its own vehicle's topic only."""
+DEVICE_SUBSCRIBES: Final = (Channel.CMD,)
+"""The channels a device login may subscribe to: its own vehicle's commands, as a literal
+filter (no wildcard, no ``$share`` group)."""
+
+
+def device_login(tenant: str, vehicle: str) -> str:
+    """A device's broker login, which is also the only client id it may connect with:
+    ``{tenant}/{vehicle}``. Unambiguous because ids carry no '/', unlike the old
+    ``gw-{tenant}-{vehicle}`` client id ("a" + "b-c" and "a-b" + "c" met there)."""
+    for kind, value in (("tenant", tenant), ("vehicle", vehicle)):
+        if not _ID_RE.match(value):
+            raise ValueError(f"{kind} id {value!r} does not match {ID_PATTERN}")
+    return f"{tenant}/{vehicle}"
+
+
 def subscription(channel: Channel, *, tenant: str = "+", vehicle: str = "+",
                  share_group: str | None = None) -> str:
     """A subscription filter; with `share_group`, an MQTT v5 shared subscription."""

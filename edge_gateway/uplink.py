@@ -44,6 +44,7 @@ from edge_gateway.protocol import (
     Source,
     Status,
     Telemetry,
+    device_login,
     encode,
     topic_for,
 )
@@ -170,7 +171,7 @@ class Uplink:
         client = AckCheckingClient(
             self.target.host, self.target.port,
             username=self.target.username, password=self.target.password,
-            identifier=f"gw-{self.gw.tenant}-{self.gw.vehicle}"[:64],
+            identifier=device_login(self.gw.tenant, self.gw.vehicle),
             protocol=aiomqtt.ProtocolVersion.V5,
             will=aiomqtt.Will(self.topics[Channel.STATUS], encode(offline), qos=1, retain=True),
             clean_start=False, properties=props,

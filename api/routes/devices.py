@@ -1,15 +1,15 @@
 """Devices: provision an edge gateway (MQTT credentials + a ready config file), list, revoke.
 
-The broker login is ``{tenant slug}/{vehicle code}`` so the broker's pattern ACL lets the
-device write only its own topics. The password is generated here, returned once, and stored
-only as Mosquitto's PBKDF2-SHA512 hash (``$7$`` format).
+The broker login is ``{tenant slug}/{vehicle code}``, and it is also the only client id the
+device may connect with. With `mqtt_credentials = "dynsec"` the API gives the login its
+rules in Mosquitto's dynamic-security plugin (`api.broker_logins`): publish on its own
+vehicle's topics, subscribe to its own commands, nothing else. The password is generated here,
+returned once, and stored only as Mosquitto's PBKDF2-SHA512 hash (``$7$`` format).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import secrets
 from typing import Any, Literal
 from urllib.parse import quote
@@ -20,6 +20,7 @@ import msgspec
 from aiohttp import web
 
 from api.auth import current_user
+from api.broker_logins import BrokerAdmin, BrokerLoginError, mosquitto_hash
 from api.config import SETTINGS_KEY
 from api.db import tenant_transaction
 from api.errors import ApiError, Conflict, NotFound
@@ -27,16 +28,7 @@ from api.params import UUID_SCHEMA, page_params, path_uuid, read_json
 from api.routes.common import ensure_in_tenant, json_response, page_body
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
 from edge_gateway.mqtt_url import parse_mqtt_url
-
-MOSQUITTO_ITERATIONS = 101  # mosquitto_passwd's default for $7$ hashes
-
-
-def mosquitto_hash(password: str, *, salt: bytes | None = None,
-                   iterations: int = MOSQUITTO_ITERATIONS) -> str:
-    """A Mosquitto 2 password-file hash: ``$7$iterations$b64(salt)$b64(pbkdf2_sha512)``."""
-    salt = salt or secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
-    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+from edge_gateway.protocol import device_login
 
 
 def gateway_toml(*, tenant: str, vehicle: str, mqtt_url: str, username: str, password: str
@@ -74,21 +66,29 @@ def _json(row: asyncpg.Record) -> dict[str, Any]:
     return {c: row[c] for c in COLUMNS}
 
 
-async def _apply_broker_login(request: web.Request, username: str, password: str) -> None:
-    """Tell the local broker about the login (mode "local"); the database keeps the hash."""
+def _broker_admin(request: web.Request) -> BrokerAdmin | None:
+    """The plugin's admin client, or None when a broker reads logins from the database."""
     settings = request.app[SETTINGS_KEY]
-    if settings.api.mqtt_credentials != "local":
-        return
-    from deploy.errors import DeployError
-    from deploy.services import local_services
+    if settings.api.mqtt_credentials == "database":
+        return None
+    return BrokerAdmin(settings.api.mqtt_admin_url)
 
-    services = local_services()
+
+async def _on_broker(request: web.Request, change: str, login: str,
+                     password: str | None = None) -> None:
+    """Add (with a password) or remove a device login on the broker. Paho is blocking, so
+    it runs off the event loop; a refusal or silence is a 502 naming the broker."""
+    admin = _broker_admin(request)
+    if admin is None:
+        return
     try:
-        # mosquitto_passwd is a subprocess: keep it off the event loop.
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: services.set_mqtt_user(username, password))
-    except (DeployError, OSError) as exc:
-        raise ApiError(f"could not add the broker login: {exc}", status=502,
+        if password is None:
+            await asyncio.get_running_loop().run_in_executor(None, admin.remove_device, login)
+        else:
+            await asyncio.get_running_loop().run_in_executor(
+                None, admin.add_device, login, password)
+    except BrokerLoginError as exc:
+        raise ApiError(f"could not {change} the broker login: {exc}", status=502,
                        code="broker_error") from exc
 
 
@@ -107,7 +107,7 @@ async def provision_device(request: web.Request) -> web.Response:
             user.tenant_id)
         if names is None:
             raise NotFound("vehicle not found")
-        username = f"{names['slug']}/{names['code']}"
+        username = device_login(names["slug"], names["code"])
         try:
             row = await conn.fetchrow(
                 "INSERT INTO devices (tenant_id, vehicle_id, kind, serial, mqtt_username, "  # noqa: S608 - constant column list
@@ -120,7 +120,7 @@ async def provision_device(request: web.Request) -> web.Response:
         if row is None:
             raise ApiError("insert returned no row")
         # Inside the transaction: if the broker refuses, no device row is left behind.
-        await _apply_broker_login(request, username, password)
+        await _on_broker(request, "add", username, password)
     settings = request.app[SETTINGS_KEY]
     mqtt_url = settings.api.mqtt_public_url or settings.mqtt.url
     request[AUDIT_RESOURCE_ID] = str(row["id"])
@@ -160,10 +160,10 @@ async def revoke_devices(request: web.Request, conn: asyncpg.Connection, tenant_
                          device_id: UUID | None = None, vehicle_id: UUID | None = None
                          ) -> list[str]:
     """Revoke one device, or every device of a vehicle, inside the caller's transaction: the
-    row keeps its history under a freed username, and the broker login gets an unknown random
-    password (with `mqtt_credentials = "local"` the broker reloads its password file, which
-    ends a live session; a broker that authenticates against the database sees the new hash
-    at the device's next login). Returns the logins revoked.
+    row keeps its history under a freed username and an unknown random password hash. With
+    `mqtt_credentials = "dynsec"` the login is deleted from the broker, which ends a live
+    session at once; a broker that authenticates against the database sees the new hash at
+    the device's next login. Returns the logins revoked.
 
     The broker is told inside the transaction, so a refusal leaves nothing marked revoked;
     the reverse (the broker changed, then the transaction failed) leaves a device that cannot
@@ -177,7 +177,7 @@ async def revoke_devices(request: web.Request, conn: asyncpg.Connection, tenant_
         tenant_id, device_id, vehicle_id, mosquitto_hash(secrets.token_urlsafe(24)))]
     for username in usernames:
         # Inside the transaction: if the broker refuses, nothing is marked revoked.
-        await _apply_broker_login(request, username, secrets.token_urlsafe(24))
+        await _on_broker(request, "remove", username)
     return usernames
 
 

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api import seed
 from api.app import create_app
 from api.config import ApiSection, ApiSettings
+from deploy.services import MQTT_ADMIN_USER
 from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
 from tests.conftest import TestDatabase
 
@@ -121,6 +122,8 @@ def make_client(module_database: TestDatabase, services: Any
                 ) -> Callable[..., TestClient[Any, Any]]:
     """Build an extra client for an app with other settings (caller starts and closes it)."""
     def build(**api: Any) -> TestClient[Any, Any]:
+        if api.get("mqtt_credentials") == "dynsec":
+            api.setdefault("mqtt_admin_url", services.mqtt_url(MQTT_ADMIN_USER))
         settings = api_settings(module_database, services.redis_url(), services.mqtt_url(),
                                 **api)
         return TestClient(TestServer(create_app(settings)))

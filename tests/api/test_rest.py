@@ -15,7 +15,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from api.routes.devices import mosquitto_hash
+from api.broker_logins import mosquitto_hash
 from edge_gateway.config import GatewayProcessSettings
 from edge_gateway.mqtt_url import parse_mqtt_url
 from tests.api.conftest import World
@@ -324,22 +324,25 @@ async def _vehicle_with_device(client: Any, h: dict[str, str], code: str
 
 
 async def test_device_login_works_on_the_local_broker(world: World, make_client: Any) -> None:
-    """In "local" mode the returned credentials log in to the project's Mosquitto."""
+    """In "dynsec" mode the returned credentials log in to the project's Mosquitto, with the
+    login as client id."""
     import aiomqtt
 
-    client = make_client(mqtt_credentials="local")
+    client = make_client(mqtt_credentials="dynsec")
     await client.start_server()
     try:
         h = H(world)
         code = f"mq{uuid.uuid4().hex[:6]}"
         _, device, target = await _vehicle_with_device(client, h, code)
         async with aiomqtt.Client(target.host, target.port, username=target.username,
-                                  password=target.password, timeout=10) as mqtt:
+                                  password=target.password, identifier=target.username,
+                                  timeout=10) as mqtt:
             await mqtt.publish(f"fleet/v1/{world.a.slug}/{code}/status", b"{}", qos=1)
         assert (await client.delete(f"/api/devices/{device['id']}", headers=h)).status == 204
         with pytest.raises(aiomqtt.MqttError):
             async with aiomqtt.Client(target.host, target.port, username=target.username,
-                                      password=target.password, timeout=10):
+                                      password=target.password, identifier=target.username,
+                                  timeout=10):
                 pass
     finally:
         await client.close()
@@ -368,7 +371,7 @@ async def test_a_device_lives_and_dies_with_its_vehicle(world: World,
     vehicle with the same code gets a device of its own that the old login cannot use."""
     import aiomqtt
 
-    client = make_client(mqtt_credentials="local")
+    client = make_client(mqtt_credentials="dynsec")
     await client.start_server()
     try:
         h = H(world)
@@ -383,7 +386,8 @@ async def test_a_device_lives_and_dies_with_its_vehicle(world: World,
                                    json={"code": code, "make": "Iveco"})).status == 200
         topic = f"fleet/v1/{world.a.slug}/{code}/status"
         live = aiomqtt.Client(old.host, old.port, username=old.username,
-                              password=old.password, timeout=10)
+                              password=old.password, identifier=old.username,
+                                  timeout=10)
         await live.__aenter__()
         try:
             await live.publish(topic, b"{}", qos=1)
@@ -399,7 +403,8 @@ async def test_a_device_lives_and_dies_with_its_vehicle(world: World,
         assert again["vehicle_id"] is None
         with pytest.raises(aiomqtt.MqttError):
             async with aiomqtt.Client(old.host, old.port, username=old.username,
-                                      password=old.password, timeout=10):
+                                      password=old.password, identifier=old.username,
+                                  timeout=10):
                 pass
         # A new vehicle with the same code: provisioned afresh, the old login still refused.
         second = await (await client.post("/api/vehicles", headers=h,
@@ -410,10 +415,12 @@ async def test_a_device_lives_and_dies_with_its_vehicle(world: World,
         assert new.username == old.username
         with pytest.raises(aiomqtt.MqttError):
             async with aiomqtt.Client(old.host, old.port, username=old.username,
-                                      password=old.password, timeout=10):
+                                      password=old.password, identifier=old.username,
+                                  timeout=10):
                 pass
         async with aiomqtt.Client(new.host, new.port, username=new.username,
-                                  password=new.password, timeout=10) as mqtt:
+                                  password=new.password, identifier=new.username,
+                                  timeout=10) as mqtt:
             await mqtt.publish(f"fleet/v1/{world.a.slug}/{code}/status", b"{}", qos=1)
     finally:
         await client.close()

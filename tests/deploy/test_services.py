@@ -83,10 +83,10 @@ def test_cli_status_reports_every_service(services: LocalServices) -> None:
     assert all(line.split()[1] == "healthy" for line in lines)
 
 
-def _client(url: str, username: str, password: str) -> mqtt.Client:
+def _client(url: str, username: str, password: str, client_id: str = "") -> mqtt.Client:
     target = parse_mqtt_url(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                         client_id=f"test-{uuid.uuid4().hex[:8]}")
+                         client_id=client_id or f"test-{uuid.uuid4().hex[:8]}")
     client.username_pw_set(username, password)
     client.connect(target.host, target.port)
     client.loop_start()
@@ -95,7 +95,7 @@ def _client(url: str, username: str, password: str) -> mqtt.Client:
 
 def test_device_may_write_only_its_own_topics(services: LocalServices, tenant_slug: str) -> None:
     device, password = f"{tenant_slug}/truck-1", uuid.uuid4().hex
-    services.set_mqtt_user(device, password)
+    services.add_device_login(device, password)
     target = parse_mqtt_url(services.mqtt_url())
     assert target.username is not None
     assert target.password is not None
@@ -122,7 +122,7 @@ def test_device_may_write_only_its_own_topics(services: LocalServices, tenant_sl
             acks[mid] = reason.value
             acked.notify_all()
 
-    dev = _client(services.mqtt_url(), device, password)
+    dev = _client(services.mqtt_url(), device, password, client_id=device)
     dev.on_publish = on_publish
     try:
         own = dev.publish(f"fleet/v1/{tenant_slug}/truck-1/telemetry", b"{}", qos=1)
@@ -140,9 +140,10 @@ def test_device_may_write_only_its_own_topics(services: LocalServices, tenant_sl
 
 
 def test_wrong_device_password_is_refused(services: LocalServices, tenant_slug: str) -> None:
-    services.set_mqtt_user(f"{tenant_slug}/truck-1", "right-password")
+    services.add_device_login(f"{tenant_slug}/truck-1", "right-password")
     target = parse_mqtt_url(services.mqtt_url())
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                         client_id=f"{tenant_slug}/truck-1")
     client.username_pw_set(f"{tenant_slug}/truck-1", "wrong-password")
     result: list[int] = []
     done = threading.Event()

@@ -135,7 +135,7 @@ async def test_device_login_may_publish_its_own_topics(tmp_path: Path, services:
                                                       mqtt_url: str, tenant_slug: str) -> None:
     """With a device's own credentials (ACL: only its topics), telemetry and acks get through."""
     password = secrets.token_urlsafe(12)
-    services.set_mqtt_user(f"{tenant_slug}/v1", password)
+    services.add_device_login(f"{tenant_slug}/v1", password)
     target = parse_mqtt_url(mqtt_url)
     device_url = (f"mqtt://{quote(tenant_slug + '/v1', safe='')}:{password}"
                   f"@{target.host}:{target.port}")
@@ -152,7 +152,6 @@ async def test_device_login_may_publish_its_own_topics(tmp_path: Path, services:
                     received.append(str(m.topic))
 
             collector = asyncio.create_task(collect())
-            await asyncio.sleep(1.0)  # the broker reloads its password file on SIGHUP
             async with running_gateway(settings) as gateway:
                 await wait_for(lambda: gateway.uplink.published_samples >= 3, 30,
                                "three samples acknowledged")
@@ -172,13 +171,23 @@ async def test_device_login_may_publish_its_own_topics(tmp_path: Path, services:
 async def test_refused_publishes_stay_in_the_spool(tmp_path: Path, services: LocalServices,
                                                    mqtt_url: str, tenant_slug: str) -> None:
     """A login the ACL does not allow on these topics: the broker's negative PUBACK (MQTT v5
-    "not authorized") must not count as delivery."""
+    "not authorized") must not count as delivery. The login may use this gateway's client id
+    but holds another vehicle's rules (a device's own login cannot even connect as another
+    vehicle: its client id is bound)."""
+    from api.broker_logins import BrokerAdmin, device_acls
+    from deploy.services import MQTT_ADMIN_USER
+    from edge_gateway.protocol import device_login
     from edge_gateway.uplink import AckCheckingClient
 
     password = secrets.token_urlsafe(12)
-    services.set_mqtt_user(f"{tenant_slug}/other", password)
+    login, role = f"{tenant_slug}/mislabelled", f"test:{tenant_slug}"
+    BrokerAdmin(services.mqtt_url(MQTT_ADMIN_USER)).run([
+        {"command": "createRole", "rolename": role,
+         "acls": device_acls(f"{tenant_slug}/other")},
+        {"command": "createClient", "username": login, "password": password,
+         "clientid": device_login(tenant_slug, "v1"), "roles": [{"rolename": role}]}])
     target = parse_mqtt_url(mqtt_url)
-    wrong_url = (f"mqtt://{quote(tenant_slug + '/other', safe='')}:{password}"
+    wrong_url = (f"mqtt://{quote(login, safe='')}:{password}"
                  f"@{target.host}:{target.port}")
     master, slave = os.openpty()
     settings = apply_overrides(
@@ -187,7 +196,6 @@ async def test_refused_publishes_stay_in_the_spool(tmp_path: Path, services: Loc
     feeder = asyncio.create_task(_feed_gps(master))
     refused_before = AckCheckingClient.refused
     try:
-        await asyncio.sleep(1.0)  # the broker reloads its password file on SIGHUP
         async with running_gateway(settings) as gateway:
             await wait_for(lambda: AckCheckingClient.refused > refused_before
                            and gateway.spool.spool.count >= 5, 30, "refusals and spooled data")
