@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote
 
 import msgspec
+from msgspec import Meta
 
 from api.broker_logins import BrokerAdmin, dynsec_config, hash_verifies, mosquitto_hash
 from deploy.errors import ServiceError
@@ -61,6 +62,16 @@ class ServicesSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     mosquitto_os_user: str = "mosquitto"
     mosquitto_dynsec_plugin: str = ""
     """Path of Mosquitto's dynamic-security plugin; empty = where Debian's package puts it."""
+    mosquitto_fleet_plugin: str = "/usr/local/lib/fleet-telemetry/mosquitto_fleet.so"
+    """The project's broker plugin (deploy/broker/fleet_plugin.c, built by `make setup`): logs
+    the login behind a refused device client id, and holds each device login to
+    `mosquitto_device_messages_per_s`. Without it both are still refused (the client id) or
+    limited (by the stream's `[limits]`), less well."""
+    mosquitto_device_messages_per_s: Annotated[float, Meta(ge=0)] = 50.0
+    """Messages a second per device login at the broker (PUBACK 0x87 beyond); 0 = no limit.
+    Keep it equal to the stream's `limits.device_messages_per_s`."""
+    mosquitto_device_burst_s: Annotated[float, Meta(ge=1)] = 10.0
+    """Seconds of that rate a quiet device may send at once (the stream's `limits.burst_s`)."""
     redis_os_user: str = "redis"
     start_timeout_s: float = 60.0
     postgres_shared_buffers_mb: int = 256
@@ -439,6 +450,7 @@ class LocalServices:
             "allow_anonymous false",
             # Logins, client ids and ACLs: api.broker_logins (docs/protocol.md, "Who may do
             # what"). The plugin checks subscriptions at SUBACK and binds client ids.
+            *self._fleet_plugin(),
             f"plugin {self._dynsec_plugin()}",
             f"plugin_opt_config_file {self.mq_dynsec}",
             "persistence true",
@@ -461,6 +473,21 @@ class LocalServices:
         if _is_root():
             lines.append(f"user {s.mosquitto_os_user}")
         return "\n".join(lines) + "\n"
+
+    def _fleet_plugin(self) -> list[str]:
+        # Before the dynamic-security plugin: it must see a refused client id first to name
+        # the login, and a message over its device's rate before anything routes it.
+        s = self.settings
+        path = s.mosquitto_fleet_plugin
+        if path and Path(path).is_file():
+            return [f"plugin {path}",
+                    f"plugin_opt_device_messages_per_s {s.mosquitto_device_messages_per_s:g}",
+                    f"plugin_opt_burst_s {s.mosquitto_device_burst_s:g}"]
+        if path:
+            self.log(f"mosquitto: {path} is not built (make setup): a device that connects "
+                     "with another client id is refused but logged without its login, and "
+                     "device rates are held by the stream only")
+        return []
 
     def _dynsec_plugin(self) -> str:
         if self.settings.mosquitto_dynsec_plugin:

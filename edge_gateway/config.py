@@ -41,6 +41,11 @@ class GatewaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """...or once it holds this many samples (a replayed backlog always goes in full batches)."""
     max_inflight_messages: Annotated[int, Meta(ge=1, le=1000)] = 16
     """Telemetry messages awaiting PUBACK at once (the replay window)."""
+    replay_messages_per_s: Annotated[float, Meta(ge=0)] = 20.0
+    """Telemetry messages a second at most, so a backlog replayed after an outage stays
+    under the server's per-device limit (`[limits] device_messages_per_s` of `fleet stream`,
+    50/s by default), where messages over it become dead letters. 20 full batches a second
+    is 5,000 samples a second; 0 = as fast as the broker acknowledges."""
     publish_timeout_s: PositiveS = 60.0
     """A PUBACK that takes longer counts as a broken connection: reconnect and resend (a busy
     broker can be slow; the keep-alive detects dead connections sooner)."""

@@ -118,6 +118,9 @@ class RejectReason(enum.StrEnum):
     GPS_FILTERED = "gps_filtered"
     REFUSED_BY_DATABASE = "refused_by_database"
     """The message decoded, but the database refused a row made from it (the stream's sink)."""
+    OVER_LIMIT = "over_limit"
+    """The device or its tenant sent more than its limit (the stream's `[limits]`): the
+    message was not processed."""
 
 
 class Reject(msgspec.Struct, frozen=True):

@@ -134,6 +134,7 @@ class Uplink:
         self._decoder = msgspec.json.Decoder(Sample)
         self._stopping = asyncio.Event()
         self._inflight = 0
+        self._next_send = 0.0
         self._idle = asyncio.Event()
         """Set while no telemetry batch awaits its PUBACK."""
         self._idle.set()
@@ -253,9 +254,21 @@ class Uplink:
                 window.release()
                 return
             cursor = rows[-1].seq
+            await self._pace()
             self._inflight += 1
             self._idle.clear()
             tg.create_task(self._publish_batch(client, rows, samples, window))
+
+    async def _pace(self) -> None:
+        """Space telemetry messages at least 1/`replay_messages_per_s` apart."""
+        rate = self.gw.replay_messages_per_s
+        if not rate:
+            return
+        now = time.monotonic()
+        wait_s = self._next_send - now
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        self._next_send = max(now, self._next_send) + 1.0 / rate
 
     async def _publish_batch(self, client: aiomqtt.Client, rows: list[SpoolRow],
                              samples: list[Sample], window: asyncio.Semaphore) -> None:

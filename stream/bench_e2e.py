@@ -91,12 +91,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def _db_url(url: str, database: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
-
-
 class _Publisher(threading.Thread):
     """Offers `rate` samples/s in messages of `batch` samples, round-robin over vehicles.
 
@@ -374,202 +368,192 @@ def _growth(windows: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear script
+def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
-    from deploy.services import drop_database, provision_database
+    from deploy.bench import scratch_database
     from deploy.settings import load_settings
-    from storage.migrate import migrate
     from stream.bench_ingest import bench_items, raw_copy_rows_per_s
     from stream.config import StreamSettings
 
     settings = load_settings(StreamSettings, getattr(args, "config", None))
-    db = settings.database
-    if not db.admin_url:
-        print("fleet bench e2e needs database.admin_url to create a scratch database",
-              file=sys.stderr)
-        return 2
-    name = f"bench_e2e_{uuid.uuid4().hex[:8]}"
     tenant = f"bench{uuid.uuid4().hex[:8]}"
-    admin_pg = _db_url(db.admin_url, "postgres")
-    provision_database(admin_pg, name)
-    owner, ingest = _db_url(db.owner_url, name), _db_url(db.ingest_url, name)
     tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     proc: subprocess.Popen[bytes] | None = None
-    try:
-        migrate(owner, log=lambda _m: None)
-        codes = [f"b{i:05d}" for i in range(args.vehicles)]
-        tenant_id = seed_tenant(owner, tenant, codes)
-        with psycopg.connect(owner) as conn:
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM vehicles WHERE tenant_id = %s ORDER BY code LIMIT 100",
-                (tenant_id,)).fetchall()]
-        # The anchor: what this database takes by raw binary COPY into the same hypertable,
-        # now, on this machine (`fleet bench ingest`'s contender); then the table is emptied.
-        anchor = raw_copy_rows_per_s(owner, bench_items(args.anchor_rows, tenant_id, ids), 5000)
-        with psycopg.connect(owner) as conn:
-            conn.execute("TRUNCATE telemetry")
-        print(f"anchor: raw COPY {anchor:,.0f} rows/s", file=sys.stderr)
-        group, prefix = f"bench{uuid.uuid4().hex[:6]}", f"bench{uuid.uuid4().hex[:6]}"
-        _presubscribe(settings.mqtt.url, prefix, group, tenant, args.processes)
-        env = dict(os.environ)
-        env.update({
-            "FLEET_DATABASE_INGEST_URL": ingest, "FLEET_MQTT_URL": settings.mqtt.url,
-            "FLEET_REDIS_URL": settings.redis.url, "FLEET_SOURCE_TENANT": tenant,
-            "FLEET_SOURCE_SHARE_GROUP": group, "FLEET_SOURCE_CLIENT_ID_PREFIX": prefix,
-            "FLEET_SOURCE_PARTITIONS": str(args.processes),
-            "FLEET_SOURCE_SESSION_EXPIRY_S": "600",
-            "FLEET_STREAM_PROCESSES": str(args.processes),
-            "FLEET_STREAM_WORKERS_PER_PROCESS": str(args.workers),
-            "FLEET_STREAM_RECOVERY_DIR": str(tmp / "recovery"),
-            "FLEET_STREAM_PROCESS_BASE_PORT": str(2300 + os.getpid() % 1000),
-            "FLEET_STREAM_DISABLED_DETECTORS": json.dumps(
-                [d for d in args.disable.split(",") if d]),
-        })
-        log_path = tmp / "stream.log"
-        proc = subprocess.Popen([sys.executable, "-m", "stream.cli"], env=env,
-                                stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        time.sleep(3.0)  # the sessions queue meanwhile; this only keeps start-up out of p99
-        # Each vehicle's own sample interval, so that its batches follow on in time.
-        spacing_ms = max(1, round(1000 * args.vehicles / args.rate))
-        publisher = _Publisher(settings.mqtt.url, tenant, codes, rate=args.rate,
-                               batch=args.batch, duration_s=args.duration,
-                               spacing_ms=spacing_ms)
-        publisher.start()
-        sampler = _Sampler(owner, publisher, proc.pid, args.batch, args.sample_s)
-        sampler.start()
-        publisher.join(args.duration + 90)
-        published_end = time.monotonic()
-
-        def stored() -> int:
+    with scratch_database(settings.database, "e2e", keep=args.keep) as db:
+        owner, ingest = db.owner_url, db.ingest_url
+        try:
+            codes = [f"b{i:05d}" for i in range(args.vehicles)]
+            tenant_id = seed_tenant(owner, tenant, codes)
             with psycopg.connect(owner) as conn:
-                r = conn.execute("SELECT count(*) FROM telemetry").fetchone()
-            return int(r[0]) if r else 0
+                ids = [r[0] for r in conn.execute(
+                    "SELECT id FROM vehicles WHERE tenant_id = %s ORDER BY code LIMIT 100",
+                    (tenant_id,)).fetchall()]
+            # The anchor: what this database takes by raw binary COPY into the same hypertable,
+            # now, on this machine (`fleet bench ingest`'s contender); then the table is emptied.
+            anchor = raw_copy_rows_per_s(owner, bench_items(args.anchor_rows, tenant_id, ids), 5000)
+            with psycopg.connect(owner) as conn:
+                conn.execute("TRUNCATE telemetry")
+            print(f"anchor: raw COPY {anchor:,.0f} rows/s", file=sys.stderr)
+            group, prefix = f"bench{uuid.uuid4().hex[:6]}", f"bench{uuid.uuid4().hex[:6]}"
+            _presubscribe(settings.mqtt.url, prefix, group, tenant, args.processes)
+            env = dict(os.environ)
+            env.update({
+                "FLEET_DATABASE_INGEST_URL": ingest, "FLEET_MQTT_URL": settings.mqtt.url,
+                "FLEET_REDIS_URL": settings.redis.url, "FLEET_SOURCE_TENANT": tenant,
+                "FLEET_SOURCE_SHARE_GROUP": group, "FLEET_SOURCE_CLIENT_ID_PREFIX": prefix,
+                "FLEET_SOURCE_PARTITIONS": str(args.processes),
+                "FLEET_SOURCE_SESSION_EXPIRY_S": "600",
+                "FLEET_STREAM_PROCESSES": str(args.processes),
+                "FLEET_STREAM_WORKERS_PER_PROCESS": str(args.workers),
+                "FLEET_STREAM_RECOVERY_DIR": str(tmp / "recovery"),
+                "FLEET_STREAM_PROCESS_BASE_PORT": str(2300 + os.getpid() % 1000),
+                "FLEET_STREAM_DISABLED_DETECTORS": json.dumps(
+                    [d for d in args.disable.split(",") if d]),
+            })
+            log_path = tmp / "stream.log"
+            proc = subprocess.Popen([sys.executable, "-m", "stream.cli"], env=env,
+                                    stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            time.sleep(3.0)  # the sessions queue meanwhile; this only keeps start-up out of p99
+            # Each vehicle's own sample interval, so that its batches follow on in time.
+            spacing_ms = max(1, round(1000 * args.vehicles / args.rate))
+            publisher = _Publisher(settings.mqtt.url, tenant, codes, rate=args.rate,
+                                   batch=args.batch, duration_s=args.duration,
+                                   spacing_ms=spacing_ms)
+            publisher.start()
+            sampler = _Sampler(owner, publisher, proc.pid, args.batch, args.sample_s)
+            sampler.start()
+            publisher.join(args.duration + 90)
+            published_end = time.monotonic()
 
-        deadline = time.monotonic() + args.drain_timeout
-        last, last_change = -1, time.monotonic()
-        drained = False
-        while time.monotonic() < deadline:
-            n = stored()
-            if n >= publisher.acked_samples:
-                drained = True
-                break
-            if n != last:
-                last, last_change = n, time.monotonic()
-            elif time.monotonic() - last_change > 30:
-                break  # stalled: what is missing now is lost
-            time.sleep(0.5)
-        drain_s = round(time.monotonic() - published_end, 1) if drained else None
-        sampler.close()
-        cpu_s = cpu_seconds(process_tree(proc.pid))
-        with psycopg.connect(owner) as conn:
-            r = conn.execute(
-                "SELECT count(*), count(DISTINCT (vehicle_id, seq)), "
-                "extract(epoch FROM max(received_at)) * 1000, "
-                "percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP "
-                "(ORDER BY extract(epoch FROM received_at - time) * 1000 "
-                "  - ((%s - 1 - (seq - 1) %% %s) * %s)) FROM telemetry",
-                (args.batch, args.batch, spacing_ms)).fetchone()
-            # Sustained rate: rows committed while the load was on, after a warm-up.
-            warm_ms = min(STEADY_WARMUP_S, publisher.elapsed_s / 6) * 1000
-            window = (publisher.started_ms + warm_ms,
-                      publisher.started_ms + publisher.elapsed_s * 1000)
-            steady = conn.execute(
-                "SELECT count(*) FROM telemetry WHERE received_at >= to_timestamp(%s / 1000.0) "
-                "AND received_at < to_timestamp(%s / 1000.0)", window).fetchone()
-            rejects = conn.execute("SELECT count(*) FROM ingest_rejects").fetchone()
-            missing: list[Any] = []
-            if publisher.sent_samples > int(r[1] if r else 0):
-                # Which samples are missing, for the record: (vehicle, first seq, last seq).
-                missing = conn.execute(
-                    "SELECT v.code, min(g), max(g) FROM vehicles v "
-                    "CROSS JOIN LATERAL generate_series(1, %s) g "
-                    "WHERE NOT EXISTS (SELECT 1 FROM telemetry t WHERE t.vehicle_id = v.id "
-                    "AND t.seq = g) AND g <= (SELECT max(seq) FROM telemetry t2 "
-                    "WHERE t2.vehicle_id = v.id) GROUP BY v.code LIMIT 5",
-                    (max(publisher.seqs) if publisher.seqs else 0,)).fetchall()
-            window_s = args.window_s or max(1.0, publisher.elapsed_s / 6)
-            slices = conn.execute(
-                "SELECT floor((extract(epoch FROM time) * 1000 + (%s - 1 - (seq - 1) %% %s) * %s"
-                " - %s) / %s)::int AS slice, count(*), percentile_cont(ARRAY[0.5, 0.99]) "
-                "WITHIN GROUP (ORDER BY extract(epoch FROM received_at - time) * 1000 "
-                "  - ((%s - 1 - (seq - 1) %% %s) * %s)) FROM telemetry GROUP BY 1 ORDER BY 1",
-                (args.batch, args.batch, spacing_ms, publisher.started_ms, window_s * 1000,
-                 args.batch, args.batch, spacing_ms)).fetchall()
-            # Spikes: p99 per second of publishing, its median and the seconds well above it
-            # (a stall, such as the epoch end's state snapshot, shows as a periodic spike).
-            spikes = conn.execute(
-                "WITH per_s AS (SELECT floor((extract(epoch FROM time) * 1000 + (%s - 1 - "
-                "(seq - 1) %% %s) * %s) / 1000) AS s, percentile_cont(0.99) WITHIN GROUP "
-                "(ORDER BY extract(epoch FROM received_at - time) * 1000 - ((%s - 1 - (seq - 1)"
-                " %% %s) * %s)) AS p99 FROM telemetry GROUP BY 1), m AS (SELECT "
-                "percentile_cont(0.5) WITHIN GROUP (ORDER BY p99) AS median FROM per_s) "
-                "SELECT m.median, max(p99), count(*) FILTER (WHERE p99 > 2 * m.median), "
-                "count(*) FROM per_s, m GROUP BY m.median",
-                (args.batch, args.batch, spacing_ms, args.batch, args.batch, spacing_ms),
-            ).fetchone()
-        windows = _windows(slices, sampler.samples, window_s, publisher.elapsed_s)
-        rows, distinct, last_ms, pct = r if r else (0, 0, None, None)
-        span_s = max(1e-3, (float(last_ms) - publisher.started_ms) / 1000) if last_ms else 0
-        sustained = int(steady[0]) * 1000 / max(1.0, window[1] - window[0]) if steady else 0.0
-        result = {
-            "duration_s": round(publisher.elapsed_s, 1),
-            "offered_per_s": round(publisher.sent_samples / max(publisher.elapsed_s, 1e-3)),
-            "samples_per_s": round(sustained),
-            "samples_per_s_overall": round(distinct / span_s) if span_s else 0,
-            "db_raw_copy_rows_per_s": round(anchor),
-            "ratio_to_raw_copy": round(sustained / anchor, 3),
-            "latency_p50_ms": round(pct[0], 1) if pct else None,
-            "latency_p99_ms": round(pct[1], 1) if pct else None,
-            "published": publisher.acked_samples,
-            "sent": publisher.sent_samples,
-            "stored": int(distinct),
-            "lost": max(0, publisher.acked_samples - int(distinct)),
-            "drained": drained,
-            "duplicated": int(rows) - int(distinct),
-            "missing_examples": [list(m) for m in missing],
-            "rejects": int(rejects[0]) if rejects else 0,
-            "vehicles": args.vehicles, "batch": args.batch,
-            "sample_hz": round(1000 / spacing_ms, 2),
-            "processes": args.processes, "workers": args.workers,
-            "disabled_detectors": args.disable,
-            "stream_cpu_s": round(cpu_s, 1),
-            "stream_cpu_us_per_sample": round(cpu_s * 1e6 / max(1, int(distinct)), 1),
-            "drain_s": drain_s,
-            "peak_backlog_samples": max((x.acked - x.stored for x in sampler.samples),
-                                        default=0),
-            "peak_in_broker_samples": max((x.acked - x.inbox_samples for x in sampler.samples),
-                                          default=0),
-            "peak_in_stream_samples": max((x.inbox_samples - x.stored for x in sampler.samples),
-                                          default=0),
-            "peak_rss_stream_mb": max((x.rss_stream_mb for x in sampler.samples), default=None),
-            "peak_rss_broker_mb": max((x.rss_broker_mb or 0.0 for x in sampler.samples),
-                                      default=None),
-            "p99_per_s_median_ms": round(spikes[0], 1) if spikes else None,
-            "p99_per_s_max_ms": round(spikes[1], 1) if spikes else None,
-            "seconds_over_twice_median_p99": int(spikes[2]) if spikes else None,
-            "seconds": int(spikes[3]) if spikes else None,
-            "window_s": round(window_s, 1),
-            "windows": windows,
-            "rss_growth_pct": _growth(windows),
-        }
-    finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        if args.keep:
-            print(f"scratch database kept: {name}; stream log and recovery store: {tmp}",
-                  file=sys.stderr)
-        else:
-            drop_database(admin_pg, name)
-            # The recovery store alone is tens of MB per run.
-            shutil.rmtree(tmp, ignore_errors=True)
+            def stored() -> int:
+                with psycopg.connect(owner) as conn:
+                    r = conn.execute("SELECT count(*) FROM telemetry").fetchone()
+                return int(r[0]) if r else 0
+
+            deadline = time.monotonic() + args.drain_timeout
+            last, last_change = -1, time.monotonic()
+            drained = False
+            while time.monotonic() < deadline:
+                n = stored()
+                if n >= publisher.acked_samples:
+                    drained = True
+                    break
+                if n != last:
+                    last, last_change = n, time.monotonic()
+                elif time.monotonic() - last_change > 30:
+                    break  # stalled: what is missing now is lost
+                time.sleep(0.5)
+            drain_s = round(time.monotonic() - published_end, 1) if drained else None
+            sampler.close()
+            cpu_s = cpu_seconds(process_tree(proc.pid))
+            with psycopg.connect(owner) as conn:
+                r = conn.execute(
+                    "SELECT count(*), count(DISTINCT (vehicle_id, seq)), "
+                    "extract(epoch FROM max(received_at)) * 1000, "
+                    "percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP "
+                    "(ORDER BY extract(epoch FROM received_at - time) * 1000 "
+                    "  - ((%s - 1 - (seq - 1) %% %s) * %s)) FROM telemetry",
+                    (args.batch, args.batch, spacing_ms)).fetchone()
+                # Sustained rate: rows committed while the load was on, after a warm-up.
+                warm_ms = min(STEADY_WARMUP_S, publisher.elapsed_s / 6) * 1000
+                window = (publisher.started_ms + warm_ms,
+                          publisher.started_ms + publisher.elapsed_s * 1000)
+                steady = conn.execute(
+                    "SELECT count(*) FROM telemetry WHERE received_at >= to_timestamp(%s / 1000.0) "
+                    "AND received_at < to_timestamp(%s / 1000.0)", window).fetchone()
+                rejects = conn.execute("SELECT count(*) FROM ingest_rejects").fetchone()
+                missing: list[Any] = []
+                if publisher.sent_samples > int(r[1] if r else 0):
+                    # Which samples are missing, for the record: (vehicle, first seq, last seq).
+                    missing = conn.execute(
+                        "SELECT v.code, min(g), max(g) FROM vehicles v "
+                        "CROSS JOIN LATERAL generate_series(1, %s) g "
+                        "WHERE NOT EXISTS (SELECT 1 FROM telemetry t WHERE t.vehicle_id = v.id "
+                        "AND t.seq = g) AND g <= (SELECT max(seq) FROM telemetry t2 "
+                        "WHERE t2.vehicle_id = v.id) GROUP BY v.code LIMIT 5",
+                        (max(publisher.seqs) if publisher.seqs else 0,)).fetchall()
+                window_s = args.window_s or max(1.0, publisher.elapsed_s / 6)
+                slices = conn.execute(
+                    "SELECT floor((extract(epoch FROM time) * 1000 "
+                    "+ (%s - 1 - (seq - 1) %% %s) * %s - %s) / %s)::int AS slice, count(*), "
+                    "percentile_cont(ARRAY[0.5, 0.99]) "
+                    "WITHIN GROUP (ORDER BY extract(epoch FROM received_at - time) * 1000 "
+                    "  - ((%s - 1 - (seq - 1) %% %s) * %s)) FROM telemetry GROUP BY 1 ORDER BY 1",
+                    (args.batch, args.batch, spacing_ms, publisher.started_ms, window_s * 1000,
+                     args.batch, args.batch, spacing_ms)).fetchall()
+                # Spikes: p99 per second of publishing, its median and the seconds well above it
+                # (a stall, such as the epoch end's state snapshot, shows as a periodic spike).
+                spikes = conn.execute(
+                    "WITH per_s AS (SELECT floor((extract(epoch FROM time) * 1000 + (%s - 1 - "
+                    "(seq - 1) %% %s) * %s) / 1000) AS s, percentile_cont(0.99) WITHIN GROUP "
+                    "(ORDER BY extract(epoch FROM received_at - time) * 1000 - ((%s - 1 - (seq - 1)"
+                    " %% %s) * %s)) AS p99 FROM telemetry GROUP BY 1), m AS (SELECT "
+                    "percentile_cont(0.5) WITHIN GROUP (ORDER BY p99) AS median FROM per_s) "
+                    "SELECT m.median, max(p99), count(*) FILTER (WHERE p99 > 2 * m.median), "
+                    "count(*) FROM per_s, m GROUP BY m.median",
+                    (args.batch, args.batch, spacing_ms, args.batch, args.batch, spacing_ms),
+                ).fetchone()
+            windows = _windows(slices, sampler.samples, window_s, publisher.elapsed_s)
+            rows, distinct, last_ms, pct = r if r else (0, 0, None, None)
+            span_s = max(1e-3, (float(last_ms) - publisher.started_ms) / 1000) if last_ms else 0
+            sustained = int(steady[0]) * 1000 / max(1.0, window[1] - window[0]) if steady else 0.0
+            result = {
+                "duration_s": round(publisher.elapsed_s, 1),
+                "offered_per_s": round(publisher.sent_samples / max(publisher.elapsed_s, 1e-3)),
+                "samples_per_s": round(sustained),
+                "samples_per_s_overall": round(distinct / span_s) if span_s else 0,
+                "db_raw_copy_rows_per_s": round(anchor),
+                "ratio_to_raw_copy": round(sustained / anchor, 3),
+                "latency_p50_ms": round(pct[0], 1) if pct else None,
+                "latency_p99_ms": round(pct[1], 1) if pct else None,
+                "published": publisher.acked_samples,
+                "sent": publisher.sent_samples,
+                "stored": int(distinct),
+                "lost": max(0, publisher.acked_samples - int(distinct)),
+                "drained": drained,
+                "duplicated": int(rows) - int(distinct),
+                "missing_examples": [list(m) for m in missing],
+                "rejects": int(rejects[0]) if rejects else 0,
+                "vehicles": args.vehicles, "batch": args.batch,
+                "sample_hz": round(1000 / spacing_ms, 2),
+                "processes": args.processes, "workers": args.workers,
+                "disabled_detectors": args.disable,
+                "stream_cpu_s": round(cpu_s, 1),
+                "stream_cpu_us_per_sample": round(cpu_s * 1e6 / max(1, int(distinct)), 1),
+                "drain_s": drain_s,
+                "peak_backlog_samples": max((x.acked - x.stored for x in sampler.samples),
+                                            default=0),
+                "peak_in_broker_samples": max((x.acked - x.inbox_samples for x in sampler.samples),
+                                              default=0),
+                "peak_in_stream_samples": max((x.inbox_samples - x.stored for x in sampler.samples),
+                                              default=0),
+                "peak_rss_stream_mb": max((x.rss_stream_mb for x in sampler.samples), default=None),
+                "peak_rss_broker_mb": max((x.rss_broker_mb or 0.0 for x in sampler.samples),
+                                          default=None),
+                "p99_per_s_median_ms": round(spikes[0], 1) if spikes else None,
+                "p99_per_s_max_ms": round(spikes[1], 1) if spikes else None,
+                "seconds_over_twice_median_p99": int(spikes[2]) if spikes else None,
+                "seconds": int(spikes[3]) if spikes else None,
+                "window_s": round(window_s, 1),
+                "windows": windows,
+                "rss_growth_pct": _growth(windows),
+            }
+        finally:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+            if args.keep:
+                print(f"stream log and recovery store kept: {tmp}", file=sys.stderr)
+            else:
+                # The recovery store alone is tens of MB per run.
+                shutil.rmtree(tmp, ignore_errors=True)
     if not args.json:
         for key, value in result.items():
             print(f"{key:>16}: {value}")

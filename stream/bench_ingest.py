@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 import uuid
 from typing import Any
@@ -32,13 +31,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=5_000, help="rows per transaction")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
     parser.set_defaults(func=run)
-
-
-def _db_url(url: str, database: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 def bench_items(n: int, tenant_id: uuid.UUID, vehicles: list[uuid.UUID]) -> list[Any]:
@@ -95,31 +87,20 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
-    from deploy.services import drop_database, provision_database
+    from deploy.bench import scratch_database
     from deploy.settings import load_settings
-    from storage.migrate import migrate
     from stream.config import StreamSettings
     settings = load_settings(StreamSettings, getattr(args, "config", None))
-    db = settings.database
-    if not db.admin_url:
-        print("fleet bench ingest needs database.admin_url to create a scratch database",
-              file=sys.stderr)
-        return 2
-    name = f"bench_ingest_{uuid.uuid4().hex[:8]}"
-    provision_database(_db_url(db.admin_url, "postgres"), name)
-    owner, ingest = _db_url(db.owner_url, name), _db_url(db.ingest_url, name)
-    try:
-        migrate(owner, log=lambda _m: None)
-        with psycopg.connect(owner) as conn:
+    with scratch_database(settings.database, "ingest") as db:
+        with psycopg.connect(db.owner_url) as conn:
             row = conn.execute("INSERT INTO tenants (slug, name) VALUES ('bench', 'bench') "
                                "RETURNING id").fetchone()
             tenant_id = row[0] if row else uuid.uuid4()
             vehicles = [r[0] for r in conn.execute(
                 "INSERT INTO vehicles (tenant_id, code) SELECT %s, 'v' || g "
                 "FROM generate_series(1, 100) g RETURNING id", (tenant_id,)).fetchall()]
-        result = _contest(owner, ingest, bench_items(args.rows, tenant_id, vehicles), args)
-    finally:
-        drop_database(_db_url(db.admin_url, "postgres"), name)
+        result = _contest(db.owner_url, db.ingest_url,
+                          bench_items(args.rows, tenant_id, vehicles), args)
     if not args.json:
         for key, value in result.items():
             print(f"{key:>24}: {value}")

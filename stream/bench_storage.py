@@ -126,11 +126,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
-    from deploy.bench import emit
-    from deploy.services import drop_database, provision_database
+    from deploy.bench import emit, scratch_database
     from deploy.settings import load_settings
-    from storage.migrate import migrate
-    from stream.bench_ingest import _db_url
     from stream.config import StreamSettings
     from stream.sink import Batch, DatabaseWriter, telemetry_row
 
@@ -139,17 +136,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
             print(f"bench storage: {message}", file=sys.stderr, flush=True)
 
     db = load_settings(StreamSettings, getattr(args, "config", None)).database
-    if not db.admin_url:
-        print("fleet bench storage needs database.admin_url to create a scratch database",
-              file=sys.stderr)
-        return 2
-    name = f"bench_storage_{uuid.uuid4().hex[:8]}"
-    admin = _db_url(db.admin_url, "postgres")
-    provision_database(admin, name)
-    owner, ingest = _db_url(db.owner_url, name), _db_url(db.ingest_url, name)
     result: dict[str, Any] = {}
-    try:
-        edition = migrate(owner, log=lambda _m: None).edition
+    with scratch_database(db, "storage") as scratch:
+        owner, ingest, edition = scratch.owner_url, scratch.ingest_url, scratch.edition
         with psycopg.connect(owner, autocommit=True) as conn:
             row = conn.execute("INSERT INTO tenants (slug, name) VALUES ('bench', 'bench') "
                                "RETURNING id").fetchone()
@@ -246,6 +235,4 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
                     "query_compressed_s": round(compressed_q, 4),
                     "query_compressed_vs_uncompressed": round(compressed_q / plain_q, 3),
                 })
-    finally:
-        drop_database(admin, name)
     return emit(result, args.json)

@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
-from edge_gateway.protocol import whole
+from edge_gateway.protocol import MAX_PAYLOAD_BYTES, whole
 from geo.config import GeofenceSettings
 from stream.anomaly import AnomalySettings
 from stream.detectors.config import DetectorSettings
@@ -68,6 +68,39 @@ class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     inbox_retention_s: PositiveInt = 600
     """Inbox rows are deleted once a snapshot at least this old covers them."""
     connect_timeout_s: PositiveFloat = 10.0
+
+
+class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Fairness: how much telemetry one device, and one tenant, may send (0 disables a limit).
+
+    Enforced by each source partition as messages arrive, before the inbox, so a message over
+    a limit costs neither an inbox row nor the dataflow: a flooding device cannot slow other
+    tenants' data down. Each partition holds its share (1.5/`source.partitions`: the broker
+    hands a shared subscription's messages round-robin, not exactly evenly). A bucket holds
+    `burst_s` seconds of its rate, so a device that was quiet may catch up at once. A message
+    over a limit becomes an `over_limit` dead letter with its payload, up to
+    `over_limit_kept_per_s` per device; beyond that (a flood) it is dropped unread, and one
+    dead letter per device and `summary_interval_s` counts what was dropped. The project's
+    broker holds device logins to the same rate before this (`services.
+    mosquitto_device_messages_per_s`). The defaults leave `fleet gateway` (one message a
+    second live, at most `gateway.replay_messages_per_s` replaying its spool) far below."""
+
+    device_messages_per_s: NonNegFloat = 50.0
+    device_kib_per_s: NonNegFloat = 2048.0
+    tenant_messages_per_s: NonNegFloat = 5000.0
+    tenant_kib_per_s: NonNegFloat = 102_400.0
+    burst_s: Annotated[float, Meta(ge=1)] = 10.0
+    over_limit_kept_per_s: NonNegFloat = 10.0
+    """Over-limit messages per device and second kept in full as dead letters."""
+    summary_interval_s: PositiveFloat = 10.0
+
+    def __post_init__(self) -> None:
+        # A bucket smaller than the largest message would refuse that message forever.
+        for name in ("device_kib_per_s", "tenant_kib_per_s"):
+            kib = getattr(self, name)
+            if kib and kib * self.burst_s < MAX_PAYLOAD_BYTES / 1024:
+                raise ValueError(f"limits.{name} x limits.burst_s must hold one message of "
+                                 f"{MAX_PAYLOAD_BYTES // 1024} KiB")
 
 
 class FilterSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -161,6 +194,7 @@ class StreamSettings(msgspec.Struct, frozen=True, kw_only=True):
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     source: SourceSettings = msgspec.field(default_factory=SourceSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     stream: DataflowSettings = msgspec.field(default_factory=DataflowSettings)
     filters: FilterSettings = msgspec.field(default_factory=FilterSettings)
     rollups: RollupSettings = msgspec.field(default_factory=RollupSettings)

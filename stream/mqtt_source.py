@@ -30,9 +30,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -45,14 +46,21 @@ from paho.mqtt.reasoncodes import ReasonCode
 from deploy.settings import MqttSettings
 from edge_gateway.errors import ConfigError
 from edge_gateway.mqtt_url import MqttTarget, parse_mqtt_url
-from edge_gateway.protocol import Channel, subscription
-from stream.config import DB_RETRY_DELAYS_S, DB_RETRY_LOG_EVERY, SourceSettings
+from edge_gateway.protocol import Channel, RejectReason, subscription
+from stream.config import DB_RETRY_DELAYS_S, DB_RETRY_LOG_EVERY, LimitSettings, SourceSettings
 from stream.errors import SourceError, StreamConfigError, first_line
-from stream.items import InboxMessage
+from stream.items import InboxMessage, RejectRow
+from stream.limits import Limiter, Verdict
+from stream.sink import REJECTS
 
 log = logging.getLogger(__name__)
 
 _PRUNE_EVERY_S = 30.0
+PARTITION_SHARE_HEADROOM = 1.5
+"""A partition enforces 1.5 / partitions of each limit: the broker's turn-taking among a
+share group's members is not exact (measured: a device held to 50/s by the broker still
+crossed a partition's exact half a few times a minute), and the limits are a safety net
+for a flood, not a meter."""
 _STATS_EVERY_S = 30.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
@@ -67,6 +75,18 @@ class _Received:
     received_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class _OverLimit:
+    """A dead letter the intake writes itself (a message over a limit, or a count of those
+    dropped unread); `message` is acknowledged once it is committed."""
+
+    topic: str
+    detail: str
+    payload: bytes
+    received_ms: int
+    message: _Received | None = None
+
+
 class MqttSource(FixedPartitionedSource[InboxMessage, int]):
     """Bytewax source: MQTT shared subscription -> durable inbox -> `InboxMessage`s.
 
@@ -74,8 +94,12 @@ class MqttSource(FixedPartitionedSource[InboxMessage, int]):
     """
 
     def __init__(self, *, mqtt: MqttSettings, source: SourceSettings, database_url: str,
-                 connect_timeout_s: float = 10.0, recovery: bool = True) -> None:
-        """`recovery` says whether Bytewax snapshots this source (it decides inbox pruning)."""
+                 connect_timeout_s: float = 10.0, recovery: bool = True,
+                 limits: LimitSettings | None = None, reject_payload_max_bytes: int = 65_536
+                 ) -> None:
+        """`recovery` says whether Bytewax snapshots this source (it decides inbox pruning);
+        `limits` None turns the intake limits off (tests and benchmarks that play one device
+        at a rate no vehicle has)."""
         try:
             self.target = parse_mqtt_url(mqtt.url)
         except ConfigError as exc:
@@ -89,6 +113,8 @@ class MqttSource(FixedPartitionedSource[InboxMessage, int]):
         self.database_url = database_url
         self.connect_timeout_s = connect_timeout_s
         self.recovery = recovery
+        self.limits = limits
+        self.reject_payload_max_bytes = reject_payload_max_bytes
         self.topic_filter = subscription(Channel.TELEMETRY, tenant=source.tenant,
                                          share_group=source.share_group)
 
@@ -102,6 +128,11 @@ class MqttSource(FixedPartitionedSource[InboxMessage, int]):
         return _MqttPartition(self, for_part, resume_state)
 
 
+def _vehicle_of(topic: str) -> str | None:
+    parts = topic.split("/")
+    return parts[3] if len(parts) > 3 else None
+
+
 class _Inbox:
     """One partition's log in `stream_inbox` (single writer: the partition itself)."""
 
@@ -113,6 +144,7 @@ class _Inbox:
         self.connect_timeout_s = connect_timeout_s
         self.halt = halt or threading.Event()
         self.conn: psycopg.Connection[Any] | None = None
+        self.tenant_ids: dict[str, UUID] = {}
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
@@ -161,18 +193,39 @@ class _Inbox:
             return int(row[0]) if row else 0
         return int(self._retrying("read", q))
 
-    def append(self, first_offset: int, messages: list[_Received]) -> None:
-        """Commit messages at offsets first_offset, first_offset + 1, ... in one transaction."""
+    def append(self, first_offset: int, messages: list[_Received],
+               rejects: list[RejectRow] | None = None) -> None:
+        """Commit messages at offsets first_offset, first_offset + 1, ... and the intake's
+        own dead letters in one transaction."""
         def q(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction(), conn.cursor() as cur, cur.copy(
-                    "COPY stream_inbox (source_partition, inbox_offset, received_at, topic, "
-                    "payload) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["text", "int8", "timestamptz", "text", "bytea"])
-                for i, m in enumerate(messages):
-                    copy.write_row((self.partition, first_offset + i,
-                                    _EPOCH + timedelta(milliseconds=m.received_ms),
-                                    m.topic, m.payload))
+            with conn.transaction(), conn.cursor() as cur:
+                if messages:
+                    with cur.copy("COPY stream_inbox (source_partition, inbox_offset, "
+                                  "received_at, topic, payload) FROM STDIN (FORMAT BINARY)"
+                                  ) as copy:
+                        copy.set_types(["text", "int8", "timestamptz", "text", "bytea"])
+                        for i, m in enumerate(messages):
+                            copy.write_row((self.partition, first_offset + i,
+                                            _EPOCH + timedelta(milliseconds=m.received_ms),
+                                            m.topic, m.payload))
+                if rejects:
+                    self._write_rejects(cur, rejects)
         self._retrying("append", q)
+
+    def _write_rejects(self, cur: psycopg.Cursor[Any], rejects: list[RejectRow]) -> None:
+        slugs = {r.topic.split("/")[2] for r in rejects if r.topic.count("/") >= 3}
+        missing = [slug for slug in slugs if slug not in self.tenant_ids]
+        if missing:
+            for slug, tenant_id in cur.execute(
+                    "SELECT slug, id FROM tenants WHERE slug = ANY(%s)", (missing,)):
+                self.tenant_ids[slug] = tenant_id
+        cols = ", ".join(REJECTS.columns)
+        with cur.copy(f"COPY ingest_rejects ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(list(REJECTS.types))
+            for r in rejects:
+                parts = r.topic.split("/")
+                tenant_id = self.tenant_ids.get(parts[2]) if len(parts) > 3 else None
+                copy.write_row(REJECTS.row(replace(r, tenant_id=tenant_id)))
 
     def read(self, after: int, limit: int) -> list[InboxMessage]:
         """Stored messages with offsets > after, in order."""
@@ -242,6 +295,13 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         # unacknowledged messages in flight to this session, and we acknowledge only what we
         # have committed, so this queue cannot grow past that.
         self.received: collections.deque[_Received] = collections.deque()
+        # Intake limits (`[limits]`): checked in the MQTT thread, summarised by the intake.
+        self.limiter = (Limiter(source.limits, min(1.0, PARTITION_SHARE_HEADROOM
+                                                   / self.cfg.partitions))
+                        if source.limits is not None else None)
+        self.limit_lock = threading.Lock()
+        self.over: collections.deque[_OverLimit] = collections.deque()
+        self.stat_over_kept = self.stat_over_dropped = 0
         self._full = min(self.cfg.max_batch_messages, self.cfg.receive_maximum)
         # Committed batches not yet handed on, kept for the worker (`lock` guards them and
         # `last_written`, which only the intake advances).
@@ -312,11 +372,44 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         # paho reconnects by itself; unacknowledged messages come again on the new connection.
         log.warning("MQTT partition %s disconnected: %s", self.partition, reason)
 
-    def _on_message(self, _client: Client, _userdata: Any, msg: MQTTMessage) -> None:
-        self.received.append(_Received(msg.mid, msg.qos, msg.topic, bytes(msg.payload),
-                                       time.time_ns() // 1_000_000))
+    def _on_message(self, client: Client, _userdata: Any, msg: MQTTMessage) -> None:
+        m = _Received(msg.mid, msg.qos, msg.topic, bytes(msg.payload),
+                      time.time_ns() // 1_000_000)
+        if self.limiter is not None:
+            with self.limit_lock:
+                verdict = self.limiter.check(m.topic, len(m.payload), time.monotonic())
+            if verdict is not None:
+                self._over_limit(client, m, verdict)
+                return
+        self.received.append(m)
         if len(self.received) >= self._full:
             self.wake.set()
+
+    def _over_limit(self, client: Client, m: _Received, verdict: Verdict) -> None:
+        """Keep the message as a dead letter (acknowledged once committed), or, beyond the
+        kept share, acknowledge it unread: a flood costs no inbox row and no disk."""
+        if verdict.keep:
+            self.stat_over_kept += 1
+            self.over.append(_OverLimit(
+                m.topic, f"over the limit of {verdict.limit}; not processed",
+                m.payload[:self.src.reject_payload_max_bytes], m.received_ms, m))
+        else:
+            self.stat_over_dropped += 1
+            if m.qos > 0:
+                client.ack(m.mid, m.qos)
+
+    def _summarise_dropped(self) -> None:
+        """One dead letter per device that had messages dropped unread: how many, since."""
+        if self.limiter is None:
+            return
+        now, now_ms = time.monotonic(), time.time_ns() // 1_000_000
+        with self.limit_lock:
+            dropped = self.limiter.take_dropped(now)
+        for d in dropped:
+            self.over.append(_OverLimit(
+                d.topic, f"{d.count} more messages over the limit in the last "
+                f"{now - d.since:.0f} s were dropped unread (beyond "
+                f"limits.over_limit_kept_per_s)", b"", now_ms))
 
     # -- the intake thread -----------------------------------------------------------------
     def _intake(self) -> None:
@@ -324,6 +417,7 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         the worker to raise (the stream stops, its supervisor restarts it)."""
         try:
             while not self.halt.is_set():
+                self._summarise_dropped()
                 if self._ripe():
                     self._commit_received()
                 else:
@@ -339,17 +433,25 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         taken: list[_Received] = []
         while self.received and len(taken) < self.cfg.max_batch_messages:
             taken.append(self.received.popleft())
+        over: list[_OverLimit] = []
+        while self.over and len(over) < self.cfg.max_batch_messages:
+            over.append(self.over.popleft())
         first = self.last_written + 1
         t0 = time.perf_counter()
-        self.writer.append(first, taken)
+        self.writer.append(first, taken, [
+            RejectRow(o.received_ms, RejectReason.OVER_LIMIT.value, o.detail, o.topic,
+                      o.payload, vehicle_code=_vehicle_of(o.topic), partition=self.client_id)
+            for o in over])
         self._count(len(taken), time.perf_counter() - t0)
-        for m in taken:
+        for m in [*taken, *(o.message for o in over if o.message is not None)]:
             if m.qos > 0:
                 rc = self.client.ack(m.mid, m.qos)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     # Not fatal: the message is in the inbox; the broker will redeliver it
                     # and dedupe drops the copy.
                     log.debug("PUBACK of mid %d failed: %s", m.mid, rc)
+        if not taken:
+            return
         batch = [InboxMessage(self.client_id, first + i, m.received_ms, m.topic, m.payload)
                  for i, m in enumerate(taken)]
         with self.lock:
@@ -376,9 +478,12 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
             with self.lock:
                 behind = self.last_written - self.emitted
             log.info("source %s: %d messages over %.0f s; inbox commits %.1f s; "
-                     "%d committed messages not yet handed on", self.partition,
-                     self.stat_messages, elapsed, self.stat_commit_s, behind)
+                     "%d committed messages not yet handed on; over the limits: %d kept as "
+                     "dead letters, %d dropped unread", self.partition,
+                     self.stat_messages, elapsed, self.stat_commit_s, behind,
+                     self.stat_over_kept, self.stat_over_dropped)
             self.stat_messages, self.stat_commit_s = 0, 0.0
+            self.stat_over_kept = self.stat_over_dropped = 0
             self.stat_started = time.monotonic()
 
     def _ripe(self) -> bool:
@@ -388,7 +493,7 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         would only stall it."""
         received = self.received
         if not received:
-            return False
+            return bool(self.over)
         if len(received) >= self._full or not self.cfg.linger_ms:
             return True
         return time.time_ns() // 1_000_000 - received[0].received_ms >= self.cfg.linger_ms

@@ -78,7 +78,8 @@ def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> No
         parts = FlowParts(
             source=MqttSource(mqtt=settings.mqtt, source=settings.source,
                               database_url=db.ingest_url, connect_timeout_s=db.connect_timeout_s,
-                              recovery=recovery_dir is not None),
+                              recovery=recovery_dir is not None, limits=settings.limits,
+                              reject_payload_max_bytes=cfg.reject_payload_max_bytes),
             sink=PostgresSink(db.ingest_url,
                               redis_url=settings.redis.url if cfg.live_enabled else None,
                               rollup_interval_s=cfg.rollup_interval_s,

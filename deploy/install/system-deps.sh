@@ -5,7 +5,7 @@ set -euo pipefail
 
 PACKAGES=(
   postgresql-15 postgresql-15-postgis-3 postgresql-server-dev-15 postgresql-client-15
-  cmake build-essential mosquitto mosquitto-clients redis-server
+  cmake build-essential mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev redis-server
   dpkg-dev libssl-dev libkrb5-dev
   chromium wrk
 )
@@ -42,3 +42,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 "$(dirname "$0")/timescaledb.sh"
+"$(dirname "$0")/broker-plugin.sh"

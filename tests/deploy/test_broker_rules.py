@@ -38,6 +38,7 @@ class Session:
     disconnects: list[int] = field(default_factory=list)
     subacks: dict[int, list[int]] = field(default_factory=dict)
     messages: list[tuple[str, bytes]] = field(default_factory=list)
+    pubacks: list[int] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def wait(self, what: Any, timeout_s: float = 10.0) -> None:
@@ -80,6 +81,7 @@ def connect(services: LocalServices, login: str, password: str, client_id: str, 
         lambda: session.subacks.__setitem__(mid, [r.value for r in rcs]))
     client.on_message = lambda _c, _u, m: note(
         lambda: session.messages.append((m.topic, m.payload)))
+    client.on_publish = lambda _c, _u, _mid, rc, _p: note(lambda: session.pubacks.append(rc.value))
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = expiry_s
     client.connect(target.host, target.port, clean_start=clean_start, properties=props)
@@ -217,6 +219,14 @@ def test_no_device_can_take_another_clients_session(services: LocalServices) -> 
             refused = connect(services, attacker.login, attacker.password, client_id)
             refused.close()
             assert refused.connack == [NOT_AUTHORIZED], client_id or "(broker-assigned)"
+        # Each attempt is in the broker's log with the login that tried (the project's plugin,
+        # deploy/broker/fleet_logins.c).
+        wanted = [f"refused device login '{attacker.login}' connecting as client id '{cid}'"
+                  for cid in (victim.login, partition)]
+        deadline = time.monotonic() + 10
+        while not all(w in services.mq_log.read_text() for w in wanted):
+            assert time.monotonic() < deadline, f"not in {services.mq_log}: {wanted}"
+            time.sleep(0.1)
         # The wrong password with the right client id is refused too.
         refused = connect(services, victim.login, "not-the-password", victim.login)
         refused.close()
@@ -244,4 +254,45 @@ def test_no_device_can_take_another_clients_session(services: LocalServices) -> 
         assert own.connack == [0]
     finally:
         for s in (stream, sender, gateway):
+            s.close()
+
+
+def test_the_broker_holds_a_device_to_its_rate(services: LocalServices) -> None:
+    """A device publishing far faster than any vehicle gets PUBACK 0x87 beyond its limit
+    (`services.mosquitto_device_messages_per_s` and `_burst_s`, the project's plugin): what
+    is refused is never routed, and the broker says how much it refused and whose it was."""
+    rate = services.settings.mosquitto_device_messages_per_s
+    burst = rate * services.settings.mosquitto_device_burst_s
+    device = new_device(services)
+    stream = service(services, f"test-stream-{uuid.uuid4().hex[:8]}")
+    gateway = connect(services, device.login, device.password, device.login)
+    codes = gateway.pubacks
+    try:
+        assert stream.subscribe(device.topic("telemetry")) == 1
+        started = time.monotonic()
+        total = int(3 * burst)
+        for i in range(total):
+            gateway.client.publish(device.topic("telemetry"), str(i).encode(), qos=1)
+        gateway.wait(lambda: len(codes) == total, 30)
+        elapsed = time.monotonic() - started
+        admitted = codes.count(0)
+        assert set(codes) <= {0, NOT_AUTHORIZED}
+        assert burst <= admitted <= burst + rate * elapsed + 1, (admitted, elapsed)
+        stream.wait(lambda: len(stream.messages) >= admitted, 10)
+        time.sleep(0.5)
+        assert len(stream.messages) == admitted
+        line = f"fleet: device login '{device.login}' over its limit of {rate:g} messages/s"
+        deadline = time.monotonic() + 30  # one summary per device every 10 s
+        while line not in services.mq_log.read_text():
+            assert time.monotonic() < deadline, f"no {line!r} in {services.mq_log}"
+            time.sleep(0.2)
+        # A service login (a vendor bridge publishing for many vehicles) is not held here;
+        # the stream's [limits] apply to it per topic.
+        service_codes = stream.pubacks
+        for i in range(total):
+            stream.client.publish(device.topic("telemetry"), str(i).encode(), qos=1)
+        stream.wait(lambda: len(service_codes) == total, 30)
+        assert set(service_codes) == {0}
+    finally:
+        for s in (stream, gateway):
             s.close()

@@ -180,7 +180,9 @@ async def test_refused_publishes_stay_in_the_spool(tmp_path: Path, services: Loc
     from edge_gateway.uplink import AckCheckingClient
 
     password = secrets.token_urlsafe(12)
-    login, role = f"{tenant_slug}/mislabelled", f"test:{tenant_slug}"
+    # Not "{tenant}/{vehicle}": the project's broker plugin refuses a device login whose
+    # client id differs before any rule is read.
+    login, role = f"mislabelled-{tenant_slug}", f"test:{tenant_slug}"
     BrokerAdmin(services.mqtt_url(MQTT_ADMIN_USER)).run([
         {"command": "createRole", "rolename": role,
          "acls": device_acls(f"{tenant_slug}/other")},
