@@ -172,6 +172,17 @@ def remove_device_commands(login: str) -> list[dict[str, Any]]:
             {"command": "deleteRole", "rolename": device_role(login)}]
 
 
+def stray_logins(admin: BrokerAdmin, active: set[str]) -> tuple[list[str], list[str]]:
+    """(device logins on the broker that `active` lacks, `active` logins the broker lacks).
+    A device login is one with a '/' ("{tenant}/{vehicle}"); service and admin logins are
+    never stray."""
+    [answer] = admin.run([{"command": "listClients", "verbose": False, "count": -1,
+                           "offset": 0}])
+    on_broker = {str(c) for c in (answer.get("data") or {}).get("clients", [])}
+    devices = {login for login in on_broker if "/" in login}
+    return sorted(devices - active), sorted(active - devices)
+
+
 class BrokerAdmin:
     """Sends plugin commands with an admin login and waits for every answer.
 

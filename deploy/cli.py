@@ -155,6 +155,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("bench", "deploy.bench", "benchmarks; each prints one JSON object as its last line"),
     ("audit", "api.audit_cli", "verify the hash-chained audit log"),
     ("archive", "api.jobs.archive_cli", "cold archive in Azure Blob: list, restore a day"),
+    ("broker", "api.broker_cli", "device logins on a dynamic-security broker: prune strays"),
 ]
 
 

@@ -72,6 +72,9 @@ class ServicesSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     Keep it equal to the stream's `limits.device_messages_per_s`."""
     mosquitto_device_burst_s: Annotated[float, Meta(ge=1)] = 10.0
     """Seconds of that rate a quiet device may send at once (the stream's `limits.burst_s`)."""
+    mosquitto_flood_cooldown_s: Annotated[float, Meta(ge=0)] = 60.0
+    """A device that has more than a whole burst's worth refused within 10 s is
+    disconnected and may not log in again for this long, s; 0 = never disconnect."""
     redis_os_user: str = "redis"
     start_timeout_s: float = 60.0
     postgres_shared_buffers_mb: int = 256
@@ -480,9 +483,14 @@ class LocalServices:
         s = self.settings
         path = s.mosquitto_fleet_plugin
         if path and Path(path).is_file():
-            return [f"plugin {path}",
+            # The build's hash (broker-plugin.sh keeps it beside the file): a new build
+            # changes this file, so `up` restarts the broker to load it.
+            build = Path(f"{path}.sha256")
+            return [f"# plugin build {build.read_text().strip() if build.is_file() else '?'}",
+                    f"plugin {path}",
                     f"plugin_opt_device_messages_per_s {s.mosquitto_device_messages_per_s:g}",
-                    f"plugin_opt_burst_s {s.mosquitto_device_burst_s:g}"]
+                    f"plugin_opt_burst_s {s.mosquitto_device_burst_s:g}",
+                    f"plugin_opt_flood_cooldown_s {s.mosquitto_flood_cooldown_s:g}"]
         if path:
             self.log(f"mosquitto: {path} is not built (make setup): a device that connects "
                      "with another client id is refused but logged without its login, and "

@@ -11,10 +11,14 @@
  *    over it is refused with PUBACK 0x87 before it is routed: a flood costs the broker a few
  *    microseconds a message and the stream nothing, and a well-behaved device (`fleet
  *    gateway`) keeps a refused batch and sends it again, so it loses nothing. Every
- *    `summary_interval_s` one line per device counts what was refused.
+ *    `summary_interval_s` one line per device counts what was refused. A device that has more
+ *    than a whole bucket's worth refused within one such interval is flooding: it is
+ *    disconnected and may not log in again for `flood_cooldown_s`, so it stops costing the
+ *    broker (which still has to read and answer every refused PUBLISH).
  *
  * Options (plugin_opt_...): device_messages_per_s (default 50; 0 turns the limit off),
- * burst_s (10: a bucket holds that many seconds of the rate), summary_interval_s (10).
+ * burst_s (10: a bucket holds that many seconds of the rate), summary_interval_s (10),
+ * flood_cooldown_s (60; 0 never disconnects).
  * Service logins (no '/') are never limited or checked here.
  *
  * Built by `make setup` (deploy/install/broker-plugin.sh); `fleet services up` loads it.
@@ -41,6 +45,8 @@ struct bucket {
 	double stamp;
 	unsigned long refused;
 	double refused_since;
+	bool kick;
+	double banned_until;
 	struct bucket *next;
 };
 
@@ -49,6 +55,7 @@ static struct bucket *table[TABLE_SIZE];
 static double rate_per_s = 50.0;
 static double burst_s = 10.0;
 static double summary_s = 10.0;
+static double cooldown_s = 60.0;
 static double last_sweep;
 
 static double now_s(void)
@@ -137,6 +144,11 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		return MOSQ_ERR_PLUGIN_DEFER;
 	}
 	if(client_id != NULL && strcmp(client_id, login) == 0){
+		struct bucket *b = bucket_of(login, now_s());
+
+		if(b != NULL && b->banned_until > now_s()){
+			return MOSQ_ERR_AUTH; /* flooding: logged when it was disconnected */
+		}
 		return MOSQ_ERR_PLUGIN_DEFER; /* a device as itself: its password is checked next */
 	}
 	printable(who, login);
@@ -179,6 +191,11 @@ static int on_message(int event, void *event_data, void *userdata)
 		b->refused_since = now;
 	}
 	b->refused++;
+	/* More than a whole burst refused within one summary interval: not a device catching
+	 * up (it would wait for its PUBACKs and slow down), a flood. */
+	if(cooldown_s > 0 && (double)b->refused > cap){
+		b->kick = true; /* disconnected by the next tick, outside this client's own packet */
+	}
 	return MOSQ_ERR_ACL_DENIED;
 }
 
@@ -196,7 +213,19 @@ static int on_tick(int event, void *event_data, void *userdata)
 	last_sweep = now;
 	for(size_t i = 0; i < TABLE_SIZE; i++){
 		for(struct bucket *b = table[i]; b != NULL; b = b->next){
-			if(b->refused > 0 && now - b->refused_since >= summary_s){
+			if(b->kick){
+				char who[FIELD_MAX];
+
+				b->kick = false;
+				b->banned_until = now + cooldown_s;
+				printable(who, b->login);
+				mosquitto_log_printf(MOSQ_LOG_NOTICE,
+						"fleet: device login '%s' disconnected for flooding: more than %g "
+						"messages over its limit were refused within %g s; it may log in "
+						"again in %g s", who, rate_per_s * burst_s, summary_s, cooldown_s);
+				report(b, now);
+				mosquitto_kick_client_by_username(b->login, true);
+			}else if(b->refused > 0 && now - b->refused_since >= summary_s){
 				report(b, now);
 			}
 		}
@@ -229,6 +258,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			burst_s = value;
 		}else if(strcmp(opts[i].key, "summary_interval_s") == 0 && value > 0){
 			summary_s = value;
+		}else if(strcmp(opts[i].key, "flood_cooldown_s") == 0 && value >= 0){
+			cooldown_s = value;
 		}else{
 			mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: bad plugin option %s = %s",
 					opts[i].key, opts[i].value);
