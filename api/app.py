@@ -130,9 +130,9 @@ def create_app(settings: ApiSettings) -> web.Application:
     if section.dev_auth_bypass and not section.dev_tenant_id:
         raise ApiConfigError("api.dev_auth_bypass needs api.dev_tenant_id")
     if section.mqtt_credentials == "dynsec" and not section.mqtt_admin_url:
-        raise ApiConfigError(
-            'api.mqtt_credentials = "dynsec" needs api.mqtt_admin_url (a broker login that may '
-            'publish to $CONTROL/dynamic-security/#), or set it to "database"')
+        # Everything but provisioning works; that answers 503 naming the setting.
+        log.warning('api.mqtt_credentials = "dynsec" without api.mqtt_admin_url: devices '
+                    'cannot be provisioned or revoked until it is set (or set "database")')
     app = web.Application(
         middlewares=[observe_middleware, error_middleware, security_middleware,
                      audit_middleware, input_middleware],

@@ -75,7 +75,8 @@ class ApiSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     authenticates against the database and applies the rules of docs/protocol.md itself."""
     mqtt_admin_url: str = ""
     """mqtt:// or mqtts:// URL of a login allowed to publish to $CONTROL/dynamic-security/#;
-    `fleet services up` writes the local broker's. Required with "dynsec"."""
+    `fleet services up` writes the local broker's. Without it (with "dynsec") the API runs,
+    but provisioning and revoking devices answer 503 naming this setting."""
     mqtt_public_url: str = ""
     """Broker URL written into provisioned gateway configs; default: the [mqtt] host/port."""
     db_pool_min: int = 2

@@ -7,17 +7,10 @@ subcommand; the registry below is the one list of them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import sys
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from deploy.errors import DeployError
 from deploy.optional import module_available
-from deploy.settings import DatabaseSettings
 
 BENCHMARKS: list[tuple[str, str, str]] = [
     ("gateway", "edge_gateway.bench", "gateway against the simulators: RSS, CPU, catch-up rate"),
@@ -32,48 +25,6 @@ BENCHMARKS: list[tuple[str, str, str]] = [
     ("ws", "api.bench_ws", "WebSocket live map fan-out staleness"),
     ("api", "api.bench_api", "REST GET /api/vehicles under concurrency"),
 ]
-
-
-@dataclass(frozen=True)
-class Scratch:
-    """A benchmark's own database, migrated: its name, edition and role URLs."""
-
-    name: str
-    edition: str
-    owner_url: str
-    ingest_url: str
-
-
-def db_url(url: str, database: str) -> str:
-    """`url` with another database name."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
-
-
-@contextlib.contextmanager
-def scratch_database(db: DatabaseSettings, label: str, *, keep: bool = False
-                     ) -> Iterator[Scratch]:
-    """Create, migrate and (unless `keep`) finally drop a database `bench_{label}_{random}`,
-    so a benchmark never touches the data of the configured one."""
-    from deploy.services import drop_database, provision_database
-    from storage.migrate import migrate
-
-    if not db.admin_url:
-        raise DeployError(f"fleet bench {label} needs database.admin_url to create a scratch "
-                          "database")
-    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
-    admin = db_url(db.admin_url, "postgres")
-    provision_database(admin, name)
-    try:
-        owner = db_url(db.owner_url, name)
-        edition = migrate(owner, log=lambda _m: None).edition
-        yield Scratch(name, edition, owner, db_url(db.ingest_url, name))
-    finally:
-        if keep:
-            print(f"scratch database kept: {name}", file=sys.stderr)
-        else:
-            drop_database(admin, name)
 
 
 def register(parser: argparse.ArgumentParser) -> None:

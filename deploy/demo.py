@@ -290,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_stop(stop)
         supervisor.start("stream", [*fleet, "stream"], env=_demo_stream_env(args.tenant))
-        api = supervisor.start("api", [*fleet, "api", "--port", str(args.port)])
+        api = supervisor.start("api", [*fleet, "api", "--port", str(args.port)],
+                               env=_demo_api_env(services))
         _start_gateway_vehicles(supervisor, fleet, services, demo, stop)
         load_codes = demo.vehicle_codes[len(demo.gateway_codes):]
         if load_codes and stop.signum is None:
@@ -333,6 +334,16 @@ def _demo_stream_env(tenant: str) -> dict[str, str]:
         "FLEET_SOURCE_SESSION_EXPIRY_S": "3600",
         "FLEET_STREAM_RECOVERY_DIR": str(STATE_DIR / "stream-recovery"),
     }
+    return {k: v for k, v in wanted.items() if k not in os.environ}
+
+
+def _demo_api_env(services: Any) -> dict[str, str]:
+    """The local broker's admin login, so the demo's API can provision and revoke devices
+    wherever the demo runs from (a folder without `.fleet/local.toml` too); the user's own
+    setting wins."""
+    from deploy.services import MQTT_ADMIN_USER
+
+    wanted = {"FLEET_API_MQTT_ADMIN_URL": services.mqtt_url(MQTT_ADMIN_USER)}
     return {k: v for k, v in wanted.items() if k not in os.environ}
 
 

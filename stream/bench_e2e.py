@@ -263,6 +263,36 @@ def _presubscribe(mqtt_url: str, prefix: str, group: str, tenant: str, partition
         c.loop_stop()
 
 
+def end_sessions(mqtt_url: str, prefix: str, partitions: int) -> None:
+    """Remove the stream's persistent sessions from the broker once a bench is over: left
+    there, they would keep subscribing (and queueing) for up to their expiry, and a tenant's
+    devices would get PUBACK "success" instead of "no matching subscribers" meanwhile."""
+    from paho.mqtt.client import Client
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from edge_gateway.mqtt_url import parse_mqtt_url
+
+    target = parse_mqtt_url(mqtt_url)
+    for i in range(partitions):
+        c = Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-p{i}",
+                   protocol=MQTTProtocolVersion.MQTTv5)
+        c.username_pw_set(target.username, target.password)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        connected = threading.Event()
+        c.on_connect = lambda *_a, ev=connected: ev.set()
+        try:
+            c.connect(target.host, target.port, clean_start=True, properties=props)
+        except OSError:
+            continue  # no broker: no session either
+        c.loop_start()
+        connected.wait(10)
+        c.disconnect()
+        c.loop_stop()
+
+
 def _broker_pid() -> int | None:
     """The project's local Mosquitto (`fleet services`), if that is the broker in use."""
     from deploy.services import local_services
@@ -368,12 +398,12 @@ def _growth(windows: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
+def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear script
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
-    from deploy.bench import scratch_database
     from deploy.settings import load_settings
+    from stream.bench_common import scratch_database
     from stream.bench_ingest import bench_items, raw_copy_rows_per_s
     from stream.config import StreamSettings
 
@@ -381,6 +411,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
     tenant = f"bench{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     proc: subprocess.Popen[bytes] | None = None
+    prefix = ""
     with scratch_database(settings.database, "e2e", keep=args.keep) as db:
         owner, ingest = db.owner_url, db.ingest_url
         try:
@@ -549,6 +580,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(10)
+            if prefix:
+                end_sessions(settings.mqtt.url, prefix, args.processes)
             if args.keep:
                 print(f"stream log and recovery store kept: {tmp}", file=sys.stderr)
             else:

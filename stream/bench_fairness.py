@@ -155,10 +155,17 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
-    from deploy.bench import emit, scratch_database
+    from deploy.bench import emit
     from deploy.settings import load_settings
     from edge_gateway.protocol import Channel, topic_for
-    from stream.bench_e2e import _broker_pid, _presubscribe, _Publisher, seed_tenant
+    from stream.bench_common import scratch_database
+    from stream.bench_e2e import (
+        _broker_pid,
+        _presubscribe,
+        _Publisher,
+        end_sessions,
+        seed_tenant,
+    )
     from stream.config import StreamSettings
 
     settings = load_settings(StreamSettings, getattr(args, "config", None))
@@ -166,7 +173,16 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
     proc: subprocess.Popen[bytes] | None = None
     with scratch_database(settings.database, "fairness") as db, contextlib.ExitStack() as stop:
         owner, ingest = db.owner_url, db.ingest_url
-        stop.callback(lambda: _stop(proc))
+        prefix = ""
+
+        def finish() -> None:
+            _stop(proc)
+            # Subscribed to every tenant: its sessions must not outlive the bench (they
+            # would take every device's telemetry for 10 minutes).
+            if prefix:
+                end_sessions(settings.mqtt.url, prefix, args.processes)
+
+        stop.callback(finish)
         run_id = uuid.uuid4().hex[:6]
         per = max(1, args.vehicles // args.tenants)
         # A fleet of its own per round and phase: samples carry per-vehicle sequence numbers,

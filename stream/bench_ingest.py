@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
-    from deploy.bench import scratch_database
     from deploy.settings import load_settings
+    from stream.bench_common import scratch_database
     from stream.config import StreamSettings
     settings = load_settings(StreamSettings, getattr(args, "config", None))
     with scratch_database(settings.database, "ingest") as db:

@@ -126,8 +126,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
-    from deploy.bench import emit, scratch_database
+    from deploy.bench import emit
     from deploy.settings import load_settings
+    from stream.bench_common import scratch_database
     from stream.config import StreamSettings
     from stream.sink import Batch, DatabaseWriter, telemetry_row
 

@@ -71,6 +71,10 @@ def _broker_admin(request: web.Request) -> BrokerAdmin | None:
     settings = request.app[SETTINGS_KEY]
     if settings.api.mqtt_credentials == "database":
         return None
+    if not settings.api.mqtt_admin_url:
+        raise ApiError('broker logins are not configured: set api.mqtt_admin_url (the '
+                       "dynamic-security plugin's admin login) or api.mqtt_credentials = "
+                       '"database"', status=503, code="broker_not_configured")
     return BrokerAdmin(settings.api.mqtt_admin_url)
 
 

@@ -348,6 +348,31 @@ async def test_device_login_works_on_the_local_broker(world: World, make_client:
         await client.close()
 
 
+async def test_provisioning_without_a_broker_admin_says_what_to_set(world: World,
+                                                                   make_client: Any) -> None:
+    """With "dynsec" but no admin login the API still serves; provisioning is a 503 naming
+    the setting, and leaves no device behind."""
+    client = make_client(mqtt_credentials="dynsec", mqtt_admin_url="")
+    await client.start_server()
+    try:
+        h = H(world)
+        vehicle = await (await client.post("/api/vehicles", headers=h, json={
+            "code": f"na{uuid.uuid4().hex[:6]}"})).json()
+        resp = await client.post("/api/devices", headers=h, json={"vehicle_id": vehicle["id"]})
+        assert resp.status == 503
+        error = (await resp.json())["error"]
+        assert error["code"] == "broker_not_configured"
+        assert "api.mqtt_admin_url" in error["message"]
+        conn = await asyncpg.connect(world.db.owner_url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM devices WHERE vehicle_id = $1",
+                                       uuid.UUID(vehicle["id"])) == 0
+        finally:
+            await conn.close()
+    finally:
+        await client.close()
+
+
 async def _session_ends(mqtt: Any, topic: str, *, within_s: float) -> bool:
     """Whether the broker ends `mqtt`'s session within `within_s` (a QoS 1 publish fails)."""
     import asyncio
