@@ -235,62 +235,60 @@ def seed_tenant(owner_url: str, tenant: str, codes: list[str]) -> Any:
                             [(row[0], c) for c in codes])
     return row[0]
 
-def _presubscribe(mqtt_url: str, prefix: str, group: str, tenant: str, partitions: int) -> None:
-    """Create the stream's persistent sessions first, so nothing published is dropped."""
+def _partition_session(mqtt_url: str, client_id: str, *, expiry_s: int, clean_start: bool,
+                       on_connected: Any) -> None:
+    """Connect as one of the stream's partitions, run `on_connected(client, connected)`
+    (an Event set on CONNACK), then disconnect."""
     from paho.mqtt.client import Client
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
     from edge_gateway.mqtt_url import parse_mqtt_url
-    from edge_gateway.protocol import Channel, subscription
 
     target = parse_mqtt_url(mqtt_url)
-    for i in range(partitions):
-        c = Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-p{i}",
-                   protocol=MQTTProtocolVersion.MQTTv5)
-        c.username_pw_set(target.username, target.password)
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 600
+    c = Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+               protocol=MQTTProtocolVersion.MQTTv5)
+    c.username_pw_set(target.username, target.password)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = expiry_s
+    connected = threading.Event()
+    c.on_connect = lambda *_a: connected.set()
+    c.connect(target.host, target.port, clean_start=clean_start, properties=props)
+    c.loop_start()
+    try:
+        on_connected(c, connected)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _presubscribe(mqtt_url: str, prefix: str, group: str, tenant: str, partitions: int) -> None:
+    """Create the stream's persistent sessions first, so nothing published is dropped."""
+    from edge_gateway.protocol import Channel, subscription
+
+    def subscribe(c: Any, _connected: threading.Event) -> None:
         subscribed = threading.Event()
-        c.on_subscribe = lambda *_a, ev=subscribed: ev.set()
-        c.connect(target.host, target.port, clean_start=False, properties=props)
-        c.loop_start()
+        c.on_subscribe = lambda *_a: subscribed.set()
         c.subscribe(subscription(Channel.TELEMETRY, tenant=tenant, share_group=group), qos=1)
         # Disconnect only after the SUBACK: a session without its subscription drops messages.
         subscribed.wait(10)
-        c.disconnect()
-        c.loop_stop()
+
+    for i in range(partitions):
+        _partition_session(mqtt_url, f"{prefix}-p{i}", expiry_s=600, clean_start=False,
+                           on_connected=subscribe)
 
 
 def end_sessions(mqtt_url: str, prefix: str, partitions: int) -> None:
     """Remove the stream's persistent sessions from the broker once a bench is over: left
     there, they would keep subscribing (and queueing) for up to their expiry, and a tenant's
     devices would get PUBACK "success" instead of "no matching subscribers" meanwhile."""
-    from paho.mqtt.client import Client
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    from edge_gateway.mqtt_url import parse_mqtt_url
-
-    target = parse_mqtt_url(mqtt_url)
     for i in range(partitions):
-        c = Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-p{i}",
-                   protocol=MQTTProtocolVersion.MQTTv5)
-        c.username_pw_set(target.username, target.password)
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 0
-        connected = threading.Event()
-        c.on_connect = lambda *_a, ev=connected: ev.set()
         try:
-            c.connect(target.host, target.port, clean_start=True, properties=props)
+            _partition_session(mqtt_url, f"{prefix}-p{i}", expiry_s=0, clean_start=True,
+                               on_connected=lambda _c, connected: connected.wait(10))
         except OSError:
             continue  # no broker: no session either
-        c.loop_start()
-        connected.wait(10)
-        c.disconnect()
-        c.loop_stop()
 
 
 def _broker_pid() -> int | None:
