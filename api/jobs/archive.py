@@ -240,8 +240,55 @@ class ArchivedDay:
     day: date
     path: str
     rows: int
+    """Rows in the object: with late rows merged into an earlier object, more than were read
+    from the table this time."""
     sha256: str
     size_bytes: int
+    from_table: int = -1
+    """Rows read from the table this time (what a drop of the chunk removes); -1: `rows`."""
+
+    @property
+    def live_rows(self) -> int:
+        """Rows of the table this export covers."""
+        return self.rows if self.from_table < 0 else self.from_table
+
+
+async def unique_key(conn: asyncpg.Connection, table: str) -> list[str]:
+    """The columns of the table's narrowest unique index (a row's identity), or [] when it
+    has none."""
+    row = await conn.fetchrow(
+        "SELECT array_agg(a.attname ORDER BY k.ord) AS cols FROM pg_index i"
+        " CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+        " WHERE i.indrelid = $1::regclass AND i.indisunique"
+        " GROUP BY i.indexrelid ORDER BY count(*) LIMIT 1", f"public.{table}")
+    return list(row["cols"]) if row else []
+
+
+async def _merge_source(conn: asyncpg.Connection, store: BlobArchive, table: str,
+                        columns: Sequence[Column], prior: asyncpg.Record) -> str:
+    """Stage the tenant-day's archived object (verified against its manifest) in a temp
+    table and return the SQL of its rows in today's columns. Raises VerificationError when
+    the object is not what the manifest says: it is then never replaced."""
+    data = await store.get(prior["blob_path"])
+    if sha256_hex(data) != prior["sha256"]:
+        raise VerificationError(f"{prior['blob_path']}: the archived object differs from its "
+                                "manifest; late rows are kept hot rather than written over it")
+    arrow = parquet_rows(data)
+    if arrow.num_rows != prior["row_count"]:
+        raise VerificationError(f"{prior['blob_path']}: row count differs from the manifest")
+    stage, select = restore_plan(table, columns, arrow.column_names)
+    names = [name for name, _ in stage]
+    await conn.execute(
+        "CREATE TEMP TABLE archive_merge_staging ("
+        + ", ".join(f'"{name}" {kind}' for name, kind in stage) + ") ON COMMIT DROP")
+    await conn.copy_records_to_table(
+        "archive_merge_staging", columns=names,
+        records=list(zip(*(arrow.column(n).to_pylist() for n in names), strict=True)))
+    # Columns added after the object was written are NULL (UNION takes the table's types).
+    exprs = [f'{select[c.name]} AS "{c.name}"' if c.name in select else f'NULL AS "{c.name}"'
+             for c in columns]
+    return f"SELECT {', '.join(exprs)}, 0 AS _src FROM archive_merge_staging"  # noqa: S608 - catalogue names
 
 
 async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *,
@@ -249,16 +296,42 @@ async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *
                      day: date) -> ArchivedDay | None:
     """Export, upload and verify one tenant-day; records it in archive_manifest.
 
+    When the day was archived before (late rows arrived after its chunk was dropped), the new
+    object is the union of the archived rows and the table's, deduplicated on the table's
+    unique key (the archived row wins), and never holds fewer rows than the manifest says the
+    old one did; the manifest keeps the old version in `history`.
+
     Returns None when the tenant has no rows that day. Raises ArchiveError (or
     VerificationError) when the object cannot be written or does not read back identically.
     """
     start, end = day_bounds(day)
-    select = ", ".join(c.export_sql for c in columns)
-    records = await conn.fetch(
-        f"SELECT {select} FROM {table} WHERE tenant_id = $1 AND time >= $2 AND time < $3"  # noqa: S608
-        " ORDER BY time, vehicle_id", tenant_id, start, end)
-    if not records:
-        return None
+    names = ", ".join(f'"{c.name}"' for c in columns)
+    live = (f"SELECT {names}, 1 AS _src FROM {table} WHERE tenant_id = $1"  # noqa: S608 - catalogue names
+            " AND time >= $2 AND time < $3")
+    async with conn.transaction():  # the merge's temp table lives until the end
+        from_table = await conn.fetchval(
+            f"SELECT count(*) FROM {table} WHERE tenant_id = $1 AND time >= $2"  # noqa: S608
+            " AND time < $3", tenant_id, start, end)
+        if not from_table:
+            return None
+        prior = await conn.fetchrow(
+            "SELECT blob_path, row_count, sha256 FROM archive_manifest WHERE tenant_id = $1"
+            " AND table_name = $2 AND day = $3", tenant_id, table, day)
+        source = live
+        if prior is not None:
+            archived = await _merge_source(conn, store, table, columns, prior)
+            key = await unique_key(conn, table) or [c.name for c in columns]
+            on = ", ".join(f'"{k}"' for k in key)
+            source = (f"SELECT DISTINCT ON ({on}) * FROM ({live} UNION ALL {archived}) u"  # noqa: S608
+                      f" ORDER BY {on}, _src")
+        select = ", ".join(c.export_sql for c in columns)
+        records = await conn.fetch(
+            f"SELECT {select} FROM ({source}) r ORDER BY time, vehicle_id",  # noqa: S608
+            tenant_id, start, end)
+    if prior is not None and len(records) < prior["row_count"]:
+        raise VerificationError(
+            f"{prior['blob_path']}: the merged object would hold {len(records)} rows, fewer "
+            f"than the {prior['row_count']} archived; not replaced")
     data = to_parquet(columns, records)
     digest = sha256_hex(data)
     path = blob_path(tenant_slug, table, day)
@@ -274,8 +347,13 @@ async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *
         " ON CONFLICT (tenant_id, table_name, day) DO UPDATE SET blob_path = EXCLUDED.blob_path,"
         " row_count = EXCLUDED.row_count, sha256 = EXCLUDED.sha256,"
         " size_bytes = EXCLUDED.size_bytes, exported_at = now(), verified_at = now(),"
-        " dropped_at = NULL", tenant_id, table, day, path, len(records), digest, len(data))
-    return ArchivedDay(tenant_id, tenant_slug, table, day, path, len(records), digest, len(data))
+        " dropped_at = NULL, history = archive_manifest.history || CASE"
+        " WHEN archive_manifest.sha256 = EXCLUDED.sha256 THEN '[]'::jsonb"
+        " ELSE jsonb_build_array(jsonb_build_object('sha256', archive_manifest.sha256,"
+        " 'row_count', archive_manifest.row_count, 'exported_at', archive_manifest.exported_at))"
+        " END", tenant_id, table, day, path, len(records), digest, len(data))
+    return ArchivedDay(tenant_id, tenant_slug, table, day, path, len(records), digest, len(data),
+                       from_table=int(from_table))
 
 
 async def restore_day(conn: asyncpg.Connection, store: BlobArchive, day: date, *,

@@ -122,7 +122,7 @@ async def _drop_verified(conn: asyncpg.Connection, table: str, qualified: str, *
         counts = await conn.fetch(
             f"SELECT tenant_id, (time AT TIME ZONE 'UTC')::date AS day, count(*) AS n"  # noqa: S608
             f" FROM {qualified} GROUP BY 1, 2")
-        expected = {(e.tenant_id, e.day): e.rows for e in exported}
+        expected = {(e.tenant_id, e.day): e.live_rows for e in exported}
         actual = {(r["tenant_id"], r["day"]): r["n"] for r in counts}
         if actual != expected:
             return False

@@ -128,6 +128,81 @@ async def test_archive_roundtrip(database, azurite, two_tenants) -> None:
         await conn.close()
 
 
+async def test_late_rows_for_an_archived_day_are_merged_not_written_over(
+        database, azurite, two_tenants) -> None:
+    """Issue #24, finding 1: rows that arrive for a day already archived and dropped (a
+    backlog, a replay, a vendor backfill) end in the same object with everything archived
+    before; a late copy of an archived row is kept once; the manifest remembers the old
+    version, and a restore gives back the union exactly."""
+    a, _b = two_tenants
+    old_day = (NOW - timedelta(days=40)).date()
+    vid = a.vehicles["v1"]
+    container = f"c{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        async with BlobArchive(azurite, container) as store:
+            assert (await archive_and_drop(conn, store, "telemetry", hot_days=30,
+                                           now=NOW)).failures == []
+            first = await conn.fetchrow(
+                "SELECT row_count, sha256 FROM archive_manifest WHERE tenant_id = $1"
+                " AND day = $2", a.tenant_id, old_day)
+            assert first["row_count"] == 24
+            # Late: 5 new samples of v1 (seq 900..904) and a second copy of an archived one
+            # (seq 0, same time: the table's unique key).
+            _insert_telemetry(database.owner_url, a.tenant_id, vid, day_offset=40, n=5,
+                              seq0=900)
+            _insert_telemetry(database.owner_url, a.tenant_id, vid, day_offset=40, n=1,
+                              seq0=0)
+            late = _snapshot(database.owner_url, old_day)
+            assert len(late) == 6
+            report = await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
+            assert report.failures == []
+            assert report.chunks_dropped == 1
+            assert _snapshot(database.owner_url, old_day) == []
+            merged = await conn.fetchrow(
+                "SELECT row_count, sha256, history FROM archive_manifest WHERE tenant_id = $1"
+                " AND day = $2", a.tenant_id, old_day)
+            assert merged["row_count"] == 24 + 5
+            history = msgspec.json.decode(merged["history"])
+            assert [(h["sha256"], h["row_count"]) for h in history] == \
+                [(first["sha256"], 24)]
+            data = await store.get(blob_path(a.slug, "telemetry", old_day))
+            assert sha256_hex(data) == merged["sha256"]
+            assert parquet_rows(data).num_rows == 29
+
+            restored = await restore_day(conn, store, old_day, tenant_slug=a.slug)
+            assert restored == {a.slug: 29}
+            back = _snapshot(database.owner_url, old_day)
+            assert len(back) == 29
+            assert set(late) <= set(back)  # the late rows, exactly
+    finally:
+        await conn.close()
+
+
+async def test_an_archived_object_that_differs_from_its_manifest_is_never_replaced(
+        database, azurite, two_tenants) -> None:
+    """A damaged archived object cannot be merged with late rows: they stay hot, the run
+    says why, and the object is left as it is for an operator."""
+    a, _b = two_tenants
+    old_day = (NOW - timedelta(days=40)).date()
+    container = f"c{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        async with BlobArchive(azurite, container) as store:
+            await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
+            path = blob_path(a.slug, "telemetry", old_day)
+            await store.put(path, b"not the archived object")
+            _insert_telemetry(database.owner_url, a.tenant_id, a.vehicles["v1"],
+                              day_offset=40, n=3, seq0=900)
+            report = await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
+            assert report.chunks_dropped == 0
+            assert any("differs from its manifest" in f for f in report.failures)
+            assert len(_snapshot(database.owner_url, old_day)) == 3
+            assert await store.get(path) == b"not the archived object"
+    finally:
+        await conn.close()
+
+
 class CorruptingArchive(BlobArchive):
     """Uploads something else than it was given: the read-back check must catch it."""
 
