@@ -1,4 +1,5 @@
-"""`fleet archive list|restore`: what the cold archive holds, and bringing a day back.
+"""`fleet archive list|restore|status|run`: what the cold archive holds, bringing a day
+back, how the last retention runs went, and a run now.
 
 Imports only the standard library at module top; the archive code loads inside `run`.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+from typing import Any
 
 
 def _day(text: str) -> dt.date:
@@ -28,6 +30,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     res.add_argument("--day", type=_day, required=True, help="UTC day, YYYY-MM-DD")
     res.add_argument("--tenant", help="only this tenant (slug); default: every tenant")
     res.add_argument("--table", default="telemetry")
+    st = sub.add_parser("status", help="the last retention runs; exit 1 unless the last one "
+                                       "succeeded")
+    st.add_argument("--runs", type=int, default=5, help="how many runs to show")
+    now = sub.add_parser("run", help="archive (and drop) what is past the hot window, now")
+    now.add_argument("--day", type=_day,
+                     help="only the chunk holding this UTC day (YYYY-MM-DD); it must be past "
+                          "the hot window")
+    now.add_argument("--dry-run", action="store_true",
+                     help="list the chunks and tenant-days it would archive, change nothing")
     parser.set_defaults(func=run)
 
 
@@ -70,6 +81,10 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"{r['day']}  {r['slug']:<20} {r['row_count']:>9} {r['size_bytes']:>10}"
                       f"  {hot:<4}  {r['blob_path']}")
             return 0
+        if args.action == "status":
+            return await _status(conn, args.runs)
+        if args.action == "run":
+            return await _run_now(conn, settings.jobs, settings.database.owner_url, args)
         async with BlobArchive(settings.jobs.azure_connection_string,
                                settings.jobs.azure_container) as store:
             restored = await restore_day(conn, store, args.day, table=args.table,
@@ -79,3 +94,75 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         await conn.close()
+
+
+async def _status(conn: Any, runs: int) -> int:
+    import json
+
+    rows = await conn.fetch(
+        "SELECT id, started_at, finished_at, status, error, details FROM job_runs"
+        " WHERE job = 'retention' ORDER BY started_at DESC LIMIT $1", runs)
+    if not rows:
+        print("no retention run yet", file=sys.stderr)
+        return 1
+    for r in rows:
+        details = json.loads(r["details"]) if r["details"] else {}
+        took = (f"{(r['finished_at'] - r['started_at']).total_seconds():.0f} s"
+                if r["finished_at"] else "running")
+        print(f"#{r['id']} {r['started_at']:%Y-%m-%d %H:%M:%S} {r['status']:<9} {took:>8}  "
+              f"days archived {details.get('days_archived', 0)}, chunks dropped "
+              f"{details.get('chunks_dropped', 0)}")
+        if r["error"]:
+            print(f"    error: {r['error']}")
+        for failure in details.get("failures", [])[1:]:
+            print(f"    also: {failure}")
+    return 0 if rows[0]["status"] == "succeeded" else 1
+
+
+async def _run_now(conn: Any, jobs: Any, owner_url: str, args: argparse.Namespace) -> int:
+    from api.jobs.archive import BlobArchive
+    from api.jobs.retention import RetentionReport, archive_and_drop, pending_chunks
+
+    if args.dry_run:
+        for table in jobs.archive_tables:
+            for chunk, days in await pending_chunks(conn, table, hot_days=jobs.hot_days,
+                                                    day=args.day):
+                print(f"{table} {chunk}: would archive {len(days)} tenant-days: "
+                      + ", ".join(f"{slug} {d}" for slug, d in days))
+        return 0
+    import json
+
+    from api.jobs.runner import JobRunner, ScheduledJob, runner_identity
+    from api.jobs.schedule import parse_schedule
+
+    class OnDemand:
+        """The retention job's archive part, now, recorded in job_runs like a scheduled run
+        (so `fleet archive status` and the job's last success see it)."""
+
+        name = "retention"
+
+        async def run(self) -> dict[str, Any]:
+            report = RetentionReport()
+            async with BlobArchive(jobs.azure_connection_string,
+                                   jobs.azure_container) as store:
+                for table in jobs.archive_tables:
+                    await archive_and_drop(
+                        conn, store, table, hot_days=jobs.hot_days, report=report,
+                        day=args.day, progress=lambda m: print(m, file=sys.stderr, flush=True))
+            return report.as_dict()
+
+    runner = JobRunner(owner_url, [], lock_key=0, runner_id=f"cli:{runner_identity()}")
+    run_id = await runner.run_job(ScheduledJob(OnDemand(),
+                                               parse_schedule(jobs.retention_schedule)))
+    row = await conn.fetchrow("SELECT status, error, details FROM job_runs WHERE id = $1",
+                              run_id)
+    details = json.loads(row["details"]) if row["details"] else {}
+    print(f"run #{run_id} {row['status']}: chunks considered "
+          f"{details.get('chunks_considered', 0)}, dropped {details.get('chunks_dropped', 0)};"
+          f" tenant-days archived {details.get('days_archived', 0)} "
+          f"({details.get('rows_archived', 0)} rows)")
+    for failure in details.get("failures", []):
+        print(f"failed: {failure}", file=sys.stderr)
+    if row["error"] and row["status"] == "failed":
+        print(f"failed: {row['error']}", file=sys.stderr)
+    return 0 if row["status"] == "succeeded" else 1

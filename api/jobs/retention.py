@@ -16,6 +16,7 @@ drops old `ingest_rejects` chunks and a separate job refreshes the rollups.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -60,19 +61,65 @@ def _days(start: datetime, end: datetime) -> list[date]:
     return out
 
 
-async def archive_and_drop(conn: asyncpg.Connection, store: BlobArchive, table: str, *,
-                           hot_days: int, now: datetime | None = None,
-                           report: RetentionReport | None = None) -> RetentionReport:
-    """Archive every chunk of `table` older than the hot window; drop those fully verified."""
-    report = report or RetentionReport()
-    now = now or datetime.now(UTC)
-    cutoff = now - timedelta(days=hot_days)
-    columns = await table_columns(conn, table)
-    chunks = await conn.fetch(
+async def _old_chunks(conn: asyncpg.Connection, table: str, *, hot_days: int,
+                      now: datetime | None, day: date | None) -> list[asyncpg.Record]:
+    """Chunks of `table` past the hot window (only the one holding `day`, if given)."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=hot_days)
+    at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) if day else None
+    return list(await conn.fetch(
         "SELECT chunk_schema, chunk_name, range_start, range_end"
         " FROM timescaledb_information.chunks WHERE hypertable_schema = 'public'"
-        " AND hypertable_name = $1 AND range_end <= $2 ORDER BY range_start", table, cutoff)
-    for chunk in chunks:
+        " AND hypertable_name = $1 AND range_end <= $2"
+        " AND ($3::timestamptz IS NULL OR (range_start <= $3 AND range_end > $3))"
+        " ORDER BY range_start", table, cutoff, at))
+
+
+async def pending_chunks(conn: asyncpg.Connection, table: str, *, hot_days: int,
+                         now: datetime | None = None, day: date | None = None
+                         ) -> list[tuple[str, list[tuple[str, date]]]]:
+    """What a run would archive: per chunk, its (tenant slug, day) pairs (a dry run)."""
+    out = []
+    for chunk in await _old_chunks(conn, table, hot_days=hot_days, now=now, day=day):
+        qualified = f'"{chunk["chunk_schema"]}"."{chunk["chunk_name"]}"'
+        pairs = await conn.fetch(
+            f"SELECT DISTINCT t.slug, (c.time AT TIME ZONE 'UTC')::date AS day"  # noqa: S608
+            f" FROM {qualified} c JOIN tenants t ON t.id = c.tenant_id ORDER BY 1, 2")
+        out.append((qualified, [(r["slug"], r["day"]) for r in pairs]))
+    return out
+
+
+async def archive_and_drop(conn: asyncpg.Connection, store: BlobArchive, table: str, *,
+                           hot_days: int, now: datetime | None = None,
+                           report: RetentionReport | None = None, day: date | None = None,
+                           progress: Callable[[str], None] | None = None) -> RetentionReport:
+    """Archive every chunk of `table` older than the hot window (or only the one holding
+    `day`); drop those fully verified. `progress` hears one line per chunk."""
+    report = report or RetentionReport()
+    # One archive run per table at a time (the API's scheduled run and `fleet archive run`):
+    # two merges of one tenant-day would each write the union they saw.
+    if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext('fleet-archive:' || $1))",
+                               table):
+        report.failures.append(f"{table}: another archive run is in progress; skipped")
+        return report
+    try:
+        return await _archive_and_drop(conn, store, table, hot_days=hot_days, now=now,
+                                       report=report, day=day, progress=progress)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext('fleet-archive:' || $1))",
+                           table)
+
+
+async def _archive_and_drop(conn: asyncpg.Connection, store: BlobArchive, table: str, *,
+                            hot_days: int, now: datetime | None, report: RetentionReport,
+                            day: date | None, progress: Callable[[str], None] | None
+                            ) -> RetentionReport:
+    now = now or datetime.now(UTC)
+    columns = await table_columns(conn, table)
+    chunks = await _old_chunks(conn, table, hot_days=hot_days, now=now, day=day)
+    for n, chunk in enumerate(chunks, 1):
+        if progress is not None:
+            progress(f"{table}: chunk {n} of {len(chunks)}, {chunk['range_start']:%Y-%m-%d}"
+                     f" .. {chunk['range_end']:%Y-%m-%d}")
         report.chunks_considered += 1
         qualified = f'"{chunk["chunk_schema"]}"."{chunk["chunk_name"]}"'
         start, end = chunk["range_start"], chunk["range_end"]
@@ -92,10 +139,10 @@ async def archive_and_drop(conn: asyncpg.Connection, store: BlobArchive, table: 
         exported: list[ArchivedDay] = []
         try:
             for tenant in tenants:
-                for day in _days(start, end):
+                for one_day in _days(start, end):
                     done = await export_day(conn, store, table, columns=columns,
                                             tenant_id=tenant["tenant_id"],
-                                            tenant_slug=tenant["slug"], day=day)
+                                            tenant_slug=tenant["slug"], day=one_day)
                     if done is not None:
                         exported.append(done)
         except ArchiveError as exc:

@@ -75,6 +75,10 @@ class JobRunner:
         self.is_leader = False
         self.leadership_changes = 0
         self.step_downs = 0
+        self._unrecorded: dict[int, str] = {}
+        """job_runs id -> the error a run ended with while the database could not take it
+        (a restart mid-job): written on the next connection, so the run does not read
+        'abandoned' without its cause."""
 
     async def __aenter__(self) -> JobRunner:
         self.start()
@@ -117,6 +121,7 @@ class JobRunner:
                 await self._step_down()
             self._conn = await asyncpg.connect(self._db_url)
         conn = self._conn
+        await self._record_unrecorded(conn)
         if not self.is_leader:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
                 return
@@ -131,7 +136,8 @@ class JobRunner:
             # Runs still "running" belong to a leader that is gone (only the leader runs jobs).
             await conn.execute(
                 "UPDATE job_runs SET status = 'failed', finished_at = now(),"
-                " error = 'abandoned: its runner lost the lock' WHERE status = 'running'")
+                " error = 'abandoned: its runner lost the lock (its own record of the cause, if"
+                " any, follows when it reconnects)' WHERE status = 'running'")
             self._service_tasks = [asyncio.create_task(self._supervise(name, svc), name=name)
                                    for name, svc in self._services]
         else:
@@ -204,16 +210,28 @@ class JobRunner:
                 raise
             except Exception as exc:
                 log.exception("job %s failed", sj.job.name)
-                await c.execute(
-                    "UPDATE job_runs SET finished_at = now(), status = 'failed', error = $2"
-                    " WHERE id = $1", run_id, f"{type(exc).__name__}: {exc}"[:2000])
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                try:
+                    await c.execute(
+                        "UPDATE job_runs SET finished_at = now(), status = 'failed', error = $2"
+                        " WHERE id = $1", run_id, error)
+                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    self._unrecorded[run_id] = error
+                    raise
                 status_ok = False
             else:
+                # A job that finished but lists failures (a tenant-day not archived) is not a
+                # success: 'partial', its first failure as the error, last_success_at kept.
+                failures = details.get("failures") or []
+                status_ok = not failures
                 await c.execute(
-                    "UPDATE job_runs SET finished_at = now(), status = 'succeeded',"
+                    "UPDATE job_runs SET finished_at = now(), status = $3, error = $4,"
                     " details = $2::jsonb WHERE id = $1", run_id,
-                    json.dumps(details, default=str))
-                status_ok = True
+                    json.dumps(details, default=str), "succeeded" if status_ok else "partial",
+                    None if status_ok else f"{len(failures)} failed: {failures[0]}"[:2000])
+                if not status_ok:
+                    log.warning("job %s finished partially: %d failures, first: %s",
+                                sj.job.name, len(failures), failures[0])
             next_due = sj.schedule.next_after(datetime.now(UTC))
             await c.execute(
                 "UPDATE job_state SET next_due_at = $2, updated_at = now(),"
@@ -223,6 +241,17 @@ class JobRunner:
         finally:
             if own:
                 await c.close()
+
+
+    async def _record_unrecorded(self, conn: asyncpg.Connection) -> None:
+        """Write the causes of runs that ended while the database was away. A leader that
+        took over meanwhile has marked them abandoned; the cause replaces that."""
+        for run_id, error in list(self._unrecorded.items()):
+            await conn.execute(
+                "UPDATE job_runs SET status = 'failed', finished_at = coalesce(finished_at,"
+                " now()), error = $2 WHERE id = $1 AND (status = 'running'"
+                " OR error LIKE 'abandoned:%')", run_id, error)
+            del self._unrecorded[run_id]
 
 
 RUNNER_KEY: web.AppKey[JobRunner] = web.AppKey("job_runner", JobRunner)

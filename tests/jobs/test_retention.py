@@ -370,3 +370,51 @@ def test_restore_plan_fills_replaced_and_added_columns_and_refuses_a_missing_req
     assert list(select) == ["time", "lat_e7", "lon_e7"]  # interval_s: added later, NULL
     with pytest.raises(ArchiveError, match=r"lacks columns \['time'\]"):
         restore_plan("telemetry", columns, ["location"])
+
+
+def test_fleet_archive_run_on_a_day_and_status(database, azurite, two_tenants) -> None:
+    """Issue #24, findings 2 and 5: `fleet archive run [--day] [--dry-run]` archives on
+    demand with progress and is recorded like a scheduled run; `fleet archive status` shows
+    the runs and exits 1 unless the last one succeeded."""
+    import os
+    import subprocess
+    import sys
+
+    a, b = two_tenants
+    container = f"c{uuid.uuid4().hex[:12]}"
+    day40, day35 = (NOW - timedelta(days=40)).date(), (NOW - timedelta(days=35)).date()
+    env = {**os.environ, "FLEET_DATABASE_OWNER_URL": database.owner_url,
+           "FLEET_JOBS_AZURE_CONNECTION_STRING": azurite, "FLEET_JOBS_AZURE_CONTAINER": container}
+    fleet = [sys.executable, "-m", "deploy.cli", "archive"]
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*fleet, *argv], env=env, capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    assert cli("status").returncode == 1  # no run yet
+    dry = cli("run", "--dry-run", "--day", day40.isoformat())
+    assert dry.returncode == 0, dry.stderr
+    assert f"{a.slug} {day40}" in dry.stdout
+    assert f"{b.slug} {day40}" in dry.stdout
+    assert str(day35) not in dry.stdout
+    assert _chunks(database.owner_url) == 3  # a dry run changes nothing
+
+    done = cli("run", "--day", day40.isoformat())
+    assert done.returncode == 0, done.stderr
+    assert "succeeded: chunks considered 1, dropped 1; tenant-days archived 2 (36 rows)" \
+        in done.stdout
+    assert "chunk 1 of 1" in done.stderr  # progress
+    assert _snapshot(database.owner_url, day40) == []
+    assert len(_snapshot(database.owner_url, day35)) == 36  # the other day is untouched
+    status = cli("status")
+    assert status.returncode == 0, status.stdout
+    assert "succeeded" in status.stdout
+
+    # A failure in a run: the day-35 chunk cannot be uploaded (no such container account).
+    env["FLEET_JOBS_AZURE_CONNECTION_STRING"] = azurite.replace("AccountKey=", "AccountKey=x")
+    bad = cli("run", "--day", day35.isoformat())
+    assert bad.returncode == 1
+    status = cli("status")
+    assert status.returncode == 1
+    assert status.stdout.splitlines()[0].split()[3] == "failed"
+    assert len(_snapshot(database.owner_url, day35)) == 36

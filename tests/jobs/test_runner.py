@@ -154,3 +154,74 @@ async def test_two_api_apps_run_jobs_once(database, redis_url, mqtt_url) -> None
     finally:
         for server in servers:
             await server.close()
+
+
+class ReportingJob:
+    """Finishes, but lists a part that failed (as retention does for a tenant-day)."""
+
+    name = "reporting"
+
+    async def run(self) -> dict[str, Any]:
+        return {"days_archived": 3, "failures": ["t1/telemetry/2026-10-01: upload failed"]}
+
+
+class CutOffJob:
+    """Its database session is cut while it runs (a database restart), and it fails."""
+
+    name = "cut-off"
+
+    def __init__(self) -> None:
+        self.runner: JobRunner | None = None
+
+    async def run(self) -> dict[str, Any]:
+        assert self.runner is not None
+        assert self.runner._conn is not None
+        pid = self.runner._conn.get_server_pid()
+        other = await asyncpg.connect(self.runner._db_url)
+        try:
+            await other.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await other.close()
+        raise RuntimeError("the database went away mid-job")
+
+
+async def test_a_run_with_failures_is_partial_and_not_a_success(database) -> None:
+    """Issue #24, finding 2: what an operator watches turns red."""
+    runner = JobRunner(database.owner_url, [], lock_key=4343, runner_id="p")
+    run_id = await runner.run_job(ScheduledJob(ReportingJob(), parse_schedule("every 60")))
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        row = await conn.fetchrow("SELECT status, error, details FROM job_runs WHERE id = $1",
+                                  run_id)
+        success = await conn.fetchval(
+            "SELECT last_success_at FROM job_state WHERE job = 'reporting'")
+    finally:
+        await conn.close()
+    assert row["status"] == "partial"
+    assert row["error"] == "1 failed: t1/telemetry/2026-10-01: upload failed"
+    assert '"days_archived": 3' in row["details"]
+    assert success is None
+
+
+async def test_a_run_cut_off_by_the_database_keeps_its_cause(database) -> None:
+    """Issue #24, finding 2: a database restart mid-job used to leave only "abandoned"."""
+    job = CutOffJob()
+    runner = JobRunner(database.owner_url, [ScheduledJob(job, parse_schedule("every 3600"))],
+                       lock_key=4344, tick_s=0.05, runner_id="cut")
+    job.runner = runner
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        async with runner:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while True:
+                row = await conn.fetchrow(
+                    "SELECT status, error FROM job_runs WHERE job = 'cut-off'")
+                if row is not None and row["status"] == "failed" and \
+                        not row["error"].startswith("abandoned"):
+                    break
+                assert loop.time() < deadline, f"the cause was not recorded: {row}"
+                await asyncio.sleep(0.1)
+        assert row["error"] == "RuntimeError: the database went away mid-job"
+    finally:
+        await conn.close()
