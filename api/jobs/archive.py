@@ -356,12 +356,34 @@ async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *
                        from_table=int(from_table))
 
 
-async def restore_day(conn: asyncpg.Connection, store: BlobArchive, day: date, *,
-                      table: str = "telemetry", tenant_slug: str | None = None) -> dict[str, int]:
-    """Bring archived rows of a day back into the hypertable; returns rows restored per tenant.
+@dataclass(frozen=True)
+class TenantRestore:
+    """What a restore did for one tenant's object of the day."""
 
-    Each object is verified against the manifest (checksum, row count) first. Rows already
-    present are left alone (ON CONFLICT DO NOTHING), so a restore can be repeated.
+    tenant: str
+    path: str
+    rows: int
+    """Rows the manifest says the object holds."""
+    restored: int = 0
+    """Rows inserted; the rest of `rows` were already in the table (skipped)."""
+    error: str | None = None
+    """Why nothing of this object was restored (it is then left as it is)."""
+
+    @property
+    def skipped(self) -> int:
+        """Rows of the object already present."""
+        return 0 if self.error else self.rows - self.restored
+
+
+async def restore_report(conn: asyncpg.Connection, store: BlobArchive, day: date, *,
+                         table: str = "telemetry", tenant_slug: str | None = None
+                         ) -> list[TenantRestore]:
+    """Bring archived rows of a day back into the hypertable, tenant by tenant; a damaged or
+    unreadable object is reported and the others still restored.
+
+    Each object is verified against the manifest (checksum, row count) first, and restored in
+    a transaction of its own. Rows already present are left alone (ON CONFLICT DO NOTHING),
+    so a restore can be repeated. Raises ArchiveError only when nothing was archived.
     """
     manifest = await conn.fetch(
         "SELECT m.tenant_id, t.slug, m.blob_path, m.row_count, m.sha256 FROM archive_manifest m"
@@ -371,33 +393,59 @@ async def restore_day(conn: asyncpg.Connection, store: BlobArchive, day: date, *
         raise ArchiveError(f"no archived {table} for {day}"
                            + (f" and tenant {tenant_slug}" if tenant_slug else ""))
     columns = await table_columns(conn, table)
-    restored: dict[str, int] = {}
+    out: list[TenantRestore] = []
     for entry in manifest:
-        data = await store.get(entry["blob_path"])
-        if sha256_hex(data) != entry["sha256"]:
-            raise VerificationError(f"{entry['blob_path']}: checksum differs from the manifest")
-        arrow = parquet_rows(data)
-        if arrow.num_rows != entry["row_count"]:
-            raise VerificationError(f"{entry['blob_path']}: row count differs from the manifest")
         try:
-            stage, select = restore_plan(table, columns, arrow.column_names)
+            restored = await _restore_one(conn, store, table, day=day, columns=columns,
+                                          entry=entry)
         except ArchiveError as exc:
-            raise ArchiveError(f"{entry['blob_path']}: {exc}") from exc
-        names = [name for name, _ in stage]
-        records = list(zip(*(arrow.column(n).to_pylist() for n in names), strict=True))
-        async with conn.transaction():
-            staging = "archive_restore_staging"
-            await conn.execute(
-                f"CREATE TEMP TABLE {staging} ("
-                + ", ".join(f'"{name}" {kind}' for name, kind in stage)
-                + ") ON COMMIT DROP")
-            await conn.copy_records_to_table(staging, records=records, columns=names)
-            status = await conn.execute(
-                f"INSERT INTO {table} ({', '.join(chr(34) + n + chr(34) for n in select)})"  # noqa: S608
-                f" SELECT {', '.join(select.values())} FROM {staging}"
-                " ON CONFLICT DO NOTHING")
-            await conn.execute("UPDATE archive_manifest SET restored_at = now()"
-                               " WHERE tenant_id = $1 AND table_name = $2 AND day = $3",
-                               entry["tenant_id"], table, day)
-        restored[entry["slug"]] = int(status.split()[-1])
-    return restored
+            out.append(TenantRestore(entry["slug"], entry["blob_path"], entry["row_count"],
+                                     error=str(exc)))
+        else:
+            out.append(TenantRestore(entry["slug"], entry["blob_path"], entry["row_count"],
+                                     restored))
+    return out
+
+
+async def restore_day(conn: asyncpg.Connection, store: BlobArchive, day: date, *,
+                      table: str = "telemetry", tenant_slug: str | None = None) -> dict[str, int]:
+    """`restore_report`, as rows restored per tenant; raises VerificationError (after the
+    other tenants were restored) naming every object that could not be."""
+    report = await restore_report(conn, store, day, table=table, tenant_slug=tenant_slug)
+    failed = [r for r in report if r.error]
+    if failed:
+        done = ", ".join(f"{r.tenant} ({r.restored} rows)" for r in report if not r.error)
+        raise VerificationError("; ".join(f"{r.tenant}: {r.error}" for r in failed)
+                                + f"; restored: {done or 'none'}")
+    return {r.tenant: r.restored for r in report}
+
+
+async def _restore_one(conn: asyncpg.Connection, store: BlobArchive, table: str, *, day: date,
+                       columns: Sequence[Column], entry: asyncpg.Record) -> int:
+    data = await store.get(entry["blob_path"])
+    if sha256_hex(data) != entry["sha256"]:
+        raise VerificationError(f"{entry['blob_path']}: checksum differs from the manifest")
+    arrow = parquet_rows(data)
+    if arrow.num_rows != entry["row_count"]:
+        raise VerificationError(f"{entry['blob_path']}: row count differs from the manifest")
+    try:
+        stage, select = restore_plan(table, columns, arrow.column_names)
+    except ArchiveError as exc:
+        raise ArchiveError(f"{entry['blob_path']}: {exc}") from exc
+    names = [name for name, _ in stage]
+    records = list(zip(*(arrow.column(n).to_pylist() for n in names), strict=True))
+    async with conn.transaction():
+        staging = "archive_restore_staging"
+        await conn.execute(
+            f"CREATE TEMP TABLE {staging} ("
+            + ", ".join(f'"{name}" {kind}' for name, kind in stage)
+            + ") ON COMMIT DROP")
+        await conn.copy_records_to_table(staging, records=records, columns=names)
+        status = await conn.execute(
+            f"INSERT INTO {table} ({', '.join(chr(34) + n + chr(34) for n in select)})"  # noqa: S608
+            f" SELECT {', '.join(select.values())} FROM {staging}"
+            " ON CONFLICT DO NOTHING")
+        await conn.execute("UPDATE archive_manifest SET restored_at = now()"
+                           " WHERE tenant_id = $1 AND table_name = $2 AND day = $3",
+                           entry["tenant_id"], table, day)
+    return int(status.split()[-1])

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     import asyncpg
 
-    from api.jobs.archive import BlobArchive, restore_day
+    from api.jobs.archive import BlobArchive, restore_report
     from api.jobs.config import JobsProcessSettings
     from deploy.settings import load_settings
 
@@ -87,11 +87,16 @@ async def _run(args: argparse.Namespace) -> int:
             return await _run_now(conn, settings.jobs, settings.database.owner_url, args)
         async with BlobArchive(settings.jobs.azure_connection_string,
                                settings.jobs.azure_container) as store:
-            restored = await restore_day(conn, store, args.day, table=args.table,
-                                         tenant_slug=args.tenant)
-        for slug, n in restored.items():
-            print(f"{args.day} {slug}: {n} rows restored into {args.table}")
-        return 0
+            report = await restore_report(conn, store, args.day, table=args.table,
+                                          tenant_slug=args.tenant)
+        for r in report:
+            if r.error:
+                print(f"{args.day} {r.tenant}: FAILED, nothing restored: {r.error}",
+                      file=sys.stderr)
+            else:
+                print(f"{args.day} {r.tenant}: {r.restored} rows restored into {args.table}, "
+                      f"{r.skipped} already there")
+        return 1 if any(r.error for r in report) else 0
     finally:
         await conn.close()
 

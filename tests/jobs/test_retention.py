@@ -418,3 +418,41 @@ def test_fleet_archive_run_on_a_day_and_status(database, azurite, two_tenants) -
     assert status.returncode == 1
     assert status.stdout.splitlines()[0].split()[3] == "failed"
     assert len(_snapshot(database.owner_url, day35)) == 36
+
+
+def test_restore_goes_on_past_a_damaged_object_and_says_what_it_did(
+        database, azurite, two_tenants) -> None:
+    """Issue #24, finding 4: one tenant's damaged object does not stop the others'; the
+    report names per tenant what was restored, already there, or failed; exit code 1."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    a, b = two_tenants
+    container = f"c{uuid.uuid4().hex[:12]}"
+    old_day = (NOW - timedelta(days=40)).date()
+
+    async def archive_and_damage() -> None:
+        conn = await asyncpg.connect(database.owner_url)
+        try:
+            async with BlobArchive(azurite, container) as store:
+                await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
+                await store.put(blob_path(a.slug, "telemetry", old_day), b"damaged")
+                with pytest.raises(ArchiveError, match=rf"{a.slug}: .*checksum differs.*"
+                                                       rf"restored: {b.slug} \(12 rows\)"):
+                    await restore_day(conn, store, old_day)
+        finally:
+            await conn.close()
+
+    asyncio.run(archive_and_damage())
+    assert len(_snapshot(database.owner_url, old_day)) == 12  # b's rows are back
+    env = {**os.environ, "FLEET_DATABASE_OWNER_URL": database.owner_url,
+           "FLEET_JOBS_AZURE_CONNECTION_STRING": azurite, "FLEET_JOBS_AZURE_CONTAINER": container}
+    again = subprocess.run([sys.executable, "-m", "deploy.cli", "archive", "restore", "--day",
+                            old_day.isoformat()], env=env, capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert again.returncode == 1
+    assert f"{a.slug}: FAILED, nothing restored" in again.stderr
+    assert "checksum differs from the manifest" in again.stderr
+    assert f"{b.slug}: 0 rows restored into telemetry, 12 already there" in again.stdout
