@@ -265,26 +265,43 @@ async def unique_key(conn: asyncpg.Connection, table: str) -> list[str]:
     return list(row["cols"]) if row else []
 
 
-async def _merge_source(conn: asyncpg.Connection, store: BlobArchive, table: str,
-                        columns: Sequence[Column], prior: asyncpg.Record) -> str:
-    """Stage the tenant-day's archived object (verified against its manifest) in a temp
-    table and return the SQL of its rows in today's columns. Raises VerificationError when
-    the object is not what the manifest says: it is then never replaced."""
-    data = await store.get(prior["blob_path"])
-    if sha256_hex(data) != prior["sha256"]:
-        raise VerificationError(f"{prior['blob_path']}: the archived object differs from its "
-                                "manifest; late rows are kept hot rather than written over it")
+async def _stage(conn: asyncpg.Connection, store: BlobArchive, table: str, *,
+                 columns: Sequence[Column], entry: asyncpg.Record, staging: str
+                 ) -> dict[str, str]:
+    """Download a tenant-day's object, check it against its manifest row (`blob_path`,
+    `sha256`, `row_count`), and copy it into the temp table `staging` (dropped at commit).
+    Returns, per table column it can fill, the SQL over `staging` (`restore_plan`)."""
+    data = await store.get(entry["blob_path"])
+    if sha256_hex(data) != entry["sha256"]:
+        raise VerificationError(f"{entry['blob_path']}: checksum differs from the manifest")
     arrow = parquet_rows(data)
-    if arrow.num_rows != prior["row_count"]:
-        raise VerificationError(f"{prior['blob_path']}: row count differs from the manifest")
-    stage, select = restore_plan(table, columns, arrow.column_names)
+    if arrow.num_rows != entry["row_count"]:
+        raise VerificationError(f"{entry['blob_path']}: row count differs from the manifest")
+    try:
+        stage, select = restore_plan(table, columns, arrow.column_names)
+    except ArchiveError as exc:
+        raise ArchiveError(f"{entry['blob_path']}: {exc}") from exc
     names = [name for name, _ in stage]
     await conn.execute(
-        "CREATE TEMP TABLE archive_merge_staging ("
+        f"CREATE TEMP TABLE {staging} ("
         + ", ".join(f'"{name}" {kind}' for name, kind in stage) + ") ON COMMIT DROP")
     await conn.copy_records_to_table(
-        "archive_merge_staging", columns=names,
+        staging, columns=names,
         records=list(zip(*(arrow.column(n).to_pylist() for n in names), strict=True)))
+    return select
+
+
+async def _merge_source(conn: asyncpg.Connection, store: BlobArchive, table: str,
+                        columns: Sequence[Column], prior: asyncpg.Record) -> str:
+    """Stage the tenant-day's archived object in a temp table and return the SQL of its rows
+    in today's columns. Raises VerificationError when the object is not what the manifest
+    says: it is then never replaced."""
+    try:
+        select = await _stage(conn, store, table, columns=columns, entry=prior,
+                              staging="archive_merge_staging")
+    except VerificationError as exc:
+        raise VerificationError(f"{exc}; late rows are kept hot rather than written over "
+                                "the archived object") from exc
     # Columns added after the object was written are NULL (UNION takes the table's types).
     exprs = [f'{select[c.name]} AS "{c.name}"' if c.name in select else f'NULL AS "{c.name}"'
              for c in columns]
@@ -308,26 +325,30 @@ async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *
     names = ", ".join(f'"{c.name}"' for c in columns)
     live = (f"SELECT {names}, 1 AS _src FROM {table} WHERE tenant_id = $1"  # noqa: S608 - catalogue names
             " AND time >= $2 AND time < $3")
+    select = ", ".join(c.export_sql for c in columns)
     async with conn.transaction():  # the merge's temp table lives until the end
-        from_table = await conn.fetchval(
-            f"SELECT count(*) FROM {table} WHERE tenant_id = $1 AND time >= $2"  # noqa: S608
-            " AND time < $3", tenant_id, start, end)
-        if not from_table:
-            return None
         prior = await conn.fetchrow(
             "SELECT blob_path, row_count, sha256 FROM archive_manifest WHERE tenant_id = $1"
             " AND table_name = $2 AND day = $3", tenant_id, table, day)
         source = live
+        from_table = None
         if prior is not None:
+            # Only for a merge: there, the object's rows are not the table's.
+            from_table = await conn.fetchval(
+                f"SELECT count(*) FROM {table} WHERE tenant_id = $1 AND time >= $2"  # noqa: S608
+                " AND time < $3", tenant_id, start, end)
+            if not from_table:
+                return None
             archived = await _merge_source(conn, store, table, columns, prior)
             key = await unique_key(conn, table) or [c.name for c in columns]
             on = ", ".join(f'"{k}"' for k in key)
             source = (f"SELECT DISTINCT ON ({on}) * FROM ({live} UNION ALL {archived}) u"  # noqa: S608
                       f" ORDER BY {on}, _src")
-        select = ", ".join(c.export_sql for c in columns)
         records = await conn.fetch(
             f"SELECT {select} FROM ({source}) r ORDER BY time, vehicle_id",  # noqa: S608
             tenant_id, start, end)
+    if not records:
+        return None
     if prior is not None and len(records) < prior["row_count"]:
         raise VerificationError(
             f"{prior['blob_path']}: the merged object would hold {len(records)} rows, fewer "
@@ -353,7 +374,7 @@ async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *
         " 'row_count', archive_manifest.row_count, 'exported_at', archive_manifest.exported_at))"
         " END", tenant_id, table, day, path, len(records), digest, len(data))
     return ArchivedDay(tenant_id, tenant_slug, table, day, path, len(records), digest, len(data),
-                       from_table=int(from_table))
+                       from_table=len(records) if from_table is None else int(from_table))
 
 
 @dataclass(frozen=True)
@@ -422,28 +443,12 @@ async def restore_day(conn: asyncpg.Connection, store: BlobArchive, day: date, *
 
 async def _restore_one(conn: asyncpg.Connection, store: BlobArchive, table: str, *, day: date,
                        columns: Sequence[Column], entry: asyncpg.Record) -> int:
-    data = await store.get(entry["blob_path"])
-    if sha256_hex(data) != entry["sha256"]:
-        raise VerificationError(f"{entry['blob_path']}: checksum differs from the manifest")
-    arrow = parquet_rows(data)
-    if arrow.num_rows != entry["row_count"]:
-        raise VerificationError(f"{entry['blob_path']}: row count differs from the manifest")
-    try:
-        stage, select = restore_plan(table, columns, arrow.column_names)
-    except ArchiveError as exc:
-        raise ArchiveError(f"{entry['blob_path']}: {exc}") from exc
-    names = [name for name, _ in stage]
-    records = list(zip(*(arrow.column(n).to_pylist() for n in names), strict=True))
     async with conn.transaction():
-        staging = "archive_restore_staging"
-        await conn.execute(
-            f"CREATE TEMP TABLE {staging} ("
-            + ", ".join(f'"{name}" {kind}' for name, kind in stage)
-            + ") ON COMMIT DROP")
-        await conn.copy_records_to_table(staging, records=records, columns=names)
+        select = await _stage(conn, store, table, columns=columns, entry=entry,
+                              staging="archive_restore_staging")
         status = await conn.execute(
             f"INSERT INTO {table} ({', '.join(chr(34) + n + chr(34) for n in select)})"  # noqa: S608
-            f" SELECT {', '.join(select.values())} FROM {staging}"
+            f" SELECT {', '.join(select.values())} FROM archive_restore_staging"
             " ON CONFLICT DO NOTHING")
         await conn.execute("UPDATE archive_manifest SET restored_at = now()"
                            " WHERE tenant_id = $1 AND table_name = $2 AND day = $3",
