@@ -172,8 +172,14 @@ class CutOffJob:
 
     def __init__(self) -> None:
         self.runner: JobRunner | None = None
+        self.calls = 0
 
     async def run(self) -> dict[str, Any]:
+        # Once: the run that could not be recorded is due again when its runner reconnects
+        # (its next due time was not written either), and that one must not be cut off too.
+        self.calls += 1
+        if self.calls > 1:
+            return {}
         assert self.runner is not None
         assert self.runner._conn is not None
         pid = self.runner._conn.get_server_pid()
@@ -216,7 +222,8 @@ async def test_a_run_cut_off_by_the_database_keeps_its_cause(database) -> None:
             deadline = loop.time() + 20
             while True:
                 row = await conn.fetchrow(
-                    "SELECT status, error FROM job_runs WHERE job = 'cut-off'")
+                    "SELECT status, error FROM job_runs WHERE job = 'cut-off' ORDER BY id"
+                    " LIMIT 1")
                 if row is not None and row["status"] == "failed" and \
                         not row["error"].startswith("abandoned"):
                     break
