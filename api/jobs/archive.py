@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -76,6 +78,18 @@ class Column:
     def staging_type(self) -> str:
         """Column type in the restore staging table."""
         return _TYPES[self.udt][2]
+
+    @property
+    def shape_check(self) -> str | None:
+        """For an array column, SQL giving [column, reason] when its value has a shape a
+        Parquet list cannot hold (more than one dimension, a lower bound other than 1)."""
+        if not self.udt.startswith("_"):
+            return None
+        c = f'"{self.name}"'
+        return (f"WHEN array_ndims({c}) > 1 THEN ARRAY['{self.name}',"
+                f" array_ndims({c}) || '-dimensional array']"
+                f" WHEN array_lower({c}, 1) <> 1 THEN ARRAY['{self.name}',"
+                f" 'array lower bound ' || array_lower({c}, 1)]")
 
     @property
     def restore_sql(self) -> str:
@@ -157,15 +171,53 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def to_parquet(columns: Sequence[Column], records: Sequence[asyncpg.Record]) -> bytes:
-    """Serialise rows (selected with each column's export_sql) to Parquet bytes."""
-    arrays = [pa.array([r[i] for r in records], type=c.arrow_type)
-              for i, c in enumerate(columns)]
+_ARROW_REFUSES = (pa.ArrowException, TypeError, ValueError, OverflowError)
+"""What pyarrow raises for a value its column type cannot hold."""
+
+
+def _column_array(values: list[Any], kind: pa.DataType) -> tuple[pa.Array | None,
+                                                                 dict[int, str]]:
+    """An Arrow array of `values`, or (when some cannot be encoded) None and, per index of a
+    value Arrow refuses, why."""
+    try:
+        return pa.array(values, type=kind), {}
+    except _ARROW_REFUSES:
+        pass
+    bad: dict[int, str] = {}
+    for i, value in enumerate(values):
+        try:
+            pa.array([value], type=kind)
+        except _ARROW_REFUSES as exc:
+            bad[i] = f"{type(exc).__name__}: {exc}"[:500]
+    # Each value alone encodes but not all together (e.g. a column past Arrow's size limits):
+    # no row to blame, so the whole day fails with the cause.
+    if not bad:
+        pa.array(values, type=kind)
+    return None, bad
+
+
+def encode_rows(columns: Sequence[Column], records: Sequence[Sequence[Any]]
+                ) -> tuple[bytes, int, dict[int, tuple[str, str]]]:
+    """Serialise rows (selected with each column's export_sql) to Parquet bytes, leaving out
+    rows holding a value Arrow cannot encode. Returns the bytes, the rows in them, and per
+    index (into `records`) of a row left out, its first such column and the reason."""
+    bad: dict[int, tuple[str, str]] = {}
+    arrays: list[pa.Array | None] = []
+    for i, c in enumerate(columns):
+        array, refused = _column_array([r[i] for r in records], c.arrow_type)
+        arrays.append(array)
+        for index, reason in refused.items():
+            bad.setdefault(index, (c.name, reason))
+    rows = records
+    if bad:
+        rows = [r for i, r in enumerate(records) if i not in bad]
+        arrays = [pa.array([r[i] for r in rows], type=c.arrow_type)
+                  for i, c in enumerate(columns)]
     table = pa.Table.from_arrays(arrays, schema=pa.schema(
         [pa.field(c.name, c.arrow_type) for c in columns]))
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+    return sink.getvalue(), len(rows), bad
 
 
 def parquet_rows(data: bytes) -> pa.Table:
@@ -231,6 +283,18 @@ class BlobArchive:
 
 
 @dataclass(frozen=True)
+class Reject:
+    """A row the archive cannot encode: a dead letter in archive_rejects."""
+
+    key: dict[str, Any]
+    """The row's unique key (JSON-friendly values)."""
+    column: str
+    reason: str
+    row_text: str
+    """The whole row in PostgreSQL's record text form."""
+
+
+@dataclass(frozen=True)
 class ArchivedDay:
     """What one export wrote (also a row of archive_manifest)."""
 
@@ -245,7 +309,10 @@ class ArchivedDay:
     sha256: str
     size_bytes: int
     from_table: int = -1
-    """Rows read from the table this time (what a drop of the chunk removes); -1: `rows`."""
+    """Rows read from the table this time (what a drop of the chunk removes, dead letters
+    included); -1: `rows`."""
+    rejected: tuple[Reject, ...] = ()
+    """Rows of the table left out of the object and written to archive_rejects."""
 
     @property
     def live_rows(self) -> int:
@@ -305,7 +372,8 @@ async def _merge_source(conn: asyncpg.Connection, store: BlobArchive, table: str
     # Columns added after the object was written are NULL (UNION takes the table's types).
     exprs = [f'{select[c.name]} AS "{c.name}"' if c.name in select else f'NULL AS "{c.name}"'
              for c in columns]
-    return f"SELECT {', '.join(exprs)}, 0 AS _src FROM archive_merge_staging"  # noqa: S608 - catalogue names
+    return (f"SELECT {', '.join(exprs)}, 0 AS _src, NULL::text[] AS _reject,"  # noqa: S608 - catalogue names
+            " NULL::text AS _row FROM archive_merge_staging")
 
 
 async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *,
@@ -318,14 +386,22 @@ async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *
     unique key (the archived row wins), and never holds fewer rows than the manifest says the
     old one did; the manifest keeps the old version in `history`.
 
+    A row the object cannot hold as it is (an array of another shape than one dimension from
+    1, a value Arrow refuses) is left out and written to archive_rejects with its reason, in
+    the transaction that records the manifest; the rest of the day is archived.
+
     Returns None when the tenant has no rows that day. Raises ArchiveError (or
     VerificationError) when the object cannot be written or does not read back identically.
     """
     start, end = day_bounds(day)
     names = ", ".join(f'"{c.name}"' for c in columns)
-    live = (f"SELECT {names}, 1 AS _src FROM {table} WHERE tenant_id = $1"  # noqa: S608 - catalogue names
-            " AND time >= $2 AND time < $3")
+    checks = " ".join(c.shape_check for c in columns if c.shape_check)
+    reject = f"CASE {checks} END" if checks else "NULL::text[]"
+    live = (f"SELECT {names}, 1 AS _src, {reject} AS _reject,"  # noqa: S608 - catalogue names
+            f" CASE WHEN ({reject}) IS NOT NULL THEN t::text END AS _row FROM {table} t"
+            " WHERE tenant_id = $1 AND time >= $2 AND time < $3")
     select = ", ".join(c.export_sql for c in columns)
+    key = await unique_key(conn, table) or [c.name for c in columns]
     async with conn.transaction():  # the merge's temp table lives until the end
         prior = await conn.fetchrow(
             "SELECT blob_path, row_count, sha256 FROM archive_manifest WHERE tenant_id = $1"
@@ -340,41 +416,105 @@ async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *
             if not from_table:
                 return None
             archived = await _merge_source(conn, store, table, columns, prior)
-            key = await unique_key(conn, table) or [c.name for c in columns]
             on = ", ".join(f'"{k}"' for k in key)
             source = (f"SELECT DISTINCT ON ({on}) * FROM ({live} UNION ALL {archived}) u"  # noqa: S608
                       f" ORDER BY {on}, _src")
         records = await conn.fetch(
-            f"SELECT {select} FROM ({source}) r ORDER BY time, vehicle_id",  # noqa: S608
-            tenant_id, start, end)
+            f"SELECT {select}, _reject, _row FROM ({source}) r"  # noqa: S608
+            " ORDER BY time, vehicle_id", tenant_id, start, end)
     if not records:
         return None
-    if prior is not None and len(records) < prior["row_count"]:
+    width = len(columns)
+    shaped = [r for r in records if r[width] is None]
+    data, rows, refused = encode_rows(columns, shaped)
+    rejected = [_reject(columns, key, r, column=r[width][0], reason=r[width][1],
+                        row_text=r[width + 1]) for r in records if r[width] is not None]
+    for index, (column, reason) in sorted(refused.items()):
+        row_text = await _row_text(conn, table, columns, key, shaped[index])
+        rejected.append(_reject(columns, key, shaped[index], column=column, reason=reason,
+                                row_text=row_text))
+    if prior is not None and rows < prior["row_count"]:
         raise VerificationError(
-            f"{prior['blob_path']}: the merged object would hold {len(records)} rows, fewer "
+            f"{prior['blob_path']}: the merged object would hold {rows} rows, fewer "
             f"than the {prior['row_count']} archived; not replaced")
-    data = to_parquet(columns, records)
     digest = sha256_hex(data)
     path = blob_path(tenant_slug, table, day)
     await store.put(path, data)
     back = await store.get(path)
     if sha256_hex(back) != digest:
         raise VerificationError(f"{path}: checksum read back differs from the upload")
-    if parquet_rows(back).num_rows != len(records):
+    if parquet_rows(back).num_rows != rows:
         raise VerificationError(f"{path}: row count read back differs from the export")
-    await conn.execute(
-        "INSERT INTO archive_manifest (tenant_id, table_name, day, blob_path, row_count, sha256,"
-        " size_bytes, exported_at, verified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now(), now())"
-        " ON CONFLICT (tenant_id, table_name, day) DO UPDATE SET blob_path = EXCLUDED.blob_path,"
-        " row_count = EXCLUDED.row_count, sha256 = EXCLUDED.sha256,"
-        " size_bytes = EXCLUDED.size_bytes, exported_at = now(), verified_at = now(),"
-        " dropped_at = NULL, history = archive_manifest.history || CASE"
-        " WHEN archive_manifest.sha256 = EXCLUDED.sha256 THEN '[]'::jsonb"
-        " ELSE jsonb_build_array(jsonb_build_object('sha256', archive_manifest.sha256,"
-        " 'row_count', archive_manifest.row_count, 'exported_at', archive_manifest.exported_at))"
-        " END", tenant_id, table, day, path, len(records), digest, len(data))
-    return ArchivedDay(tenant_id, tenant_slug, table, day, path, len(records), digest, len(data),
-                       from_table=len(records) if from_table is None else int(from_table))
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO archive_manifest (tenant_id, table_name, day, blob_path, row_count,"
+            " sha256, size_bytes, exported_at, verified_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, now(), now())"
+            " ON CONFLICT (tenant_id, table_name, day) DO UPDATE SET"
+            " blob_path = EXCLUDED.blob_path, row_count = EXCLUDED.row_count,"
+            " sha256 = EXCLUDED.sha256, size_bytes = EXCLUDED.size_bytes, exported_at = now(),"
+            " verified_at = now(), dropped_at = NULL, history = archive_manifest.history"
+            " || CASE WHEN archive_manifest.sha256 = EXCLUDED.sha256 THEN '[]'::jsonb"
+            " ELSE jsonb_build_array(jsonb_build_object('sha256', archive_manifest.sha256,"
+            " 'row_count', archive_manifest.row_count, 'exported_at',"
+            " archive_manifest.exported_at)) END",
+            tenant_id, table, day, path, rows, digest, len(data))
+        if rejected:
+            # A rerun (the chunk kept after a failure elsewhere) finds the same rows again.
+            await conn.executemany(
+                "INSERT INTO archive_rejects (tenant_id, table_name, day, row_key, column_name,"
+                " reason, row_text) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)"
+                " ON CONFLICT (tenant_id, table_name, day, row_key) DO UPDATE SET"
+                " column_name = EXCLUDED.column_name, reason = EXCLUDED.reason,"
+                " row_text = EXCLUDED.row_text, rejected_at = now()",
+                [(tenant_id, table, day, json.dumps(r.key, sort_keys=True), r.column, r.reason,
+                  r.row_text) for r in rejected])
+    return ArchivedDay(tenant_id, tenant_slug, table, day, path, rows, digest, len(data),
+                       from_table=len(records) if from_table is None else int(from_table),
+                       rejected=tuple(rejected))
+
+
+def _reject(columns: Sequence[Column], key: Sequence[str], record: Sequence[Any], *,
+            column: str, reason: str, row_text: str) -> Reject:
+    at = {c.name: i for i, c in enumerate(columns)}
+    return Reject({k: _jsonable(record[at[k]]) for k in key}, column, reason[:500], row_text)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+async def _row_text(conn: asyncpg.Connection, table: str, columns: Sequence[Column],
+                    key: Sequence[str], record: Sequence[Any]) -> str:
+    """The record text of the table row an exported `record` came from (found by its key)."""
+    at = {c.name: (i, c) for i, c in enumerate(columns)}
+    values = [record[at[k][0]] for k in key]
+    # `=` where it can (a key's time column then narrows the scan to one chunk).
+    params = [v for v in values if v is not None]
+    conditions, n = [], 0
+    for k, v in zip(key, values, strict=True):
+        if v is None:
+            conditions.append(f"{at[k][1].export_sql} IS NULL")
+        else:
+            n += 1
+            conditions.append(f"{at[k][1].export_sql} = ${n}")
+    where = " AND ".join(conditions)
+    text: str | None = await conn.fetchval(
+        f"SELECT t::text FROM {table} t WHERE {where} LIMIT 1",  # noqa: S608 - catalogue names
+        *params)
+    # Not found: a merged row from the archived object (Arrow read it, so it is encodable;
+    # kept as a guard) or a row deleted since the export.
+    return text if text is not None else repr(tuple(record[: len(columns)]))
 
 
 @dataclass(frozen=True)
@@ -389,6 +529,8 @@ class TenantRestore:
     """Rows inserted; the rest of `rows` were already in the table (skipped)."""
     error: str | None = None
     """Why nothing of this object was restored (it is then left as it is)."""
+    dead_letters: int = 0
+    """Rows of this tenant-day in archive_rejects: never in the object, not restored."""
 
     @property
     def skipped(self) -> int:
@@ -414,17 +556,20 @@ async def restore_report(conn: asyncpg.Connection, store: BlobArchive, day: date
         raise ArchiveError(f"no archived {table} for {day}"
                            + (f" and tenant {tenant_slug}" if tenant_slug else ""))
     columns = await table_columns(conn, table)
+    dead = dict(await conn.fetch(
+        "SELECT tenant_id, count(*) FROM archive_rejects WHERE table_name = $1 AND day = $2"
+        " GROUP BY tenant_id", table, day))
     out: list[TenantRestore] = []
     for entry in manifest:
+        found = TenantRestore(entry["slug"], entry["blob_path"], entry["row_count"],
+                              dead_letters=dead.get(entry["tenant_id"], 0))
         try:
             restored = await _restore_one(conn, store, table, day=day, columns=columns,
                                           entry=entry)
         except ArchiveError as exc:
-            out.append(TenantRestore(entry["slug"], entry["blob_path"], entry["row_count"],
-                                     error=str(exc)))
+            out.append(replace(found, error=str(exc)))
         else:
-            out.append(TenantRestore(entry["slug"], entry["blob_path"], entry["row_count"],
-                                     restored))
+            out.append(replace(found, restored=restored))
     return out
 
 

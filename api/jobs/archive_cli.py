@@ -1,5 +1,5 @@
-"""`fleet archive list|restore|status|run`: what the cold archive holds, bringing a day
-back, how the last retention runs went, and a run now.
+"""`fleet archive list|restore|rejects|status|run`: what the cold archive holds, bringing a
+day back, the rows it could not encode, how the last retention runs went, and a run now.
 
 Imports only the standard library at module top; the archive code loads inside `run`.
 """
@@ -30,6 +30,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     res.add_argument("--day", type=_day, required=True, help="UTC day, YYYY-MM-DD")
     res.add_argument("--tenant", help="only this tenant (slug); default: every tenant")
     res.add_argument("--table", default="telemetry")
+    rej = sub.add_parser("rejects", help="rows the archive could not encode (archive_rejects)")
+    rej.add_argument("--tenant", help="tenant slug")
+    rej.add_argument("--table", default="telemetry")
+    rej.add_argument("--since", type=_day, help="first day (YYYY-MM-DD)")
+    rej.add_argument("--rows", action="store_true", help="print each row's full text too")
     st = sub.add_parser("status", help="the last retention runs; exit 1 unless the last one "
                                        "succeeded")
     st.add_argument("--runs", type=int, default=5, help="how many runs to show")
@@ -81,6 +86,8 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"{r['day']}  {r['slug']:<20} {r['row_count']:>9} {r['size_bytes']:>10}"
                       f"  {hot:<4}  {r['blob_path']}")
             return 0
+        if args.action == "rejects":
+            return await _rejects(conn, args)
         if args.action == "status":
             return await _status(conn, args.runs)
         if args.action == "run":
@@ -96,9 +103,28 @@ async def _run(args: argparse.Namespace) -> int:
             else:
                 print(f"{args.day} {r.tenant}: {r.restored} rows restored into {args.table}, "
                       f"{r.skipped} already there")
+            if r.dead_letters:
+                print(f"{args.day} {r.tenant}: {r.dead_letters} rows of this day are dead "
+                      "letters of the archive, not restored (fleet archive rejects)",
+                      file=sys.stderr)
         return 1 if any(r.error for r in report) else 0
     finally:
         await conn.close()
+
+
+async def _rejects(conn: Any, args: argparse.Namespace) -> int:
+    rows = await conn.fetch(
+        "SELECT t.slug, r.day, r.row_key::text AS key, r.column_name, r.reason, r.row_text,"
+        " r.rejected_at FROM archive_rejects r JOIN tenants t ON t.id = r.tenant_id"
+        " WHERE r.table_name = $1 AND ($2::text IS NULL OR t.slug = $2)"
+        " AND ($3::date IS NULL OR r.day >= $3) ORDER BY r.day, t.slug, r.id",
+        args.table, args.tenant, args.since)
+    for r in rows:
+        print(f"{r['day']}  {r['slug']:<20} {r['column_name']}: {r['reason']}  key {r['key']}")
+        if args.rows:
+            print(f"    {r['row_text']}")
+    print(f"{len(rows)} rows of {args.table} in archive_rejects", file=sys.stderr)
+    return 0
 
 
 async def _status(conn: Any, runs: int) -> int:
@@ -121,6 +147,13 @@ async def _status(conn: Any, runs: int) -> int:
             print(f"    error: {r['error']}")
         for failure in details.get("failures", [])[1:]:
             print(f"    also: {failure}")
+        for line in details.get("dead_letters", []):
+            print(f"    dead letters: {line}")
+    dead = await conn.fetchrow("SELECT count(*) AS n, max(rejected_at) AS last"
+                               " FROM archive_rejects")
+    if dead["n"]:
+        print(f"archive_rejects holds {dead['n']} rows the archive could not encode, the last "
+              f"from {dead['last']:%Y-%m-%d %H:%M:%S} (fleet archive rejects)")
     return 0 if rows[0]["status"] == "succeeded" else 1
 
 
@@ -165,7 +198,10 @@ async def _run_now(conn: Any, jobs: Any, owner_url: str, args: argparse.Namespac
     print(f"run #{run_id} {row['status']}: chunks considered "
           f"{details.get('chunks_considered', 0)}, dropped {details.get('chunks_dropped', 0)};"
           f" tenant-days archived {details.get('days_archived', 0)} "
-          f"({details.get('rows_archived', 0)} rows)")
+          f"({details.get('rows_archived', 0)} rows, "
+          f"{details.get('rows_dead_lettered', 0)} dead-lettered)")
+    for line in details.get("dead_letters", []):
+        print(f"dead letters: {line}", file=sys.stderr)
     for failure in details.get("failures", []):
         print(f"failed: {failure}", file=sys.stderr)
     if row["error"] and row["status"] == "failed":

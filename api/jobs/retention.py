@@ -6,6 +6,8 @@ verified (see archive.export_day). Only when every tenant-day of the chunk verif
 job drop it, inside one transaction that first locks the chunk against writers and recounts
 its rows against the manifest: a row that arrived after the export (late data) stops the drop
 and the next run exports again. A failed upload or verification leaves the chunk in place.
+A row the archive cannot encode does not hold its chunk back: it goes to archive_rejects
+(export_day) and counts as exported.
 Audit logs are a plain table and are never touched. Days an analyst restored are left hot for
 `restore_keep_days`.
 
@@ -43,13 +45,20 @@ class RetentionReport:
     rows_archived: int = 0
     failures: list[str] = field(default_factory=list)
     rejects_chunks_dropped: int = 0
+    rows_dead_lettered: int = 0
+    """Rows left out of their objects (archive_rejects) and dropped with their chunk."""
+    dead_letters: list[str] = field(default_factory=list)
+    """One line per tenant-day with dead letters."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form for job_runs.details."""
         return {"chunks_considered": self.chunks_considered,
                 "chunks_dropped": self.chunks_dropped, "days_archived": self.days_archived,
                 "rows_archived": self.rows_archived, "failures": self.failures[:20],
-                "rejects_chunks_dropped": self.rejects_chunks_dropped}
+                "failure_count": len(self.failures),
+                "rejects_chunks_dropped": self.rejects_chunks_dropped,
+                "rows_dead_lettered": self.rows_dead_lettered,
+                "dead_letters": self.dead_letters[:20]}
 
 
 def _days(start: datetime, end: datetime) -> list[date]:
@@ -152,6 +161,14 @@ async def _archive_and_drop(conn: asyncpg.Connection, store: BlobArchive, table:
             continue
         report.days_archived += len(exported)
         report.rows_archived += sum(e.rows for e in exported)
+        for e in exported:
+            if e.rejected:
+                first = e.rejected[0]
+                line = (f"{table} {e.day} {e.tenant_slug}: {len(e.rejected)} rows in"
+                        f" archive_rejects, first {first.key} {first.column}: {first.reason}")
+                report.rows_dead_lettered += len(e.rejected)
+                report.dead_letters.append(line)
+                log.warning("retention: %s", line)
         if await _drop_verified(conn, table, qualified, start=start, end=end,
                                 exported=exported):
             report.chunks_dropped += 1

@@ -1,4 +1,5 @@
-"""Fixtures of the job tests: Azurite (Azure Blob emulator) and a local SMTP sink."""
+"""Fixtures of the job tests: Azurite (Azure Blob emulator), a local SMTP sink, and two
+tenants with telemetry past the hot window."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -14,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integrations.conftest import seed_fleet
+from tests.jobs.archive_rows import OLD_DAYS, insert_telemetry
 
 AZURITE_BIN = (Path(__file__).resolve().parents[2]
                / "api/jobs/azurite/node_modules/.bin/azurite-blob")
@@ -98,3 +103,19 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def two_tenants(database: Any) -> tuple[Any, Any]:
+    """Tenant a (vehicles v1, v2) and b (w1), each vehicle with 12 samples on each of
+    OLD_DAYS and yesterday."""
+    a = seed_fleet(database.owner_url, f"a{uuid.uuid4().hex[:8]}", {"v1": {}, "v2": {}})
+    b = seed_fleet(database.owner_url, f"b{uuid.uuid4().hex[:8]}", {"w1": {}})
+    seq = 0
+    for fleet in (a, b):
+        for vid in fleet.vehicles.values():
+            for offset in (*OLD_DAYS, 1):
+                insert_telemetry(database.owner_url, fleet.tenant_id, vid, day_offset=offset,
+                                 n=12, seq0=seq)
+                seq += 100
+    return a, b

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 import msgspec
@@ -26,71 +26,17 @@ from api.jobs.archive import (
 from api.jobs.config import JobsSettings
 from api.jobs.errors import ArchiveError
 from api.jobs.retention import RetentionJob, RollupsJob, archive_and_drop
-from tests.integrations.conftest import seed_fleet
+from tests.jobs.archive_rows import NOW, chunks, insert_telemetry, snapshot
 
 pytestmark = pytest.mark.services
 
-NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
-OLD_DAYS = (40, 35)
-
-
-def _insert_telemetry(owner_url: str, tenant_id: uuid.UUID, vehicle_id: uuid.UUID, *,
-                      day_offset: int, n: int, seq0: int) -> None:
-    base = NOW - timedelta(days=day_offset)
-    with psycopg.connect(owner_url, autocommit=True) as conn:
-        for i in range(n):
-            conn.execute(
-                "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, lon_e7, lat_e7,"
-                " speed_kph, rpm, fuel_level_pct, odometer_km, ignition, gps_satellites,"
-                " dtc_codes, extra, source, received_at) VALUES (%s, %s, %s, %s,"
-                " round(%s * 1e7), round(%s * 1e7), %s, %s, %s, %s, %s, %s,"
-                " %s, %s::jsonb, 'gateway', %s)",
-                (base + timedelta(seconds=37 * i, microseconds=123), tenant_id, vehicle_id,
-                 seq0 + i, 13.4 + i * 1e-4, 52.5 + i * 1e-4, 40.5 + i, 1500.25, 55.5,
-                 1000.125 + i, i % 2 == 0, 9, ["P0301"] if i == 3 else None,
-                 '{"intake_temp_c": 21.5}' if i % 3 == 0 else None,
-                 base + timedelta(seconds=37 * i + 1)))
-
-
-def _snapshot(owner_url: str, day: date | None = None) -> list[str]:
-    with psycopg.connect(owner_url) as conn:
-        if day is None:
-            rows = conn.execute("SELECT t::text FROM telemetry t ORDER BY vehicle_id, seq")
-        else:
-            rows = conn.execute(
-                "SELECT t::text FROM telemetry t WHERE time >= %s AND time < %s"
-                " ORDER BY vehicle_id, seq", (datetime.combine(day, datetime.min.time(), UTC),
-                                              datetime.combine(day, datetime.min.time(), UTC)
-                                              + timedelta(days=1)))
-        return [r[0] for r in rows]
-
-
-@pytest.fixture
-def two_tenants(database):
-    a = seed_fleet(database.owner_url, f"a{uuid.uuid4().hex[:8]}", {"v1": {}, "v2": {}})
-    b = seed_fleet(database.owner_url, f"b{uuid.uuid4().hex[:8]}", {"w1": {}})
-    seq = 0
-    for fleet in (a, b):
-        for vid in fleet.vehicles.values():
-            for offset in (*OLD_DAYS, 1):
-                _insert_telemetry(database.owner_url, fleet.tenant_id, vid, day_offset=offset,
-                                  n=12, seq0=seq)
-                seq += 100
-    return a, b
-
-
-def _chunks(owner_url: str) -> int:
-    with psycopg.connect(owner_url) as conn:
-        return conn.execute("SELECT count(*) FROM show_chunks('telemetry')").fetchone()[0]
-
-
 async def test_archive_roundtrip(database, azurite, two_tenants) -> None:
     a, b = two_tenants
-    before_all = _snapshot(database.owner_url)
+    before_all = snapshot(database.owner_url)
     old_day = (NOW - timedelta(days=40)).date()
-    before_day = _snapshot(database.owner_url, old_day)
+    before_day = snapshot(database.owner_url, old_day)
     assert len(before_day) == 36
-    assert _chunks(database.owner_url) == 3
+    assert chunks(database.owner_url) == 3
     container = f"c{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(database.owner_url)
     try:
@@ -104,15 +50,15 @@ async def test_archive_roundtrip(database, azurite, two_tenants) -> None:
             assert blob_path(a.slug, "telemetry", old_day) in names
             assert f"{b.slug}/telemetry/{old_day:%Y}/{old_day:%m}/{old_day:%d}/telemetry.parquet" \
                 in names
-            assert _chunks(database.owner_url) == 1  # only the hot day is left
-            assert _snapshot(database.owner_url, old_day) == []
+            assert chunks(database.owner_url) == 1  # only the hot day is left
+            assert snapshot(database.owner_url, old_day) == []
             # A second pass finds nothing old to do.
             again = await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
             assert again.chunks_considered == 0
 
             restored = await restore_day(conn, store, old_day)
             assert restored == {a.slug: 24, b.slug: 12}
-            assert _snapshot(database.owner_url, old_day) == before_day  # identical rows
+            assert snapshot(database.owner_url, old_day) == before_day  # identical rows
             # Restoring twice changes nothing; a single tenant can be restored.
             assert await restore_day(conn, store, old_day, tenant_slug=b.slug) == {b.slug: 0}
             # A freshly restored day is not archived and dropped again at once.
@@ -120,7 +66,7 @@ async def test_archive_roundtrip(database, azurite, two_tenants) -> None:
             assert kept.chunks_dropped == 0
             day35 = (NOW - timedelta(days=35)).date()
             await restore_day(conn, store, day35)
-            assert _snapshot(database.owner_url) == before_all
+            assert snapshot(database.owner_url) == before_all
         audit = await conn.fetchval("SELECT count(*) FROM archive_manifest WHERE dropped_at"
                                     " IS NOT NULL")
         assert audit == 4
@@ -149,16 +95,16 @@ async def test_late_rows_for_an_archived_day_are_merged_not_written_over(
             assert first["row_count"] == 24
             # Late: 5 new samples of v1 (seq 900..904) and a second copy of an archived one
             # (seq 0, same time: the table's unique key).
-            _insert_telemetry(database.owner_url, a.tenant_id, vid, day_offset=40, n=5,
+            insert_telemetry(database.owner_url, a.tenant_id, vid, day_offset=40, n=5,
                               seq0=900)
-            _insert_telemetry(database.owner_url, a.tenant_id, vid, day_offset=40, n=1,
+            insert_telemetry(database.owner_url, a.tenant_id, vid, day_offset=40, n=1,
                               seq0=0)
-            late = _snapshot(database.owner_url, old_day)
+            late = snapshot(database.owner_url, old_day)
             assert len(late) == 6
             report = await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
             assert report.failures == []
             assert report.chunks_dropped == 1
-            assert _snapshot(database.owner_url, old_day) == []
+            assert snapshot(database.owner_url, old_day) == []
             merged = await conn.fetchrow(
                 "SELECT row_count, sha256, history FROM archive_manifest WHERE tenant_id = $1"
                 " AND day = $2", a.tenant_id, old_day)
@@ -172,7 +118,7 @@ async def test_late_rows_for_an_archived_day_are_merged_not_written_over(
 
             restored = await restore_day(conn, store, old_day, tenant_slug=a.slug)
             assert restored == {a.slug: 29}
-            back = _snapshot(database.owner_url, old_day)
+            back = snapshot(database.owner_url, old_day)
             assert len(back) == 29
             assert set(late) <= set(back)  # the late rows, exactly
     finally:
@@ -192,13 +138,13 @@ async def test_an_archived_object_that_differs_from_its_manifest_is_never_replac
             await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
             path = blob_path(a.slug, "telemetry", old_day)
             await store.put(path, b"not the archived object")
-            _insert_telemetry(database.owner_url, a.tenant_id, a.vehicles["v1"],
+            insert_telemetry(database.owner_url, a.tenant_id, a.vehicles["v1"],
                               day_offset=40, n=3, seq0=900)
             report = await archive_and_drop(conn, store, "telemetry", hot_days=30, now=NOW)
             assert report.chunks_dropped == 0
             assert any("checksum differs from the manifest; late rows are kept hot" in f
                        for f in report.failures)
-            assert len(_snapshot(database.owner_url, old_day)) == 3
+            assert len(snapshot(database.owner_url, old_day)) == 3
             assert await store.get(path) == b"not the archived object"
     finally:
         await conn.close()
@@ -213,7 +159,7 @@ class CorruptingArchive(BlobArchive):
 
 async def test_failed_upload_or_verification_drops_nothing(database, azurite,
                                                            two_tenants) -> None:
-    before = _snapshot(database.owner_url)
+    before = snapshot(database.owner_url)
     conn = await asyncpg.connect(database.owner_url)
     try:
         async with CorruptingArchive(azurite, f"c{uuid.uuid4().hex[:12]}") as store:
@@ -228,8 +174,8 @@ async def test_failed_upload_or_verification_drops_nothing(database, azurite,
         with pytest.raises(ArchiveError):
             async with BlobArchive(dead, "x", retries=0):
                 pass
-        assert _snapshot(database.owner_url) == before
-        assert _chunks(database.owner_url) == 3
+        assert snapshot(database.owner_url) == before
+        assert chunks(database.owner_url) == 3
     finally:
         await conn.close()
 
@@ -292,7 +238,7 @@ def test_fleet_archive_cli(database, azurite, two_tenants) -> None:
     a, _b = two_tenants
     container = f"c{uuid.uuid4().hex[:12]}"
     old_day = (NOW - timedelta(days=40)).date()
-    before = _snapshot(database.owner_url, old_day)
+    before = snapshot(database.owner_url, old_day)
 
     async def archive() -> None:
         conn = await asyncpg.connect(database.owner_url)
@@ -313,8 +259,8 @@ def test_fleet_archive_cli(database, azurite, two_tenants) -> None:
     out = subprocess.run([*fleet, "restore", "--day", old_day.isoformat(), "--tenant", a.slug],
                          env=env, capture_output=True, text=True, timeout=60, check=True).stdout
     assert f"{a.slug}: 24 rows restored" in out
-    assert len(_snapshot(database.owner_url, old_day)) == 24
-    assert set(_snapshot(database.owner_url, old_day)) <= set(before)
+    assert len(snapshot(database.owner_url, old_day)) == 24
+    assert set(snapshot(database.owner_url, old_day)) <= set(before)
     bad = subprocess.run([*fleet, "restore", "--day", "2001-01-01"], env=env,
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1
@@ -345,7 +291,7 @@ async def test_a_day_archived_before_a_migration_restores_after_it(database, azu
     identical."""
     a, _b = two_tenants
     old_day = (NOW - timedelta(days=40)).date()
-    before_day = _snapshot(database.owner_url, old_day)
+    before_day = snapshot(database.owner_url, old_day)
     conn = await asyncpg.connect(database.owner_url)
     try:
         async with BlobArchive(azurite, f"c{uuid.uuid4().hex[:12]}") as store:
@@ -357,7 +303,7 @@ async def test_a_day_archived_before_a_migration_restores_after_it(database, azu
                 await conn.execute("UPDATE archive_manifest SET sha256 = $1 WHERE blob_path = $2",
                                    sha256_hex(old), path)
             assert await restore_day(conn, store, old_day) == {a.slug: 24, _b.slug: 12}
-        assert _snapshot(database.owner_url, old_day) == before_day
+        assert snapshot(database.owner_url, old_day) == before_day
     finally:
         await conn.close()
 
@@ -398,15 +344,16 @@ def test_fleet_archive_run_on_a_day_and_status(database, azurite, two_tenants) -
     assert f"{a.slug} {day40}" in dry.stdout
     assert f"{b.slug} {day40}" in dry.stdout
     assert str(day35) not in dry.stdout
-    assert _chunks(database.owner_url) == 3  # a dry run changes nothing
+    assert chunks(database.owner_url) == 3  # a dry run changes nothing
 
     done = cli("run", "--day", day40.isoformat())
     assert done.returncode == 0, done.stderr
-    assert "succeeded: chunks considered 1, dropped 1; tenant-days archived 2 (36 rows)" \
+    assert ("succeeded: chunks considered 1, dropped 1; tenant-days archived 2 (36 rows, "
+            "0 dead-lettered)") \
         in done.stdout
     assert "chunk 1 of 1" in done.stderr  # progress
-    assert _snapshot(database.owner_url, day40) == []
-    assert len(_snapshot(database.owner_url, day35)) == 36  # the other day is untouched
+    assert snapshot(database.owner_url, day40) == []
+    assert len(snapshot(database.owner_url, day35)) == 36  # the other day is untouched
     status = cli("status")
     assert status.returncode == 0, status.stdout
     assert "succeeded" in status.stdout
@@ -418,7 +365,7 @@ def test_fleet_archive_run_on_a_day_and_status(database, azurite, two_tenants) -
     status = cli("status")
     assert status.returncode == 1
     assert status.stdout.splitlines()[0].split()[3] == "failed"
-    assert len(_snapshot(database.owner_url, day35)) == 36
+    assert len(snapshot(database.owner_url, day35)) == 36
 
 
 def test_restore_goes_on_past_a_damaged_object_and_says_what_it_did(
@@ -447,7 +394,7 @@ def test_restore_goes_on_past_a_damaged_object_and_says_what_it_did(
             await conn.close()
 
     asyncio.run(archive_and_damage())
-    assert len(_snapshot(database.owner_url, old_day)) == 12  # b's rows are back
+    assert len(snapshot(database.owner_url, old_day)) == 12  # b's rows are back
     env = {**os.environ, "FLEET_DATABASE_OWNER_URL": database.owner_url,
            "FLEET_JOBS_AZURE_CONNECTION_STRING": azurite, "FLEET_JOBS_AZURE_CONTAINER": container}
     again = subprocess.run([sys.executable, "-m", "deploy.cli", "archive", "restore", "--day",

@@ -17,20 +17,12 @@ import pytest
 from psycopg import errors, sql
 
 from tests.conftest import TestDatabase
+from tests.storage.rows import tenant_and_vehicle
 
 pytestmark = pytest.mark.editions
 
 ANSWER = ("SELECT count(*), sum(speed_kph)::float8, max(rpm), min(time), max(time), "
           "count(DISTINCT seq) FROM telemetry WHERE vehicle_id = %s")
-
-
-def _vehicle(conn: psycopg.Connection[tuple[object, ...]]) -> tuple[uuid.UUID, uuid.UUID]:
-    tenant, vehicle = uuid.uuid4(), uuid.uuid4()
-    conn.execute("INSERT INTO tenants (id, slug, name) VALUES (%s, %s, 't')",
-                 (tenant, f"t{tenant.hex[:8]}"))
-    conn.execute("INSERT INTO vehicles (id, tenant_id, code) VALUES (%s, %s, 'v1')",
-                 (vehicle, tenant))
-    return tenant, vehicle
 
 
 def _samples(conn: psycopg.Connection[tuple[object, ...]], tenant: uuid.UUID,
@@ -45,7 +37,7 @@ def test_rows_three_days_late_reach_the_rollups(database: TestDatabase) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     late_start = (now - timedelta(days=3)).replace(minute=0, second=0)
     with psycopg.connect(database.owner_url, autocommit=True) as conn:
-        tenant, vehicle = _vehicle(conn)
+        tenant, vehicle = tenant_and_vehicle(conn)
         # What arrived in time: the hour three days ago has half its samples.
         _samples(conn, tenant, vehicle, late_start, count=180, first_seq=0)
     database.refresh_rollups((late_start - timedelta(hours=1)).isoformat(), now.isoformat())
@@ -73,7 +65,7 @@ def test_late_rows_reach_the_rollups_without_anyone_naming_a_range(
     now = datetime.now(UTC).replace(microsecond=0)
     late_start = (now - timedelta(days=3)).replace(minute=0, second=0)
     with psycopg.connect(database.owner_url, autocommit=True) as conn:
-        tenant, vehicle = _vehicle(conn)
+        tenant, vehicle = tenant_and_vehicle(conn)
         _samples(conn, tenant, vehicle, late_start, count=360, first_seq=0)
         if database.edition == "timescale":
             for view in ("telemetry_1m", "telemetry_1h"):  # minutes first, as scheduled
@@ -113,7 +105,7 @@ def test_compressed_chunk_gives_the_same_answer_and_takes_late_rows(
     start = (datetime.now(UTC) - timedelta(days=6)).replace(hour=0, minute=0, second=0,
                                                               microsecond=0)
     with psycopg.connect(database.owner_url, autocommit=True) as conn:
-        tenant, vehicle = _vehicle(conn)
+        tenant, vehicle = tenant_and_vehicle(conn)
         _samples(conn, tenant, vehicle, start, count=5000, first_seq=0)
         before = conn.execute(ANSWER, (vehicle,)).fetchone()
         chunk = conn.execute("SELECT c FROM show_chunks('telemetry', older_than => %s) c "
@@ -159,7 +151,7 @@ def test_rollups_answer_how_far_how_long_and_how_much(database: TestDatabase) ->
     minute, hour and the tenant's own day (Asia/Kolkata: days start at 18:30 UTC)."""
     day_start = datetime(2026, 11, 1, 18, 30, tzinfo=UTC)  # 2026-11-02 00:00 in Kolkata
     with psycopg.connect(database.owner_url, autocommit=True) as conn:
-        tenant, vehicle = _vehicle(conn)
+        tenant, vehicle = tenant_and_vehicle(conn)
         conn.execute("UPDATE tenants SET timezone = 'Asia/Kolkata' WHERE id = %s", (tenant,))
         with pytest.raises(errors.CheckViolation):
             conn.execute("UPDATE tenants SET timezone = 'Mars/Olympus' WHERE id = %s", (tenant,))
