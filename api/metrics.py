@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
+import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from api.db import POOL_KEY
+
+log = logging.getLogger(__name__)
+
+JOB_STATUSES = ("succeeded", "partial", "failed")
+"""How a finished run can end (job_runs.status)."""
+JOBS_REFRESH_S = 15.0
+"""The job gauges are read from the database at most this often (scrapes are unauthenticated)."""
 
 
 @dataclass
@@ -38,6 +50,22 @@ class ApiMetrics:
         self.live_messages = Counter("fleet_api_live_messages_total",
                                      "Messages received from Redis pub/sub", ["type"],
                                      registry=r)
+        self.job_status = Gauge(
+            "fleet_job_last_run_status",
+            "1 for the status the job's last finished run ended with (succeeded, partial: "
+            "finished with failures listed, failed), 0 for the others", ["job", "status"],
+            registry=r)
+        self.job_finished = Gauge("fleet_job_last_run_finished_timestamp_seconds",
+                                  "When the job's last finished run ended", ["job"], registry=r)
+        self.job_success = Gauge("fleet_job_last_success_timestamp_seconds",
+                                 "When a run of the job last succeeded", ["job"], registry=r)
+        self.job_failures = Gauge("fleet_job_last_run_failures",
+                                  "Parts that failed in the job's last finished run (a "
+                                  "tenant-day not archived, ...)", ["job"], registry=r)
+        self.job_dead_letters = Gauge("fleet_job_last_run_dead_letter_rows",
+                                      "Rows the job's last finished run set aside as dead "
+                                      "letters (archive_rejects)", ["job"], registry=r)
+        self._jobs_read_at = float("-inf")
         # (method, route, status) -> the two labelled series; `labels()` takes a lock and
         # builds its key on every call, which shows in the per-request profile.
         self._request_series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
@@ -53,10 +81,46 @@ class ApiMetrics:
         series[1].observe(elapsed_s)
 
 
+    async def refresh_jobs(self, pool: asyncpg.Pool) -> None:
+        """Read each job's last finished run into the job gauges (at most every
+        JOBS_REFRESH_S; on a database error the last values stay)."""
+        now = time.monotonic()
+        if now - self._jobs_read_at < JOBS_REFRESH_S:
+            return
+        self._jobs_read_at = now
+        try:
+            async with pool.acquire(timeout=2) as conn:
+                rows = await conn.fetch(
+                    "SELECT s.job, extract(epoch FROM s.last_success_at) AS success,"
+                    " r.status, extract(epoch FROM r.finished_at) AS finished, r.details"
+                    " FROM job_state s LEFT JOIN LATERAL (SELECT status, finished_at, details"
+                    " FROM job_runs WHERE job = s.job AND finished_at IS NOT NULL"
+                    " ORDER BY started_at DESC LIMIT 1) r ON true")
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.warning("metrics: job runs not read: %s", exc)
+            return
+        for row in rows:
+            job = row["job"]
+            if row["success"] is not None:
+                self.job_success.labels(job).set(float(row["success"]))
+            if row["status"] is None:
+                continue
+            for status in JOB_STATUSES:
+                self.job_status.labels(job, status).set(1 if row["status"] == status else 0)
+            self.job_finished.labels(job).set(float(row["finished"]))
+            details = row["details"] or {}  # the pool decodes jsonb (api.db)
+            self.job_failures.labels(job).set(
+                details.get("failure_count", len(details.get("failures") or [])))
+            self.job_dead_letters.labels(job).set(details.get("rows_dead_lettered", 0))
+
+
 METRICS_KEY: web.AppKey[ApiMetrics] = web.AppKey("metrics", ApiMetrics)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     """GET /metrics in the Prometheus text format."""
-    body = generate_latest(request.app[METRICS_KEY].registry)
+    metrics = request.app[METRICS_KEY]
+    if POOL_KEY in request.app:
+        await metrics.refresh_jobs(request.app[POOL_KEY])
+    body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

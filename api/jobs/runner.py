@@ -75,10 +75,10 @@ class JobRunner:
         self.is_leader = False
         self.leadership_changes = 0
         self.step_downs = 0
-        self._unrecorded: dict[int, str] = {}
-        """job_runs id -> the error a run ended with while the database could not take it
-        (a restart mid-job): written on the next connection, so the run does not read
-        'abandoned' without its cause."""
+        self._unrecorded: dict[int, tuple[str, str | None, str | None]] = {}
+        """job_runs id -> (status, error, details JSON) of a run that ended while the database
+        could not take its record (a restart mid-job): written on the next connection, so the
+        run does not read 'abandoned' without its cause or its outcome."""
 
     async def __aenter__(self) -> JobRunner:
         self.start()
@@ -204,34 +204,34 @@ class JobRunner:
             await c.execute("INSERT INTO job_state (job, last_started_at) VALUES ($1, now())"
                             " ON CONFLICT (job) DO UPDATE SET last_started_at = now()",
                             sj.job.name)
+            error: str | None
+            body: str | None
             try:
                 details = await sj.job.run()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.exception("job %s failed", sj.job.name)
-                error = f"{type(exc).__name__}: {exc}"[:2000]
-                try:
-                    await c.execute(
-                        "UPDATE job_runs SET finished_at = now(), status = 'failed', error = $2"
-                        " WHERE id = $1", run_id, error)
-                except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                    self._unrecorded[run_id] = error
-                    raise
-                status_ok = False
+                status, error, body = "failed", f"{type(exc).__name__}: {exc}"[:2000], None
             else:
                 # A job that finished but lists failures (a tenant-day not archived) is not a
                 # success: 'partial', its first failure as the error, last_success_at kept.
                 failures = details.get("failures") or []
-                status_ok = not failures
-                await c.execute(
-                    "UPDATE job_runs SET finished_at = now(), status = $3, error = $4,"
-                    " details = $2::jsonb WHERE id = $1", run_id,
-                    json.dumps(details, default=str), "succeeded" if status_ok else "partial",
-                    None if status_ok else f"{len(failures)} failed: {failures[0]}"[:2000])
-                if not status_ok:
+                status = "partial" if failures else "succeeded"
+                count = details.get("failure_count", len(failures))  # `failures` may be cut
+                error = f"{count} failed: {failures[0]}"[:2000] if failures else None
+                body = json.dumps(details, default=str)
+                if failures:
                     log.warning("job %s finished partially: %d failures, first: %s",
-                                sj.job.name, len(failures), failures[0])
+                                sj.job.name, count, failures[0])
+            try:
+                await self._record(c, run_id, status, error, body)
+            except Exception:
+                # Whatever the driver raised (a cut session can surface as a client-side
+                # protocol error, not only as a connection error), the outcome is kept.
+                self._unrecorded[run_id] = (status, error, body)
+                raise
+            status_ok = status == "succeeded"
             next_due = sj.schedule.next_after(datetime.now(UTC))
             await c.execute(
                 "UPDATE job_state SET next_due_at = $2, updated_at = now(),"
@@ -243,14 +243,21 @@ class JobRunner:
                 await c.close()
 
 
+    @staticmethod
+    async def _record(conn: asyncpg.Connection, run_id: int, status: str, error: str | None,
+                      details: str | None) -> None:
+        """Write how a run ended. A leader that took over meanwhile may have marked it
+        abandoned; the real outcome replaces that."""
+        await conn.execute(
+            "UPDATE job_runs SET status = $2, finished_at = coalesce(finished_at, now()),"
+            " error = $3, details = coalesce($4::jsonb, details) WHERE id = $1"
+            " AND (status = 'running' OR error LIKE 'abandoned:%')",
+            run_id, status, error, details)
+
     async def _record_unrecorded(self, conn: asyncpg.Connection) -> None:
-        """Write the causes of runs that ended while the database was away. A leader that
-        took over meanwhile has marked them abandoned; the cause replaces that."""
-        for run_id, error in list(self._unrecorded.items()):
-            await conn.execute(
-                "UPDATE job_runs SET status = 'failed', finished_at = coalesce(finished_at,"
-                " now()), error = $2 WHERE id = $1 AND (status = 'running'"
-                " OR error LIKE 'abandoned:%')", run_id, error)
+        """Write the outcomes of runs that ended while the database was away."""
+        for run_id, (status, error, details) in list(self._unrecorded.items()):
+            await self._record(conn, run_id, status, error, details)
             del self._unrecorded[run_id]
 
 

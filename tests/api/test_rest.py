@@ -469,3 +469,38 @@ async def test_errors_and_operations(world: World) -> None:
     page = await c.get("/")
     assert "leaflet" in await page.text()
     assert (await c.get("/static/leaflet/leaflet.js")).status == 200
+
+
+async def test_metrics_show_how_each_job_last_ended(world: World, make_client: Any) -> None:
+    """Issue #24, finding 2: a partial run (and its dead letters) shows where an operator's
+    alerting looks, not only in job_runs."""
+    partial, fine = f"archive-{uuid.uuid4().hex[:6]}", f"rollups-{uuid.uuid4().hex[:6]}"
+    conn = await asyncpg.connect(world.db.owner_url)
+    try:
+        await conn.execute(
+            "INSERT INTO job_state (job, last_success_at) VALUES ($1, '2026-12-01T00:00:00Z'),"
+            " ($2, '2026-12-07T10:00:00Z')", partial, fine)
+        await conn.execute(
+            "INSERT INTO job_runs (job, runner, started_at, finished_at, status, error, details)"
+            " VALUES ($1, 'r', '2026-12-06T00:00:00Z', '2026-12-06T00:01:00Z', 'succeeded',"
+            " NULL, '{}'), ($1, 'r', '2026-12-07T00:00:00Z', '2026-12-07T00:02:00Z', 'partial',"
+            " '25 failed: ...', $3::jsonb), ($1, 'r', now(), NULL, 'running', NULL, '{}'),"
+            " ($2, 'r', '2026-12-07T10:00:00Z', '2026-12-07T10:00:05Z', 'succeeded', NULL, '{}')",
+            partial, fine, '{"failures": ["a", "b"], "failure_count": 25,'
+            ' "rows_dead_lettered": 3}')
+    finally:
+        await conn.close()
+    client = make_client()
+    await client.start_server()
+    try:
+        text = await (await client.get("/metrics")).text()
+    finally:
+        await client.close()
+    for line in (f'fleet_job_last_run_status{{job="{partial}",status="partial"}} 1.0',
+                 f'fleet_job_last_run_status{{job="{partial}",status="succeeded"}} 0.0',
+                 f'fleet_job_last_run_failures{{job="{partial}"}} 25.0',
+                 f'fleet_job_last_run_dead_letter_rows{{job="{partial}"}} 3.0',
+                 f'fleet_job_last_success_timestamp_seconds{{job="{partial}"}} 1.7960832e+09',
+                 f'fleet_job_last_run_status{{job="{fine}",status="succeeded"}} 1.0',
+                 f'fleet_job_last_run_failures{{job="{fine}"}} 0.0'):
+        assert line in text, line
