@@ -40,9 +40,21 @@ def run(args: argparse.Namespace) -> int:
             return 2
         host = args.host or settings.api.host
         port = args.port or settings.api.port
-        print(f"fleet api: serving on http://{host}:{port}/", file=sys.stderr, flush=True)
-        stop.serve(web.run_app, app, log, host=host, port=port, access_log=None, print=None,
-                   shutdown_timeout=5)
+
+        async def announce(_app: web.Application) -> None:
+            # After the app's start-up (database pool, live hub): only a started API says so.
+            print(f"fleet api: serving on http://{host}:{port}/", file=sys.stderr, flush=True)
+
+        app.on_startup.append(announce)
+        try:
+            stop.serve(web.run_app, app, log, host=host, port=port, access_log=None,
+                       print=None, shutdown_timeout=5)
+        except ApiError as exc:
+            # Start-up found the database unreachable (the pool is opened in the app's
+            # start-up): one line, no traceback. Redis may be down: the API then serves
+            # REST, reports not ready and reconnects.
+            print(f"fleet api: {exc}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         stop.report(log)  # a signal while starting: nothing to shut down yet
     return 0

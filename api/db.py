@@ -12,6 +12,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
 
 import asyncpg
@@ -31,14 +32,20 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                               schema="pg_catalog")
 
 
+def _where(url: str) -> str:
+    """host:port/database of a PostgreSQL URL, without the credentials."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
 async def create_pool(url: str, *, min_size: int, max_size: int,
                       timeout_s: float = 10.0) -> asyncpg.Pool:
     """Open the connection pool of the application role."""
     try:
         pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size,
                                          init=_init_connection, timeout=timeout_s)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise Unavailable(f"database unavailable: {exc}") from exc
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        raise Unavailable(f"database unavailable at {_where(url)}: {exc}") from exc
     if pool is None:
         raise Unavailable("database pool could not be created")
     return pool

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("stream")
     from deploy.errors import DeployError
+    from geo.errors import GeoError
     from stream.errors import StreamError
 
     try:
@@ -83,13 +84,32 @@ def run(args: argparse.Namespace) -> int:
         # sessions stay, unacknowledged messages come again) and sinks. What was in flight
         # is in the inbox and is replayed from the last snapshot on restart (docs/stream.md).
         pass
-    except (StreamError, DeployError) as exc:
-        print(f"fleet stream: {exc}", file=sys.stderr)
+    except Exception as exc:
+        # A part that cannot start (the broker or the database unreachable, bad settings)
+        # says so in one line. Bytewax wraps what a source or sink raised in its own
+        # runtime error, so the cause is looked for along the chain.
+        cause = _first_of(exc, (StreamError, GeoError, DeployError))
+        if cause is None:
+            raise
+        print(f"fleet stream: {cause}", file=sys.stderr)
         return 2
     if args.supervised:
         return 0  # the supervisor reports the stop of the whole cluster, once
     stop.report(log)
     return 0
+
+
+def _first_of(exc: BaseException, kinds: tuple[type[BaseException], ...]
+              ) -> BaseException | None:
+    """The first exception of `kinds` along `exc`'s chain of causes."""
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        if isinstance(at, kinds):
+            return at
+        seen.add(id(at))
+        at = at.__cause__ or at.__context__
+    return None
 
 
 def _child_argv(args: argparse.Namespace, process_id: int, processes: int) -> list[str]:

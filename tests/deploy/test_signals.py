@@ -286,3 +286,42 @@ def test_demo_stops_cleanly(sig: signal.Signals, services: LocalServices,
     cmd.wait_for_log("password:", timeout_s=90)
     assert descendants(cmd.proc.pid), "the demo's parts"
     cmd.stop_and_check(sig, "demo")
+
+
+# -- a part that cannot reach what it needs -------------------------------------------------
+
+def _refused_at_start(cmd: Command, command: str, says: str) -> None:
+    """Exit 2 within a bound, with one line naming what is unreachable and no traceback."""
+    code = cmd.proc.wait(90)
+    log = cmd.log()
+    assert code == 2, log
+    assert "Traceback" not in log, log
+    assert "panicked" not in log, log
+    lines = [line for line in log.splitlines() if line.startswith(f"fleet {command}: ")]
+    assert len(lines) == 1, log
+    assert says in lines[0], log
+
+
+@pytest.mark.parametrize("down", ["broker", "database"])
+def test_stream_says_what_is_unreachable(down: str, stream_settings: Callable[[int],
+                                         StreamProcess], start: Callable[..., Command]) -> None:
+    port = free_port()  # nothing listens there
+    env = dict(stream_settings(1).env)
+    if down == "broker":
+        env["FLEET_MQTT_URL"] = f"mqtt://fleet:secret@127.0.0.1:{port}"
+        says = f"cannot connect to the MQTT broker 127.0.0.1:{port}"
+    else:
+        env["FLEET_DATABASE_INGEST_URL"] = f"postgresql://fleet:secret@127.0.0.1:{port}/fleet"
+        says = "cannot connect to load geofences"
+    _refused_at_start(start(["stream"], env), "stream", says)
+
+
+def test_api_says_the_database_is_unreachable(services: LocalServices,
+                                              module_database: TestDatabase,
+                                              start: Callable[..., Command]) -> None:
+    port = free_port()
+    env = demo_env(services, module_database)
+    env["FLEET_DATABASE_URL"] = f"postgresql://fleet:secret@127.0.0.1:{port}/fleet"
+    cmd = start(["api", "--host", "127.0.0.1", "--port", str(free_port())], env)
+    _refused_at_start(cmd, "api", f"database unavailable at 127.0.0.1:{port}/fleet")
+    assert "serving on" not in cmd.log()
