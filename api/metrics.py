@@ -93,9 +93,12 @@ class ApiMetrics:
                 rows = await conn.fetch(
                     "SELECT s.job, extract(epoch FROM s.last_success_at) AS success,"
                     " r.status, extract(epoch FROM r.finished_at) AS finished, r.details"
-                    " FROM job_state s LEFT JOIN LATERAL (SELECT status, finished_at, details"
-                    " FROM job_runs WHERE job = s.job AND finished_at IS NOT NULL"
-                    " ORDER BY started_at DESC LIMIT 1) r ON true")
+                    " FROM job_state s LEFT JOIN LATERAL (SELECT * FROM (SELECT status,"
+                    " finished_at, details FROM job_runs WHERE job = s.job"
+                    " AND finished_at IS NOT NULL ORDER BY started_at DESC LIMIT 5) recent"
+                    # The last to finish among the last started (an on-demand run may start
+                    # after a scheduled one and end before it); the index serves the inner.
+                    " ORDER BY finished_at DESC LIMIT 1) r ON true")
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             log.warning("metrics: job runs not read: %s", exc)
             return

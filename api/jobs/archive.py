@@ -17,7 +17,7 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -190,7 +190,7 @@ def _column_array(values: list[Any], kind: pa.DataType) -> tuple[pa.Array | None
         except _ARROW_REFUSES as exc:
             bad[i] = f"{type(exc).__name__}: {exc}"[:500]
     # Each value alone encodes but not all together (e.g. a column past Arrow's size limits):
-    # no row to blame, so the whole day fails with the cause.
+    # no row to blame, so this tenant-day fails with the cause (export_day).
     if not bad:
         pa.array(values, type=kind)
     return None, bad
@@ -313,6 +313,8 @@ class ArchivedDay:
     included); -1: `rows`."""
     rejected: tuple[Reject, ...] = ()
     """Rows of the table left out of the object and written to archive_rejects."""
+    new_rejects: int = 0
+    """How many of `rejected` were not dead letters already (an earlier run found the rest)."""
 
     @property
     def live_rows(self) -> int:
@@ -393,6 +395,21 @@ async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *
     Returns None when the tenant has no rows that day. Raises ArchiveError (or
     VerificationError) when the object cannot be written or does not read back identically.
     """
+    try:
+        return await _export_day(conn, store, table, columns=columns, tenant_id=tenant_id,
+                                 tenant_slug=tenant_slug, day=day)
+    except ArchiveError:
+        raise
+    except (asyncpg.PostgresError, *_ARROW_REFUSES) as exc:
+        # The server refused something of this day's (a dead letter's text, the manifest) or
+        # Arrow failed on the column as a whole: this tenant-day fails, the run goes on.
+        raise ArchiveError(f"{tenant_slug} {table} {day}: {type(exc).__name__}: {exc}"
+                           ) from exc
+
+
+async def _export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *,
+                      columns: Sequence[Column], tenant_id: Any, tenant_slug: str,
+                      day: date) -> ArchivedDay | None:
     start, end = day_bounds(day)
     names = ", ".join(f'"{c.name}"' for c in columns)
     checks = " ".join(c.shape_check for c in columns if c.shape_check)
@@ -459,25 +476,53 @@ async def export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, *
             " 'row_count', archive_manifest.row_count, 'exported_at',"
             " archive_manifest.exported_at)) END",
             tenant_id, table, day, path, rows, digest, len(data))
-        if rejected:
-            # A rerun (the chunk kept after a failure elsewhere) finds the same rows again.
-            await conn.executemany(
-                "INSERT INTO archive_rejects (tenant_id, table_name, day, row_key, column_name,"
-                " reason, row_text) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)"
-                " ON CONFLICT (tenant_id, table_name, day, row_key) DO UPDATE SET"
-                " column_name = EXCLUDED.column_name, reason = EXCLUDED.reason,"
-                " row_text = EXCLUDED.row_text, rejected_at = now()",
-                [(tenant_id, table, day, json.dumps(r.key, sort_keys=True), r.column, r.reason,
-                  r.row_text) for r in rejected])
+        new_rejects = await _record_rejects(
+            conn, table, tenant_id=tenant_id, day=day, rejected=rejected,
+            archived=[r for i, r in enumerate(shaped) if i not in refused],
+            key_of=lambda r: _key(columns, key, r))
     return ArchivedDay(tenant_id, tenant_slug, table, day, path, rows, digest, len(data),
                        from_table=len(records) if from_table is None else int(from_table),
-                       rejected=tuple(rejected))
+                       rejected=tuple(rejected), new_rejects=new_rejects)
+
+
+async def _record_rejects(conn: asyncpg.Connection, table: str, *, tenant_id: Any, day: date,
+                          rejected: Sequence[Reject], archived: Sequence[Sequence[Any]],
+                          key_of: Callable[[Sequence[Any]], dict[str, Any]]) -> int:
+    """Write a tenant-day's dead letters and drop those whose row is now in the object (fixed
+    and written again). Returns how many were not dead letters before (a rerun that finds the
+    same rows again only refreshes them)."""
+    where = "tenant_id = $1 AND table_name = $2 AND day = $3"
+    if await conn.fetchval(f"SELECT count(*) FROM archive_rejects WHERE {where}",  # noqa: S608 - constant
+                           tenant_id, table, day):
+        await conn.execute(
+            f"DELETE FROM archive_rejects WHERE {where} AND row_key = ANY($4::jsonb[])",  # noqa: S608
+            tenant_id, table, day, [json.dumps(key_of(r)) for r in archived])
+    if not rejected:
+        return 0
+    keys = [json.dumps(r.key, sort_keys=True) for r in rejected]
+    known = await conn.fetchval(
+        f"SELECT count(*) FROM archive_rejects WHERE {where} AND row_key = ANY($4::jsonb[])",  # noqa: S608
+        tenant_id, table, day, keys)
+    await conn.executemany(
+        "INSERT INTO archive_rejects (tenant_id, table_name, day, row_key, column_name,"
+        " reason, row_text) VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)"
+        " ON CONFLICT (tenant_id, table_name, day, row_key) DO UPDATE SET"
+        " column_name = EXCLUDED.column_name, reason = EXCLUDED.reason,"
+        " row_text = EXCLUDED.row_text, rejected_at = now()",
+        [(tenant_id, table, day, k, r.column, r.reason, r.row_text)
+         for k, r in zip(keys, rejected, strict=True)])
+    return len(rejected) - int(known)
+
+
+def _key(columns: Sequence[Column], key: Sequence[str], record: Sequence[Any]) -> dict[str, Any]:
+    """A row's unique key, JSON-friendly (as archive_rejects.row_key holds it)."""
+    at = {c.name: i for i, c in enumerate(columns)}
+    return {k: _jsonable(record[at[k]]) for k in key}
 
 
 def _reject(columns: Sequence[Column], key: Sequence[str], record: Sequence[Any], *,
             column: str, reason: str, row_text: str) -> Reject:
-    at = {c.name: i for i, c in enumerate(columns)}
-    return Reject({k: _jsonable(record[at[k]]) for k in key}, column, reason[:500], row_text)
+    return Reject(_key(columns, key, record), column, reason[:500], row_text)
 
 
 def _jsonable(value: Any) -> Any:

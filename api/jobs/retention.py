@@ -46,7 +46,8 @@ class RetentionReport:
     failures: list[str] = field(default_factory=list)
     rejects_chunks_dropped: int = 0
     rows_dead_lettered: int = 0
-    """Rows left out of their objects (archive_rejects) and dropped with their chunk."""
+    """Rows newly set aside in archive_rejects (left out of their objects); a rerun that
+    finds the same rows again does not count them twice."""
     dead_letters: list[str] = field(default_factory=list)
     """One line per tenant-day with dead letters."""
 
@@ -166,7 +167,7 @@ async def _archive_and_drop(conn: asyncpg.Connection, store: BlobArchive, table:
                 first = e.rejected[0]
                 line = (f"{table} {e.day} {e.tenant_slug}: {len(e.rejected)} rows in"
                         f" archive_rejects, first {first.key} {first.column}: {first.reason}")
-                report.rows_dead_lettered += len(e.rejected)
+                report.rows_dead_lettered += e.new_rejects
                 report.dead_letters.append(line)
                 log.warning("retention: %s", line)
         if await _drop_verified(conn, table, qualified, start=start, end=end,

@@ -75,10 +75,10 @@ class JobRunner:
         self.is_leader = False
         self.leadership_changes = 0
         self.step_downs = 0
-        self._unrecorded: dict[int, tuple[str, str | None, str | None]] = {}
-        """job_runs id -> (status, error, details JSON) of a run that ended while the database
-        could not take its record (a restart mid-job): written on the next connection, so the
-        run does not read 'abandoned' without its cause or its outcome."""
+        self._unrecorded: dict[int, tuple[str, str, str | None, str | None]] = {}
+        """job_runs id -> (job, status, error, details JSON) of a run that ended while the
+        database could not take its record (a restart mid-job): written on the next
+        connection, so the run does not read 'abandoned' without its cause or its outcome."""
 
     async def __aenter__(self) -> JobRunner:
         self.start()
@@ -226,10 +226,18 @@ class JobRunner:
                                 sj.job.name, count, failures[0])
             try:
                 await self._record(c, run_id, status, error, body)
+            except asyncpg.PostgresError as exc:
+                if not exc.sqlstate.startswith(_REFUSED_DATA):
+                    self._unrecorded[run_id] = (sj.job.name, status, error, body)
+                    raise
+                # The server refuses this outcome as data (say a NUL in a failure text), and
+                # would every time: record that instead of keeping it for ever.
+                status, error = "failed", f"outcome not recordable: {exc}"[:2000]
+                await self._record(c, run_id, status, error, None)
             except Exception:
                 # Whatever the driver raised (a cut session can surface as a client-side
                 # protocol error, not only as a connection error), the outcome is kept.
-                self._unrecorded[run_id] = (status, error, body)
+                self._unrecorded[run_id] = (sj.job.name, status, error, body)
                 raise
             status_ok = status == "succeeded"
             next_due = sj.schedule.next_after(datetime.now(UTC))
@@ -255,11 +263,22 @@ class JobRunner:
             run_id, status, error, details)
 
     async def _record_unrecorded(self, conn: asyncpg.Connection) -> None:
-        """Write the outcomes of runs that ended while the database was away."""
-        for run_id, (status, error, details) in list(self._unrecorded.items()):
-            await self._record(conn, run_id, status, error, details)
+        """Write the outcomes of runs that ended while the database was away; a success
+        counts as the job's last one (what staleness alerts read)."""
+        for run_id, (job, status, error, details) in list(self._unrecorded.items()):
+            async with conn.transaction():
+                await self._record(conn, run_id, status, error, details)
+                if status == "succeeded":
+                    await conn.execute(
+                        "UPDATE job_state SET last_success_at = greatest(last_success_at,"
+                        " (SELECT finished_at FROM job_runs WHERE id = $2)) WHERE job = $1",
+                        job, run_id)
             del self._unrecorded[run_id]
 
+
+_REFUSED_DATA = ("22", "23")
+"""SQLSTATE classes of a value the server refuses (data exception, integrity violation), as
+against a lost session or a server shutting down, after which the same write may succeed."""
 
 RUNNER_KEY: web.AppKey[JobRunner] = web.AppKey("job_runner", JobRunner)
 

@@ -31,7 +31,7 @@ COMMENT ON COLUMN archive_rejects.day IS 'UTC day of the row''s time.';
 COMMENT ON COLUMN archive_rejects.row_key IS 'The row''s unique key (its table''s narrowest unique index) as a JSON object (all its columns for a table without one).';
 COMMENT ON COLUMN archive_rejects.column_name IS 'First column whose value could not be encoded.';
 COMMENT ON COLUMN archive_rejects.reason IS 'Why, for example "2-dimensional array" or "array lower bound 0".';
-COMMENT ON COLUMN archive_rejects.row_text IS 'The whole row in PostgreSQL''s record text form, array bounds included: (row_text::telemetry).* gives it back.';
+COMMENT ON COLUMN archive_rejects.row_text IS 'The whole row in PostgreSQL''s record text form, array bounds included: (row_text::telemetry).* reads it back; to store it again, reshape the offending value first (the table refuses it as it is).';
 COMMENT ON COLUMN archive_rejects.rejected_at IS 'When the archive run dead-lettered it.';
 CREATE INDEX idx_archive_rejects_day ON archive_rejects (table_name, day);
 

@@ -93,6 +93,10 @@ def seed_rows(t: Seeded) -> list[tuple[str, dict[str, object]]]:
         ("archive_manifest", {"tenant_id": t.id, "table_name": "telemetry",
                               "day": date(2024, 1, 1), "blob_path": f"{t.slug}/x",
                               "row_count": 1, "sha256": "0" * 64, "size_bytes": 1}),
+        ("archive_rejects", {"tenant_id": t.id, "table_name": "telemetry",
+                             "day": date(2024, 1, 1), "row_key": '{"seq": 1}',
+                             "column_name": "dtc_codes", "reason": "2-dimensional array",
+                             "row_text": "(...)"}),
     ]
 
 

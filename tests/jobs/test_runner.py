@@ -232,3 +232,28 @@ async def test_a_run_cut_off_by_the_database_keeps_its_cause(database) -> None:
         assert row["error"] == "RuntimeError: the database went away mid-job"
     finally:
         await conn.close()
+
+
+class UnrecordableJob:
+    """Finishes with a failure text PostgreSQL refuses in jsonb (a NUL)."""
+
+    name = "unrecordable"
+
+    async def run(self) -> dict[str, Any]:
+        return {"failures": ["t1/telemetry/2026-10-01: \x00 in a message"]}
+
+
+async def test_an_outcome_the_server_refuses_is_recorded_as_such_not_kept_for_ever(
+        database) -> None:
+    """A refusal of the record itself is data, not a lost session: retrying it would keep the
+    runner from ever leading again."""
+    runner = JobRunner(database.owner_url, [], lock_key=4345, runner_id="u")
+    run_id = await runner.run_job(ScheduledJob(UnrecordableJob(), parse_schedule("every 60")))
+    assert runner._unrecorded == {}
+    conn = await asyncpg.connect(database.owner_url)
+    try:
+        row = await conn.fetchrow("SELECT status, error FROM job_runs WHERE id = $1", run_id)
+    finally:
+        await conn.close()
+    assert row["status"] == "failed"
+    assert row["error"].startswith("outcome not recordable:")
