@@ -65,7 +65,7 @@ def rectangle(east_m: float, north_m: float, width_m: float, height_m: float
 
 def demo_geofences() -> list[dict[str, Any]]:
     """The demo tenant's fences, as GeoJSON Features the API accepts."""
-    from api.seed import circle, polygon
+    from deploy.seed import circle, polygon
 
     fences = [
         polygon("Depot North", rectangle(0, 800, 260, 180), category="depot",
@@ -140,7 +140,7 @@ async def seed(app_url: str, owner_url: str, tenant: str, vehicles: int,
     """Create the demo tenant once; later runs top up missing vehicles and reuse the rest."""
     import asyncpg
 
-    from api.seed import create_geofence, create_tenant, create_user, create_vehicle
+    from deploy.seed import create_geofence, create_tenant, create_user, create_vehicle
 
     creds = _load_or_make_credentials(tenant)
     codes = [f"van-{i:03d}" for i in range(1, vehicles + 1)]

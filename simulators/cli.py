@@ -157,7 +157,7 @@ def _run_fleet(args: argparse.Namespace) -> int:
     from simulators.config import SimSettings
     from simulators.errors import SimulatorError
     from simulators.load import LoadConfig, LoadGenerator, vehicle_codes
-    from simulators.seed import seed_fleet
+    from simulators.seed import seed_simulated_fleet
 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
@@ -178,7 +178,7 @@ def _run_fleet(args: argparse.Namespace) -> int:
         generator = LoadGenerator(config, log=lambda line: print(line, flush=True))
         if args.seed_db:
             vins = {v.code: v.model.vin for v in generator.vehicles}
-            seed_fleet(settings.database.owner_url, args.tenant, codes, vins=vins)
+            seed_simulated_fleet(settings.database.owner_url, args.tenant, codes, vins=vins)
             print(f"seeded tenant {args.tenant} with {len(codes)} vehicles", flush=True)
         print(f"publishing {len(codes)} vehicles at {config.rate_hz} Hz, "
               f"{config.batch_size} samples/message", flush=True)

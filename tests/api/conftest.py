@@ -12,9 +12,9 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from api import seed
 from api.app import create_app
 from api.config import ApiSection, ApiSettings
+from deploy import seed
 from deploy.services import MQTT_ADMIN_USER
 from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
 from tests.conftest import TestDatabase

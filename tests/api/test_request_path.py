@@ -15,7 +15,6 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from api import seed
 from api.auth import TOKENS_KEY, AuthUser, TokenIssuer, VerifiedTokens
 from api.cache import (
     BATCHER_KEY,
@@ -28,6 +27,7 @@ from api.cache import (
 )
 from api.config import ApiSection
 from api.errors import Unauthorized
+from deploy import seed
 from tests.api.conftest import PASSWORD, World, login
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -15,11 +15,12 @@ import asyncpg
 import jwt
 import pytest
 
-from api import audit_cli, seed
+from api import audit_cli
 from api.app import create_app
 from api.auth import AuthUser, TokenIssuer, hash_password, password_problems
 from api.config import ApiSection
 from api.errors import ApiConfigError, ValidationError
+from deploy import seed
 from tests.api.conftest import PASSWORD, World, api_settings, login
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -43,7 +43,7 @@ def test_ready_and_watchdog_reach_systemd(tmp_path: Path) -> None:
 
 def test_gateway_imports_nothing_from_the_server_stack() -> None:
     code = (
-        "import sys, edge_gateway.gateway, edge_gateway.cli, edge_gateway.bench, "
+        "import sys, edge_gateway.gateway, edge_gateway.cli, "
         "edge_gateway.sources.can, edge_gateway.sources.gps, edge_gateway.sources.obd, "
         "edge_gateway.commands, edge_gateway.uplink, edge_gateway.spool;"
         "import cantools, can, pynmea2, serial, aiomqtt;"

@@ -5,45 +5,28 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import aiomqtt
 import asyncpg
-import psycopg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from deploy.seed import SeededFleet
+from deploy.seed import seed_fleet as seed_tenant_fleet
 from edge_gateway.mqtt_url import parse_mqtt_url
 from edge_gateway.protocol import Channel, Telemetry, decode, subscription
 
 TOKEN_KEY = "test-token-key-0123456789abcdef"
 
 
-@dataclass(frozen=True)
-class Fleet:
-    """A tenant and its vehicles in a test database."""
-
-    tenant_id: uuid.UUID
-    slug: str
-    vehicles: dict[str, uuid.UUID]
-    """vehicle code -> id"""
+Fleet = SeededFleet
+"""A tenant and its vehicles in a test database."""
 
 
 def seed_fleet(owner_url: str, slug: str, vehicles: dict[str, dict[str, str | None]]) -> Fleet:
     """Insert a tenant and vehicles (code -> extra columns such as samsara_id)."""
-    ids: dict[str, uuid.UUID] = {}
-    with psycopg.connect(owner_url, autocommit=True) as conn:
-        tid = conn.execute("INSERT INTO tenants (slug, name) VALUES (%s, %s) RETURNING id",
-                           (slug, f"Tenant {slug}")).fetchone()[0]
-        for code, extra in vehicles.items():
-            cols = ["tenant_id", "code", *extra]
-            vals = [tid, code, *extra.values()]
-            marks = ", ".join(["%s"] * len(vals))
-            ids[code] = conn.execute(
-                f"INSERT INTO vehicles ({', '.join(cols)}) VALUES ({marks}) RETURNING id",
-                vals).fetchone()[0]
-    return Fleet(tid, slug, ids)
+    return seed_tenant_fleet(owner_url, slug, vehicles, tenant_name=f"Tenant {slug}")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from edge_gateway.protocol import (
 )
 from simulators.errors import SimulatorError
 from simulators.load import LoadConfig, LoadGenerator, sample_of, vehicle_codes
-from simulators.seed import seed_fleet
+from simulators.seed import seed_simulated_fleet
 from simulators.vehicle import Fault, FaultKind, VehicleModel
 from tests.conftest import TestDatabase
 from tests.simulators.conftest import START_MS
@@ -132,10 +132,11 @@ def test_sample_of_omits_position_without_fix() -> None:
 
 def test_seed_fleet_is_idempotent(database: TestDatabase, tenant_slug: str) -> None:
     codes = vehicle_codes(5)
-    first = seed_fleet(database.owner_url, tenant_slug, codes, vins={codes[0]: "3J07EA7T0N772KRK8"})
-    again = seed_fleet(database.owner_url, tenant_slug, [*codes, "extra-1"])
+    first = seed_simulated_fleet(database.owner_url, tenant_slug, codes,
+                                 vins={codes[0]: "3J07EA7T0N772KRK8"})
+    again = seed_simulated_fleet(database.owner_url, tenant_slug, [*codes, "extra-1"])
     assert again.tenant_id == first.tenant_id
-    assert {c: again.vehicle_ids[c] for c in codes} == first.vehicle_ids
+    assert {c: again.vehicles[c] for c in codes} == first.vehicles
     with psycopg.connect(database.owner_url) as conn:
         rows = conn.execute(
             "SELECT v.code, v.vin, v.status FROM vehicles v JOIN tenants t ON t.id = v.tenant_id "
@@ -144,7 +145,7 @@ def test_seed_fleet_is_idempotent(database: TestDatabase, tenant_slug: str) -> N
     assert rows[1][1] == "3J07EA7T0N772KRK8"
     assert {r[2] for r in rows} == {"active"}
     with pytest.raises(SimulatorError):
-        seed_fleet(database.owner_url, "bad/slug", codes)
+        seed_simulated_fleet(database.owner_url, "bad/slug", codes)
 
 
 async def test_backlog_is_bounded_oldest_first(mqtt_url: str, tenant_slug: str) -> None:

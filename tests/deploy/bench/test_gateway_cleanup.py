@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway import bench
+from deploy.bench import gateway as bench
 from edge_gateway.errors import GatewayError
 
 pytestmark = pytest.mark.services

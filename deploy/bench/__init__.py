@@ -1,7 +1,9 @@
 """`fleet bench NAME`: benchmarks that print one JSON object as their last line of output.
 
-Each benchmark lives beside the code it measures and defines `register(parser)` like a
-subcommand; the registry below is the one list of them.
+Benchmarks are development tooling, so they live here at the top of the layers, not in the
+runtime packages they measure: one module per benchmark, each defining `register(parser)`
+like a subcommand; the registry below is the one list of them. `scratch.py` makes the one
+scratch database they share, `apiproc.py` starts API processes for the API benchmarks.
 """
 
 from __future__ import annotations
@@ -13,17 +15,17 @@ from typing import Any
 from deploy.optional import module_available
 
 BENCHMARKS: list[tuple[str, str, str]] = [
-    ("gateway", "edge_gateway.bench", "gateway against the simulators: RSS, CPU, catch-up rate"),
-    ("geofence", "geo.bench", "geofence index against a PostGIS ST_Contains join"),
-    ("ingest", "stream.bench_ingest", "telemetry sink against raw binary COPY"),
-    ("storage", "stream.bench_storage",
+    ("gateway", "deploy.bench.gateway", "gateway against the simulators: RSS, CPU, catch-up rate"),
+    ("geofence", "deploy.bench.geofence", "geofence index against a PostGIS ST_Contains join"),
+    ("ingest", "deploy.bench.ingest", "telemetry sink against raw binary COPY"),
+    ("storage", "deploy.bench.storage",
      "ingest with the edition's policies, compression ratio, analyst query compressed or not"),
-    ("e2e", "stream.bench_e2e", "load generator -> MQTT -> stream -> TimescaleDB"),
-    ("faults", "stream.bench_faults", "fault matrix under steady e2e load: lost, dup, recovery"),
-    ("fairness", "stream.bench_fairness",
+    ("e2e", "deploy.bench.e2e", "load generator -> MQTT -> stream -> TimescaleDB"),
+    ("faults", "deploy.bench.faults", "fault matrix under steady e2e load: lost, dup, recovery"),
+    ("fairness", "deploy.bench.fairness",
      "one flooding device beside 1,000 normal vehicles: their p99 against the same run without"),
-    ("ws", "api.bench_ws", "WebSocket live map fan-out staleness"),
-    ("api", "api.bench_api", "REST GET /api/vehicles under concurrency"),
+    ("ws", "deploy.bench.ws", "WebSocket live map fan-out staleness"),
+    ("api", "deploy.bench.api", "REST GET /api/vehicles under concurrency"),
 ]
 
 

@@ -86,7 +86,7 @@ class ApiReplicas:
 
 def bench_user(app_url: str, tenant_id: Any, email: str) -> None:
     """An admin user of the bench's tenant, to log the clients in."""
-    from api import seed
+    from deploy import seed
 
     async def create() -> None:
         import asyncpg

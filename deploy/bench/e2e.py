@@ -223,17 +223,9 @@ class _Publisher(threading.Thread):
 
 def seed_tenant(owner_url: str, tenant: str, codes: list[str]) -> Any:
     """Insert the bench's tenant and its vehicles (as the owner); returns the tenant id."""
-    import psycopg
+    from deploy.seed import seed_fleet
 
-    with psycopg.connect(owner_url) as conn:
-        row = conn.execute("INSERT INTO tenants (slug, name) VALUES (%s, %s) RETURNING id",
-                           (tenant, tenant)).fetchone()
-        if row is None:
-            raise RuntimeError("creating the bench tenant returned no id")
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO vehicles (tenant_id, code) VALUES (%s, %s)",
-                            [(row[0], c) for c in codes])
-    return row[0]
+    return seed_fleet(owner_url, tenant, codes).tenant_id
 
 def _partition_session(mqtt_url: str, client_id: str, *, expiry_s: int, clean_start: bool,
                        on_connected: Any) -> None:
@@ -400,9 +392,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
+    from deploy.bench.ingest import bench_items, raw_copy_rows_per_s
+    from deploy.bench.scratch import scratch_database
     from deploy.settings import load_settings
-    from stream.bench_common import scratch_database
-    from stream.bench_ingest import bench_items, raw_copy_rows_per_s
     from stream.config import StreamSettings
 
     settings = load_settings(StreamSettings, getattr(args, "config", None))

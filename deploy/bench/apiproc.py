@@ -41,7 +41,7 @@ def free_port() -> int:
 async def _seed(app_url: str, vehicles: int) -> tuple[UUID, str, list[tuple[UUID, str]]]:
     import asyncpg
 
-    from api import seed
+    from deploy import seed
 
     conn = await asyncpg.connect(app_url)
     try:
@@ -83,62 +83,50 @@ async def api_process(*, vehicles: int, with_state: bool, extra_env: dict[str, s
     import aiohttp
 
     from deploy.bench import stop_process
-    from deploy.services import (
-        ADMIN_ROLE,
-        APP_ROLE,
-        INGEST_ROLE,
-        OWNER_ROLE,
-        drop_database,
-        local_services,
-        provision_database,
-    )
-    from storage.migrate import migrate
+    from deploy.bench.scratch import local_database, scratch_database
+    from deploy.services import local_services
 
     services = local_services()
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    provision_database(services.pg_url(ADMIN_ROLE, "postgres"), name)
-    app_url, owner_url = services.pg_url(APP_ROLE, name), services.pg_url(OWNER_ROLE, name)
-    ingest_url = services.pg_url(INGEST_ROLE, name)
     proc: subprocess.Popen[bytes] | None = None
-    try:
-        migrate(owner_url, log=lambda _m: None)
-        tenant, email, rows = await _seed(app_url, vehicles)
-        if with_state:
-            await _state(ingest_url, tenant, rows)
-        port = free_port()
-        env = {**os.environ, "FLEET_DATABASE_URL": app_url,
-               "FLEET_DATABASE_OWNER_URL": owner_url, "FLEET_REDIS_URL":
-               services.redis_url(), "FLEET_API_JWT_SECRET": secrets.token_urlsafe(48),
-               "FLEET_API_ENVIRONMENT": "test", "FLEET_API_TILES_URL": "",
-               "FLEET_API_RATE_LIMIT_PER_MIN": "0", "FLEET_API_JWT_TTL_S": "3600",
-               "FLEET_API_EXTENSIONS": "false", "FLEET_API_DB_POOL_MAX": "10",
-               **(extra_env or {})}
-        proc = subprocess.Popen(  # noqa: ASYNC220 - start only
-            [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())",
-             "api", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL,
-            stderr=None if log else subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as session:
-            while True:
-                try:
-                    async with session.get(f"{base}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the API process did not become ready")
-                await asyncio.sleep(0.2)
-            async with session.post(f"{base}/api/auth/login",
-                                    json={"email": email, "password": BENCH_PASSWORD}) as resp:
-                token = (await resp.json())["access_token"]
-        yield BenchEnv(base_url=base, pid=proc.pid, token=token, tenant_id=tenant,
-                       vehicles=rows)
-    finally:
-        stop_process(proc)
-        drop_database(services.pg_url(ADMIN_ROLE, "postgres"), name)
+    with scratch_database(local_database(), "api") as scratch:
+        try:
+            app_url, owner_url, ingest_url = scratch.app_url, scratch.owner_url, scratch.ingest_url
+            tenant, email, rows = await _seed(app_url, vehicles)
+            if with_state:
+                await _state(ingest_url, tenant, rows)
+            port = free_port()
+            env = {**os.environ, "FLEET_DATABASE_URL": app_url,
+                   "FLEET_DATABASE_OWNER_URL": owner_url, "FLEET_REDIS_URL":
+                   services.redis_url(), "FLEET_API_JWT_SECRET": secrets.token_urlsafe(48),
+                   "FLEET_API_ENVIRONMENT": "test", "FLEET_API_TILES_URL": "",
+                   "FLEET_API_RATE_LIMIT_PER_MIN": "0", "FLEET_API_JWT_TTL_S": "3600",
+                   "FLEET_API_EXTENSIONS": "false", "FLEET_API_DB_POOL_MAX": "10",
+                   **(extra_env or {})}
+            proc = subprocess.Popen(  # noqa: ASYNC220 - start only
+                [sys.executable, "-c", "import sys; from deploy.cli import main; sys.exit(main())",
+                 "api", "--host", "127.0.0.1", "--port", str(port)],
+                env=env, stdout=subprocess.DEVNULL,
+                stderr=None if log else subprocess.DEVNULL)
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    try:
+                        async with session.get(f"{base}/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("the API process did not become ready")
+                    await asyncio.sleep(0.2)
+                async with session.post(f"{base}/api/auth/login",
+                                        json={"email": email, "password": BENCH_PASSWORD}) as resp:
+                    token = (await resp.json())["access_token"]
+            yield BenchEnv(base_url=base, pid=proc.pid, token=token, tenant_id=tenant,
+                           vehicles=rows)
+        finally:
+            stop_process(proc)
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

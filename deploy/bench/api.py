@@ -59,7 +59,7 @@ async def _aiohttp_load(urls: list[str], headers: dict[str, str], connections: i
 
     import aiohttp
 
-    from api.bench_common import percentile
+    from deploy.bench.apiproc import percentile
 
     latencies: list[float] = []
     count = 0
@@ -141,7 +141,7 @@ async def _measure(client: str, url: str, headers: dict[str, str], args: argpars
 async def _other_api(client: str, args: argparse.Namespace, extra_env: dict[str, str]
                      ) -> dict[str, float]:
     """The same measurement on an API process with other settings."""
-    from api.bench_common import api_process
+    from deploy.bench.apiproc import api_process
 
     async with api_process(vehicles=args.vehicles, with_state=False,
                            extra_env=extra_env) as env:
@@ -159,7 +159,7 @@ async def _anchor(client: str, body: bytes, args: argparse.Namespace) -> dict[st
 
     import aiohttp
 
-    from api.bench_common import free_port
+    from deploy.bench.apiproc import free_port
 
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         fh.write(body)
@@ -188,8 +188,8 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
 
     import aiohttp
 
-    from api.bench_common import api_process
     from deploy.bench import cpu_seconds, memory_mib
+    from deploy.bench.apiproc import api_process
 
     client = args.client
     if client == "auto":

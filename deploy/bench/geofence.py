@@ -2,7 +2,7 @@
 
 Method. A throwaway database is created with the project's own helpers and migrated; 10,000
 fences of several tenants (city-scale polygons with holes, multipolygons, circles and
-corridors, see `geo.benchdata`) are inserted into the real `geofences` table, so PostGIS
+corridors, see `deploy.bench.geodata`) are inserted into the real `geofences` table, so PostGIS
 computes every zone. The index is loaded from that table with `geo.store.load_fences`, the way
 the stream does. 200,000 positions (half spread over the city, half near a fence of their own
 tenant) are then classified twice:
@@ -65,35 +65,25 @@ def measure(*, fences: int, positions: int, tenants: int, batch: int,  # noqa: P
     import numpy as np
     import psycopg
 
-    from deploy.services import (
-        ADMIN_ROLE,
-        INGEST_ROLE,
-        OWNER_ROLE,
-        drop_database,
-        local_services,
-        provision_database,
-    )
-    from geo.benchdata import make_fences, make_positions
+    from deploy.bench.geodata import make_fences, make_positions
+    from deploy.bench.scratch import local_database, scratch_database
+    from deploy.seed import seed_fleet
     from geo.config import GeofenceSettings
     from geo.index import FenceIndex, tenant_keys
     from geo.store import load_fences
-    from storage.migrate import migrate
 
-    services = local_services()
-    admin = services.pg_url(ADMIN_ROLE, "postgres")
-    name = f"bench_geofence_{uuid.uuid4().hex[:8]}"
-    log(f"creating database {name}")
-    provision_database(admin, name)
-    try:
-        owner_url = services.pg_url(OWNER_ROLE, name)
-        ingest_url = services.pg_url(INGEST_ROLE, name)
-        migrate(owner_url, log=lambda _m: None)
+    with scratch_database(local_database(), "geofence", keep=keep_database) as scratch:
+        log(f"created database {scratch.name}")
+        owner_url, ingest_url = scratch.owner_url, scratch.ingest_url
         rng = np.random.default_rng(seed)
         tenant_ids = [uuid.uuid4() for _ in range(tenants)]
         specs = make_fences(rng, tenant_ids, fences)
         t = time.perf_counter()
+        for i, tid in enumerate(tenant_ids):
+            seed_fleet(owner_url, f"bench{i}-{tid.hex[:6]}", [], tenant_id=tid,
+                       tenant_name=f"Bench tenant {i}")
         with psycopg.connect(owner_url, autocommit=True) as conn:
-            _insert_fences(conn, tenant_ids, specs)
+            _insert_fences(conn, specs)
         insert_s = time.perf_counter() - t
         log(f"inserted {len(specs)} fences in {insert_s:.1f} s (PostGIS computed the zones)")
 
@@ -156,11 +146,6 @@ def measure(*, fences: int, positions: int, tenants: int, batch: int,  # noqa: P
             "build_s": round(build_s, 2),
             "grid": index.grid_stats,
         }
-    finally:
-        if keep_database:
-            log(f"kept database {name}")
-        else:
-            drop_database(admin, name)
 
 
 def _copy_text(value: object) -> str:
@@ -169,13 +154,10 @@ def _copy_text(value: object) -> str:
     return str(value)
 
 
-def _insert_fences(conn: Any, tenant_ids: list[uuid.UUID], specs: list[Any]) -> None:
+def _insert_fences(conn: Any, specs: list[Any]) -> None:
     import shapely
 
     with conn.cursor() as cur:
-        for i, tid in enumerate(tenant_ids):
-            cur.execute("INSERT INTO tenants (id, slug, name) VALUES (%s, %s, %s)",
-                        (tid, f"bench{i}-{tid.hex[:6]}", f"Bench tenant {i}"))
         buf = io.StringIO()
         for s in specs:
             wkt = shapely.to_wkt(s.geometry, rounding_precision=-1)

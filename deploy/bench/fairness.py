@@ -156,16 +156,16 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
     import psycopg
 
     from deploy.bench import emit
-    from deploy.settings import load_settings
-    from edge_gateway.protocol import Channel, topic_for
-    from stream.bench_common import scratch_database
-    from stream.bench_e2e import (
+    from deploy.bench.e2e import (
         _broker_pid,
         _presubscribe,
         _Publisher,
         end_sessions,
         seed_tenant,
     )
+    from deploy.bench.scratch import scratch_database
+    from deploy.settings import load_settings
+    from edge_gateway.protocol import Channel, topic_for
     from stream.config import StreamSettings
 
     settings = load_settings(StreamSettings, getattr(args, "config", None))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_gateway.bench import _Subscriber
+from deploy.bench.gateway import _Subscriber
 from edge_gateway.protocol import Sample, Source, Telemetry, encode
 from tests.edge_gateway.helpers import PrivateBroker, mqtt_client, wait_for
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.timeout(200)
 
@@ -58,7 +58,7 @@ def test_a_slow_drain_is_not_a_plateau() -> None:
     """The loss rule: a backlog that keeps its level is a loss; one that drains slowly (the
     run that reported a database restart recovered with 250,000 samples still waiting) or
     swings is not."""
-    from stream.bench_faults import PLATEAU_S, _plateau
+    from deploy.bench.faults import PLATEAU_S, _plateau
 
     lag = 22_760
     times = [i * 0.5 for i in range(int(PLATEAU_S * 2) + 1)]

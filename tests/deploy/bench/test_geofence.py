@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from deploy.bench.geofence import measure
 from deploy.services import LocalServices
-from geo.bench import measure
 
 pytestmark = pytest.mark.services
 

@@ -1,4 +1,4 @@
-"""What the stream's benchmarks share: a scratch database of their own."""
+"""The one scratch-database helper of the benchmarks: a migrated database of their own."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class Scratch:
     edition: str
     owner_url: str
     ingest_url: str
+    app_url: str
 
 
 def db_url(url: str, database: str) -> str:
@@ -46,9 +47,19 @@ def scratch_database(db: DatabaseSettings, label: str, *, keep: bool = False
     try:
         owner = db_url(db.owner_url, name)
         edition = migrate(owner, log=lambda _m: None).edition
-        yield Scratch(name, edition, owner, db_url(db.ingest_url, name))
+        yield Scratch(name, edition, owner, db_url(db.ingest_url, name), db_url(db.url, name))
     finally:
         if keep:
             print(f"scratch database kept: {name}", file=sys.stderr)
         else:
             drop_database(admin, name)
+
+
+def local_database() -> DatabaseSettings:
+    """The role URLs of the project's own local PostgreSQL (`fleet services up`)."""
+    from deploy.services import ADMIN_ROLE, APP_ROLE, INGEST_ROLE, OWNER_ROLE, local_services
+
+    services = local_services()
+    return DatabaseSettings(url=services.pg_url(APP_ROLE), owner_url=services.pg_url(OWNER_ROLE),
+                            ingest_url=services.pg_url(INGEST_ROLE),
+                            admin_url=services.pg_url(ADMIN_ROLE))

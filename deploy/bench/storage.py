@@ -127,8 +127,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
     import psycopg
 
     from deploy.bench import emit
+    from deploy.bench.scratch import scratch_database
+    from deploy.seed import seed_fleet
     from deploy.settings import load_settings
-    from stream.bench_common import scratch_database
     from stream.config import StreamSettings
     from stream.sink import Batch, DatabaseWriter, telemetry_row
 
@@ -140,14 +141,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
     result: dict[str, Any] = {}
     with scratch_database(db, "storage") as scratch:
         owner, ingest, edition = scratch.owner_url, scratch.ingest_url, scratch.edition
+        fleet = seed_fleet(owner, "bench", [f"v{i}" for i in range(1, args.vehicles + 1)])
+        tenant, vehicles = fleet.tenant_id, list(fleet.vehicles.values())
         with psycopg.connect(owner, autocommit=True) as conn:
-            row = conn.execute("INSERT INTO tenants (slug, name) VALUES ('bench', 'bench') "
-                               "RETURNING id").fetchone()
-            assert row is not None  # noqa: S101 - RETURNING of an INSERT that succeeded
-            tenant = row[0]
-            vehicles = [r[0] for r in conn.execute(
-                "INSERT INTO vehicles (tenant_id, code) SELECT %s, 'v' || g "
-                "FROM generate_series(1, %s) g RETURNING id", (tenant, args.vehicles))]
             conn.execute("CREATE TABLE plain_telemetry (LIKE telemetry INCLUDING DEFAULTS)")
             conn.execute("CREATE TABLE indexed_telemetry (LIKE telemetry INCLUDING ALL)")
         day_ms = 86_400_000

@@ -152,9 +152,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
 
     import redis.asyncio as aioredis
 
-    from api.bench_common import api_process
     from api.config import load_api_settings
     from deploy.bench import cpu_seconds, memory_mib
+    from deploy.bench.apiproc import api_process
     from stream.live import LivePosition, decode_live, encode_live, live_channel
 
     redis_url = load_api_settings(None).redis.url
@@ -214,7 +214,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
                     "measure": n_m, "slow_delay_s": args.slow_delay_s,
                     "measure_from": measure_from, "measure_to": measure_to}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", "from api.bench_ws import client_process_main as m; m()",
+                sys.executable, "-c", "from deploy.bench.ws import client_process_main as m; m()",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
             workers.append((proc, json.dumps(spec).encode()))
         outputs = [asyncio.create_task(proc.communicate(spec_bytes))

@@ -85,20 +85,15 @@ def _timed(fn: Any) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; the last line of output is the JSON result."""
-    import psycopg
 
+    from deploy.bench.scratch import scratch_database
+    from deploy.seed import seed_fleet
     from deploy.settings import load_settings
-    from stream.bench_common import scratch_database
     from stream.config import StreamSettings
     settings = load_settings(StreamSettings, getattr(args, "config", None))
     with scratch_database(settings.database, "ingest") as db:
-        with psycopg.connect(db.owner_url) as conn:
-            row = conn.execute("INSERT INTO tenants (slug, name) VALUES ('bench', 'bench') "
-                               "RETURNING id").fetchone()
-            tenant_id = row[0] if row else uuid.uuid4()
-            vehicles = [r[0] for r in conn.execute(
-                "INSERT INTO vehicles (tenant_id, code) SELECT %s, 'v' || g "
-                "FROM generate_series(1, 100) g RETURNING id", (tenant_id,)).fetchall()]
+        fleet = seed_fleet(db.owner_url, "bench", [f"v{i}" for i in range(1, 101)])
+        tenant_id, vehicles = fleet.tenant_id, list(fleet.vehicles.values())
         result = _contest(db.owner_url, db.ingest_url,
                           bench_items(args.rows, tenant_id, vehicles), args)
     if not args.json:

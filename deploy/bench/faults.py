@@ -50,7 +50,7 @@ packet with a reset) and relays new ones again. Measured like the power cut: eve
 gateway spooled meanwhile, and its first sample after the cut, stored.
 
 Fault `api_replica_kill` runs two `fleet api` replicas over the run's services with
-`--ws-clients` live-map clients spread over them (`stream.bench_replicas`) and kills one
+`--ws-clients` live-map clients spread over them (`deploy.bench.replicas`) and kills one
 with -9; its clients connect to the other one, as behind a load balancer, and the replica is
 started again when the fault ends. `ws_recovery_s` is the time from the kill until the last
 client has a live batch again (fan-out through Redis, not only an accepted socket);
@@ -81,9 +81,9 @@ from deploy.bench import stop_process
 if TYPE_CHECKING:
     import psycopg
 
+    from deploy.bench.e2e import _Publisher
+    from deploy.bench.replicas import ApiReplicas, WsClients
     from deploy.services import LocalServices
-    from stream.bench_e2e import _Publisher
-    from stream.bench_replicas import ApiReplicas, WsClients
 
 RECONNECT_MAX_DELAY_S = 2
 """The load generator's longest wait between two attempts to reach a lost broker, s."""
@@ -785,10 +785,10 @@ def run(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace, faults: list[Fault]) -> dict[str, Any]:  # noqa: PLR0915
     import psycopg
 
+    from deploy.bench.e2e import _presubscribe, _Publisher, seed_tenant
     from deploy.services import LocalServices, ServicesSettings
     from edge_gateway.testing import free_port
     from storage.migrate import migrate
-    from stream.bench_e2e import _presubscribe, _Publisher, seed_tenant
     from stream.live import live_channel
 
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-faults-"))
@@ -883,7 +883,7 @@ def _start_replicas(env: dict[str, str], tmp: Path, tenant: str, tenant_id: Any,
                     clients: int, cleanup: contextlib.ExitStack,
                     ) -> tuple[ApiReplicas, WsClients]:
     """Two API replicas over the run's services and `clients` live-map clients on them."""
-    from stream.bench_replicas import ApiReplicas, WsClients, bench_user, login
+    from deploy.bench.replicas import ApiReplicas, WsClients, bench_user, login
 
     base = free_port_block(2)
     replicas = ApiReplicas(env, [base, base + 1], tmp)

@@ -1,7 +1,11 @@
-"""Functions to create a tenant, users, drivers, vehicles and geofences (demo seeding, tests).
+"""The one seeding module of the demo, the benchmarks and the tests.
 
-Each takes an asyncpg connection of the application role (or the owner) and runs in its own
-transaction bound to the tenant, so row-level security applies as for API requests.
+Tenants, users, drivers, vehicles and geofences the API's way: each function takes an asyncpg
+connection of the application role (or the owner) and runs in its own transaction bound to the
+tenant, so row-level security applies as for API requests, passwords are hashed as at login
+and fences get their zones as through the REST API. A tenant with many vehicles, as the schema
+owner without the API's rules, comes from `seed_fleet` (storage.seed, also what
+`fleet sim --seed-db` uses).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import msgspec
 
 from api.auth import hash_password
 from api.routes.geofences import FenceFeature, insert_geofence
+from storage.seed import SeededFleet, seed_fleet
 
 
 async def _bind(conn: asyncpg.Connection, tenant_id: UUID) -> None:
@@ -95,3 +100,7 @@ def polygon(name: str, ring: list[tuple[float, float]], **props: Any) -> dict[st
         coords.append(coords[0])
     return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [coords]},
             "properties": {"name": name, "kind": "polygon", **props}}
+
+
+__all__ = ["SeededFleet", "circle", "create_driver", "create_geofence", "create_tenant",
+           "create_user", "create_vehicle", "polygon", "seed_fleet"]
