@@ -2,13 +2,11 @@
 
 Mounts the REST resources (route tables in `api.routes.*`), the live WebSocket, the dispatcher
 map (static files, Leaflet from `api/web/node_modules`), operations endpoints, and — when
-those packages exist — `api.integrations.routes.setup(app)` and `api.jobs.runner.setup(app)`.
+`api.extensions` is on — `api.integrations.routes.setup(app)` and `api.jobs.wiring.setup(app)`.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,6 +30,8 @@ from api.cache import (
 from api.config import SETTINGS_KEY, ApiSettings
 from api.db import POOL_KEY, create_pool
 from api.errors import ApiConfigError, Unavailable, error_middleware
+from api.integrations import routes as integration_routes
+from api.jobs import wiring
 from api.live import HUB_KEY, LiveHub, live_handler
 from api.metrics import METRICS_KEY, ApiMetrics, metrics_handler
 from api.middleware import (
@@ -111,17 +111,6 @@ OPS_ROUTES = [
 ]
 
 
-def _optional_setup(module: str, app: web.Application) -> None:
-    parent = module.rsplit(".", 1)[0]
-    if importlib.util.find_spec(parent) is None or importlib.util.find_spec(module) is None:
-        return
-    setup = getattr(importlib.import_module(module), "setup", None)
-    if setup is None:
-        log.warning("%s has no setup(app); not mounted", module)
-        return
-    setup(app)
-
-
 def create_app(settings: ApiSettings) -> web.Application:
     """Build the application; raises ApiConfigError for settings it refuses."""
     section = settings.api
@@ -159,8 +148,8 @@ def create_app(settings: ApiSettings) -> web.Application:
         log.warning("Leaflet not installed: run `npm ci --prefix api/web`")
     app.cleanup_ctx.append(_resources)
     if section.extensions:
-        _optional_setup("api.integrations.routes", app)
-        _optional_setup("api.jobs.runner", app)
+        integration_routes.setup(app)
+        wiring.setup(app)
     return app
 
 

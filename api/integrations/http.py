@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 
+from api.integrations.config import IntegrationsSettings
 from api.integrations.errors import VendorError, VendorUnavailableError
 
 log = logging.getLogger(__name__)
@@ -131,3 +132,10 @@ class VendorHttp:
             await self._sleep(wait)
         raise VendorUnavailableError(f"{self._name} {method} {url} failed after "
                                 f"{self._max_retries + 1} attempts: {last}")
+
+
+def vendor_http(settings: IntegrationsSettings, name: str) -> VendorHttp:
+    """The HTTP client of one vendor, with the settings' timeout and retries."""
+    return VendorHttp(timeout_s=settings.http_timeout_s, max_retries=settings.http_max_retries,
+                      backoff_base_s=settings.http_backoff_base_s,
+                      backoff_max_s=settings.http_backoff_max_s, name=name)

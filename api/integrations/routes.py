@@ -31,17 +31,17 @@ from api.errors import ApiError, Conflict, NotFound, Unauthorized, ValidationErr
 from api.integrations.config import IntegrationsSettings, integrations_settings
 from api.integrations.crypto import TokenCipher
 from api.integrations.errors import IntegrationError, NotConnectedError, VendorError
-from api.integrations.http import VendorHttp
+from api.integrations.http import vendor_http
 from api.integrations.publisher import MqttPublisher
 from api.integrations.smartcar import (
     SmartcarClient,
     SmartcarTokens,
     challenge_response,
-    location_cache_key,
     new_state,
     verify_webhook,
     webhook_samples,
 )
+from api.integrations.smartcar_common import location_cache_key
 from api.integrations.smartcar_v3 import (
     SmartcarAppToken,
     SmartcarV3Client,
@@ -69,10 +69,7 @@ class Integrations:
 
     def __init__(self, settings: IntegrationsSettings) -> None:
         self.settings = settings
-        self.http = VendorHttp(timeout_s=settings.http_timeout_s,
-                               max_retries=settings.http_max_retries,
-                               backoff_base_s=settings.http_backoff_base_s,
-                               backoff_max_s=settings.http_backoff_max_s, name="smartcar")
+        self.http = vendor_http(settings, "smartcar")
         self.cipher = TokenCipher(settings.token_key) if settings.token_key else None
         self.client = SmartcarClient(self.http, settings)
         self.tokens = (SmartcarTokens(self.client, self.cipher,

@@ -25,10 +25,10 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 from uuid import UUID
 
@@ -40,10 +40,9 @@ from api.integrations.crypto import TokenCipher
 from api.integrations.errors import ConfigError, NotConnectedError, VendorError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
+from api.integrations.smartcar_common import connected_vehicles_sql, location_cache_key, poll_each
+from api.integrations.smartcar_v3 import SmartcarAppToken, SmartcarV3Client, SmartcarV3Puller
 from edge_gateway.protocol import Sample, Source
-
-if TYPE_CHECKING:
-    from api.integrations.smartcar_v3 import SmartcarV3Puller
 
 log = logging.getLogger(__name__)
 
@@ -268,11 +267,6 @@ def to_sample(signal: str, body: Mapping[str, Any], t_ms: int) -> Sample:
     return make_sample({"seq": vendor_seq(t_ms, slot), "t_ms": t_ms, **convert(body)})
 
 
-def location_cache_key(tenant_id: UUID | str, sc_vehicle_id: str) -> str:
-    """Redis key of the cached last location of a Smartcar vehicle."""
-    return f"fleet:smartcar:location:{tenant_id}:{sc_vehicle_id}"
-
-
 class SmartcarPuller:
     """Pulls location, odometer and fuel/battery of every connected vehicle on a schedule.
 
@@ -294,12 +288,6 @@ class SmartcarPuller:
         self.failures = 0
         self.v3 = v3
         if v3 is None and tokens.client.settings.smartcar_api_version == "v3":
-            from api.integrations.smartcar_v3 import (
-                SmartcarAppToken,
-                SmartcarV3Client,
-                SmartcarV3Puller,
-            )
-
             settings = tokens.client.settings
             client = SmartcarV3Client(tokens.client.http, settings,
                                       SmartcarAppToken(tokens.client.http, settings))
@@ -367,13 +355,6 @@ def build_puller(pool: asyncpg.Pool, http: VendorHttp, publisher: Publisher, red
     if settings.smartcar_api_version != "v3":
         raise ConfigError("the Smartcar 2.0 puller needs integrations.token_key (the "
                           "vehicles' token pairs are stored encrypted with it)")
-    # Imported here: smartcar_v3 imports this module.
-    from api.integrations.smartcar_v3 import (
-        SmartcarAppToken,
-        SmartcarV3Client,
-        SmartcarV3Puller,
-    )
-
     log.warning("integrations.token_key is not set: vehicles connected under Smartcar 2.0 are "
                 "not polled, those connected under v3 are")
     client = SmartcarV3Client(http, settings, SmartcarAppToken(http, settings))
@@ -397,32 +378,3 @@ def webhook_samples(payload: Mapping[str, Any]) -> list[tuple[str, Sample]]:
             except (KeyError, TypeError, ValueError, msgspec.ValidationError):
                 continue
     return out
-
-
-def connected_vehicles_sql(table: str, *extra_columns: str) -> str:
-    """Active vehicles of active tenants with a Smartcar connection in `table`.
-
-    `table` is one of our own connection tables (never user input); its rows carry
-    tenant_id, vehicle_id and smartcar_vehicle_id.
-    """
-    columns = ", ".join(["k.tenant_id", "t.slug", "k.smartcar_vehicle_id",
-                         *(f"k.{c}" for c in extra_columns), "v.code"])
-    return (f"SELECT {columns} FROM {table} k JOIN tenants t ON t.id = k.tenant_id"  # noqa: S608
-            " JOIN vehicles v ON v.tenant_id = k.tenant_id"
-            " AND (v.id = k.vehicle_id OR v.smartcar_id = k.smartcar_vehicle_id)"
-            " WHERE t.is_active AND v.status = 'active' ORDER BY t.slug, v.code")
-
-
-async def poll_each(rows: Sequence[asyncpg.Record],
-                    poll: Callable[[asyncpg.Record], Awaitable[int]],
-                    label: str) -> tuple[int, int]:
-    """Poll every vehicle row; a vendor failure of one vehicle is logged and counted, and the
-    pass goes on. Returns (samples published, failures)."""
-    published = failures = 0
-    for row in rows:
-        try:
-            published += await poll(row)
-        except (VendorError, NotConnectedError) as exc:
-            failures += 1
-            log.warning("%s %s/%s: %s", label, row["slug"], row["code"], exc)
-    return published, failures

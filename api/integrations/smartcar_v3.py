@@ -37,7 +37,7 @@ from api.integrations.config import IntegrationsSettings
 from api.integrations.errors import VendorError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
-from api.integrations.smartcar import connected_vehicles_sql, location_cache_key, poll_each
+from api.integrations.smartcar_common import connected_vehicles_sql, location_cache_key, poll_each
 from edge_gateway.protocol import Sample, Source
 
 log = logging.getLogger(__name__)

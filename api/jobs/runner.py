@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
-from aiohttp import web
 
 from api.jobs.schedule import Schedule
 
@@ -279,32 +278,3 @@ class JobRunner:
 _REFUSED_DATA = ("22", "23")
 """SQLSTATE classes of a value the server refuses (data exception, integrity violation), as
 against a lost session or a server shutting down, after which the same write may succeed."""
-
-RUNNER_KEY: web.AppKey[JobRunner] = web.AppKey("job_runner", JobRunner)
-
-
-def setup(app: web.Application) -> None:
-    """Start this replica's job runner with the app (called by api.app.create_app)."""
-    from collections.abc import AsyncIterator
-
-    from api.config import SETTINGS_KEY
-    from api.integrations.config import integrations_settings
-    from api.jobs.config import jobs_settings
-    from api.jobs.wiring import build_runner
-
-    settings = app[SETTINGS_KEY]
-    jobs = jobs_settings(settings.jobs)
-    if not jobs.enabled:
-        return
-    runner = build_runner(settings.database, settings.mqtt, settings.redis, jobs,
-                          integrations_settings(settings.integrations))
-    app[RUNNER_KEY] = runner
-
-    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
-        runner.start()
-        try:
-            yield
-        finally:
-            await runner.stop()
-
-    app.cleanup_ctx.append(lifecycle)

@@ -210,7 +210,7 @@ async def test_samsara_service_follows_every_feed(database, fleet, mqtt_url) -> 
     """The runner's Samsara service finds the tenant's token and follows both feeds."""
 
     from api.integrations.config import IntegrationsSettings
-    from api.jobs.wiring import samsara_service
+    from api.integrations.services import samsara_service
     from deploy.settings import DatabaseSettings
 
     mock = MockSamsara(vehicles=3)

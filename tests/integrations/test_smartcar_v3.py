@@ -21,7 +21,8 @@ from api.integrations.config import IntegrationsSettings, integrations_settings
 from api.integrations.errors import ConfigError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import MqttPublisher
-from api.integrations.smartcar import location_cache_key, sign_webhook
+from api.integrations.smartcar import sign_webhook
+from api.integrations.smartcar_common import location_cache_key
 from api.integrations.smartcar_v3 import (
     Connection,
     SmartcarAppToken,
@@ -439,10 +440,10 @@ async def test_without_token_key_the_job_polls_v3_connections(database, fleet, r
                                                               mqtt_url) -> None:
     """A v3-only deployment needs no `integrations.token_key`: the job's puller is v3 alone,
     while the Samsara puller (encrypted API tokens) stays off."""
+    from api.integrations.services import puller_services
     from api.integrations.smartcar import build_puller
     from api.integrations.smartcar_v3 import SmartcarV3Puller
     from api.jobs.config import JobsSettings
-    from api.jobs.wiring import puller_services
 
     mock = MockSmartcar(vehicles=1, api_version="v3")
     sc_id = mock.vehicle_ids[0]
