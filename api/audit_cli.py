@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     import psycopg
 
-    from deploy.settings import load_settings
+    from core.settings import load_settings
     from storage.config import DbCommandSettings
 
     url = args.url or load_settings(DbCommandSettings, getattr(args, "config", None)

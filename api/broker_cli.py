@@ -28,16 +28,16 @@ def _prune(args: argparse.Namespace) -> int:
 
     from api.broker_logins import BrokerAdmin, BrokerLoginError, stray_logins
     from api.config import ApiSettings
-    from deploy.errors import DeployError
-    from deploy.settings import load_settings
+    from core.errors import SettingsError
+    from core.settings import load_settings
 
     settings = load_settings(ApiSettings, args.config)
     if not settings.api.mqtt_admin_url:
-        raise DeployError("api.mqtt_admin_url is not set: fleet broker works with a broker "
+        raise SettingsError("api.mqtt_admin_url is not set: fleet broker works with a broker "
                           "that keeps logins in its dynamic-security plugin")
     db_url = settings.database.admin_url or settings.database.owner_url
     if not db_url:
-        raise DeployError("fleet broker prune reads `devices` as database.admin_url or "
+        raise SettingsError("fleet broker prune reads `devices` as database.admin_url or "
                           "owner_url; neither is set")
     with psycopg.connect(db_url) as conn:
         active = {r[0] for r in conn.execute(
@@ -55,7 +55,7 @@ def _prune(args: argparse.Namespace) -> int:
             if not args.dry_run:
                 admin.remove_device(login)
     except BrokerLoginError as exc:
-        raise DeployError(f"broker: {exc}") from exc
+        raise BrokerLoginError(f"broker: {exc}") from exc
     for login in missing:
         print(f"missing on the broker: {login} (provision this device again)", file=sys.stderr)
     print(f"{len(active)} device logins in the database, {len(stray)} stray on the broker "

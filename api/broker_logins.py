@@ -31,8 +31,9 @@ from typing import Any, Final
 
 import msgspec
 
-from edge_gateway.mqtt_url import parse_mqtt_url
-from edge_gateway.protocol import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, TOPIC_ROOT
+from core.errors import FleetError
+from core.mqtt_url import parse_mqtt_url
+from core.protocol import DEVICE_PUBLISHES, DEVICE_SUBSCRIBES, TOPIC_ROOT
 
 CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC: Final = f"{CONTROL_TOPIC}/response"
@@ -51,7 +52,7 @@ DEFAULT_ACL_ACCESS: Final = {
 
 
 
-class BrokerLoginError(Exception):
+class BrokerLoginError(FleetError):
     """The broker refused a login change, or did not answer."""
 
 

@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from deploy.stopping import StopSignals
+    from core.stopping import StopSignals
 
     # Before anything else, so that a signal during start-up is a clean stop too.
     stop = StopSignals("api").install()
@@ -27,15 +27,14 @@ def run(args: argparse.Namespace) -> int:
 
         from api.app import create_app
         from api.config import load_api_settings
-        from api.errors import ApiError
-        from api.logs import configure_logging
-        from deploy.errors import DeployError
+        from core.errors import FleetError
+        from core.logs import configure_logging
 
         try:
             settings = load_api_settings(getattr(args, "config", None))
             configure_logging(json_lines=settings.api.log_json)
             app = create_app(settings)
-        except (ApiError, DeployError) as exc:
+        except FleetError as exc:
             print(f"fleet api: {exc}", file=sys.stderr)
             return 2
         host = args.host or settings.api.host
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             stop.serve(web.run_app, app, log, host=host, port=port, access_log=None,
                        print=None, shutdown_timeout=5)
-        except ApiError as exc:
+        except FleetError as exc:
             # Start-up found the database unreachable (the pool is opened in the app's
             # start-up): one line, no traceback. Redis may be down: the API then serves
             # REST, reports not ready and reconnects.

@@ -1,6 +1,6 @@
 """Typed settings of the API process (`fleet api`).
 
-The root struct reuses the shared sections of `deploy.settings` and adds an ``[api]`` section.
+The root struct reuses the shared sections of `core.settings` and adds an ``[api]`` section.
 Extension point for other packages (vendor integrations, jobs): the ``integrations`` and
 ``jobs`` tables are free-form TOML tables kept as dicts; each package validates its own
 sub-table with ``msgspec.convert(settings.integrations.get("samsara", {}), type=...)`` at
@@ -15,7 +15,7 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
-from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 
 OSM_TILES_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 OSM_ATTRIBUTION = "&copy; OpenStreetMap contributors"
@@ -104,6 +104,6 @@ SETTINGS_KEY: web.AppKey[ApiSettings] = web.AppKey("settings", ApiSettings)
 
 def load_api_settings(config_file: str | None = None) -> ApiSettings:
     """Load and validate the API settings (TOML + FLEET_* environment)."""
-    from deploy.settings import load_settings
+    from core.settings import load_settings
 
     return load_settings(ApiSettings, config_file)

@@ -14,10 +14,12 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from core.errors import FleetError
+
 log = logging.getLogger("api")
 
 
-class ApiError(Exception):
+class ApiError(FleetError):
     """Root exception of the API package; carries an HTTP status and a stable code."""
 
     status = 500

@@ -12,7 +12,7 @@ Protocol (JSON text frames):
   expired, 4403 forbidden). A `bbox` is RFC 7946's: west > east crosses the antimeridian,
   [-180, -90, 180, 90] is the whole world; one that is not a box on Earth is a 4400.
 
-Every API process subscribes to the ``fleet:live:*`` pattern (`stream.live`), so any number of
+Every API process subscribes to the ``fleet:live:*`` pattern (`core.live`), so any number of
 replicas serve clients of any tenant. Per tenant and per tick, changed positions are coalesced
 (latest per vehicle) and encoded once; a client that is still busy sending keeps at most the
 latest position per vehicle plus a bounded event deque, never an unbounded buffer.
@@ -44,7 +44,7 @@ from api.params import BBox, check_tree, parse_bbox
 from api.routes.common import driver_scope
 from api.routes.history import POSITIONS_SQL
 from api.tasks import bounded, cancel_and_wait
-from stream.live import LIVE_CHANNEL_PREFIX, LiveEvent, LivePosition, decode_live
+from core.live import LIVE_CHANNEL_PREFIX, LiveEvent, LivePosition, decode_live
 
 log = logging.getLogger("api.live")
 

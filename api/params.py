@@ -23,7 +23,7 @@ import msgspec
 from aiohttp import web
 
 from api.errors import NotFound, Unprocessable, ValidationError
-from edge_gateway.protocol import whole
+from core.protocol import whole
 
 T = TypeVar("T")
 _FIELD_RE = re.compile(r"at `\$\.?([^`]*)`")

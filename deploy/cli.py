@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from deploy.errors import DeployError
+from core.errors import FleetError
 from deploy.optional import module_available
 
 
@@ -45,7 +45,7 @@ def _shell_quote(value: str) -> str:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from deploy.settings import load_settings
+    from core.settings import load_settings
     from storage.config import DbCommandSettings
     from storage.migrate import migrate, status
 
@@ -165,16 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except DeployError as exc:
+    except FleetError as exc:
+        # Any package's error: one clear line. Anything else is a bug and keeps its traceback.
         print(f"fleet {args.command}: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from storage.errors import StorageError
-
-        if isinstance(exc, StorageError):
-            print(f"fleet {args.command}: {exc}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         return 130
 

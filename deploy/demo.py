@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from deploy.stopping import StopSignals
+    from core.stopping import StopSignals
 
 # The simulators' synthetic city (simulators.routes.SyntheticCity defaults): the demo's fences
 # are laid out on its street grid so that vehicles actually drive through them.
@@ -263,16 +263,16 @@ def run(args: argparse.Namespace) -> int:
     """Set up, seed, start every part, print how to log in, and run until SIGINT/SIGTERM."""
     import asyncio
 
+    from core.settings import load_settings
+    from core.stopping import StopSignals
     from deploy.services import local_services
-    from deploy.settings import load_settings
-    from deploy.stopping import StopSignals
     from storage.config import DbCommandSettings
     from storage.migrate import migrate
 
     # A signal is only recorded, and every wait below looks at it: an exception raised at a
     # random point could land between starting a child and recording it, and orphan it. The
     # handlers are installed explicitly for SIGINT too, which a shell leaves ignored in a
-    # background job (`fleet demo &`): the demo then ignored `kill -INT` (see deploy.stopping).
+    # background job (`fleet demo &`): the demo then ignored `kill -INT` (see core.stopping).
     stop = StopSignals("demo").install(lambda: None)
     services = local_services(args.config, log=lambda m: print(m, file=sys.stderr))
     services.up()
@@ -350,7 +350,7 @@ def _demo_api_env(services: Any) -> dict[str, str]:
 def _start_gateway_vehicles(supervisor: Supervisor, fleet: list[str], services: Any,
                             demo: DemoTenant, stop: StopSignals) -> None:
     """Each gateway vehicle: device simulators in one process, the real gateway in another."""
-    from edge_gateway.mqtt_url import parse_mqtt_url
+    from core.mqtt_url import parse_mqtt_url
 
     devices: dict[str, str] = demo.credentials.setdefault("devices", {})
     target = parse_mqtt_url(services.mqtt_url())

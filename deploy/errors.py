@@ -1,14 +1,12 @@
-"""Root exceptions of the deploy package."""
+"""Root exceptions of the deploy package (the command line, demo and local services)."""
 
 from __future__ import annotations
 
+from core.errors import FleetError
 
-class DeployError(Exception):
+
+class DeployError(FleetError):
     """Root of every error raised by the deploy package."""
-
-
-class SettingsError(DeployError):
-    """A configuration value is missing or has the wrong type or range."""
 
 
 class ServiceError(DeployError):

@@ -32,8 +32,8 @@ import msgspec
 from msgspec import Meta
 
 from api.broker_logins import BrokerAdmin, dynsec_config, hash_verifies, mosquitto_hash
+from core.settings import LOCAL_SERVICES_FILE, to_toml_lines
 from deploy.errors import ServiceError
-from deploy.settings import LOCAL_SERVICES_FILE, to_toml_lines
 
 if TYPE_CHECKING:
     import psycopg
@@ -95,7 +95,7 @@ class ServicesProcessSettings(msgspec.Struct, frozen=True, kw_only=True):
 def local_services(config_file: str | None = None,
                    log: Callable[[str], None] = lambda _m: None) -> LocalServices:
     """The project's local services as `fleet services` sees them (TOML + FLEET_SERVICES_*)."""
-    from deploy.settings import load_settings
+    from core.settings import load_settings
 
     return LocalServices(load_settings(ServicesProcessSettings, config_file).services, log=log)
 
@@ -910,7 +910,7 @@ def mqtt_ping(url: str, timeout_s: float = 10.0, *, read_version: bool = True) -
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge_gateway.mqtt_url import parse_mqtt_url
+    from core.mqtt_url import parse_mqtt_url
 
     target = parse_mqtt_url(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)

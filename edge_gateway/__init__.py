@@ -1,7 +1,7 @@
 """Edge gateway: reads OBD-II, CAN and GPS in a vehicle and publishes over MQTT.
 
 This package is the dependency-light base of the project: the wire contract
-(`edge_gateway.protocol`) lives here because a Raspberry Pi installs only this package's
+(`core.protocol`) lives here because a Raspberry Pi installs only this package's
 extra, and every other part imports the contract from here.
 """
 

@@ -35,7 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace) -> object:
     """The validated settings from file, environment and flags."""
-    from deploy.settings import load_settings
+    from core.settings import load_settings
     from edge_gateway.config import GatewayProcessSettings, apply_overrides
 
     config = getattr(args, "gateway_config", None) or getattr(args, "config", None)
@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     import contextlib
     import logging
 
-    from deploy.errors import DeployError
-    from deploy.stopping import StopSignals
+    from core.errors import FleetError
+    from core.stopping import StopSignals
     from edge_gateway.errors import GatewayError
 
     # Before anything else, so that a signal during start-up is a clean stop too.
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(settings, GatewayProcessSettings):
             raise TypeError("settings")
         gateway = Gateway(settings)
-    except (GatewayError, DeployError) as exc:
+    except FleetError as exc:
         print(f"fleet gateway: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

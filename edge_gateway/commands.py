@@ -16,8 +16,8 @@ from typing import Any, Final
 
 import msgspec
 
+from core.protocol import ID_PATTERN, Command, CommandAck, Reject, Status, decode
 from edge_gateway.errors import GatewayError
-from edge_gateway.protocol import ID_PATTERN, Command, CommandAck, Reject, Status, decode
 from edge_gateway.sampler import Rates
 
 UNPARSABLE_ID: Final = "unparsable"

@@ -1,7 +1,7 @@
 """Typed settings of the gateway process (`fleet gateway`), loaded once at start-up.
 
 Every threshold carries its unit in its name. Load with
-``deploy.settings.load_settings(GatewayProcessSettings, path)``; `fleet gateway` flags are
+``core.settings.load_settings(GatewayProcessSettings, path)``; `fleet gateway` flags are
 applied on top with `apply_overrides`. A source with an empty `port` / `interface` is off.
 """
 
@@ -13,9 +13,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from deploy.settings import MqttSettings
+from core.protocol import ID_PATTERN, MAX_SAMPLES_PER_MESSAGE, whole
+from core.settings import MqttSettings
 from edge_gateway.errors import ConfigError
-from edge_gateway.protocol import ID_PATTERN, MAX_SAMPLES_PER_MESSAGE, whole
 
 PositiveS = Annotated[float, Meta(gt=0)]
 RateHz = Annotated[float, Meta(ge=0, le=100, description="0 = never")]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from core.errors import FleetError, SettingsError
 
-class GatewayError(Exception):
+
+class GatewayError(FleetError):
     """Root of every error raised by the edge gateway."""
 
 
-class ConfigError(GatewayError):
+class ConfigError(GatewayError, SettingsError):
     """A gateway setting is invalid."""
 
 

@@ -18,10 +18,10 @@ import logging
 import time
 from typing import Any
 
+from core.protocol import DeviceEvent, Status
 from edge_gateway.commands import CommandHandler
 from edge_gateway.config import GatewayProcessSettings, dbc_paths
 from edge_gateway.power import PowerMode, PowerState, next_power_state
-from edge_gateway.protocol import DeviceEvent, Status
 from edge_gateway.sampler import Board, Rates, SampleBuilder
 from edge_gateway.sdnotify import Notifier
 from edge_gateway.sources.base import ThreadedSource

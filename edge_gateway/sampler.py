@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from edge_gateway.protocol import MAX_DTCS, MAX_EXTRA_SIGNALS, Sample
+from core.protocol import MAX_DTCS, MAX_EXTRA_SIGNALS, Sample
 from edge_gateway.signals import (
     DEFAULT_RAW_RATE_HZ,
     SAMPLE_FIELDS,

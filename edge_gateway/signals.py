@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from edge_gateway.protocol import Sample
+from core.protocol import Sample
 
 
 class SignalSource(enum.StrEnum):

@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from core.protocol import Sample
 from edge_gateway.errors import SpoolError
-from edge_gateway.protocol import Sample
 
 T = TypeVar("T")
 

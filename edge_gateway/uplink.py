@@ -31,11 +31,8 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_gateway.commands import CommandHandler
-from edge_gateway.config import GatewayProcessSettings
-from edge_gateway.errors import ConfigError
-from edge_gateway.mqtt_url import parse_mqtt_url
-from edge_gateway.protocol import (
+from core.mqtt_url import parse_mqtt_url
+from core.protocol import (
     MAX_PAYLOAD_BYTES,
     NO_MATCHING_SUBSCRIBERS,
     Channel,
@@ -48,6 +45,9 @@ from edge_gateway.protocol import (
     encode,
     topic_for,
 )
+from edge_gateway.commands import CommandHandler
+from edge_gateway.config import GatewayProcessSettings
+from edge_gateway.errors import ConfigError
 from edge_gateway.sources.base import Backoff
 from edge_gateway.spool import SpoolRow, SpoolWorker
 

@@ -18,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from deploy.stopping import StopSignals
+    from core.stopping import StopSignals
 
 VENDOR_MOCKS = (
     ("samsara", "simulators.samsara", "mock Samsara API server"),
@@ -82,7 +82,7 @@ def _run_vehicle(args: argparse.Namespace) -> int:
     from contextlib import ExitStack, suppress
     from pathlib import Path
 
-    from deploy.stopping import StopSignals
+    from core.stopping import StopSignals
     from simulators.errors import SimulatorError
     from simulators.routes import GeoJsonRoutes
     from simulators.runner import RealtimeDriver
@@ -151,11 +151,10 @@ def _start_front_ends(args: argparse.Namespace, model: Any, link_dir: Any,
 def _run_fleet(args: argparse.Namespace) -> int:
     import asyncio
 
-    from deploy.errors import DeployError
-    from deploy.settings import load_settings
-    from deploy.stopping import StopSignals
+    from core.errors import FleetError
+    from core.settings import load_settings
+    from core.stopping import StopSignals
     from simulators.config import SimSettings
-    from simulators.errors import SimulatorError
     from simulators.load import LoadConfig, LoadGenerator, vehicle_codes
     from simulators.seed import seed_simulated_fleet
 
@@ -183,7 +182,7 @@ def _run_fleet(args: argparse.Namespace) -> int:
         print(f"publishing {len(codes)} vehicles at {config.rate_hz} Hz, "
               f"{config.batch_size} samples/message", flush=True)
         report = asyncio.run(_run_until_signalled(generator, stop))
-    except (SimulatorError, DeployError) as exc:
+    except FleetError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         report = None  # stopped before the loop ran

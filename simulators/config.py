@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from deploy.settings import DatabaseSettings, MqttSettings
+from core.settings import DatabaseSettings, MqttSettings
 
 
 class LoadSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.errors import FleetError
 
-class SimulatorError(Exception):
+
+class SimulatorError(FleetError):
     """Root of every error raised by the simulators."""
 
 

@@ -1,7 +1,7 @@
 """Load generator: many simulated vehicles in one asyncio process, publishing to MQTT.
 
 Each vehicle is a `VehicleModel` stepped in real time at `rate_hz`; its samples are batched
-(`batch_size` per message) into `edge_gateway.protocol.Telemetry` messages on
+(`batch_size` per message) into `core.protocol.Telemetry` messages on
 ``fleet/v1/{tenant}/{vehicle}/telemetry`` at QoS 1 (MQTT v5), with a per-vehicle sequence
 number that only grows and `sent_ms` set. A sample counts as sent once the broker acknowledged
 its message (PUBACK); the `SentLedger` keeps, per vehicle, how many samples were acknowledged
@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from edge_gateway.protocol import (
+from core.protocol import (
     MAX_PAYLOAD_BYTES,
     MAX_SAMPLES_PER_MESSAGE,
     Channel,
@@ -221,7 +221,7 @@ class LoadGenerator:
         """Simulate until `duration_s` passes or the task is cancelled; then flush."""
         import aiomqtt
 
-        from edge_gateway.mqtt_url import parse_mqtt_url
+        from core.mqtt_url import parse_mqtt_url
 
         self._wake = asyncio.Event()
         target = parse_mqtt_url(self.config.mqtt_url)

@@ -369,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
-    from deploy.stopping import StopSignals
+    from core.stopping import StopSignals
 
     mock = MockSamsara(token=args.token, vehicles=args.vehicles, seed=args.seed,
                        error_rate=args.error_rate, rate_limit_per_s=args.rate_limit_per_s,

@@ -419,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
-    from deploy.stopping import StopSignals
+    from core.stopping import StopSignals
 
     mock = MockSmartcar(client_id=args.client_id, client_secret=args.client_secret,
                         management_token=args.management_token, vehicles=args.vehicles,

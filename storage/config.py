@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from deploy.settings import DatabaseSettings
+from core.settings import DatabaseSettings
 
 
 class DbCommandSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.errors import FleetError
 
-class StorageError(Exception):
+
+class StorageError(FleetError):
     """Root of every error raised by the storage package."""
 
 

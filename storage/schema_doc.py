@@ -148,7 +148,7 @@ def doc_file(edition: str) -> str:
 
 def main() -> int:
     """Print the document for the configured database (owner URL)."""
-    from deploy.settings import load_settings
+    from core.settings import load_settings
     from storage.config import DbCommandSettings
 
     settings = load_settings(DbCommandSettings)

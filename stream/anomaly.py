@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 from msgspec import Meta
 
-from edge_gateway.protocol import Sample
+from core.protocol import Sample
 from stream.detectors.common import engine_on
 from stream.model import AnomalyRecord, Event, Reading, snapshot_state
 

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from deploy.stopping import StopSignals
+    from core.stopping import StopSignals
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Any:
     import msgspec
 
-    from deploy.settings import load_settings
+    from core.settings import load_settings
     from stream.config import StreamSettings
 
     settings = load_settings(StreamSettings, getattr(args, "config", None))
@@ -58,16 +58,14 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run the stream until it is stopped (SIGTERM/SIGINT: exit 0) or fails."""
-    from deploy.stopping import StopSignals
+    from core.stopping import StopSignals
 
     # First, so that a signal during start-up is a clean stop too.
     stop = StopSignals("stream").install()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("stream")
-    from deploy.errors import DeployError
-    from geo.errors import GeoError
-    from stream.errors import StreamError
+    from core.errors import FleetError
 
     try:
         settings = _settings(args)
@@ -88,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         # A part that cannot start (the broker or the database unreachable, bad settings)
         # says so in one line. Bytewax wraps what a source or sink raised in its own
         # runtime error, so the cause is looked for along the chain.
-        cause = _first_of(exc, (StreamError, GeoError, DeployError))
+        cause = _first_of(exc, (FleetError,))
         if cause is None:
             raise
         print(f"fleet stream: {cause}", file=sys.stderr)

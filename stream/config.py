@@ -1,7 +1,7 @@
 """Settings of the `fleet stream` process: one typed root, validated at start-up.
 
 Every threshold carries its unit in its name. Sections: ``database``, ``mqtt``, ``redis``
-(shared, from deploy.settings), ``source`` (the MQTT source and its inbox), ``stream`` (the
+(shared, from core.settings), ``source`` (the MQTT source and its inbox), ``stream`` (the
 dataflow: scaling, recovery, reordering, sinks), ``filters`` (GPS sanity filters, like
 Traccar's ``filter.*`` keys), and the ``detectors``, ``anomaly`` and ``geofence`` sections of
 the detector packages.
@@ -14,8 +14,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
-from edge_gateway.protocol import MAX_PAYLOAD_BYTES, whole
+from core.protocol import MAX_PAYLOAD_BYTES, whole
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 from geo.config import GeofenceSettings
 from stream.anomaly import AnomalySettings
 from stream.detectors.config import DetectorSettings

@@ -1,6 +1,6 @@
 """Decode and validate: an inbox message becomes a `VehicleBatch` or a dead letter.
 
-Uses the wire contract (`edge_gateway.protocol`) and the vehicle directory. Never raises:
+Uses the wire contract (`core.protocol`) and the vehicle directory. Never raises:
 whatever goes wrong with one message becomes a `RejectRow` with a reason.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from edge_gateway.protocol import Channel, Reject, RejectReason, Telemetry, decode, parse_topic
+from core.protocol import Channel, Reject, RejectReason, Telemetry, decode, parse_topic
 from stream.directory import VehicleDirectory
 from stream.items import InboxMessage, RejectRow, VehicleBatch
 

@@ -7,7 +7,7 @@ neighbour is computed here, where the vehicle's state holds it anyway, and store
 
 from __future__ import annotations
 
-from edge_gateway.protocol import Sample
+from core.protocol import Sample
 from stream.config import RollupSettings
 from stream.filters import Fix, haversine_m
 from stream.model import Derived

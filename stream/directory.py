@@ -17,7 +17,7 @@ from uuid import UUID
 
 import psycopg
 
-from edge_gateway.protocol import Reject, RejectReason
+from core.protocol import Reject, RejectReason
 from stream.errors import SourceError
 from stream.model import VehicleRef
 

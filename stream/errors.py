@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.errors import FleetError
 
-class StreamError(Exception):
+
+class StreamError(FleetError):
     """Root of every error the stream raises on purpose."""
 
 

@@ -11,7 +11,7 @@ import math
 
 import msgspec
 
-from edge_gateway.protocol import Sample
+from core.protocol import Sample
 from stream.config import FilterSettings
 
 EARTH_RADIUS_M = 6_371_008.8

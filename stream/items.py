@@ -14,7 +14,7 @@ from uuid import UUID
 
 import msgspec
 
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 from stream.model import Event, Reading, VehicleRef
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edge_gateway.protocol import MAX_PAYLOAD_BYTES
+from core.protocol import MAX_PAYLOAD_BYTES
 from stream.config import LimitSettings
 
 _PRUNE_EVERY_S = 60.0

@@ -17,7 +17,7 @@ from uuid import UUID
 
 import msgspec
 
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 
 Severity = Literal["info", "warning", "critical"]
 VehicleEventType = Literal[

@@ -43,10 +43,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from deploy.settings import MqttSettings
-from edge_gateway.errors import ConfigError
-from edge_gateway.mqtt_url import MqttTarget, parse_mqtt_url
-from edge_gateway.protocol import Channel, RejectReason, subscription
+from core.errors import SettingsError
+from core.mqtt_url import MqttTarget, parse_mqtt_url
+from core.protocol import Channel, RejectReason, subscription
+from core.settings import MqttSettings
 from stream.config import DB_RETRY_DELAYS_S, DB_RETRY_LOG_EVERY, LimitSettings, SourceSettings
 from stream.errors import SourceError, StreamConfigError, first_line
 from stream.items import InboxMessage, RejectRow
@@ -102,7 +102,7 @@ class MqttSource(FixedPartitionedSource[InboxMessage, int]):
         at a rate no vehicle has)."""
         try:
             self.target = parse_mqtt_url(mqtt.url)
-        except ConfigError as exc:
+        except SettingsError as exc:
             raise StreamConfigError(str(exc)) from exc
         if not database_url.startswith(("postgresql://", "postgres://")):
             raise StreamConfigError("the MQTT source needs a postgresql:// URL for its inbox")

@@ -45,7 +45,8 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
-from edge_gateway.protocol import RejectReason
+from core.live import LiveEvent, LivePosition, encode_live, live_channel
+from core.protocol import RejectReason
 from stream.config import DB_RETRY_DELAYS_S, DB_RETRY_LOG_EVERY
 from stream.errors import SinkError, first_line
 from stream.items import (
@@ -57,7 +58,6 @@ from stream.items import (
     VehicleOutput,
     VehicleStateRow,
 )
-from stream.live import LiveEvent, LivePosition, encode_live, live_channel
 from stream.model import AnomalyRecord, GeofenceEvent, Reading, VehicleEvent
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from uuid import UUID
 import msgspec
 from bytewax.operators import StatefulBatchLogic
 
-from edge_gateway.protocol import Channel, RejectReason, Sample, Source, topic_for
+from core.protocol import Channel, RejectReason, Sample, Source, topic_for
 from stream.anomaly import EconomyAccumulator
 from stream.config import DataflowSettings, FilterSettings, RollupSettings
 from stream.derived import derive
@@ -177,9 +177,16 @@ class _SnapshotUnpickler(pickle.Unpickler):
         ("stream.anomaly", "EconomyAccumulator"): _LegacyEconomy,
     }
 
+    _MOVED: ClassVar[dict[str, str]] = {
+        # The contracts moved into the foundation package on 2026-12-07 (#14).
+        "edge_gateway.protocol": "core.protocol",
+        "stream.live": "core.live",
+    }
+
     def find_class(self, module: str, name: str, /) -> Any:
-        """Our classes, with the stand-ins for the old forms."""
-        return self._LEGACY.get((module, name)) or super().find_class(module, name)
+        """Our classes, with the stand-ins for the old forms and their modules' new homes."""
+        return (self._LEGACY.get((module, name))
+                or super().find_class(self._MOVED.get(module, module), name))
 
 
 def load_snapshot(blob: bytes) -> VehicleState:

@@ -83,8 +83,8 @@ def integrations_settings(section: Mapping[str, Any],
     The API settings keep this section as a plain table, which the shared loader cannot
     resolve environment variables into; the same resolver is applied here instead.
     """
-    from deploy.errors import SettingsError
-    from deploy.settings import env_overrides
+    from core.errors import SettingsError
+    from core.settings import env_overrides
 
     env = env_overrides(_Root, os.environ if environ is None else environ)
     data = {**section, **env.get("integrations", {})}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.errors import FleetError
 
-class IntegrationError(Exception):
+
+class IntegrationError(FleetError):
     """Root of every error raised by api.integrations."""
 
 

@@ -1,4 +1,4 @@
-"""Publishing converted vendor samples to MQTT in the wire contract (`edge_gateway.protocol`).
+"""Publishing converted vendor samples to MQTT in the wire contract (`core.protocol`).
 
 Sequence numbers of pulled samples are derived from the vendor's timestamp, not counted: a
 re-published page (after a crash between publishing and saving the cursor) carries the same
@@ -20,9 +20,8 @@ import aiomqtt
 import msgspec
 
 from api.integrations.errors import IntegrationError
-from deploy.settings import MqttSettings
-from edge_gateway.mqtt_url import parse_mqtt_url
-from edge_gateway.protocol import (
+from core.mqtt_url import parse_mqtt_url
+from core.protocol import (
     MAX_SAMPLES_PER_MESSAGE,
     Channel,
     Sample,
@@ -31,6 +30,7 @@ from edge_gateway.protocol import (
     encode,
     topic_for,
 )
+from core.settings import MqttSettings
 
 SEQ_SLOTS = 8
 """Sub-millisecond slots of a vendor sequence number: one per kind of vendor record."""

@@ -51,7 +51,7 @@ from api.integrations.smartcar_v3 import (
 )
 from api.params import UUID_SCHEMA, path_uuid, read_json
 from api.routing import ApiRoute, Param, register
-from edge_gateway.protocol import Source
+from core.protocol import Source
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from api.integrations.errors import CursorExpiredError, IntegrationError, Vendor
 from api.integrations.http import Sleep, VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
 from api.integrations.store import IntegrationStore, TenantRef, VehicleRef
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 
 log = logging.getLogger(__name__)
 

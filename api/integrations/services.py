@@ -20,7 +20,7 @@ from api.integrations.smartcar import build_puller
 from api.integrations.store import IntegrationStore, TenantRef
 from api.jobs.config import JobsSettings
 from api.jobs.runner import Service
-from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from api.integrations.http import VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
 from api.integrations.smartcar_common import connected_vehicles_sql, location_cache_key, poll_each
 from api.integrations.smartcar_v3 import SmartcarAppToken, SmartcarV3Client, SmartcarV3Puller
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 
 log = logging.getLogger(__name__)
 

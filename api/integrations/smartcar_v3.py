@@ -38,7 +38,7 @@ from api.integrations.errors import VendorError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
 from api.integrations.smartcar_common import connected_vehicles_sql, location_cache_key, poll_each
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 
 log = logging.getLogger(__name__)
 

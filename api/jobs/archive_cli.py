@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from api.jobs.errors import JobError
-    from deploy.errors import SettingsError
+    from core.errors import SettingsError
 
     try:
         return asyncio.run(_run(args))
@@ -66,7 +66,7 @@ async def _run(args: argparse.Namespace) -> int:
 
     from api.jobs.archive import BlobArchive, restore_report
     from api.jobs.config import JobsProcessSettings
-    from deploy.settings import load_settings
+    from core.settings import load_settings
 
     settings = load_settings(JobsProcessSettings, getattr(args, "config", None))
     conn = await asyncpg.connect(settings.database.owner_url)

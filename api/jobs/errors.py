@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.errors import FleetError
 
-class JobError(Exception):
+
+class JobError(FleetError):
     """Root of every error raised by api.jobs."""
 
 

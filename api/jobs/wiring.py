@@ -15,7 +15,7 @@ from api.jobs.maintenance import MaintenanceJob
 from api.jobs.retention import RetentionJob, RollupsJob
 from api.jobs.runner import JobRunner, ScheduledJob, Service
 from api.jobs.schedule import parse_schedule
-from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 
 
 def build_runner(database: DatabaseSettings, mqtt: MqttSettings, redis: RedisSettings,

@@ -27,8 +27,8 @@ from api.errors import ApiError, Conflict, NotFound
 from api.params import UUID_SCHEMA, page_params, path_uuid, read_json
 from api.routes.common import ensure_in_tenant, json_response, page_body
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
-from edge_gateway.mqtt_url import parse_mqtt_url
-from edge_gateway.protocol import device_login
+from core.mqtt_url import parse_mqtt_url
+from core.protocol import device_login
 
 
 def gateway_toml(*, tenant: str, vehicle: str, mqtt_url: str, username: str, password: str

@@ -24,7 +24,7 @@ from api.errors import ApiError, Conflict, NotFound, Unprocessable, ValidationEr
 from api.params import UUID_SCHEMA, page_params, path_uuid, query_choice, read_json
 from api.routes.common import db_error, ensure_in_tenant, json_response, page_body
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
-from edge_gateway.protocol import whole
+from core.protocol import whole
 
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType

@@ -32,9 +32,9 @@ from api.routes.common import (
 )
 from api.routes.devices import active_device, revoke_devices
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
-from edge_gateway.protocol import ID_PATTERN, whole
+from core.protocol import ID_PATTERN, whole
 
-# Whole-string patterns (edge_gateway.protocol.whole): a code is a topic level of the wire
+# Whole-string patterns (core.protocol.whole): a code is a topic level of the wire
 # contract, so it is the contract's id pattern.
 Code = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 Vin = Annotated[str, msgspec.Meta(pattern=whole(r"[A-HJ-NPR-Z0-9]{17}"))]

@@ -128,7 +128,7 @@ class _Publisher(threading.Thread):
         from paho.mqtt.client import Client
         from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-        from edge_gateway.mqtt_url import parse_mqtt_url
+        from core.mqtt_url import parse_mqtt_url
 
         target = parse_mqtt_url(self.mqtt_url)
         client = Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex}",
@@ -145,7 +145,7 @@ class _Publisher(threading.Thread):
         return client
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
-        from edge_gateway.protocol import NO_MATCHING_SUBSCRIBERS
+        from core.protocol import NO_MATCHING_SUBSCRIBERS
 
         with self._lock:
             n = self._sizes.pop(mid, 0)
@@ -171,7 +171,7 @@ class _Publisher(threading.Thread):
             self._publish(client, topic, payload, n)
 
     def run(self) -> None:
-        from edge_gateway.protocol import Channel, topic_for
+        from core.protocol import Channel, topic_for
 
         client = self._connect()
         topics = [topic_for(self.tenant, c, Channel.TELEMETRY) for c in self.codes]
@@ -204,7 +204,7 @@ class _Publisher(threading.Thread):
 
     def _message(self, v: int, lats: list[float]) -> bytes:
         """The next message of vehicle `v`: `batch` samples with their own sequence numbers."""
-        from edge_gateway.protocol import Sample, Source, Telemetry, encode
+        from core.protocol import Sample, Source, Telemetry, encode
 
         t_ms = time.time_ns() // 1_000_000
         samples = []
@@ -236,7 +236,7 @@ def _partition_session(mqtt_url: str, client_id: str, *, expiry_s: int, clean_st
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from edge_gateway.mqtt_url import parse_mqtt_url
+    from core.mqtt_url import parse_mqtt_url
 
     target = parse_mqtt_url(mqtt_url)
     c = Client(CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -257,7 +257,7 @@ def _partition_session(mqtt_url: str, client_id: str, *, expiry_s: int, clean_st
 
 def _presubscribe(mqtt_url: str, prefix: str, group: str, tenant: str, partitions: int) -> None:
     """Create the stream's persistent sessions first, so nothing published is dropped."""
-    from edge_gateway.protocol import Channel, subscription
+    from core.protocol import Channel, subscription
 
     def subscribe(c: Any, _connected: threading.Event) -> None:
         subscribed = threading.Event()
@@ -392,9 +392,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
+    from core.settings import load_settings
     from deploy.bench.ingest import bench_items, raw_copy_rows_per_s
     from deploy.bench.scratch import scratch_database
-    from deploy.settings import load_settings
     from stream.config import StreamSettings
 
     settings = load_settings(StreamSettings, getattr(args, "config", None))

@@ -52,8 +52,8 @@ _FLOODER = """
 import sys, time, uuid
 from paho.mqtt.client import Client
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from edge_gateway.mqtt_url import parse_mqtt_url
-from edge_gateway.protocol import Sample, Source, Telemetry, encode
+from core.mqtt_url import parse_mqtt_url
+from core.protocol import Sample, Source, Telemetry, encode
 url, topic, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
 t = parse_mqtt_url(url)
 # A device login must connect as itself; a service login takes any id.
@@ -155,6 +155,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
+    from core.protocol import Channel, topic_for
+    from core.settings import load_settings
     from deploy.bench import emit
     from deploy.bench.e2e import (
         _broker_pid,
@@ -164,8 +166,6 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
         seed_tenant,
     )
     from deploy.bench.scratch import scratch_database
-    from deploy.settings import load_settings
-    from edge_gateway.protocol import Channel, topic_for
     from stream.config import StreamSettings
 
     settings = load_settings(StreamSettings, getattr(args, "config", None))
@@ -314,9 +314,9 @@ def _flood_url(args: argparse.Namespace, service_url: str, tenant: str) -> str:
     import secrets
     from urllib.parse import quote
 
+    from core.mqtt_url import parse_mqtt_url
+    from core.protocol import device_login
     from deploy.services import local_services
-    from edge_gateway.mqtt_url import parse_mqtt_url
-    from edge_gateway.protocol import device_login
 
     login, password = device_login(tenant, "flood"), secrets.token_urlsafe(16)
     local_services().add_device_login(login, password)

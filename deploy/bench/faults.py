@@ -785,11 +785,11 @@ def run(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace, faults: list[Fault]) -> dict[str, Any]:  # noqa: PLR0915
     import psycopg
 
+    from core.live import live_channel
     from deploy.bench.e2e import _presubscribe, _Publisher, seed_tenant
     from deploy.services import LocalServices, ServicesSettings
     from edge_gateway.testing import free_port
     from storage.migrate import migrate
-    from stream.live import live_channel
 
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-faults-"))
     tmp.chmod(0o755)  # the daemons run as their own users and must reach their folders

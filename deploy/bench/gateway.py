@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from edge_gateway.protocol import Sample
+    from core.protocol import Sample
     from edge_gateway.testing import PrivateBroker
 
 BACKLOG_S = 600
@@ -387,7 +387,7 @@ class _Subscriber:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        from edge_gateway.mqtt_url import parse_mqtt_url
+        from core.mqtt_url import parse_mqtt_url
 
         self._task = asyncio.current_task()
         t = parse_mqtt_url(self.url)
@@ -412,7 +412,7 @@ class _Subscriber:
     def _handle(self, m: Any) -> None:
         import time
 
-        from edge_gateway.protocol import Status, Telemetry, decode
+        from core.protocol import Status, Telemetry, decode
 
         payload = bytes(m.payload)
         if m.topic.matches("+/+/+/+/telemetry"):
@@ -472,7 +472,7 @@ class _Subscriber:
 
 
 def _fallback_sample() -> Any:
-    from edge_gateway.protocol import Sample
+    from core.protocol import Sample
 
     return Sample(seq=0, t_ms=1_780_000_000_000, rpm=900.0, speed_kph=40.0, coolant_c=90.0,
                   fuel_pct=50.0, lat_deg=52.5, lon_deg=13.4, battery_v=14.0)
@@ -550,9 +550,9 @@ async def _anchor(url: str, tenant: str, template: Any, backlog: int) -> float:
     import aiomqtt
     import msgspec
 
+    from core.mqtt_url import parse_mqtt_url
+    from core.protocol import Source, Telemetry, encode
     from edge_gateway.config import GatewaySettings
-    from edge_gateway.mqtt_url import parse_mqtt_url
-    from edge_gateway.protocol import Source, Telemetry, encode
 
     gw = GatewaySettings()
     batch = gw.batch_max_samples

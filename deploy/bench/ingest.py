@@ -34,7 +34,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_items(n: int, tenant_id: uuid.UUID, vehicles: list[uuid.UUID]) -> list[Any]:
-    from edge_gateway.protocol import Sample, Source
+    from core.protocol import Sample, Source
     from stream.items import StoredSample
     from stream.model import Reading, VehicleRef
 
@@ -86,9 +86,9 @@ def _timed(fn: Any) -> float:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; the last line of output is the JSON result."""
 
+    from core.settings import load_settings
     from deploy.bench.scratch import scratch_database
     from deploy.seed import seed_fleet
-    from deploy.settings import load_settings
     from stream.config import StreamSettings
     settings = load_settings(StreamSettings, getattr(args, "config", None))
     with scratch_database(settings.database, "ingest") as db:

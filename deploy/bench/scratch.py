@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from core.settings import DatabaseSettings
 from deploy.errors import DeployError
-from deploy.settings import DatabaseSettings
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def _items(tenant: uuid.UUID, samples: dict[uuid.UUID, list[Any]], shift_ms: int
     fleet's traffic."""
     import msgspec
 
-    from edge_gateway.protocol import Source
+    from core.protocol import Source
     from stream.items import StoredSample
     from stream.model import Reading, VehicleRef
 
@@ -126,10 +126,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one measurement, st
     """Run the benchmark; the last line of output is the JSON result."""
     import psycopg
 
+    from core.settings import load_settings
     from deploy.bench import emit
     from deploy.bench.scratch import scratch_database
     from deploy.seed import seed_fleet
-    from deploy.settings import load_settings
     from stream.config import StreamSettings
     from stream.sink import Batch, DatabaseWriter, telemetry_row
 

@@ -6,7 +6,7 @@ rows (for the snapshots); the API runs as its own process (`fleet api`). This pr
 subscribed to the whole tenant); `--slow-pct` of them
 are deliberately slow readers (one frame every `--slow-delay-s`), the rest read as fast as
 they can. A publisher sends every vehicle's position at `--rate-hz` to Redis exactly as the
-stream does (`stream.live`: JSON `LivePosition` on `fleet:live:{tenant}`, `t_ms` = `sent_ms`
+stream does (`core.live`: JSON `LivePosition` on `fleet:live:{tenant}`, `t_ms` = `sent_ms`
 = publish time), spread evenly over each second. The stream is not in the loop: this measures
 the API's fan-out alone (the end-to-end pipeline has its own benchmark, `fleet bench e2e`).
 
@@ -153,9 +153,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
     import redis.asyncio as aioredis
 
     from api.config import load_api_settings
+    from core.live import LivePosition, decode_live, encode_live, live_channel
     from deploy.bench import cpu_seconds, memory_mib
     from deploy.bench.apiproc import api_process
-    from stream.live import LivePosition, decode_live, encode_live, live_channel
 
     redis_url = load_api_settings(None).redis.url
     n_slow = round(args.clients * args.slow_pct / 100)

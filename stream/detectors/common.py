@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge_gateway.protocol import Sample
+from core.protocol import Sample
 from stream.detectors.base import fold
 from stream.model import Event, Reading, Severity, VehicleEvent, VehicleEventType, snapshot_state
 

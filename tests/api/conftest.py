@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from api.app import create_app
 from api.config import ApiSection, ApiSettings
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 from deploy import seed
 from deploy.services import MQTT_ADMIN_USER
-from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
 from tests.conftest import TestDatabase
 
 PASSWORD = "Fleet!Test2024"

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from stream.live import LiveEvent, LivePosition, encode_live, live_channel
+from core.live import LiveEvent, LivePosition, encode_live, live_channel
 from tests.api.conftest import PASSWORD, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

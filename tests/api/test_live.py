@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from api.live import LiveClient
 from api.metrics import ApiMetrics
-from stream.live import LiveEvent, LivePosition, encode_live, live_channel
+from core.live import LiveEvent, LivePosition, encode_live, live_channel
 from tests.api.conftest import World
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

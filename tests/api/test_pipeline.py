@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edge_gateway.protocol import Sample
+from core.protocol import Sample
 from tests.api.conftest import World
 from tests.api.test_live import positions_of, subscribe, wait_for
 from tests.stream.streamproc import StreamProcess, mqtt_client, publish

@@ -16,8 +16,8 @@ import msgspec
 import pytest
 
 from api.broker_logins import mosquitto_hash
+from core.mqtt_url import parse_mqtt_url
 from edge_gateway.config import GatewayProcessSettings
-from edge_gateway.mqtt_url import parse_mqtt_url
 from tests.api.conftest import World
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

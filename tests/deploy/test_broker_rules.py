@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from core.mqtt_url import parse_mqtt_url
 from deploy.services import LocalServices
-from edge_gateway.mqtt_url import parse_mqtt_url
 from stream.config import SourceSettings
 
 NOT_AUTHORIZED = 0x87

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import grimp
 
-PACKAGES = ("edge_gateway", "stream", "api", "geo", "storage", "simulators", "deploy")
+PACKAGES = ("core", "edge_gateway", "stream", "api", "geo", "storage", "simulators", "deploy")
 
 
 def cycles(graph: grimp.ImportGraph) -> list[list[str]]:

@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from core.mqtt_url import parse_mqtt_url
 from deploy.errors import ServiceError
 from deploy.services import LocalServices, ServicesSettings
-from edge_gateway.mqtt_url import parse_mqtt_url
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from core.protocol import Sample
 from deploy.services import LocalServices
-from edge_gateway.protocol import Sample
 from tests.conftest import TestDatabase
 from tests.deploy.test_demo import demo_env, free_port
 from tests.stream.conftest import make_fleet

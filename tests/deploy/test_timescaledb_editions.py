@@ -22,14 +22,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from deploy.errors import ServiceError, SettingsError
+from core.errors import SettingsError
+from core.settings import load_settings
+from deploy.errors import ServiceError
 from deploy.services import (
     ADMIN_ROLE,
     LocalServices,
     ServicesProcessSettings,
     ServicesSettings,
 )
-from deploy.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "install" / "timescaledb.sh"

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import aiomqtt
 
-from edge_gateway.mqtt_url import parse_mqtt_url
+from core.mqtt_url import parse_mqtt_url
 from edge_gateway.testing import PrivateBroker, free_port
 
 __all__ = ["ModelDriver", "PrivateBroker", "free_port", "mqtt_client", "nmea", "wait_for"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from core.protocol import Command, Status, encode
 from edge_gateway.commands import UNPARSABLE_ID, CommandHandler
-from edge_gateway.protocol import Command, Status, encode
 from edge_gateway.sampler import Rates
 
 T0 = 1_780_000_000_000

@@ -12,11 +12,8 @@ from urllib.parse import quote
 
 import pytest
 
-from deploy.services import LocalServices
-from edge_gateway.config import GatewayProcessSettings, apply_overrides
-from edge_gateway.gateway import Gateway
-from edge_gateway.mqtt_url import parse_mqtt_url
-from edge_gateway.protocol import (
+from core.mqtt_url import parse_mqtt_url
+from core.protocol import (
     Channel,
     Command,
     CommandAck,
@@ -26,6 +23,9 @@ from edge_gateway.protocol import (
     encode,
     topic_for,
 )
+from deploy.services import LocalServices
+from edge_gateway.config import GatewayProcessSettings, apply_overrides
+from edge_gateway.gateway import Gateway
 from tests.edge_gateway.helpers import mqtt_client, nmea, wait_for
 
 pytestmark = pytest.mark.services
@@ -175,8 +175,8 @@ async def test_refused_publishes_stay_in_the_spool(tmp_path: Path, services: Loc
     but holds another vehicle's rules (a device's own login cannot even connect as another
     vehicle: its client id is bound)."""
     from api.broker_logins import BrokerAdmin, device_acls
+    from core.protocol import device_login
     from deploy.services import MQTT_ADMIN_USER
-    from edge_gateway.protocol import device_login
     from edge_gateway.uplink import AckCheckingClient
 
     password = secrets.token_urlsafe(12)

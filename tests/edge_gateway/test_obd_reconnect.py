@@ -20,7 +20,7 @@ import pytest
 
 import simulators.elm327 as sim_elm
 import simulators.vehicle as sim_vehicle
-from edge_gateway.protocol import Telemetry, decode
+from core.protocol import Telemetry, decode
 from tests.edge_gateway.helpers import ModelDriver, mqtt_client, wait_for
 from tests.edge_gateway.test_obd_simulator import _settings, gateway_and_samples
 

@@ -18,9 +18,7 @@ import pytest
 
 import simulators.elm327 as sim_elm
 import simulators.vehicle as sim_vehicle
-from edge_gateway.config import GatewayProcessSettings, apply_overrides
-from edge_gateway.gateway import Gateway
-from edge_gateway.protocol import (
+from core.protocol import (
     Channel,
     Command,
     Sample,
@@ -29,6 +27,8 @@ from edge_gateway.protocol import (
     encode,
     topic_for,
 )
+from edge_gateway.config import GatewayProcessSettings, apply_overrides
+from edge_gateway.gateway import Gateway
 from tests.edge_gateway.helpers import ModelDriver, mqtt_client, wait_for
 
 pytestmark = pytest.mark.services

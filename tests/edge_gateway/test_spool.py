@@ -12,8 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from core.protocol import Sample
 from edge_gateway.errors import SpoolError
-from edge_gateway.protocol import Sample
 from edge_gateway.spool import Spool
 
 T0 = 1_780_000_000_000
@@ -77,7 +77,7 @@ def test_committed_samples_survive_kill_9(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     script = textwrap.dedent(f"""
         import sys
-        from edge_gateway.protocol import Sample
+        from core.protocol import Sample
         from edge_gateway.spool import Spool
         spool = Spool({str(path)!r}, max_samples=100000, first_seq=0)
         while True:

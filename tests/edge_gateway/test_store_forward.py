@@ -22,7 +22,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_gateway.protocol import Status, Telemetry, decode
+from core.protocol import Status, Telemetry, decode
 from tests.edge_gateway.helpers import PrivateBroker, mqtt_client, nmea, wait_for
 
 pytestmark = pytest.mark.services

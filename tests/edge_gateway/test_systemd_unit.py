@@ -23,7 +23,7 @@ def test_unit_runs_unprivileged_with_restart_and_watchdog() -> None:
 
 
 def test_example_config_loads() -> None:
-    from deploy.settings import load_settings
+    from core.settings import load_settings
     from edge_gateway.config import GatewayProcessSettings
 
     example = UNIT.parent / "gateway.toml.example"

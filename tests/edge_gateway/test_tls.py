@@ -10,9 +10,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from core.protocol import Status, decode
 from edge_gateway.config import GatewayProcessSettings, apply_overrides
 from edge_gateway.gateway import Gateway
-from edge_gateway.protocol import Status, decode
 from tests.edge_gateway.helpers import PrivateBroker, free_port, mqtt_client, wait_for
 
 pytestmark = pytest.mark.services

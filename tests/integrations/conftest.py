@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from core.mqtt_url import parse_mqtt_url
+from core.protocol import Channel, Telemetry, decode, subscription
 from deploy.seed import SeededFleet
 from deploy.seed import seed_fleet as seed_tenant_fleet
-from edge_gateway.mqtt_url import parse_mqtt_url
-from edge_gateway.protocol import Channel, Telemetry, decode, subscription
 
 TOKEN_KEY = "test-token-key-0123456789abcdef"
 

@@ -17,8 +17,8 @@ from api.integrations.http import VendorHttp
 from api.integrations.publisher import MqttPublisher, vendor_seq
 from api.integrations.samsara import SamsaraClient, SamsaraPuller, convert_vehicle_stats
 from api.integrations.store import IntegrationStore, TenantRef
-from deploy.settings import MqttSettings
-from edge_gateway.protocol import Source
+from core.protocol import Source
+from core.settings import MqttSettings
 from simulators.samsara import Fault, MockSamsara
 from tests.integrations.conftest import TOKEN_KEY, Fleet, pool, serve, telemetry_listener, wait_for
 
@@ -211,7 +211,7 @@ async def test_samsara_service_follows_every_feed(database, fleet, mqtt_url) -> 
 
     from api.integrations.config import IntegrationsSettings
     from api.integrations.services import samsara_service
-    from deploy.settings import DatabaseSettings
+    from core.settings import DatabaseSettings
 
     mock = MockSamsara(vehicles=3)
     cipher = TokenCipher(TOKEN_KEY)
@@ -273,7 +273,7 @@ async def test_rate_limit_and_random_errors_of_the_mock(database, fleet, mqtt_ur
 
 
 async def test_publisher_reconnects_after_a_lost_connection(fleet, mqtt_url) -> None:
-    from edge_gateway.protocol import Sample
+    from core.protocol import Sample
 
     async with telemetry_listener(mqtt_url, fleet.slug) as got, \
             MqttPublisher(MqttSettings(url=mqtt_url)) as pub:

@@ -30,8 +30,8 @@ from api.integrations.smartcar import (
     location_cache_key,
     sign_webhook,
 )
-from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
-from edge_gateway.protocol import Source
+from core.protocol import Source
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 from simulators.samsara import Fault
 from simulators.smartcar import MockSmartcar
 from tests.integrations.conftest import TOKEN_KEY, pool, serve, telemetry_listener, wait_for

@@ -31,9 +31,9 @@ from api.integrations.smartcar_v3 import (
     SmartcarV3Puller,
     signals_to_samples,
 )
-from deploy.errors import SettingsError
-from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
-from edge_gateway.protocol import Source
+from core.errors import SettingsError
+from core.protocol import Source
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 from simulators.samsara import Fault
 from simulators.smartcar import MockSmartcar
 from tests.integrations.conftest import TOKEN_KEY, pool, serve, telemetry_listener, wait_for

@@ -120,7 +120,7 @@ async def test_two_api_apps_run_jobs_once(database, redis_url, mqtt_url) -> None
     from api.app import create_app
     from api.config import ApiSection, ApiSettings
     from api.jobs.wiring import RUNNER_KEY
-    from deploy.settings import DatabaseSettings, MqttSettings, RedisSettings
+    from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 
     settings = ApiSettings(
         database=DatabaseSettings(url=database.app_url, owner_url=database.owner_url,

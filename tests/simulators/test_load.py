@@ -9,8 +9,8 @@ import aiomqtt
 import psycopg
 import pytest
 
-from edge_gateway.mqtt_url import parse_mqtt_url
-from edge_gateway.protocol import (
+from core.mqtt_url import parse_mqtt_url
+from core.protocol import (
     Channel,
     Source,
     Telemetry,
@@ -173,7 +173,7 @@ async def test_stop_flushes_and_returns(mqtt_url: str, tenant_slug: str) -> None
 
 
 def test_every_sample_of_a_faulty_vehicle_passes_the_contract() -> None:
-    from edge_gateway.protocol import encode
+    from core.protocol import encode
 
     faults = [Fault.parse(spec) for spec in (
         "overheat@10+300", "misfire@20+100", "fuel_theft@30+60:pct=90", "refuel@200+60",

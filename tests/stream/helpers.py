@@ -13,7 +13,7 @@ from typing import Any
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from edge_gateway.protocol import Channel, Sample, Source, Telemetry, encode, topic_for
+from core.protocol import Channel, Sample, Source, Telemetry, encode, topic_for
 from stream.anomaly import AnomalySettings, EconomyTracker, FleetEconomy
 from stream.config import DataflowSettings, FilterSettings
 from stream.dataflow import FlowParts, build_flow

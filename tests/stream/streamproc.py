@@ -20,8 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_gateway.mqtt_url import parse_mqtt_url
-from edge_gateway.protocol import (
+from core.mqtt_url import parse_mqtt_url
+from core.protocol import (
     Channel,
     Sample,
     Source,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.errors import SettingsError
-from deploy.settings import MqttSettings, load_settings
+from core.errors import SettingsError
+from core.settings import MqttSettings, load_settings
 from stream.config import SourceSettings, StreamSettings
 from stream.dataflow import load_detectors
 from stream.errors import StreamConfigError

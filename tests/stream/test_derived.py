@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_gateway.protocol import Sample
+from core.protocol import Sample
 from stream.config import RollupSettings
 from stream.derived import derive
 from stream.filters import Fix, haversine_m

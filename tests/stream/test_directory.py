@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from edge_gateway.protocol import Reject, RejectReason
+from core.protocol import Reject, RejectReason
 from stream.directory import VehicleDirectory, VehicleRecord
 
 TENANT = uuid.UUID(int=1)

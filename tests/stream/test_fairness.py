@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.protocol import Channel, Sample, Source, Telemetry, encode, topic_for
 from deploy.services import LocalServices
-from edge_gateway.protocol import Channel, Sample, Source, Telemetry, encode, topic_for
 from stream.config import LimitSettings
 from stream.limits import Limiter
 from stream.mqtt_source import PARTITION_SHARE_HEADROOM

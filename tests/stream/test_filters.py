@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_gateway.protocol import Sample
+from core.protocol import Sample
 from stream.config import FilterSettings
 from stream.filters import (
     Fix,

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from core.protocol import Channel, Reject, Sample, Telemetry, decode, topic_for
 from deploy.services import ADMIN_ROLE, LocalServices, drop_database
-from edge_gateway.protocol import Channel, Reject, Sample, Telemetry, decode, topic_for
 from stream.sink import pg_text
 from tests.conftest import TestDatabase
-from tests.edge_gateway.payloads import json_values, mutated, telemetry
+from tests.core.payloads import json_values, mutated, telemetry
 from tests.stream.conftest import Fleet, make_fleet
 from tests.stream.streamproc import StreamProcess, count, mqtt_client, publish, wait_for
 

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from edge_gateway.protocol import Channel, Sample, topic_for
+from core.protocol import Channel, Sample, topic_for
 from tests.conftest import TestDatabase
 from tests.stream.conftest import Fleet
 from tests.stream.streamproc import StreamProcess, count, mqtt_client, publish, wait_for
@@ -109,7 +109,7 @@ def test_rows_events_rejects_and_live_feed(database: TestDatabase, fleet: Fleet,
                                            redis_url: str, stream_factory) -> None:
     import redis
 
-    from stream.live import LivePosition, decode_live, live_channel
+    from core.live import LivePosition, decode_live, live_channel
 
     add_fence(database, fleet)
     stream = stream_factory()

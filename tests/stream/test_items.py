@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 from stream.items import VehicleBatch
 from stream.model import VehicleRef, snapshot_state
 

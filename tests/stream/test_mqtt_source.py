@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from deploy.settings import MqttSettings
-from edge_gateway.protocol import Channel, topic_for
+from core.protocol import Channel, topic_for
+from core.settings import MqttSettings
 from stream.config import SourceSettings
 from stream.items import InboxMessage
 from stream.mqtt_source import MqttSource, _Inbox

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 from stream.items import EmittedEvent, RejectRow, StoredSample, VehicleStateRow
 from stream.model import Reading, VehicleEvent, VehicleRef
 from stream.sink import Batch, DatabaseWriter

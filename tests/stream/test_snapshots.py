@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 from geo.index import FenceIndex
 from stream.anomaly import EconomyAccumulator, EconomyTracker
 from stream.config import StreamSettings

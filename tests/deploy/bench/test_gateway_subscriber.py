@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from core.protocol import Sample, Source, Telemetry, encode
 from deploy.bench.gateway import _Subscriber
-from edge_gateway.protocol import Sample, Source, Telemetry, encode
 from tests.edge_gateway.helpers import PrivateBroker, mqtt_client, wait_for
 
 pytestmark = pytest.mark.services

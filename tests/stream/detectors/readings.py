@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 from stream.detectors.base import Detector
 from stream.model import Event, Reading, VehicleEvent, VehicleRef
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from edge_gateway.protocol import Sample, Source
+from core.protocol import Sample, Source
 from simulators.vehicle import Fault, FaultKind, GroundTruth, VehicleModel, VehicleState
 from stream.model import AnomalyRecord, Event, Reading, VehicleEvent, VehicleRef
 

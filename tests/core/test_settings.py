@@ -7,8 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from deploy.errors import SettingsError
-from deploy.settings import DatabaseSettings, MqttSettings, load_settings
+from core.errors import SettingsError
+from core.settings import DatabaseSettings, MqttSettings, load_settings
 
 
 class Tuning(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

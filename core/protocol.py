@@ -378,5 +378,5 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":  # python -m edge_gateway.protocol > docs/protocol.schema.json
+if __name__ == "__main__":  # python -m core.protocol > docs/protocol.schema.json
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(json_schema())).decode() + "\n")

@@ -7,7 +7,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from edge_gateway import protocol as p
+from core import protocol as p
 
 # Text without lone surrogates: JSON can carry them, but neither side is the subject here (the
 # stream's hostile-payload test sends them through the real broker and sink).

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_gateway import protocol as p
-from tests.edge_gateway.payloads import json_values, mutated, telemetry, text
+from core import protocol as p
+from tests.core.payloads import json_values, mutated, telemetry, text
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "docs" / "protocol.schema.json").read_text())

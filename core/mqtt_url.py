@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from edge_gateway.errors import ConfigError
+from core.errors import SettingsError
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -22,16 +22,16 @@ class MqttTarget:
 
 
 def parse_mqtt_url(url: str) -> MqttTarget:
-    """Split an MQTT URL; raises ConfigError naming what is wrong."""
+    """Split an MQTT URL; raises SettingsError naming what is wrong."""
     parts = urlsplit(url)
     if parts.scheme not in _DEFAULT_PORTS:
-        raise ConfigError(f"MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
+        raise SettingsError(f"MQTT URL {url!r}: scheme must be mqtt:// or mqtts://")
     if not parts.hostname:
-        raise ConfigError(f"MQTT URL {url!r}: no host")
+        raise SettingsError(f"MQTT URL {url!r}: no host")
     try:
         port = parts.port or _DEFAULT_PORTS[parts.scheme]
     except ValueError as exc:
-        raise ConfigError(f"MQTT URL {url!r}: bad port") from exc
+        raise SettingsError(f"MQTT URL {url!r}: bad port") from exc
     return MqttTarget(
         host=parts.hostname,
         port=port,

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from deploy.errors import SettingsError
+from core.errors import SettingsError
 
 ENV_PREFIX = "FLEET_"
 LOCAL_SERVICES_FILE = Path(".fleet") / "local.toml"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_gateway import protocol as p
+from core import protocol as p
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -187,4 +187,4 @@ def test_topics_build_and_parse() -> None:
 def test_published_json_schema_is_current() -> None:
     on_disk = json.loads((REPO / "docs" / "protocol.schema.json").read_text())
     assert on_disk == msgspec.json.decode(msgspec.json.encode(p.json_schema())), \
-        "regenerate with: python -m edge_gateway.protocol > docs/protocol.schema.json"
+        "regenerate with: python -m core.protocol > docs/protocol.schema.json"
