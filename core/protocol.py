@@ -16,6 +16,8 @@ import enum
 import math
 import re
 import sys
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -357,6 +359,29 @@ def decode_for_channel(channel: Channel, payload: bytes) -> Message | Reject:
 def encode(message: Message) -> bytes:
     """Encode a message as compact JSON."""
     return _encoder.encode(message)
+
+
+def telemetry_payloads(samples: Sequence[Sample], *, source: Source, device: str | None = None,
+                       sent_ms: int | None = None, max_samples: int = MAX_SAMPLES_PER_MESSAGE,
+                       max_bytes: int = MAX_PAYLOAD_BYTES) -> Iterator[tuple[list[Sample], bytes]]:
+    """Encoded Telemetry messages for `samples`, in their order, each with the samples it
+    holds: at most `max_samples` a message, and a message over `max_bytes` split in halves
+    until it fits; `sent_ms` is each message's encoding time unless given. The one place a
+    batch is cut to the limits the stream enforces (the gateway, the pullers and the load
+    generator all use it). A single sample too large on its own is yielded as it is: the
+    stream dead-letters it with its reason."""
+    for start in range(0, len(samples), max_samples):
+        todo = [list(samples[start:start + max_samples])]
+        while todo:
+            chunk = todo.pop()
+            stamp = sent_ms if sent_ms is not None else int(time.time() * 1000)
+            payload = encode(Telemetry(source=source, samples=chunk, device=device,
+                                       sent_ms=stamp))
+            if len(payload) <= max_bytes or len(chunk) == 1:
+                yield chunk, payload
+                continue
+            half = len(chunk) // 2
+            todo += [chunk[half:], chunk[:half]]  # the first half next: order is kept
 
 
 def json_schema() -> dict[str, Any]:

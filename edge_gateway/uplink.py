@@ -33,16 +33,15 @@ from paho.mqtt.properties import Properties
 
 from core.mqtt_url import parse_mqtt_url
 from core.protocol import (
-    MAX_PAYLOAD_BYTES,
     NO_MATCHING_SUBSCRIBERS,
     Channel,
     DeviceEvent,
     Sample,
     Source,
     Status,
-    Telemetry,
     device_login,
     encode,
+    telemetry_payloads,
     topic_for,
 )
 from edge_gateway.commands import CommandHandler
@@ -294,13 +293,9 @@ class Uplink:
             window.release()
 
     def _payloads(self, samples: list[Sample]) -> list[bytes]:
-        """Encoded telemetry messages for a batch, split in halves until each fits the limit."""
-        payload = encode(Telemetry(source=Source.GATEWAY, samples=samples, device=self.gw.device,
-                                   sent_ms=_now_ms()))
-        if len(payload) <= MAX_PAYLOAD_BYTES or len(samples) == 1:
-            return [payload]
-        half = len(samples) // 2
-        return self._payloads(samples[:half]) + self._payloads(samples[half:])
+        """Encoded telemetry messages for a batch, within the stream's limits."""
+        return [payload for _, payload in telemetry_payloads(
+            samples, source=Source.GATEWAY, device=self.gw.device, sent_ms=_now_ms())]
 
     # ---- status, events, commands -------------------------------------------------------------
 

@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from core.protocol import (
-    MAX_PAYLOAD_BYTES,
     MAX_SAMPLES_PER_MESSAGE,
     Channel,
     Sample,
     Source,
-    Telemetry,
-    encode,
+    telemetry_payloads,
     topic_for,
 )
 from simulators.errors import SimulatorError
@@ -307,15 +305,11 @@ class LoadGenerator:
                        samples: list[Sample]) -> None:
         # one task per vehicle at a time, messages in sequence order: the broker keeps the
         # order of one connection, so every vehicle's samples arrive in order
-        batch = self.config.batch_size
         try:
             k = 0
-            while k < len(samples):
-                chunk = samples[k:k + batch]
-                payload = self._payload(v, chunk)
-                while len(payload) > MAX_PAYLOAD_BYTES and len(chunk) > 1:
-                    chunk = chunk[:len(chunk) // 2]  # stay under the stream's size limit
-                    payload = self._payload(v, chunk)
+            for chunk, payload in telemetry_payloads(samples, source=Source.SIMULATOR,
+                                                     device=v.code,
+                                                     max_samples=self.config.batch_size):
                 async with self._inflight:
                     self._inflight_count += 1
                     try:
@@ -331,11 +325,6 @@ class LoadGenerator:
                 k += len(chunk)
         finally:
             v.sending = None
-
-    @staticmethod
-    def _payload(v: _SimVehicle, chunk: list[Sample]) -> bytes:
-        return encode(Telemetry(source=Source.SIMULATOR, samples=chunk, device=v.code,
-                                sent_ms=int(time.time() * 1000)))
 
     async def _flush(self, clients: list[aiomqtt.Client]) -> None:
         """Send what is still pending (also the backlog of vehicles offline at the end)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -22,12 +21,10 @@ import msgspec
 from api.integrations.errors import IntegrationError
 from core.mqtt_url import parse_mqtt_url
 from core.protocol import (
-    MAX_SAMPLES_PER_MESSAGE,
     Channel,
     Sample,
     Source,
-    Telemetry,
-    encode,
+    telemetry_payloads,
     topic_for,
 )
 from core.settings import MqttSettings
@@ -121,14 +118,13 @@ class MqttPublisher:
 
     async def publish(self, tenant: str, vehicle: str, source: Source,
                       samples: Sequence[Sample]) -> int:
-        """Publish `samples` in batches of at most MAX_SAMPLES_PER_MESSAGE, waiting for PUBACK."""
+        """Publish `samples` in messages within the stream's limits (count and bytes), in
+        sequence order, each waiting for its PUBACK."""
         ordered = sorted(samples, key=lambda s: s.seq)
         topic = topic_for(tenant, vehicle, Channel.TELEMETRY)
         sent = 0
-        for i in range(0, len(ordered), MAX_SAMPLES_PER_MESSAGE):
-            batch = ordered[i:i + MAX_SAMPLES_PER_MESSAGE]
-            message = Telemetry(source=source, samples=batch, sent_ms=int(time.time() * 1000))
-            await self._publish_one(topic, encode(message))
+        for _, payload in telemetry_payloads(ordered, source=source):
+            await self._publish_one(topic, payload)
             sent += 1
         self.messages += sent
         return sent

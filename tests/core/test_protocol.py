@@ -188,3 +188,44 @@ def test_published_json_schema_is_current() -> None:
     on_disk = json.loads((REPO / "docs" / "protocol.schema.json").read_text())
     assert on_disk == msgspec.json.decode(msgspec.json.encode(p.json_schema())), \
         "regenerate with: python -m core.protocol > docs/protocol.schema.json"
+
+
+_wide = st.builds(
+    lambda seq, n: p.Sample(seq=seq, t_ms=1_767_225_600_000 + seq, speed_kph=50.0,
+                            rpm=1500.0, fuel_pct=40.0, odometer_km=12345.678,
+                            coolant_c=90.0, battery_v=13.8, lat_deg=52.5, lon_deg=13.4,
+                            extra={f"sig{i}": float(i) for i in range(n)}),
+    st.integers(min_value=1, max_value=10**9), st.integers(min_value=0, max_value=64))
+
+
+@given(st.lists(_wide, min_size=1, max_size=1500, unique_by=lambda s: s.seq),
+       st.integers(min_value=1, max_value=1000), st.integers(min_value=300, max_value=20_000))
+@settings(max_examples=60, deadline=None)
+def test_telemetry_payloads_keep_every_sample_in_order_within_both_limits(
+        samples: list[p.Sample], max_samples: int, max_bytes: int) -> None:
+    """The one splitting function (#14): nothing lost or repeated, order kept, every message
+    within the count and byte limits unless it holds a single sample, and each decodes to
+    exactly the samples it says it holds."""
+    out = list(p.telemetry_payloads(samples, source=p.Source.SAMSARA, max_samples=max_samples,
+                                    max_bytes=max_bytes))
+    assert [s for chunk, _ in out for s in chunk] == samples
+    for chunk, payload in out:
+        assert len(chunk) <= max_samples
+        assert len(payload) <= max_bytes or len(chunk) == 1
+        message = p.decode(payload, p.Telemetry) if len(payload) <= p.MAX_PAYLOAD_BYTES else None
+        if message is not None:
+            assert list(message.samples) == chunk
+
+
+def test_a_thousand_wide_vendor_samples_are_cut_to_the_byte_limit() -> None:
+    """What the Samsara and Smartcar pullers publish: a full 1,000-sample batch of a vendor
+    with 64 extra signals each is over 256 KiB as one message, so it is cut."""
+    samples = [p.Sample(seq=i, t_ms=1_767_225_600_000 + i, speed_kph=50.0, lat_deg=52.5,
+                        lon_deg=13.4, extra={f"signal_{k}": 1234.5678 + k for k in range(64)})
+               for i in range(1, 1001)]
+    whole = p.encode(p.Telemetry(source=p.Source.SAMSARA, samples=samples))
+    assert len(whole) > p.MAX_PAYLOAD_BYTES
+    out = list(p.telemetry_payloads(samples, source=p.Source.SAMSARA))
+    assert len(out) > 1
+    assert all(len(payload) <= p.MAX_PAYLOAD_BYTES for _, payload in out)
+    assert sum(len(chunk) for chunk, _ in out) == 1000
