@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             settings = load_api_settings(getattr(args, "config", None))
-            configure_logging(json_lines=settings.api.log_json)
+            configure_logging("api", json_lines=settings.api.log_json)
             app = create_app(settings)
         except FleetError as exc:
             print(f"fleet api: {exc}", file=sys.stderr)

@@ -81,7 +81,8 @@ class ApiSection(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Broker URL written into provisioned gateway configs; default: the [mqtt] host/port."""
     db_pool_min: int = 2
     db_pool_max: int = 10
-    log_json: bool = True
+    log_json: bool | None = None
+    """JSON lines on stderr (true), plain text (false), or JSON unless stderr is a terminal."""
     extensions: bool = True
     """Mount `api.integrations.routes` and start `api.jobs.runner` when they are installed."""
 

@@ -58,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from core.errors import FleetError
+    from core.logs import configure_logging
     from core.stopping import StopSignals
     from edge_gateway.errors import GatewayError
 
     # Before anything else, so that a signal during start-up is a clean stop too.
     stop = StopSignals("gateway").install()
-    logging.basicConfig(level=args.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("gateway", level=args.log_level)
     log = logging.getLogger("edge_gateway")
     try:
         settings = load(args)

@@ -58,12 +58,12 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run the stream until it is stopped (SIGTERM/SIGINT: exit 0) or fails."""
+    from core.logs import configure_logging
     from core.stopping import StopSignals
 
     # First, so that a signal during start-up is a clean stop too.
     stop = StopSignals("stream").install()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("stream")
     log = logging.getLogger("stream")
     from core.errors import FleetError
 

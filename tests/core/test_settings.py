@@ -88,3 +88,4 @@ def test_missing_or_broken_config_file(tmp_path: Path) -> None:
     bad.write_text("[tuning\n")
     with pytest.raises(SettingsError, match="not valid TOML"):
         load_settings(Root, config_file=bad, environ={}, local_file=None)
+
