@@ -17,7 +17,7 @@ from msgspec import Meta
 from core.protocol import MAX_PAYLOAD_BYTES, whole
 from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 from geo.config import GeofenceSettings
-from stream.anomaly import AnomalySettings
+from stream.detectors.anomaly import AnomalySettings
 from stream.detectors.config import DetectorSettings
 
 DB_RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0)

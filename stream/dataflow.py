@@ -8,7 +8,7 @@
 6. ``vehicle``    dedupe, reorder/watermark, GPS filters, motion/ignition, detectors
                   (stream.vehicle; the detectors in `stream.detectors.build_detectors` order)
 7. ``fleet_economy`` fuel-economy windows re-keyed by (tenant, model) and scored against
-                  the vehicle's peers (stream.anomaly.FleetEconomy) -> anomalies
+                  the vehicle's peers (stream.economy.FleetEconomy) -> anomalies
 8. ``sink``       TimescaleDB (COPY, idempotent), vehicle_state, rollups, Redis live (stream.sink)
 """
 
@@ -52,7 +52,7 @@ class FlowParts:
     index_provider: IndexProvider
     vehicle: VehicleStepConfig
     fleet_economy: Any = None
-    """`stream.anomaly.FleetEconomy`; None leaves the fleet-relative step out."""
+    """`stream.economy.FleetEconomy`; None leaves the fleet-relative step out."""
 
 
 def _is_batch(item: VehicleBatch | RejectRow) -> TypeGuard[VehicleBatch]:

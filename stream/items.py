@@ -18,7 +18,7 @@ from core.protocol import Sample, Source
 from stream.model import Event, Reading, VehicleRef
 
 if TYPE_CHECKING:
-    from stream.anomaly import EconomySample
+    from stream.economy import EconomySample
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,11 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from stream.anomaly import EconomyTracker, FleetEconomy
 from stream.config import DataflowSettings, StreamSettings
 from stream.dataflow import FlowParts, build_flow, load_detectors
 from stream.decode import Decoder
 from stream.directory import VehicleDirectory, postgres_loader
+from stream.economy import EconomyTracker, FleetEconomy
 from stream.mqtt_source import MqttSource
 from stream.sink import PostgresSink
 from stream.vehicle import VehicleStepConfig

@@ -40,10 +40,10 @@ import msgspec
 from bytewax.operators import StatefulBatchLogic
 
 from core.protocol import Channel, RejectReason, Sample, Source, topic_for
-from stream.anomaly import EconomyAccumulator
 from stream.config import DataflowSettings, FilterSettings, RollupSettings
 from stream.derived import derive
 from stream.detectors.base import Detector
+from stream.economy import EconomyAccumulator
 from stream.filters import Fix, check_position, check_time, is_duplicate, strip_position
 from stream.items import (
     EconomyItem,
@@ -134,7 +134,7 @@ class VehicleState:
     inside: frozenset[UUID] = frozenset()
     detectors: dict[str, Any] = field(default_factory=dict)
     economy: Any = None
-    """State of the fuel-economy tracker (`stream.anomaly.EconomyTracker`), when enabled."""
+    """State of the fuel-economy tracker (`stream.economy.EconomyTracker`), when enabled."""
     last_tick_ms: int = 0
     duplicates: int = 0
     late: int = 0
@@ -178,15 +178,22 @@ class _SnapshotUnpickler(pickle.Unpickler):
     }
 
     _MOVED: ClassVar[dict[str, str]] = {
-        # The contracts moved into the foundation package on 2026-12-07 (#14).
+        # Moved on 2026-12-07 (#14): the contracts into the foundation package, the anomaly
+        # scorer among the detectors (its fuel-economy half into stream.economy, below).
         "edge_gateway.protocol": "core.protocol",
         "stream.live": "core.live",
+        "stream.anomaly": "stream.detectors.anomaly",
     }
+    _ECONOMY: ClassVar[frozenset[str]] = frozenset({"EconomyAccumulator", "EconomySample"})
 
     def find_class(self, module: str, name: str, /) -> Any:
         """Our classes, with the stand-ins for the old forms and their modules' new homes."""
-        return (self._LEGACY.get((module, name))
-                or super().find_class(self._MOVED.get(module, module), name))
+        legacy = self._LEGACY.get((module, name))
+        if legacy is not None:
+            return legacy
+        if module == "stream.anomaly" and name in self._ECONOMY:
+            return super().find_class("stream.economy", name)
+        return super().find_class(self._MOVED.get(module, module), name)
 
 
 def load_snapshot(blob: bytes) -> VehicleState:
@@ -213,7 +220,7 @@ class VehicleStepConfig:
     detectors: Sequence[Detector]
     clock_ms: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)
     economy: Any = None
-    """`stream.anomaly.EconomyTracker` feeding the fleet-relative score; None disables it."""
+    """`stream.economy.EconomyTracker` feeding the fleet-relative score; None disables it."""
     rollups: RollupSettings = field(default_factory=RollupSettings)
     batch_detectors: tuple[tuple[Detector, BatchFn | None], ...] = field(init=False)
     """The detectors in order, each with its ``on_readings`` when it has one."""

@@ -8,18 +8,20 @@ factory, so the list stays readable in one place while detectors get their own s
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final, cast
 
+from geo.config import GeofenceSettings
+from geo.index import FenceIndex
+from stream.detectors.anomaly import AnomalyScorer, AnomalySettings
 from stream.detectors.base import Detector
 from stream.detectors.battery import LowBatteryDetector
 from stream.detectors.config import DetectorSettings
 from stream.detectors.coolant import CoolantOverheatDetector
 from stream.detectors.dtc import DtcDetector
 from stream.detectors.fuel import FuelDetector
+from stream.detectors.geofence import GeofenceDetector
 from stream.detectors.harsh import HarshDrivingDetector
 from stream.detectors.idling import IdlingDetector
 from stream.detectors.ignition import IgnitionDetector
@@ -28,11 +30,6 @@ from stream.detectors.overspeed import IndexProvider, OverspeedDetector
 
 __all__ = ["DETECTORS", "BuildContext", "Detector", "DetectorSettings", "build_detectors"]
 
-if TYPE_CHECKING:
-    from stream.anomaly import AnomalySettings
-
-GEOFENCE_MODULE: Final = "stream.detectors.geofence"
-
 
 @dataclass(frozen=True, slots=True)
 class BuildContext:
@@ -40,33 +37,25 @@ class BuildContext:
 
     settings: DetectorSettings
     index_provider: IndexProvider
-    geofence_settings: Any | None
+    geofence_settings: GeofenceSettings | None
     anomaly_settings: AnomalySettings | None
     clock: Callable[[], int]
 
 
-def _geofence(ctx: BuildContext) -> Detector | None:
-    """The geofence detector, when its module exists (it is developed alongside)."""
-    if importlib.util.find_spec(GEOFENCE_MODULE) is None:
-        return None
-    # Imported lazily: a missing module means "not built yet", but any error inside it must
-    # surface, so only the existence check is guarded.
-    geofence = importlib.import_module(GEOFENCE_MODULE)
-    settings = ctx.geofence_settings
-    if settings is None:
-        settings = importlib.import_module("geo.config").GeofenceSettings()
-    detector: Detector = geofence.GeofenceDetector(ctx.index_provider, settings)
-    return detector
+def _geofence(ctx: BuildContext) -> Detector:
+    """The geofence detector (first: the others use the fences a reading is in)."""
+    # The stream's provider returns the geo index itself (a FenceIndex, which is also what
+    # overspeed reads its per-fence limits from).
+    provider = cast("Callable[[], FenceIndex]", ctx.index_provider)
+    return GeofenceDetector(provider, ctx.geofence_settings or GeofenceSettings())
 
 
 def _anomaly(ctx: BuildContext) -> Detector:
-    """The anomaly scorer (imported here: stream.anomaly itself uses stream.detectors.common)."""
-    from stream.anomaly import AnomalyScorer
-
+    """The anomaly scorer."""
     return AnomalyScorer(ctx.anomaly_settings)
 
 
-DETECTORS: Final[tuple[tuple[str, Callable[[BuildContext], Detector | None]], ...]] = (
+DETECTORS: Final[tuple[tuple[str, Callable[[BuildContext], Detector]], ...]] = (
     ("geofence", _geofence),
     ("ignition", lambda c: IgnitionDetector(c.settings)),
     ("overspeed", lambda c: OverspeedDetector(c.settings, c.index_provider)),
@@ -79,11 +68,11 @@ DETECTORS: Final[tuple[tuple[str, Callable[[BuildContext], Detector | None]], ..
     ("device_offline", lambda c: OfflineDetector(c.settings, c.clock)),
     ("anomaly", _anomaly),
 )
-"""(name, factory) in running order; a factory returning None leaves its detector out."""
+"""(name, factory) in running order."""
 
 
 def build_detectors(settings: DetectorSettings, index_provider: IndexProvider,
-                    geofence_settings: Any | None = None,
+                    geofence_settings: GeofenceSettings | None = None,
                     anomaly_settings: AnomalySettings | None = None,
                     *, clock: Callable[[], int] = wall_clock_ms) -> list[Detector]:
     """Instantiate `DETECTORS` in order.
@@ -93,8 +82,7 @@ def build_detectors(settings: DetectorSettings, index_provider: IndexProvider,
     Each detector's `name` is the key of its state in a vehicle's snapshot.
     """
     ctx = BuildContext(settings, index_provider, geofence_settings, anomaly_settings, clock)
-    built = [factory(ctx) for _, factory in DETECTORS]
-    detectors = [d for d in built if d is not None]
+    detectors = [factory(ctx) for _, factory in DETECTORS]
     names = [d.name for d in detectors]
     if len(set(names)) != len(names):
         raise ValueError(f"detector names must be unique, got {names}")

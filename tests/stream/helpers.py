@@ -14,11 +14,12 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from core.protocol import Channel, Sample, Source, Telemetry, encode, topic_for
-from stream.anomaly import AnomalySettings, EconomyTracker, FleetEconomy
 from stream.config import DataflowSettings, FilterSettings
 from stream.dataflow import FlowParts, build_flow
 from stream.decode import Decoder
+from stream.detectors.anomaly import AnomalySettings
 from stream.directory import VehicleDirectory, VehicleRecord
+from stream.economy import EconomyTracker, FleetEconomy
 from stream.items import InboxMessage, SinkItem, unbundle
 from stream.model import Event, Reading, VehicleEvent
 from stream.vehicle import VehicleStepConfig

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import uuid
 
-from stream.anomaly import ECONOMY_SIGNAL, AnomalySettings
+from stream.detectors.anomaly import AnomalySettings
 from stream.directory import VehicleRecord
+from stream.economy import ECONOMY_SIGNAL
 from stream.items import EmittedEvent
 from stream.model import AnomalyRecord
 from tests.stream.helpers import TENANT, TENANT_ID, Inbox, run_flow, sample

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from core.protocol import Sample, Source
 from geo.index import FenceIndex
-from stream.anomaly import EconomyAccumulator, EconomyTracker
 from stream.config import StreamSettings
 from stream.dataflow import load_detectors
+from stream.economy import EconomyAccumulator, EconomyTracker
 from stream.filters import Fix
 from stream.items import StoredSample, VehicleBatch
 from stream.model import VehicleRef

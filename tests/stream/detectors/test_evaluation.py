@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from stream.anomaly import AnomalySettings, EconomySample, EconomyTracker, FleetEconomy
 from stream.detectors import build_detectors
+from stream.detectors.anomaly import AnomalySettings
 from stream.detectors.config import DetectorSettings
+from stream.economy import EconomySample, EconomyTracker, FleetEconomy
 from stream.model import AnomalyRecord, Event, VehicleEvent
 
 from .scenario import (

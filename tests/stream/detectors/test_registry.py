@@ -8,8 +8,8 @@ import pickle
 import msgspec
 import pytest
 
-from stream.anomaly import AnomalySettings
 from stream.detectors import DETECTORS, build_detectors
+from stream.detectors.anomaly import AnomalySettings
 from stream.detectors.config import DetectorSettings
 
 
