@@ -32,7 +32,7 @@ from api.db import POOL_KEY, create_pool
 from api.errors import ApiConfigError, Unavailable, error_middleware
 from api.integrations import routes as integration_routes
 from api.jobs import wiring
-from api.live import HUB_KEY, LiveHub, live_handler
+from api.live_socket import HUB_KEY, LiveHub, live_handler
 from api.metrics import METRICS_KEY, ApiMetrics, metrics_handler
 from api.middleware import (
     RATE_LIMIT_KEY,

@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from core.stopping import StopSignals
 
-# The simulators' synthetic city (simulators.routes.SyntheticCity defaults): the demo's fences
+# The simulators' synthetic city (simulators.roads.SyntheticCity defaults): the demo's fences
 # are laid out on its street grid so that vehicles actually drive through them.
 CITY_LAT_DEG = 48.1372
 CITY_LON_DEG = 11.5756

@@ -27,7 +27,7 @@ from simulators import dbc, isotp
 from simulators.errors import FrontEndError
 from simulators.obd_ecu import ObdEcu
 from simulators.pty_port import PtyServer
-from simulators.vehicle import VehicleModel, VehicleState
+from simulators.vehicle import ModelState, VehicleModel
 
 if TYPE_CHECKING:
     import can
@@ -82,7 +82,7 @@ def dm1_payload(dtcs: list[str]) -> bytes:
     return bytes(out.ljust(8, b"\xff"))
 
 
-def _fuel_economy(s: VehicleState) -> float:
+def _fuel_economy(s: ModelState) -> float:
     if s.fuel_rate_lph <= 0.1:
         return 0.0
     return min(125.0, s.speed_kph / s.fuel_rate_lph)
@@ -90,7 +90,7 @@ def _fuel_economy(s: VehicleState) -> float:
 
 # J1939 message -> signal -> value from the model; signals not listed are sent as
 # "not available" (all bits set), as a real ECU does for parameters it does not measure.
-J1939_SIGNALS: Final[Mapping[str, Mapping[str, Callable[[VehicleState], float]]]] = {
+J1939_SIGNALS: Final[Mapping[str, Mapping[str, Callable[[ModelState], float]]]] = {
     "EEC1": {
         "EngTorqueMode": lambda s: 0.0,
         "DriversDemandEngPercentTorque": lambda s: max(0.0, s.throttle_pct - 12.0),
@@ -252,7 +252,7 @@ class CanEcu:
         self.frames_sent += len(out)
         return out
 
-    def encode(self, name: str, state: VehicleState) -> Frame:
+    def encode(self, name: str, state: ModelState) -> Frame:
         """One J1939 message from the model's state, encoded with cantools."""
         message = self._db.get_message_by_name(name)
         values = J1939_SIGNALS[name]
@@ -270,7 +270,7 @@ class CanEcu:
         frame_id = (message.frame_id & ~0xFF) | self._source_address
         return Frame(frame_id, bytes(raw), True)
 
-    def _dm1(self, state: VehicleState, now: float) -> list[Frame]:
+    def _dm1(self, state: ModelState, now: float) -> list[Frame]:
         """DM1 in one frame, or announced by TP.CM BAM with its packets queued."""
         payload = dm1_payload(state.dtcs)
         sa = self._source_address

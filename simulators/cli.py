@@ -84,7 +84,7 @@ def _run_vehicle(args: argparse.Namespace) -> int:
 
     from core.stopping import StopSignals
     from simulators.errors import SimulatorError
-    from simulators.routes import GeoJsonRoutes
+    from simulators.roads import GeoJsonRoutes
     from simulators.runner import RealtimeDriver
     from simulators.vehicle import Fault, VehicleModel
 

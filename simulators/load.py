@@ -31,8 +31,8 @@ from core.protocol import (
     topic_for,
 )
 from simulators.errors import SimulatorError
-from simulators.routes import RouteSource, SyntheticCity
-from simulators.vehicle import Fault, FaultKind, VehicleModel, VehicleState
+from simulators.roads import RouteSource, SyntheticCity
+from simulators.vehicle import Fault, FaultKind, ModelState, VehicleModel
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -49,7 +49,7 @@ def vehicle_codes(count: int, prefix: str = "sim") -> list[str]:
     return [f"{prefix}-{i:05d}" for i in range(count)]
 
 
-def sample_of(state: VehicleState, seq: int) -> Sample:
+def sample_of(state: ModelState, seq: int) -> Sample:
     """The wire-contract sample of a model state (no position without a GPS fix)."""
     fix = state.gps_fix > 0
     return Sample(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from simulators.pty_port import PtyServer
-from simulators.vehicle import VehicleModel, VehicleState
+from simulators.vehicle import ModelState, VehicleModel
 
 KNOTS_PER_KPH: Final = 1 / 1.852
 GEOID_SEPARATION_M: Final = 47.0
@@ -54,7 +54,7 @@ def _lon(value: float) -> tuple[str, str]:
     return f"{deg:03d}{(value - deg) * 60:08.5f}", hemi
 
 
-def sentences(state: VehicleState, talker: str = "GP") -> list[str]:
+def sentences(state: ModelState, talker: str = "GP") -> list[str]:
     """The RMC, GGA, VTG and GSA bodies (without ``$`` and checksum) for one fix."""
     when = dt.datetime.fromtimestamp(state.t_ms / 1000, tz=dt.UTC)
     hms = when.strftime("%H%M%S.") + f"{when.microsecond // 10000:02d}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from simulators import dbc
-from simulators.vehicle import VehicleModel, VehicleState
+from simulators.vehicle import ModelState, VehicleModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +22,10 @@ class PidSpec:
 
     pid: int
     signal: str
-    value: Callable[[VehicleState], float]
+    value: Callable[[ModelState], float]
 
 
-def _monitor_status(s: VehicleState) -> float:
+def _monitor_status(s: ModelState) -> float:
     # A7 = MIL, A6..A0 = number of confirmed DTCs; B = spark ignition, all tests complete.
     a = (0x80 if s.dtcs else 0) | min(len(s.dtcs), 0x7F)
     return float((a << 24) | (0x07 << 16))
@@ -116,7 +116,7 @@ class ObdEcu:
             return bytes([NEGATIVE_RESPONSE, service, SERVICE_NOT_SUPPORTED])
         return handler(self, params)
 
-    def mode01_data(self, pid: int, state: VehicleState | None = None) -> bytes | None:
+    def mode01_data(self, pid: int, state: ModelState | None = None) -> bytes | None:
         """Data bytes (A, B, ...) of one service 01 PID, or None if unsupported."""
         state = state or self.model.state
         if pid in BITMAP_PIDS:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from simulators.errors import FaultSpecError
-from simulators.routes import RouteSource, SyntheticCity, Waypoint
+from simulators.roads import RouteSource, SyntheticCity, Waypoint
 
 # Vehicle constants: a 1.5 t car with a 2.0 l petrol engine and a 6-speed automatic.
 MASS_KG: Final = 1500.0
@@ -135,7 +135,7 @@ class GroundTruth(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
-class VehicleState:
+class ModelState:
     """A snapshot of the vehicle at `t_ms`; front-ends read it, never change it."""
 
     t_ms: int
@@ -293,7 +293,7 @@ class VehicleModel:
     # ---- public ----------------------------------------------------------------------------
 
     @property
-    def state(self) -> VehicleState:
+    def state(self) -> ModelState:
         """The latest snapshot (immutable)."""
         return self._state
 
@@ -323,7 +323,7 @@ class VehicleModel:
             self._mil_km = 0.0
             self._state = self._snapshot()
 
-    def step(self, dt_s: float) -> VehicleState:
+    def step(self, dt_s: float) -> ModelState:
         """Advance simulated time by `dt_s` seconds (in sub-steps of at most 1 s)."""
         if dt_s < 0:
             raise ValueError("dt_s must not be negative")
@@ -735,7 +735,7 @@ class VehicleModel:
 
     # ---- snapshot --------------------------------------------------------------------------
 
-    def _snapshot(self) -> VehicleState:
+    def _snapshot(self) -> ModelState:
         rng_free_x, rng_free_y = self._x + self._noise_x, self._y + self._noise_y
         gps_fix, hdop, sats = 1, self._hdop, self._sats
         online, nmea_corrupt = True, False
@@ -757,7 +757,7 @@ class VehicleModel:
         lat, lon = self.route.projection.to_latlon(rng_free_x, rng_free_y)
         on = self._ignition
         speed_kph = self._v * 3.6
-        return VehicleState(
+        return ModelState(
             t_ms=self._now_ms(),
             lat_deg=lat, lon_deg=lon, alt_m=self._altitude(),
             speed_kph=speed_kph, heading_deg=self._heading % 360.0,

@@ -18,7 +18,7 @@ from uuid import UUID
 import psycopg
 
 from core.protocol import Reject, RejectReason
-from stream.errors import SourceError
+from stream.errors import StreamSourceError
 from stream.model import VehicleRef
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def postgres_loader(url: str, connect_timeout_s: float = 10.0) -> Loader:
             with psycopg.connect(url, connect_timeout=int(connect_timeout_s)) as conn:
                 rows = conn.execute(_QUERY).fetchall()
         except psycopg.Error as exc:
-            raise SourceError(f"cannot read the vehicle directory: {exc}") from exc
+            raise StreamSourceError(f"cannot read the vehicle directory: {exc}") from exc
         return [VehicleRecord(*row) for row in rows]
 
     return load

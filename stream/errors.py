@@ -13,7 +13,7 @@ class StreamConfigError(StreamError):
     """Settings that cannot work (checked at start-up)."""
 
 
-class SourceError(StreamError):
+class StreamSourceError(StreamError):
     """The MQTT source or its inbox could not do its job (broker or database down)."""
 
 

@@ -48,7 +48,7 @@ from core.mqtt_url import MqttTarget, parse_mqtt_url
 from core.protocol import Channel, RejectReason, subscription
 from core.settings import MqttSettings
 from stream.config import DB_RETRY_DELAYS_S, DB_RETRY_LOG_EVERY, LimitSettings, SourceSettings
-from stream.errors import SourceError, StreamConfigError, first_line
+from stream.errors import StreamConfigError, StreamSourceError, first_line
 from stream.items import InboxMessage, RejectRow
 from stream.limits import Limiter, Verdict
 from stream.sink import REJECTS
@@ -138,7 +138,7 @@ class _Inbox:
 
     def __init__(self, url: str, partition: str, connect_timeout_s: float,
                  halt: threading.Event | None = None) -> None:
-        """`halt`, when set, ends a wait for an unreachable database with SourceError."""
+        """`halt`, when set, ends a wait for an unreachable database with StreamSourceError."""
         self.url = url
         self.partition = partition
         self.connect_timeout_s = connect_timeout_s
@@ -166,11 +166,11 @@ class _Inbox:
                         self.partition, what, first_line(exc), attempt + 1, delay)
                 self.close()
                 if self.halt.wait(delay):
-                    raise SourceError(f"inbox {self.partition}: stopped while the database "
+                    raise StreamSourceError(f"inbox {self.partition}: stopped while the database "
                                       f"was unreachable") from exc
                 attempt += 1
             except psycopg.Error as exc:
-                raise SourceError(f"inbox {self.partition}: {what} failed: {exc}") from exc
+                raise StreamSourceError(f"inbox {self.partition}: {what} failed: {exc}") from exc
             else:
                 if attempt:
                     log.info("inbox %s %s succeeded again after %d failed attempts",
@@ -308,7 +308,7 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
         self.lock = threading.Lock()
         self.ready: collections.deque[list[InboxMessage]] = collections.deque()
         self.ready_messages = 0
-        self.failure: SourceError | None = None
+        self.failure: StreamSourceError | None = None
         self.snapshots: collections.deque[tuple[float, int]] = collections.deque()
         self.last_prune = time.monotonic()
         self.stat_messages, self.stat_commit_s = 0, 0.0
@@ -343,12 +343,12 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
             client.connect(target.host, target.port, keepalive=self.src.mqtt.keepalive_s,
                            clean_start=False, properties=props)
         except OSError as exc:
-            raise SourceError(f"cannot connect to the MQTT broker {target.host}:{target.port}: "
-                              f"{exc}") from exc
+            raise StreamSourceError(
+                f"cannot connect to the MQTT broker {target.host}:{target.port}: {exc}") from exc
         client.loop_start()
         if not self.connected.wait(self.src.connect_timeout_s):
             client.loop_stop()
-            raise SourceError(f"MQTT broker {target.host}:{target.port} did not accept "
+            raise StreamSourceError(f"MQTT broker {target.host}:{target.port} did not accept "
                               f"partition {self.partition} within {self.src.connect_timeout_s} s")
         return client
 
@@ -423,11 +423,11 @@ class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):
                 else:
                     self.wake.wait(self._wait_s())
                     self.wake.clear()
-        except SourceError as exc:
+        except StreamSourceError as exc:
             if not self.halt.is_set():
                 self.failure = exc
         except Exception as exc:  # noqa: BLE001 - anything else would stall the partition silently
-            self.failure = SourceError(f"inbox {self.client_id}: intake failed: {exc!r}")
+            self.failure = StreamSourceError(f"inbox {self.client_id}: intake failed: {exc!r}")
 
     def _commit_received(self) -> None:
         taken: list[_Received] = []

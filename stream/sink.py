@@ -371,7 +371,7 @@ class Batch:
                     b.states[item.ref.vehicle_id] = item
 
 
-class Publisher:
+class LivePublisher:
     """Publishes live messages on Redis (best effort: failures are logged, not raised)."""
 
     def __init__(self, url: str) -> None:
@@ -754,7 +754,7 @@ class SinkStats:
 class _SinkPartition(StatelessSinkPartition[SinkInput]):
     def __init__(self, sink: PostgresSink) -> None:
         self.db = DatabaseWriter(sink.database_url, connect_timeout_s=sink.connect_timeout_s)
-        self.publisher = Publisher(sink.redis_url) if sink.redis_url else None
+        self.publisher = LivePublisher(sink.redis_url) if sink.redis_url else None
         self.stats = SinkStats()
         self.rollups = (RollupRefresher(sink.database_url, sink.rollup_interval_s,
                                         sink.connect_timeout_s)

@@ -7,7 +7,7 @@ import hashlib
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from api.integrations.errors import ConfigError, TokenCipherError
+from api.integrations.errors import IntegrationConfigError, TokenCipherError
 
 _MIN_SECRET_CHARS = 16
 
@@ -17,7 +17,7 @@ class TokenCipher:
 
     def __init__(self, secret: str) -> None:
         if len(secret) < _MIN_SECRET_CHARS:
-            raise ConfigError(
+            raise IntegrationConfigError(
                 f"integrations.token_key must have at least {_MIN_SECRET_CHARS} characters")
         # A KDF over a settings string gives a valid 32-byte Fernet key from any passphrase;
         # the domain label keeps this key distinct from other uses of the same secret.

@@ -9,7 +9,7 @@ class IntegrationError(FleetError):
     """Root of every error raised by api.integrations."""
 
 
-class ConfigError(IntegrationError):
+class IntegrationConfigError(IntegrationError):
     """A setting is missing or wrong (e.g. no token key configured)."""
 
 

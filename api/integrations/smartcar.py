@@ -37,7 +37,7 @@ import msgspec
 
 from api.integrations.config import IntegrationsSettings
 from api.integrations.crypto import TokenCipher
-from api.integrations.errors import ConfigError, NotConnectedError, VendorError
+from api.integrations.errors import IntegrationConfigError, NotConnectedError, VendorError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import Publisher, make_sample, vendor_seq
 from api.integrations.smartcar_common import connected_vehicles_sql, location_cache_key, poll_each
@@ -353,7 +353,7 @@ def build_puller(pool: asyncpg.Pool, http: VendorHttp, publisher: Publisher, red
         return SmartcarPuller(pool, tokens, publisher, redis, poll_s=settings.smartcar_poll_s,
                               location_cache_s=settings.smartcar_location_cache_s)
     if settings.smartcar_api_version != "v3":
-        raise ConfigError("the Smartcar 2.0 puller needs integrations.token_key (the "
+        raise IntegrationConfigError("the Smartcar 2.0 puller needs integrations.token_key (the "
                           "vehicles' token pairs are stored encrypted with it)")
     log.warning("integrations.token_key is not set: vehicles connected under Smartcar 2.0 are "
                 "not polled, those connected under v3 are")

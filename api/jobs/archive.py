@@ -283,7 +283,7 @@ class BlobArchive:
 
 
 @dataclass(frozen=True)
-class Reject:
+class ArchiveReject:
     """A row the archive cannot encode: a dead letter in archive_rejects."""
 
     key: dict[str, Any]
@@ -311,7 +311,7 @@ class ArchivedDay:
     from_table: int = -1
     """Rows read from the table this time (what a drop of the chunk removes, dead letters
     included); -1: `rows`."""
-    rejected: tuple[Reject, ...] = ()
+    rejected: tuple[ArchiveReject, ...] = ()
     """Rows of the table left out of the object and written to archive_rejects."""
     new_rejects: int = 0
     """How many of `rejected` were not dead letters already (an earlier run found the rest)."""
@@ -486,7 +486,7 @@ async def _export_day(conn: asyncpg.Connection, store: BlobArchive, table: str, 
 
 
 async def _record_rejects(conn: asyncpg.Connection, table: str, *, tenant_id: Any, day: date,
-                          rejected: Sequence[Reject], archived: Sequence[Sequence[Any]],
+                          rejected: Sequence[ArchiveReject], archived: Sequence[Sequence[Any]],
                           key_of: Callable[[Sequence[Any]], dict[str, Any]]) -> int:
     """Write a tenant-day's dead letters and drop those whose row is now in the object (fixed
     and written again). Returns how many were not dead letters before (a rerun that finds the
@@ -521,8 +521,8 @@ def _key(columns: Sequence[Column], key: Sequence[str], record: Sequence[Any]) -
 
 
 def _reject(columns: Sequence[Column], key: Sequence[str], record: Sequence[Any], *,
-            column: str, reason: str, row_text: str) -> Reject:
-    return Reject(_key(columns, key, record), column, reason[:500], row_text)
+            column: str, reason: str, row_text: str) -> ArchiveReject:
+    return ArchiveReject(_key(columns, key, record), column, reason[:500], row_text)
 
 
 def _jsonable(value: Any) -> Any:

@@ -9,7 +9,7 @@ the document calls valid are accepted and requests it calls invalid are refused.
 Two settings, each the document's own words: a schema-valid request may get the 422 every
 such operation documents (a rule no schema can state: from < to, a valid geometry, an id
 that exists), and strings hold no NUL (refused with a 400, docs/api.md "Parameters").
-`/api/live` is a WebSocket, which an HTTP fuzzer cannot speak (tests/api/test_live.py).
+`/api/live` is a WebSocket, which an HTTP fuzzer cannot speak (tests/api/test_live_socket.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 
 from core.protocol import Sample
 from tests.api.conftest import World
-from tests.api.test_live import positions_of, subscribe, wait_for
+from tests.api.test_live_socket import positions_of, subscribe, wait_for
 from tests.stream.streamproc import StreamProcess, mqtt_client, publish
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

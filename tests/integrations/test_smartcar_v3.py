@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from api.app import create_app
 from api.config import ApiSection, ApiSettings
 from api.integrations.config import IntegrationsSettings, integrations_settings
-from api.integrations.errors import ConfigError
+from api.integrations.errors import IntegrationConfigError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import MqttPublisher
 from api.integrations.smartcar import sign_webhook
@@ -466,7 +466,7 @@ async def test_without_token_key_the_job_polls_v3_connections(database, fleet, r
             assert await puller.poll_once() == 4
         finally:
             await redis.aclose()
-        with pytest.raises(ConfigError, match="token_key"):
+        with pytest.raises(IntegrationConfigError, match="token_key"):
             build_puller(env.db, env.http, env.pub, None,
                          IntegrationsSettings(**{**v3_settings(env.mock_url),  # type: ignore[arg-type]
                                                  "token_key": "",

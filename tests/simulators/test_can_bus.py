@@ -12,14 +12,14 @@ import pytest
 
 from simulators import dbc
 from simulators.can_bus import CanEcu, CanSimulator, Frame, SlcanAdapter
-from simulators.vehicle import Fault, VehicleModel, VehicleState
+from simulators.vehicle import Fault, ModelState, VehicleModel
 from tests.simulators.conftest import START_MS
 
 J1939 = cantools.database.load_file(str(dbc.J1939_DBC))
 OBD2 = cantools.database.load_file(str(dbc.OBD2_DBC))
 
 
-def expected_j1939(s: VehicleState) -> dict[str, tuple[float, float]]:
+def expected_j1939(s: ModelState) -> dict[str, tuple[float, float]]:
     """DBC signal -> (model value, tolerance = half a DBC step)."""
     return {
         "EngSpeed": (s.rpm, 0.0625),

@@ -8,20 +8,20 @@ import math
 import pytest
 
 from simulators.errors import FaultSpecError, RouteError
-from simulators.routes import GeoJsonRoutes, SyntheticCity
+from simulators.roads import GeoJsonRoutes, SyntheticCity
 from simulators.vehicle import (
     MAX_SERVICE_DECEL_MPS2,
     Fault,
     FaultKind,
     GroundTruth,
+    ModelState,
     VehicleModel,
-    VehicleState,
     make_vin,
 )
 from tests.simulators.conftest import START_MS
 
 
-def run(model: VehicleModel, seconds: int, dt_s: float = 1.0) -> list[VehicleState]:
+def run(model: VehicleModel, seconds: int, dt_s: float = 1.0) -> list[ModelState]:
     return [model.step(dt_s) for _ in range(int(seconds / dt_s))]
 
 
@@ -31,7 +31,7 @@ def truth(model: VehicleModel, kind: FaultKind) -> GroundTruth:
     return found[0]
 
 
-def within(states: list[VehicleState], g: GroundTruth) -> list[VehicleState]:
+def within(states: list[ModelState], g: GroundTruth) -> list[ModelState]:
     return [s for s in states if g.start_ms <= s.t_ms <= g.end_ms]
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from core.protocol import Sample, Source
-from simulators.vehicle import Fault, FaultKind, GroundTruth, VehicleModel, VehicleState
+from simulators.vehicle import Fault, FaultKind, GroundTruth, ModelState, VehicleModel
 from stream.model import AnomalyRecord, Event, Reading, VehicleEvent, VehicleRef
 
 START_MS = 1_780_000_000_000
@@ -87,7 +87,7 @@ def fault_plan(rng: random.Random, first_s: float, spacing_s: float) -> list[Fau
     return faults
 
 
-def to_sample(state: VehicleState, seq: int, rng: random.Random) -> Sample:
+def to_sample(state: ModelState, seq: int, rng: random.Random) -> Sample:
     """What a gateway would report: quantised OBD values, sloshing fuel, jittery volts."""
     moving = state.speed_kph > 3
     slosh = rng.uniform(-2.0, 2.0) if moving else rng.uniform(-0.3, 0.3)

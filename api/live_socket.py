@@ -46,7 +46,7 @@ from api.routes.history import POSITIONS_SQL
 from api.tasks import bounded, cancel_and_wait
 from core.live import LIVE_CHANNEL_PREFIX, LiveEvent, LivePosition, decode_live
 
-log = logging.getLogger("api.live")
+log = logging.getLogger("api.live_socket")
 
 SEND_BUFFER_BYTES = 64 * 1024
 """Per-connection send buffering (aiohttp writer limit and kernel SO_SNDBUF), bytes."""
@@ -54,7 +54,7 @@ LIVE_ROLES = ("admin", "fleet_manager", "driver")
 """The seed's "Dispatch" column: admin, fleet_manager (read) and drivers (their vehicle)."""
 
 
-class Batch(msgspec.Struct, tag_field="type", tag="batch", kw_only=True):
+class BatchFrame(msgspec.Struct, tag_field="type", tag="batch", kw_only=True):
     """Coalesced changes since the previous frame."""
 
     t_ms: int
@@ -171,7 +171,7 @@ class LiveClient:
             frame, self.ready = self.ready, None
             return frame
         if self.pending or self.events:
-            batch = Batch(t_ms=now_ms(), positions=list(self.pending.values()),
+            batch = BatchFrame(t_ms=now_ms(), positions=list(self.pending.values()),
                           events=list(self.events), dropped_events=self.dropped_events)
             self.pending = {}
             self.events.clear()
@@ -293,7 +293,7 @@ class LiveHub:
                        cache: list[bytes] = encoded) -> bytes:
                 # Encoded once per tenant and tick, only if some client takes it as is.
                 if not cache:
-                    cache.append(_encoder.encode(Batch(t_ms=now_ms(), positions=p, events=e)))
+                    cache.append(_encoder.encode(BatchFrame(t_ms=now_ms(), positions=p, events=e)))
                 return cache[0]
 
             for client in feed.clients:

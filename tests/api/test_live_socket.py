@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 
-from api.live import LiveClient
+from api.live_socket import LiveClient
 from api.metrics import ApiMetrics
 from core.live import LiveEvent, LivePosition, encode_live, live_channel
 from tests.api.conftest import World
