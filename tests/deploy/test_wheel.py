@@ -73,6 +73,8 @@ def test_the_wheel_carries_every_file_fleet_reads(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     migrations = {p.name for p in (REPO / "storage" / "migrations").glob("*.sql")}
     assert {f"storage/migrations/{m}" for m in migrations} <= names
+    # The foundation every part imports (the gateway's install included).
+    assert {"core/protocol.py", "core/settings.py", "core/logs.py"} <= names
     assert {"edge_gateway/dbc/j1939.dbc", "edge_gateway/dbc/obd2.dbc", "api/web/index.html",
             "api/web/static/app.js", "api/web/static/app.css",
             "api/web/node_modules/leaflet/LICENSE",
