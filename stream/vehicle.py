@@ -178,21 +178,17 @@ class _SnapshotUnpickler(pickle.Unpickler):
     }
 
     _MOVED: ClassVar[dict[str, str]] = {
-        # Moved on 2026-12-07 (#14): the contracts into the foundation package, the anomaly
-        # scorer among the detectors (its fuel-economy half into stream.economy, below).
+        # Moved on 2026-12-07 (#14) into the foundation package (stream.anomaly stays as a
+        # module of its own: Bytewax unpickles the fleet economy step's state without us).
         "edge_gateway.protocol": "core.protocol",
         "stream.live": "core.live",
-        "stream.anomaly": "stream.detectors.anomaly",
     }
-    _ECONOMY: ClassVar[frozenset[str]] = frozenset({"EconomyAccumulator", "EconomySample"})
 
     def find_class(self, module: str, name: str, /) -> Any:
         """Our classes, with the stand-ins for the old forms and their modules' new homes."""
         legacy = self._LEGACY.get((module, name))
         if legacy is not None:
             return legacy
-        if module == "stream.anomaly" and name in self._ECONOMY:
-            return super().find_class("stream.economy", name)
         return super().find_class(self._MOVED.get(module, module), name)
 
 

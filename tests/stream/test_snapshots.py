@@ -48,3 +48,16 @@ def test_a_snapshot_of_the_previous_version_resumes() -> None:
     assert stored == [60, 61, 62, 63, 64]  # 55-59 were seen before the snapshot
     assert logic.state.last_fix == Fix(T0 + 5000, 52.5064, 13.4)
     assert load_snapshot(logic.snapshot()).last_seq == 64
+
+
+def test_the_fleet_economy_state_of_a_store_from_before_the_move_loads() -> None:
+    """Bytewax unpickles the fleet economy step's state with plain pickle: a recovery store
+    written before #14 names `stream.anomaly.FleetEconomyState`."""
+    import pickle
+
+    from stream.economy import FleetEconomyState
+
+    state = FleetEconomyState()
+    blob = pickle.dumps(state).replace(b"stream.economy", b"stream.anomaly")
+    assert b"stream.anomaly" in blob
+    assert isinstance(pickle.loads(blob), FleetEconomyState)  # noqa: S301 - our own bytes
