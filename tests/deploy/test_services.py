@@ -184,14 +184,15 @@ def test_a_password_file_is_imported_once_into_the_plugins_logins(tmp_path: Path
     PBKDF2 hashes), each bound to its client id with its own rules; the old service entry
     is replaced by the project's own logins."""
     from api.broker_logins import device_acls, hash_verifies, mosquitto_hash
-    from deploy.services import MQTT_ADMIN_USER, MQTT_SERVICE_USER, _same_dynsec
+    from deploy.services import MQTT_ADMIN_USER, MQTT_SERVICE_USER
+    from deploy.services.mosquitto import _same_dynsec
 
     stack = LocalServices(ServicesSettings(state_dir=str(tmp_path / "state")),
                           log=lambda _m: None)
     stack.mq_dir.mkdir(parents=True)
     stack.mq_passwd.write_text(f"{MQTT_SERVICE_USER}:{mosquitto_hash('old')}\n"
                                f"acme/truck-1:{mosquitto_hash('device-pw')}\n")
-    wanted = stack._dynsec_wanted(None)
+    wanted = stack.mosquitto._dynsec_wanted(None)
     clients = {c["username"]: c for c in wanted["clients"]}
     assert set(clients) == {MQTT_ADMIN_USER, MQTT_SERVICE_USER, "acme/truck-1"}
     device = clients["acme/truck-1"]
@@ -202,7 +203,7 @@ def test_a_password_file_is_imported_once_into_the_plugins_logins(tmp_path: Path
     assert roles[device["roles"][0]["rolename"]]["acls"] == device_acls("acme/truck-1")
     # Read back from the broker's own file, nothing differs and nothing restarts; a changed
     # rule does.
-    again = stack._dynsec_wanted(wanted)
+    again = stack.mosquitto._dynsec_wanted(wanted)
     assert _same_dynsec(wanted, again)
     changed = {**again, "roles": [{**r, "acls": r["acls"][:-1]} for r in again["roles"]]}
     assert not _same_dynsec(changed, again)

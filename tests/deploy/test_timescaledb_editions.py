@@ -178,7 +178,8 @@ def test_up_restarts_postgres_only_when_the_licence_changes(
 
 def test_licence_setting_defaults_to_timescale_and_takes_only_the_two_editions() -> None:
     assert ServicesSettings().timescaledb_license == "timescale"
-    assert "timescaledb.license = 'timescale'" in LocalServices(ServicesSettings())._pg_conf()
+    conf = LocalServices(ServicesSettings()).postgres._pg_conf()
+    assert "timescaledb.license = 'timescale'" in conf
 
     def load(value: str) -> ServicesSettings:
         environ = {"FLEET_SERVICES_TIMESCALEDB_LICENSE": value}
@@ -229,4 +230,4 @@ def test_timescale_licence_without_the_full_build_is_a_clear_error(tmp_path: Pat
         LocalServices(settings).postgres_up()
     apache = ServicesSettings(postgres_bin_dir=str(tmp_path / "bin"),
                               state_dir=str(tmp_path / "state"), timescaledb_license="apache")
-    LocalServices(apache)._check_edition_installed()  # the Apache edition needs no tsl
+    LocalServices(apache).postgres._check_edition_installed()  # the Apache edition needs no tsl
