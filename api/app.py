@@ -29,23 +29,17 @@ from api.cache import (
 )
 from api.config import SETTINGS_KEY, ApiSettings
 from api.db import POOL_KEY, create_pool
-from api.errors import ApiConfigError, Unavailable, error_middleware
+from api.errors import ApiConfigError, Unavailable
 from api.integrations import routes as integration_routes
 from api.jobs import wiring
 from api.live_socket import HUB_KEY, LiveHub, live_handler
 from api.metrics import METRICS_KEY, ApiMetrics, metrics_handler
-from api.middleware import (
-    RATE_LIMIT_KEY,
-    audit_middleware,
-    input_middleware,
-    observe_middleware,
-    security_middleware,
-)
+from api.middleware import ACCESS_LOG_KEY, RATE_LIMIT_KEY, access_log, pipeline
 from api.openapi import openapi_handler
 from api.routes import auth as auth_routes
 from api.routes import devices, drivers, geofences, history, vehicles
 from api.routes.common import json_response
-from api.routing import ROUTES_KEY, ApiRoute, register
+from api.routing import ROUTE_INDEX_KEY, ROUTES_KEY, ApiRoute, register
 
 log = logging.getLogger("api")
 WEB_DIR = Path(__file__).parent / "web"
@@ -123,8 +117,7 @@ def create_app(settings: ApiSettings) -> web.Application:
         log.warning('api.mqtt_credentials = "dynsec" without api.mqtt_admin_url: devices '
                     'cannot be provisioned or revoked until it is set (or set "database")')
     app = web.Application(
-        middlewares=[observe_middleware, error_middleware, security_middleware,
-                     audit_middleware, input_middleware],
+        middlewares=[pipeline],
         client_max_size=1024 * 1024)
     metrics = ApiMetrics()
     app[SETTINGS_KEY] = settings
@@ -133,6 +126,8 @@ def create_app(settings: ApiSettings) -> web.Application:
     app[METRICS_KEY] = metrics
     app[RATE_LIMIT_KEY] = section.rate_limit_per_min
     app[ROUTES_KEY] = []
+    app[ROUTE_INDEX_KEY] = {}
+    app[ACCESS_LOG_KEY] = access_log()
     app[HUB_KEY] = LiveHub(settings.redis.url, section, metrics)
     if section.dev_auth_bypass:
         log.warning("DEVELOPMENT AUTH BYPASS ON: requests without a token act as admin")
@@ -174,5 +169,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await app[COHERENCE_KEY].stop()
         await app[REDIS_KEY].aclose()
         await app[POOL_KEY].close()
+        app[ACCESS_LOG_KEY].flush()
 
 

@@ -18,6 +18,7 @@ without a sign) is noticed at the next confirmation, within the trust time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import secrets
@@ -180,7 +181,7 @@ class Copy:
 
 
 class LocalCopies:
-    """Bounded LRU of (cache, tenant, query digest) -> `Copy` that this process holds.
+    """Bounded LRU of (cache, tenant, query variant) -> `Copy` that this process holds.
 
     A copy is served when Redis confirms, in the same round trip that reads the generation,
     that the current entry carries the copy's stamp, or when that confirmation is recent and
@@ -349,6 +350,10 @@ COHERENCE_KEY: web.AppKey[Coherence] = web.AppKey("cache_coherence", Coherence)
 LOOKUPS_KEY: web.AppKey[LookupBatcher] = web.AppKey("cache_lookups", LookupBatcher)
 
 
+# A tenant's id as text, for the keys of every cached request: str(UUID) is Python code.
+_tenant_text = functools.lru_cache(maxsize=4096)(str)
+
+
 async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: str,
                  ttl_s: int, compute: Callable[[], Awaitable[Any]]) -> bytes:
     """Return the cached JSON document (bytes, served as is) or compute, store and return it.
@@ -361,20 +366,20 @@ async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: s
     app = request.app
     metrics = app[METRICS_KEY]
     copies = app[COPIES_KEY]
-    digest = hashlib.sha256(variant.encode()).hexdigest()[:24]
-    ident = (name, tenant_id, digest)
-    prefix = f"{PREFIX}{name}:{tenant_id}:"
-    suffix = f":{ENTRY_FORMAT}:{digest}"
     coherence = app[COHERENCE_KEY]
-    tenant = str(tenant_id)
+    tenant = _tenant_text(tenant_id)
+    ident = (name, tenant_id, variant)
     held = copies.get(ident)
     if held is not None and coherence.live:
         # A push that arrived with this request is applied by the subscription's task once
         # the loop runs the callbacks already scheduled: let it, then decide.
         await asyncio.sleep(0)
         if coherence.current(name, tenant, held, time.monotonic()):
-            metrics.cache.labels(name, "hit").inc()
+            metrics.cache_result(name, "hit")
             return held.body
+    digest = hashlib.sha256(variant.encode()).hexdigest()[:24]
+    prefix = f"{PREFIX}{name}:{tenant}:"
+    suffix = f":{ENTRY_FORMAT}:{digest}"
     epoch = coherence.epoch if coherence.live else -1
     # Confirmed as of when the lookup is sent, not when its reply is read.
     asked_at = time.monotonic()
@@ -391,15 +396,15 @@ async def cached(request: web.Request, name: str, tenant_id: UUID, *, variant: s
     if epoch != coherence.epoch:
         epoch = -1  # the subscription changed meanwhile: a push may have been missed
     if hit == 1 and held is not None:
-        metrics.cache.labels(name, "hit").inc()
+        metrics.cache_result(name, "hit")
         held.generation, held.epoch, held.confirmed_at = generation, epoch, asked_at
         return held.body
     if isinstance(hit, bytes) and len(hit) > STAMP_LEN:
-        metrics.cache.labels(name, "hit").inc()
+        metrics.cache_result(name, "hit")
         body = hit[STAMP_LEN:]
         copies.put(ident, Copy(hit[:STAMP_LEN], body, generation, epoch, asked_at))
         return body
-    metrics.cache.labels(name, "miss").inc()
+    metrics.cache_result(name, "miss")
     value = msgspec.json.encode(await compute())
     stamp = secrets.token_hex(STAMP_LEN // 2).encode()
     try:

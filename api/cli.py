@@ -14,6 +14,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the settings, build the app and serve until SIGTERM/SIGINT (exit 0)."""
+    import gc
     import logging
     import sys
 
@@ -41,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
         port = args.port or settings.api.port
 
         async def announce(_app: web.Application) -> None:
+            # What start-up made (modules, settings, the pool, the route table) lives as long
+            # as the process: out of the collector's sight, its full collections no longer
+            # walk it every few thousand requests (the cached read's throughput rose by a
+            # fifth and steadied, docs/api.md).
+            gc.collect()
+            gc.freeze()
             # After the app's start-up (database pool, live hub): only a started API says so.
             print(f"fleet api: serving on http://{host}:{port}/", file=sys.stderr, flush=True)
 

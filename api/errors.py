@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -131,31 +130,26 @@ def error_response(err: ApiError) -> web.Response:
                         content_type="application/json", headers=err.headers)
 
 
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> web.StreamResponse:
-    """Turn ApiError, aiohttp HTTP errors and unexpected exceptions into JSON errors."""
-    try:
-        return await handler(request)
-    except ApiError as err:
-        return error_response(err)
-    except web.HTTPException as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.Response:
+    """The JSON error answer for a failure (ApiError, an aiohttp HTTP error, anything else);
+    an aiohttp HTTP exception below 400 (a redirect) is raised again."""
+    if isinstance(exc, ApiError):
+        return error_response(exc)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         # Keep the headers aiohttp chose: `Allow` on a 405 is required (RFC 9110 15.5.6).
         kept = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        http_err = ApiError(exc.reason or "error", status=exc.status,
-                            code=_HTTP_CODES.get(exc.status, "http_error"), headers=kept)
-        return error_response(http_err)
-    except asyncpg.CharacterNotInRepertoireError:
-        # Safety net: `input_middleware` and `read_json` refuse such text with the field's
-        # name; text that reaches PostgreSQL by another way is still the client's, not a 500.
+        return error_response(ApiError(exc.reason or "error", status=exc.status,
+                                       code=_HTTP_CODES.get(exc.status, "http_error"),
+                                       headers=kept))
+    if isinstance(exc, asyncpg.CharacterNotInRepertoireError):
+        # Safety net: the pipeline's input check and `read_json` refuse such text with the
+        # field's name; text that reaches PostgreSQL by another way is still the client's,
+        # not a 500.
         log.warning("unstorable text reached the database on %s %s", request.method,
                     request.path)
         return error_response(ApiError("a text value contains a character PostgreSQL cannot "
                                        "store (NUL)", status=400, code="validation_error"))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        internal = ApiError("internal server error")
-        return error_response(internal)
+    log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+    return error_response(ApiError("internal server error"))

@@ -69,6 +69,7 @@ class ApiMetrics:
         # (method, route, status) -> the two labelled series; `labels()` takes a lock and
         # builds its key on every call, which shows in the per-request profile.
         self._request_series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._cache_series: dict[tuple[str, str], Counter] = {}
 
     def observe_request(self, method: str, route: str, status: int, elapsed_s: float) -> None:
         """Count one request and its latency (route template, not raw path)."""
@@ -80,6 +81,13 @@ class ApiMetrics:
         series[0].inc()
         series[1].observe(elapsed_s)
 
+
+    def cache_result(self, cache: str, result: str) -> None:
+        """Count one cache lookup (`hit` or `miss`)."""
+        series = self._cache_series.get((cache, result))
+        if series is None:
+            series = self._cache_series[cache, result] = self.cache.labels(cache, result)
+        series.inc()
 
     async def refresh_jobs(self, pool: asyncpg.Pool) -> None:
         """Read each job's last finished run into the job gauges (at most every

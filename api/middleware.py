@@ -1,12 +1,18 @@
-"""Request pipeline, outermost first (the order is this list, in `app.py`):
+"""The request pipeline: one middleware, `pipeline`, runs these steps around every handler,
+outermost first:
 
-1. `observe_middleware` — one structured log line and metrics per request;
-2. `errors.error_middleware` — every failure becomes the stable JSON error shape;
-3. `security_middleware` — who calls (token), rate limit per client, authentication required;
-4. `audit_middleware` — an audit row for every mutating request, success or failure;
-5. `input_middleware` — query and path values PostgreSQL cannot store, and empty values of
-   declared parameters, are refused (400 naming the parameter) before any handler runs;
+1. observe: one access-log entry (`core.logs.BatchedLog`) and the metrics of the request;
+2. errors: every failure becomes the stable JSON error shape (`errors.error_answer`);
+3. security: who calls (token), rate limit per client, authentication required;
+4. audit: an audit row for every mutating request, success or failure;
+5. input: query and path values PostgreSQL cannot store, and empty values of declared
+   parameters, are refused (400 naming the parameter) before any handler runs;
+
 then the handler, wrapped by its role check (`auth.require_roles`).
+
+One middleware, not one per step: aiohttp runs each middleware as a coroutine frame of its
+own around the handler, resumed at every await of the request, and five such frames cost a
+cached GET more than its Redis lookup (docs/api.md, "Where a cached request's time goes").
 """
 
 from __future__ import annotations
@@ -21,46 +27,66 @@ from redis.exceptions import RedisError
 from api import audit
 from api.auth import USER_KEY, AuthUser, Handler, identify, is_public
 from api.cache import BATCHER_KEY
-from api.errors import ApiError, TooManyRequests, ValidationError
+from api.errors import ApiError, TooManyRequests, ValidationError, error_answer
 from api.metrics import METRICS_KEY
 from api.params import check_text
 from api.routing import AUDIT_RESOURCE_ID, find_route
+from core.logs import BatchedLog
 
-access_log = logging.getLogger("api.access")
 log = logging.getLogger("api")
 
 RATE_LIMIT_KEY: web.AppKey[int] = web.AppKey("rate_limit_per_min", int)
+ACCESS_LOG_KEY: web.AppKey[BatchedLog] = web.AppKey("access_log", BatchedLog)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def _route_label(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+def access_log() -> BatchedLog:
+    """The access log of one app: a `request` line per request on logger `api.access`."""
+    return BatchedLog(logging.getLogger("api.access"), "request")
 
 
 @web.middleware
-async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Log one JSON line per request and count it (route template, not raw path)."""
+async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Steps 1-5 of the module docstring around `handler`."""
     start = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
-    except web.HTTPException as exc:
+        try:
+            on_api = request.path.startswith("/api/")
+            headers = await _authenticate(request, on_api)
+            if on_api and request.method in MUTATING:
+                response = await _audited(request, handler)
+            else:
+                _check_input(request)
+                response = await handler(request)
+            if headers and not response.prepared:
+                response.headers.update(headers)
+        except Exception as exc:  # noqa: BLE001 - translated at this boundary, 500s logged
+            response = error_answer(request, exc)
+    except web.HTTPException as exc:  # a redirect, raised again by error_answer
         status = exc.status
         raise
     else:
         status = response.status
         return response
     finally:
-        elapsed = time.perf_counter() - start
-        route = _route_label(request)
-        request.app[METRICS_KEY].observe_request(request.method, route, status, elapsed)
-        user: AuthUser | None = request.get(USER_KEY)
-        access_log.info("request", extra={"fields": {
-            "method": request.method, "path": request.path, "route": route, "status": status,
-            "duration_ms": round(elapsed * 1000, 2), "remote": request.remote,
-            "user_id": str(user.id) if user else None,
-            "tenant_id": str(user.tenant_id) if user else None}})
+        _observe(request, status, start)
+
+
+def _observe(request: web.Request, status: int, start: float) -> None:
+    """Count the request and log it (route template, not raw path)."""
+    elapsed = time.perf_counter() - start
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    app = request.app
+    app[METRICS_KEY].observe_request(request.method, route, status, elapsed)
+    user: AuthUser | None = request.get(USER_KEY)
+    # UUIDs as they are: the formatter writes them, once per batch and off the request.
+    app[ACCESS_LOG_KEY].add({
+        "method": request.method, "path": request.path, "route": route, "status": status,
+        "duration_ms": round(elapsed * 1000, 2), "remote": request.remote,
+        "user_id": user.id if user else None,
+        "tenant_id": user.tenant_id if user else None})
 
 
 # INCR and EXPIRE as one atomic command, so that it can share a batched round trip
@@ -96,39 +122,34 @@ async def _rate_limit(request: web.Request, client: str) -> dict[str, str]:
     return headers
 
 
-@web.middleware
-async def security_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate (Bearer token), rate-limit /api/ per user or IP, enforce authentication."""
+async def _authenticate(request: web.Request, on_api: bool) -> dict[str, str]:
+    """Authenticate (Bearer token), rate-limit /api/ per user or IP, enforce authentication;
+    returns the rate limit's headers for the answer."""
     user, problem = identify(request)
     if user is not None:
         request[USER_KEY] = user
     headers: dict[str, str] = {}
-    if request.path.startswith("/api/") and request.app[RATE_LIMIT_KEY] > 0:
+    if on_api and request.app[RATE_LIMIT_KEY] > 0:
         client = f"u:{user.id}" if user is not None else f"ip:{request.remote}"
         headers = await _rate_limit(request, client)
-    route_handler = request.match_info.handler
-    needs_auth = request.path.startswith("/api/") and not is_public(route_handler) \
-        and request.match_info.http_exception is None
-    if needs_auth and user is None and problem is not None:
+    if on_api and user is None and problem is not None \
+            and not is_public(request.match_info.handler) \
+            and request.match_info.http_exception is None:
         raise problem
-    response = await handler(request)
-    if headers and not response.prepared:
-        response.headers.update(headers)
-    return response
+    return headers
 
 
-@web.middleware
-async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Audit every mutating /api/ request with its outcome (routes may audit themselves)."""
-    if request.method not in MUTATING or not request.path.startswith("/api/"):
-        return await handler(request)
+async def _audited(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Audit a mutating /api/ request with its outcome (routes may audit themselves)."""
     route = find_route(request)
     if route is not None and not route.audit:
+        _check_input(request)
         return await handler(request)
     resource = route.resource if route is not None else "unknown"
     action = f"{resource}.{request.method.lower()}"
     resource_id = request.match_info.get("id")
     try:
+        _check_input(request)
         response = await handler(request)
     except ApiError as err:
         await _safe_record(request, action, resource, resource_id=resource_id,
@@ -155,8 +176,7 @@ async def _safe_record(request: web.Request, action: str, resource: str, *,
         log.exception("audit write failed for %s %s", request.method, request.path)
 
 
-@web.middleware
-async def input_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _check_input(request: web.Request) -> None:
     """Refuse unstorable text in any query or path value, and empty declared parameters.
 
     One place for every route, including those other packages mount: a handler may pass
@@ -164,20 +184,22 @@ async def input_middleware(request: web.Request, handler: Handler) -> web.Stream
     lone surrogate: the URL decoder replaces invalid UTF-8 with U+FFFD). Bodies are
     checked by `api.params.read_json`.
     """
-    for name, value in request.query.items():
+    query = request.query
+    for name, value in query.items():
         check_text(name, name)
         check_text(value, name)
     for name, value in request.match_info.items():
         check_text(value, name)
+    if not query:
+        return
     route = find_route(request)
     if route is not None:
         for param in route.params:
             if param.location != "query":
                 continue
-            values = request.query.getall(param.name, [])
+            values = query.getall(param.name, [])
             if len(values) > 1:
                 raise ValidationError(f"{param.name} is given more than once", field=param.name)
             if values == [""]:
                 raise ValidationError(f"{param.name} must not be empty (leave it out for the "
                                       "default)", field=param.name)
-    return await handler(request)

@@ -3,7 +3,7 @@
 Two rules hold for every parameter (docs/api.md, "Parameters"):
 
 * text that PostgreSQL cannot store (NUL, lone UTF-16 surrogates) is refused with a 400 that
-  names the field, wherever it comes from: query, path (`api.middleware.input_middleware`
+  names the field, wherever it comes from: query, path (`api.middleware.pipeline`
   calls `check_text`) or JSON body (`read_json` walks the decoded value);
 * an empty value (``?vehicle_id=``) is a value, not an absent parameter: the helpers below
   refuse it like any other value of the wrong form.
@@ -112,13 +112,16 @@ def query_text(request: web.Request, name: str) -> str | None:
     return check_text(raw, name)
 
 
+_INTEGER_RE = re.compile(r"[+-]?[0-9]{1,18}")
+
+
 def query_int(request: web.Request, name: str, default: int, *, lo: int | None = None,
               hi: int | None = None) -> int:
     """An integer query parameter within [lo, hi]."""
     raw = _raw(request, name)
     if raw is None:
         return default
-    if not re.fullmatch(r"[+-]?[0-9]{1,18}", raw):
+    if not _INTEGER_RE.fullmatch(raw):
         raise ValidationError(f"{name} must be an integer", field=name)
     value = int(raw)
     if (lo is not None and value < lo) or (hi is not None and value > hi):

@@ -21,7 +21,7 @@ class Param:
 
     name: str
     location: str = "query"
-    # An empty value is refused (input_middleware), so a free-text parameter is minLength 1.
+    # An empty value is refused (api.middleware.pipeline), so a free-text parameter is minLength 1.
     schema: dict[str, Any] = field(default_factory=lambda: {"type": "string", "minLength": 1})
     required: bool = False
     description: str = ""
@@ -52,6 +52,9 @@ class ApiRoute:
 
 
 ROUTES_KEY: web.AppKey[list[ApiRoute]] = web.AppKey("api_routes", list)
+ROUTE_INDEX_KEY: web.AppKey[dict[tuple[str, str], ApiRoute]] = web.AppKey("api_route_index",
+                                                                          dict)
+"""(method, path template) -> declaration, for the request pipeline's lookups."""
 AUDIT_RESOURCE_ID: web.RequestKey[str] = web.RequestKey("audit_resource_id", str)
 """Handlers of create routes set the new row's id here for the audit row."""
 
@@ -64,11 +67,13 @@ PAGE_PARAMS = (
 def register(app: web.Application, routes: Sequence[ApiRoute]) -> None:
     """Add routes to the app's router with their role check, and to its OpenAPI table."""
     table = app[ROUTES_KEY]
+    index = app[ROUTE_INDEX_KEY]
     for route in routes:
         handler = (public(route.handler) if route.roles is None
                    else require_roles(*route.roles)(route.handler))
         app.router.add_route(route.method, route.path, handler)
         table.append(route)
+        index[route.method, route.path] = route
 
 
 def find_route(request: web.Request) -> ApiRoute | None:
@@ -76,8 +81,4 @@ def find_route(request: web.Request) -> ApiRoute | None:
     resource = request.match_info.route.resource
     if resource is None:
         return None
-    canonical = resource.canonical
-    for route in request.app[ROUTES_KEY]:
-        if route.path == canonical and route.method == request.method:
-            return route
-    return None
+    return request.app[ROUTE_INDEX_KEY].get((request.method, resource.canonical))
