@@ -53,14 +53,19 @@ def seed_fleet(owner_url: str, slug: str,
             if row is None:
                 raise StorageError(f"tenant {slug!r} was not inserted")
             tenant = row[0]
+            # One statement per column set, all its vehicles in one round trip (a bench
+            # seeds 5,000): psycopg pipelines `executemany`.
+            groups: dict[tuple[str, ...], list[list[object]]] = {}
             for code, own in specs.items():
                 columns = {**(defaults or {}), **own}
-                names = ["tenant_id", "code", *columns]
-                marks = ", ".join(["%s"] * len(names))
-                cur.execute(
-                    f"INSERT INTO vehicles ({', '.join(names)}) VALUES ({marks})"  # noqa: S608 - column names are the caller's code
-                    " ON CONFLICT (tenant_id, code) DO NOTHING",
+                groups.setdefault(tuple(columns), []).append(
                     [tenant, code, *columns.values()])
+            for names, rows in groups.items():
+                cols = ("tenant_id", "code", *names)
+                marks = ", ".join(["%s"] * len(cols))
+                cur.executemany(
+                    f"INSERT INTO vehicles ({', '.join(cols)}) VALUES ({marks})"  # noqa: S608 - column names are the caller's code
+                    " ON CONFLICT (tenant_id, code) DO NOTHING", rows)
             cur.execute("SELECT code, id FROM vehicles WHERE tenant_id = %s AND code = ANY(%s)",
                         (tenant, list(specs)))
             ids: dict[str, uuid.UUID] = dict(cur.fetchall())
