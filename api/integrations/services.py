@@ -15,8 +15,9 @@ from api.integrations.config import IntegrationsSettings
 from api.integrations.crypto import TokenCipher
 from api.integrations.http import vendor_http
 from api.integrations.publisher import MqttPublisher
-from api.integrations.samsara import SamsaraClient, SamsaraPuller
-from api.integrations.smartcar import build_puller
+from api.integrations.samsara.client import SamsaraClient
+from api.integrations.samsara.puller import SamsaraPuller
+from api.integrations.smartcar.puller import build_puller
 from api.integrations.store import IntegrationStore, TenantRef
 from api.jobs.config import JobsSettings
 from api.jobs.runner import Service

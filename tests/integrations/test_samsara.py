@@ -15,7 +15,9 @@ import pytest
 from api.integrations.crypto import TokenCipher
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import MqttPublisher, vendor_seq
-from api.integrations.samsara import SamsaraClient, SamsaraPuller, convert_vehicle_stats
+from api.integrations.samsara.client import SamsaraClient
+from api.integrations.samsara.puller import SamsaraPuller
+from api.integrations.samsara.signals import convert_vehicle_stats
 from api.integrations.store import IntegrationStore, TenantRef
 from core.protocol import Source
 from core.settings import MqttSettings

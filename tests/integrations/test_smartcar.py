@@ -23,13 +23,10 @@ from api.integrations.config import IntegrationsSettings
 from api.integrations.crypto import TokenCipher
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import MqttPublisher
-from api.integrations.smartcar import (
-    SmartcarClient,
-    SmartcarPuller,
-    SmartcarTokens,
-    location_cache_key,
-    sign_webhook,
-)
+from api.integrations.smartcar.client import SmartcarClient
+from api.integrations.smartcar.consent import SmartcarTokens
+from api.integrations.smartcar.puller import SmartcarPuller, location_cache_key
+from api.integrations.smartcar.routes import sign_webhook
 from core.protocol import Source
 from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 from simulators.samsara import Fault

@@ -21,16 +21,11 @@ from api.integrations.config import IntegrationsSettings, integrations_settings
 from api.integrations.errors import IntegrationConfigError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import MqttPublisher
-from api.integrations.smartcar import sign_webhook
-from api.integrations.smartcar_common import location_cache_key
-from api.integrations.smartcar_v3 import (
-    Connection,
-    SmartcarAppToken,
-    SmartcarV3Client,
-    SmartcarV3Connections,
-    SmartcarV3Puller,
-    signals_to_samples,
-)
+from api.integrations.smartcar.client import Connection, SmartcarAppToken, SmartcarV3Client
+from api.integrations.smartcar.consent import SmartcarV3Connections
+from api.integrations.smartcar.puller import SmartcarV3Puller, location_cache_key
+from api.integrations.smartcar.routes import sign_webhook
+from api.integrations.smartcar.signals import signals_to_samples
 from core.errors import SettingsError
 from core.protocol import Source
 from core.settings import DatabaseSettings, MqttSettings, RedisSettings
@@ -377,7 +372,8 @@ async def test_vehicle_connected_under_2_0_keeps_working_after_switch(
         database, fleet, redis_url, mqtt_url) -> None:
     """A deployment switched to v3 still commands vehicles whose consent is a 2.0 pair."""
     from api.integrations.crypto import TokenCipher
-    from api.integrations.smartcar import SmartcarClient, SmartcarTokens
+    from api.integrations.smartcar.client import SmartcarClient
+    from api.integrations.smartcar.consent import SmartcarTokens
 
     mock = MockSmartcar(vehicles=2, api_version="2.0")
     vid = fleet.vehicles["truck-2"]
@@ -410,7 +406,9 @@ async def test_vehicle_connected_under_2_0_keeps_working_after_switch(
 async def test_job_puller_covers_v3_vehicles(database, fleet, redis_url, mqtt_url) -> None:
     """`SmartcarPuller`, which the job runner builds, polls v3 connections under v3."""
     from api.integrations.crypto import TokenCipher
-    from api.integrations.smartcar import SmartcarClient, SmartcarPuller, SmartcarTokens
+    from api.integrations.smartcar.client import SmartcarClient
+    from api.integrations.smartcar.consent import SmartcarTokens
+    from api.integrations.smartcar.puller import SmartcarPuller
 
     mock = MockSmartcar(vehicles=1, api_version="v3")
     sc_id = mock.vehicle_ids[0]
@@ -441,8 +439,7 @@ async def test_without_token_key_the_job_polls_v3_connections(database, fleet, r
     """A v3-only deployment needs no `integrations.token_key`: the job's puller is v3 alone,
     while the Samsara puller (encrypted API tokens) stays off."""
     from api.integrations.services import puller_services
-    from api.integrations.smartcar import build_puller
-    from api.integrations.smartcar_v3 import SmartcarV3Puller
+    from api.integrations.smartcar.puller import SmartcarV3Puller, build_puller
     from api.jobs.config import JobsSettings
 
     mock = MockSmartcar(vehicles=1, api_version="v3")

@@ -1,21 +1,5 @@
-"""Samsara pull ingestion: vehicle stats feeds and safety events.
-
-Shapes (developers.samsara.com, API v2):
-
-* ``GET /fleet/vehicles/stats/feed?types=a,b,c&after=CURSOR`` (at most 3 types) answers
-  ``{"data": [{"id", "name", "gps": [{"time", "latitude", "longitude", "headingDegrees",
-  "speedMilesPerHour", ...}], "engineStates": [{"time", "value": "On"|"Off"|"Idle"}],
-  "fuelPercents": [{"time", "value"}], "obdOdometerMeters": [...], "obdEngineSeconds": [...]}],
-  "pagination": {"endCursor", "hasNextPage"}}``. The first call (no ``after``) gives the latest
-  state; later calls give every update since the cursor. When ``hasNextPage`` is false no more
-  data is ready: wait at least 5 s. Cursors expire after 30 days.
-* ``GET /fleet/safety-events?startTime&endTime&after`` answers ``{"data": [{"id", "time",
-  "vehicle": {"id", "name"}, "location": {"latitude", "longitude"}, "behaviorLabels":
-  [{"label", "source", "name"}], "maxAccelerationGForce", "downloadForwardVideoUrl", ...}],
-  "pagination": {...}}``.
-* Errors: 429 with ``Retry-After`` in (fractional) seconds; error bodies are
-  ``{"message", "requestId"}``.
-"""
+"""One tenant's Samsara puller: follows its stats feeds (the cursor saved only after a page is
+published) and polls its safety events into `video_events`."""
 
 from __future__ import annotations
 
@@ -23,148 +7,22 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
-
-from api.integrations.errors import CursorExpiredError, IntegrationError, VendorError
-from api.integrations.http import Sleep, VendorHttp
-from api.integrations.publisher import Publisher, make_sample, vendor_seq
+from api.integrations.errors import CursorExpiredError
+from api.integrations.http import Sleep
+from api.integrations.publisher import Publisher
+from api.integrations.samsara.client import FeedPage, SamsaraClient
+from api.integrations.samsara.signals import convert_vehicle_stats
 from api.integrations.store import IntegrationStore, TenantRef, VehicleRef
-from core.protocol import Sample, Source
+from core.protocol import Source
 
 log = logging.getLogger(__name__)
 
-MPH_TO_KPH = 1.609344
-MAX_TYPES_PER_FEED = 3
 SAFETY_FEED = "safety_events"
-
-
-def _t_ms(iso: str) -> int:
-    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def _engine_on(value: Any) -> bool:
-    return str(value).lower() != "off"
-
-
-@dataclass(frozen=True)
-class StatType:
-    """How one Samsara stat type becomes sample fields."""
-
-    slot: int
-    """Sub-millisecond slot of the sequence number (see publisher.vendor_seq)."""
-    convert: Callable[[Mapping[str, Any]], dict[str, Any]]
-
-
-def _gps(point: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"lat_deg": point["latitude"], "lon_deg": point["longitude"]}
-    if point.get("speedMilesPerHour") is not None:
-        out["speed_kph"] = float(point["speedMilesPerHour"]) * MPH_TO_KPH
-    if point.get("headingDegrees") is not None:
-        out["heading_deg"] = float(point["headingDegrees"]) % 360
-    return out
-
-
-# The one table of supported stat types; anything else in a feed is ignored with a log line.
-STAT_TYPES: dict[str, StatType] = {
-    "gps": StatType(0, _gps),
-    "engineStates": StatType(1, lambda p: {"ignition": _engine_on(p["value"])}),
-    "obdOdometerMeters": StatType(2, lambda p: {"odometer_km": float(p["value"]) / 1000}),
-    "gpsOdometerMeters": StatType(2, lambda p: {"odometer_km": float(p["value"]) / 1000}),
-    "fuelPercents": StatType(3, lambda p: {"fuel_pct": float(p["value"])}),
-    "obdEngineSeconds": StatType(4, lambda p: {"engine_hours_h": float(p["value"]) / 3600}),
-    "engineRpm": StatType(5, lambda p: {"rpm": float(p["value"])}),
-    "engineCoolantTemperatureMilliC": StatType(
-        6, lambda p: {"coolant_c": float(p["value"]) / 1000}),
-    "batteryMilliVolts": StatType(7, lambda p: {"battery_v": float(p["value"]) / 1000}),
-}
-
-
-@dataclass(frozen=True)
-class FeedPage:
-    """One page of a stats feed."""
-
-    vehicles: list[dict[str, Any]]
-    end_cursor: str | None
-    has_next_page: bool
-
-
-@dataclass
-class Conversion:
-    """Samples per vendor vehicle id, and what could not be converted."""
-
-    samples: dict[str, list[Sample]] = field(default_factory=dict)
-    invalid: list[tuple[str, str, Any]] = field(default_factory=list)
-    """(vehicle id, reason, point) of points that violate the wire contract."""
-
-
-def convert_vehicle_stats(vehicles: Sequence[Mapping[str, Any]]) -> Conversion:
-    """Turn the `data` of a feed page into wire-contract samples per Samsara vehicle id."""
-    out = Conversion()
-    for vehicle in vehicles:
-        vid = str(vehicle.get("id", ""))
-        for name, points in vehicle.items():
-            kind = STAT_TYPES.get(name)
-            if kind is None or not isinstance(points, list):
-                continue
-            for point in points:
-                try:
-                    t_ms = _t_ms(point["time"])
-                    fields = {"seq": vendor_seq(t_ms, kind.slot), "t_ms": t_ms,
-                              **kind.convert(point)}
-                    sample = make_sample(fields)
-                except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
-                    out.invalid.append((vid, f"{name}: {exc}", point))
-                    continue
-                out.samples.setdefault(vid, []).append(sample)
-    return out
-
-
-class SamsaraClient:
-    """Typed calls to the Samsara REST API (or the mock, by base URL)."""
-
-    def __init__(self, http: VendorHttp, base_url: str, token: str) -> None:
-        self._http = http
-        self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-
-    async def stats_feed(self, types: Sequence[str], after: str | None) -> FeedPage:
-        """One page of /fleet/vehicles/stats/feed; raises CursorExpiredError for a dead cursor."""
-        if not 1 <= len(types) <= MAX_TYPES_PER_FEED:
-            raise IntegrationError(f"a Samsara feed takes 1..3 stat types, got {list(types)}")
-        params = {"types": ",".join(types)}
-        if after:
-            params["after"] = after
-        try:
-            resp = await self._http.request("GET", f"{self._base}/fleet/vehicles/stats/feed",
-                                            params=params, headers=self._headers)
-        except VendorError as exc:
-            if after and exc.status in (400, 410) and "cursor" in exc.body.lower():
-                raise CursorExpiredError(str(exc), status=exc.status, body=exc.body) from exc
-            raise
-        body = resp.body or {}
-        page = body.get("pagination") or {}
-        return FeedPage(list(body.get("data") or []), page.get("endCursor") or None,
-                        bool(page.get("hasNextPage")))
-
-    async def safety_events(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
-        """Every safety event in [start, end), following pagination."""
-        params = {"startTime": start.isoformat().replace("+00:00", "Z"),
-                  "endTime": end.isoformat().replace("+00:00", "Z")}
-        events: list[dict[str, Any]] = []
-        while True:
-            resp = await self._http.request("GET", f"{self._base}/fleet/safety-events",
-                                            params=params, headers=self._headers)
-            body = resp.body or {}
-            events.extend(body.get("data") or [])
-            page = body.get("pagination") or {}
-            if not page.get("hasNextPage") or not page.get("endCursor"):
-                return events
-            params["after"] = page["endCursor"]
 
 
 @dataclass
