@@ -26,7 +26,20 @@ from api.config import ApiSection
 from api.errors import ApiConfigError, Forbidden, Unauthorized, ValidationError
 
 ROLES: Final = ("admin", "fleet_manager", "driver", "technician", "viewer")
+"""The one role table; every route's roles are one of the sets below, built from it."""
 ALL_ROLES: Final = ROLES
+ADMINS: Final = ("admin",)
+MANAGERS: Final = ("admin", "fleet_manager")
+"""Who changes a tenant's fleet: the seed's CRUD column."""
+
+
+def roles_except(*excluded: str) -> tuple[str, ...]:
+    """Every role but `excluded` (which must be roles), in the table's order."""
+    unknown = set(excluded) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}")
+    return tuple(role for role in ROLES if role not in excluded)
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from api.auth import Handler, public, require_roles
+from api.params import UUID_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ ROUTE_INDEX_KEY: web.AppKey[dict[tuple[str, str], ApiRoute]] = web.AppKey("api_r
 """(method, path template) -> declaration, for the request pipeline's lookups."""
 AUDIT_RESOURCE_ID: web.RequestKey[str] = web.RequestKey("audit_resource_id", str)
 """Handlers of create routes set the new row's id here for the audit row."""
+
+ID_PARAM = Param("id", "path", UUID_SCHEMA, required=True)
+"""The `{id}` of every item path."""
 
 PAGE_PARAMS = (
     Param("page", schema={"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote
 from uuid import UUID
 
@@ -19,14 +19,15 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from api.auth import current_user
+from api.auth import MANAGERS, current_user, roles_except
 from api.broker_logins import BrokerAdmin, BrokerLoginError, mosquitto_hash
 from api.config import SETTINGS_KEY
 from api.db import tenant_transaction
 from api.errors import ApiError, Conflict, NotFound
-from api.params import UUID_SCHEMA, page_params, path_uuid, read_json
-from api.routes.common import ensure_in_tenant, json_response, page_body
-from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
+from api.params import path_uuid, read_json
+from api.routes.common import ensure_in_tenant, json_response
+from api.routes.crud import TenantResource, crud_routes
+from api.routing import AUDIT_RESOURCE_ID
 from core.mqtt_url import parse_mqtt_url
 from core.protocol import device_login
 
@@ -57,13 +58,13 @@ class DeviceIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     serial: str | None = None
 
 
-COLUMNS = ("id", "vehicle_id", "kind", "serial", "mqtt_username", "software_version", "status",
-           "last_seen_at", "created_at", "updated_at")
-_SELECT = ", ".join(COLUMNS)
-
-
-def _json(row: asyncpg.Record) -> dict[str, Any]:
-    return {c: row[c] for c in COLUMNS}
+# Gateways are vehicle equipment: the seed's "Vehicles" column, without drivers (a device
+# inventory with broker logins is not a driver's business).
+DEVICES = TenantResource(
+    noun="device", path="/api/devices", table="devices", tag="devices",
+    columns=("id", "vehicle_id", "kind", "serial", "mqtt_username", "software_version",
+             "status", "last_seen_at", "created_at", "updated_at"),
+    order_by="r.mqtt_username", read_roles=roles_except("driver"), write_roles=MANAGERS)
 
 
 def _broker_admin(request: web.Request) -> BrokerAdmin | None:
@@ -114,8 +115,9 @@ async def provision_device(request: web.Request) -> web.Response:
         username = device_login(names["slug"], names["code"])
         try:
             row = await conn.fetchrow(
-                "INSERT INTO devices (tenant_id, vehicle_id, kind, serial, mqtt_username, "  # noqa: S608 - constant column list
-                f"mqtt_password_hash) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_SELECT}",
+                "INSERT INTO devices AS r (tenant_id, vehicle_id, kind, serial, mqtt_username, "  # noqa: S608 - constant column list
+                "mqtt_password_hash) VALUES ($1, $2, $3, $4, $5, $6) "
+                f"RETURNING {DEVICES.select_list}",
                 user.tenant_id, body.vehicle_id, body.kind, body.serial, username,
                 mosquitto_hash(password))
         except asyncpg.UniqueViolationError as exc:
@@ -129,35 +131,10 @@ async def provision_device(request: web.Request) -> web.Response:
     mqtt_url = settings.api.mqtt_public_url or settings.mqtt.url
     request[AUDIT_RESOURCE_ID] = str(row["id"])
     return json_response({
-        **_json(row), "mqtt_password": password,
+        **DEVICES.json(row), "mqtt_password": password,
         "gateway_config": gateway_toml(tenant=names["slug"], vehicle=names["code"],
                                        mqtt_url=mqtt_url, username=username,
                                        password=password)}, status=201)
-
-
-async def list_devices(request: web.Request) -> web.Response:
-    """GET /api/devices."""
-    user = current_user(request)
-    page, limit, offset = page_params(request)
-    async with tenant_transaction(request) as conn:
-        total = await conn.fetchval("SELECT count(*) FROM devices WHERE tenant_id = $1",
-                                    user.tenant_id)
-        rows = await conn.fetch(
-            f"SELECT {_SELECT} FROM devices WHERE tenant_id = $1 "  # noqa: S608
-            "ORDER BY mqtt_username LIMIT $2 OFFSET $3", user.tenant_id, limit, offset)
-    return json_response(page_body([_json(r) for r in rows], page, limit, int(total)))
-
-
-async def get_device(request: web.Request) -> web.Response:
-    """GET /api/devices/{id}."""
-    user = current_user(request)
-    async with tenant_transaction(request) as conn:
-        row = await conn.fetchrow(
-            f"SELECT {_SELECT} FROM devices WHERE id = $1 AND tenant_id = $2",  # noqa: S608
-            path_uuid(request), user.tenant_id)
-    if row is None:
-        raise NotFound("device not found")
-    return json_response(_json(row))
 
 
 async def revoke_devices(request: web.Request, conn: asyncpg.Connection, tenant_id: UUID, *,
@@ -204,19 +181,9 @@ async def revoke_device(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-# Gateways are vehicle equipment: the seed's "Vehicles" column, without drivers (a device
-# inventory with broker logins is not a driver's business).
-READ = ("admin", "fleet_manager", "technician", "viewer")
-WRITE = ("admin", "fleet_manager")
-ID = Param("id", "path", UUID_SCHEMA, required=True)
-ROUTES = [
-    ApiRoute("GET", "/api/devices", list_devices, "List devices", "devices", READ,
-             params=PAGE_PARAMS, response={"$ref": "#/components/schemas/Page"}),
-    ApiRoute("POST", "/api/devices", provision_device,
-             "Provision a gateway: MQTT login and a ready config file", "devices", WRITE,
-             body=DeviceIn, status=201, resource="device"),
-    ApiRoute("GET", "/api/devices/{id}", get_device, "One device", "devices", READ,
-             params=(ID,)),
-    ApiRoute("DELETE", "/api/devices/{id}", revoke_device, "Revoke a device", "devices", WRITE,
-             params=(ID,), status=204, resource="device"),
-]
+ROUTES = crud_routes(
+    DEVICES, operations=("list", "create", "get", "delete"),
+    handlers={"create": provision_device, "delete": revoke_device},
+    overrides={"create": {"summary": "Provision a gateway: MQTT login and a ready config file",
+                          "body": DeviceIn, "response": None},
+               "delete": {"summary": "Revoke a device"}})

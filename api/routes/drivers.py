@@ -1,4 +1,5 @@
-"""Drivers (CRUD; a driver reads only their own record) and user accounts (admin)."""
+"""Drivers (CRUD from their declaration; a driver reads only their own record) and user
+accounts (admin)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import msgspec
 from aiohttp import web
 
 from api.auth import (
+    ADMINS,
+    MANAGERS,
     PASSWORD_MAX_LEN,
     PASSWORD_MIN_LEN,
     ROLES,
@@ -18,17 +21,18 @@ from api.auth import (
     hash_password,
     password_problems,
 )
-from api.cache import invalidate
 from api.db import tenant_transaction
-from api.errors import ApiError, Conflict, NotFound, Unprocessable, ValidationError
-from api.params import UUID_SCHEMA, page_params, path_uuid, query_choice, read_json
+from api.errors import ApiError, Conflict, Unprocessable
+from api.params import page_params, query_choice, read_json
 from api.routes.common import db_error, ensure_in_tenant, json_response, page_body
+from api.routes.crud import Filter, TenantResource, crud_routes
 from api.routing import AUDIT_RESOURCE_ID, PAGE_PARAMS, ApiRoute, Param
 from core.protocol import whole
 
 UNSET = msgspec.UNSET
 Unset = msgspec.UnsetType
 DriverStatus = Literal["active", "inactive", "suspended"]
+DRIVER_STATUSES = ("active", "inactive", "suspended")
 
 
 class DriverIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -61,101 +65,19 @@ class DriverPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status: DriverStatus | Unset = UNSET
 
 
-COLUMNS = ("id", "first_name", "last_name", "email", "phone", "license_number",
-           "license_state", "license_expiry", "cdl_class", "status", "created_at", "updated_at")
-_SELECT = ", ".join(COLUMNS)
-
-
-def _json(row: asyncpg.Record) -> dict[str, Any]:
-    return {c: row[c] for c in COLUMNS}
-
-
-async def list_drivers(request: web.Request) -> web.Response:
-    """GET /api/drivers (drivers: only themselves)."""
-    user = current_user(request)
-    page, limit, offset = page_params(request)
-    status = query_choice(request, "status", ("active", "inactive", "suspended"))
-    self_only = user.driver_id or UUID(int=0) if user.is_driver else None
-    where = ("tenant_id = $1 AND ($2::uuid IS NULL OR id = $2) "
-             "AND ($3::text IS NULL OR status = $3)")
-    async with tenant_transaction(request) as conn:
-        total = await conn.fetchval(f"SELECT count(*) FROM drivers WHERE {where}",  # noqa: S608
-                                    user.tenant_id, self_only, status)
-        rows = await conn.fetch(
-            f"SELECT {_SELECT} FROM drivers WHERE {where} "  # noqa: S608
-            "ORDER BY last_name, first_name LIMIT $4 OFFSET $5",
-            user.tenant_id, self_only, status, limit, offset)
-    return json_response(page_body([_json(r) for r in rows], page, limit, int(total)))
-
-
-async def get_driver(request: web.Request) -> web.Response:
-    """GET /api/drivers/{id}."""
-    user = current_user(request)
-    did = path_uuid(request)
-    if user.is_driver and did != user.driver_id:
-        raise NotFound("driver not found")
-    async with tenant_transaction(request) as conn:
-        row = await conn.fetchrow(
-            f"SELECT {_SELECT} FROM drivers WHERE id = $1 AND tenant_id = $2",  # noqa: S608
-            did, user.tenant_id)
-    if row is None:
-        raise NotFound("driver not found")
-    return json_response(_json(row))
-
-
-async def create_driver(request: web.Request) -> web.Response:
-    """POST /api/drivers."""
-    user = current_user(request)
-    values = msgspec.structs.asdict(await read_json(request, DriverIn))
-    cols = ["tenant_id", *values]
-    ph = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-    async with tenant_transaction(request) as conn:
-        try:
-            row = await conn.fetchrow(
-                f"INSERT INTO drivers ({', '.join(cols)}) VALUES ({ph}) RETURNING {_SELECT}",  # noqa: S608
-                user.tenant_id, *values.values())
-        except asyncpg.PostgresError as exc:
-            raise db_error(exc) from exc
-    if row is None:
-        raise ApiError("insert returned no row")
-    request[AUDIT_RESOURCE_ID] = str(row["id"])
-    return json_response(_json(row), status=201)
-
-
-async def update_driver(request: web.Request) -> web.Response:
-    """PATCH /api/drivers/{id}."""
-    user = current_user(request)
-    did = path_uuid(request)
-    body = await read_json(request, DriverPatch)
-    values = {k: v for k, v in msgspec.structs.asdict(body).items() if v is not UNSET}
-    if not values:
-        raise ValidationError("no field to update", field="body")
-    sets = ", ".join(f"{k} = ${i}" for i, k in enumerate(values, start=3))
-    async with tenant_transaction(request) as conn:
-        try:
-            row = await conn.fetchrow(
-                f"UPDATE drivers SET {sets} WHERE id = $1 AND tenant_id = $2 "  # noqa: S608
-                f"RETURNING {_SELECT}", did, user.tenant_id, *values.values())
-        except asyncpg.PostgresError as exc:
-            raise db_error(exc) from exc
-    if row is None:
-        raise NotFound("driver not found")
-    return json_response(_json(row))
-
-
-async def delete_driver(request: web.Request) -> web.Response:
-    """DELETE /api/drivers/{id}."""
-    user = current_user(request)
-    did = path_uuid(request)
-    async with tenant_transaction(request) as conn:
-        deleted = await conn.fetchval(
-            "DELETE FROM drivers WHERE id = $1 AND tenant_id = $2 RETURNING id",
-            did, user.tenant_id)
-    if deleted is None:
-        raise NotFound("driver not found")
-    # The foreign key cleared vehicles.assigned_driver_id: cached vehicle lists are stale.
-    await invalidate(request, "vehicles", user.tenant_id)
-    return web.Response(status=204)
+DRIVERS = TenantResource(
+    noun="driver", path="/api/drivers", table="drivers", tag="drivers", schema="Driver",
+    columns=("id", "first_name", "last_name", "email", "phone", "license_number",
+             "license_state", "license_expiry", "cdl_class", "status", "created_at",
+             "updated_at"),
+    order_by="r.last_name, r.first_name", read_roles=ROLES, write_roles=MANAGERS,
+    create_body=DriverIn, patch_body=DriverPatch, driver_column="id",
+    filters=(Filter(Param("status", schema={"enum": list(DRIVER_STATUSES)}), "r.status = {}",
+                    lambda request, name: query_choice(request, name, DRIVER_STATUSES)),),
+    # Deleting a driver clears vehicles.assigned_driver_id (the foreign key): cached vehicle
+    # lists are stale.
+    invalidates=("vehicles",),
+    summaries={"list": "List drivers (drivers: themselves)"})
 
 
 # -- users -----------------------------------------------------------------------------------
@@ -229,28 +151,11 @@ async def create_user(request: web.Request) -> web.Response:
     return json_response({c: row[c] for c in USER_COLUMNS}, status=201)
 
 
-READ = ROLES
-WRITE = ("admin", "fleet_manager")
-ID = Param("id", "path", UUID_SCHEMA, required=True)
-DRIVER = {"$ref": "#/components/schemas/Driver"}
-
 ROUTES = [
-    ApiRoute("GET", "/api/drivers", list_drivers, "List drivers (drivers: themselves)",
-             "drivers", READ,
-             params=(*PAGE_PARAMS, Param("status", schema={"enum": ["active", "inactive",
-                                                                    "suspended"]})),
-             response={"$ref": "#/components/schemas/Page"}),
-    ApiRoute("POST", "/api/drivers", create_driver, "Create a driver", "drivers", WRITE,
-             body=DriverIn, response=DRIVER, status=201, resource="driver"),
-    ApiRoute("GET", "/api/drivers/{id}", get_driver, "One driver", "drivers", READ,
-             params=(ID,), response=DRIVER),
-    ApiRoute("PATCH", "/api/drivers/{id}", update_driver, "Update a driver", "drivers", WRITE,
-             params=(ID,), body=DriverPatch, response=DRIVER, resource="driver"),
-    ApiRoute("DELETE", "/api/drivers/{id}", delete_driver, "Delete a driver", "drivers", WRITE,
-             params=(ID,), status=204, resource="driver"),
+    *crud_routes(DRIVERS),
     ApiRoute("GET", "/api/users", list_users, "List user accounts", "users",
-             ("admin", "fleet_manager"), params=PAGE_PARAMS,
+             MANAGERS, params=PAGE_PARAMS,
              response={"$ref": "#/components/schemas/Page"}),
     ApiRoute("POST", "/api/users", create_user, "Create a user account (IA-5 password rules)",
-             "users", ("admin",), body=UserIn, status=201, resource="user"),
+             "users", ADMINS, body=UserIn, status=201, resource="user"),
 ]

@@ -17,12 +17,13 @@ from shapely.errors import ShapelyError
 from shapely.geometry import shape
 from shapely.validation import explain_validity
 
-from api.auth import current_user
+from api.auth import MANAGERS, current_user, roles_except
 from api.db import tenant_transaction
-from api.errors import NotFound, Unprocessable, ValidationError
-from api.params import UUID_SCHEMA, path_uuid, query_bool, query_choice, query_text, read_json
+from api.errors import Unprocessable, ValidationError
+from api.params import path_uuid, query_bool, query_choice, query_text, read_json
 from api.routes.common import db_error, json_response
-from api.routing import AUDIT_RESOURCE_ID, ApiRoute, Param
+from api.routes.crud import TenantResource, crud_routes
+from api.routing import AUDIT_RESOURCE_ID, Param
 
 Kind = Literal["polygon", "circle", "corridor"]
 KINDS = ("polygon", "circle", "corridor")
@@ -174,6 +175,16 @@ def feature_json(row: asyncpg.Record) -> dict[str, Any]:
             "properties": {k: row[k] for k in _PROPS}}
 
 
+# The seed's "Routes" column: admin/fleet_manager CRUD; driver and viewer read; technician none.
+# A Feature in and out, a FeatureCollection as the list, PUT to replace: the body handlers are
+# this module's; reading one and deleting are the declaration's.
+GEOFENCES = TenantResource(
+    noun="geofence", path="/api/geofences", table="geofences", tag="geofences",
+    schema="GeofenceFeature", columns=("id", "geometry", *_PROPS), select=_SELECT,
+    to_json=feature_json, order_by="r.name", read_roles=roles_except("technician"),
+    write_roles=MANAGERS)
+
+
 async def list_geofences(request: web.Request) -> web.Response:
     """GET /api/geofences: a FeatureCollection."""
     user = current_user(request)
@@ -188,18 +199,6 @@ async def list_geofences(request: web.Request) -> web.Response:
             user.tenant_id, kind, active, category)
     return json_response({"type": "FeatureCollection",
                           "features": [feature_json(r) for r in rows]})
-
-
-async def get_geofence(request: web.Request) -> web.Response:
-    """GET /api/geofences/{id}."""
-    user = current_user(request)
-    async with tenant_transaction(request) as conn:
-        row = await conn.fetchrow(
-            f"SELECT {_SELECT} FROM geofences WHERE id = $1 AND tenant_id = $2",  # noqa: S608
-            path_uuid(request), user.tenant_id)
-    if row is None:
-        raise NotFound("geofence not found")
-    return json_response(feature_json(row))
 
 
 async def insert_geofence(conn: asyncpg.Connection, tenant_id: UUID, feature: FenceFeature
@@ -266,40 +265,17 @@ async def replace_geofence(request: web.Request) -> web.Response:
         except asyncpg.PostgresError as exc:
             raise _fence_error(exc) from exc
     if row is None:
-        raise NotFound("geofence not found")
+        raise GEOFENCES.not_found()
     return json_response(feature_json(row))
 
 
-async def delete_geofence(request: web.Request) -> web.Response:
-    """DELETE /api/geofences/{id}."""
-    user = current_user(request)
-    async with tenant_transaction(request) as conn:
-        deleted = await conn.fetchval(
-            "DELETE FROM geofences WHERE id = $1 AND tenant_id = $2 RETURNING id",
-            path_uuid(request), user.tenant_id)
-    if deleted is None:
-        raise NotFound("geofence not found")
-    return web.Response(status=204)
-
-
-# The seed's "Routes" column: admin/fleet_manager CRUD; driver and viewer read; technician none.
-READ = ("admin", "fleet_manager", "driver", "viewer")
-WRITE = ("admin", "fleet_manager")
-ID = Param("id", "path", UUID_SCHEMA, required=True)
-FEATURE = {"$ref": "#/components/schemas/GeofenceFeature"}
-ROUTES = [
-    ApiRoute("GET", "/api/geofences", list_geofences, "Geofences as a FeatureCollection",
-             "geofences", READ,
-             params=(Param("kind", schema={"enum": list(KINDS)}),
-                     Param("active", schema={"type": "boolean"}), Param("category")),
-             response={"$ref": "#/components/schemas/FeatureCollection"}),
-    ApiRoute("POST", "/api/geofences", create_geofence, "Create a geofence from a Feature",
-             "geofences", WRITE, body=FenceFeature, response=FEATURE, status=201,
-             resource="geofence"),
-    ApiRoute("GET", "/api/geofences/{id}", get_geofence, "One geofence", "geofences", READ,
-             params=(ID,), response=FEATURE),
-    ApiRoute("PUT", "/api/geofences/{id}", replace_geofence, "Replace a geofence", "geofences",
-             WRITE, params=(ID,), body=FenceFeature, response=FEATURE, resource="geofence"),
-    ApiRoute("DELETE", "/api/geofences/{id}", delete_geofence, "Delete a geofence",
-             "geofences", WRITE, params=(ID,), status=204, resource="geofence"),
-]
+ROUTES = crud_routes(
+    GEOFENCES, operations=("list", "create", "get", "update", "delete"),
+    handlers={"list": list_geofences, "create": create_geofence, "update": replace_geofence},
+    overrides={
+        "list": {"summary": "Geofences as a FeatureCollection",
+                 "params": (Param("kind", schema={"enum": list(KINDS)}),
+                            Param("active", schema={"type": "boolean"}), Param("category")),
+                 "response": {"$ref": "#/components/schemas/FeatureCollection"}},
+        "create": {"summary": "Create a geofence from a Feature", "body": FenceFeature},
+        "update": {"method": "PUT", "summary": "Replace a geofence", "body": FenceFeature}})

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from aiohttp import web
 
-from api.auth import SECTION_KEY, current_user
+from api.auth import ROLES, SECTION_KEY, current_user, roles_except
 from api.cache import cached
 from api.db import tenant_transaction
 from api.errors import Unprocessable
@@ -28,7 +28,7 @@ from api.params import (
     query_uuid,
 )
 from api.routes.common import driver_scope, json_response, page_body, visible_vehicle
-from api.routing import PAGE_PARAMS, ApiRoute, Param
+from api.routing import ID_PARAM, PAGE_PARAMS, ApiRoute, Param
 from api.trips import Point, detect_trips
 
 MAX_RANGE = timedelta(days=366)
@@ -322,8 +322,6 @@ async def dashboard(request: web.Request) -> web.Response:
 
 
 # The seed's "Vehicles" read column applies to everything recorded about vehicles.
-READ = ("admin", "fleet_manager", "driver", "technician", "viewer")
-ID = Param("id", "path", UUID_SCHEMA, required=True)
 TIME = (Param("from", schema={"type": "string", "format": "date-time"},
               description="RFC 3339; default: `to` minus the route's default span. "
               "from < to and at most 366 days before it, else 422."),
@@ -334,34 +332,34 @@ SERIES = (*TIME, Param("resolution", schema={"enum": list(RESOLUTIONS)}),
 PAGE = {"$ref": "#/components/schemas/Page"}
 ROUTES = [
     ApiRoute("GET", "/api/vehicles/{id}/telemetry", telemetry_history,
-             "Telemetry over a time range, downsampled", "telemetry", READ,
-             params=(ID, *SERIES)),
+             "Telemetry over a time range, downsampled", "telemetry", ROLES,
+             params=(ID_PARAM, *SERIES)),
     ApiRoute("GET", "/api/vehicles/{id}/track", track, "Track as a GeoJSON LineString",
-             "telemetry", READ, params=(ID, *SERIES)),
+             "telemetry", ROLES, params=(ID_PARAM, *SERIES)),
     ApiRoute("GET", "/api/vehicles/{id}/trips", trips, "Trips and stops of one UTC day",
-             "telemetry", READ, params=(ID, Param("date", schema={"type": "string",
+             "telemetry", ROLES, params=(ID_PARAM, Param("date", schema={"type": "string",
                                                                  "format": "date"}))),
     ApiRoute("GET", "/api/positions", positions, "Latest position and signals per vehicle",
-             "telemetry", READ,
+             "telemetry", ROLES,
              params=(Param("vehicle_id", schema=UUID_SCHEMA),
                      Param("bbox", schema={"type": "string", "pattern": BBOX_PATTERN},
                            description="west,south,east,north in degrees (RFC 7946 order); "
                            "west > east crosses the antimeridian, -180,-90,180,90 is the "
                            "whole world. Longitudes -180..180, latitudes -90..90, south < "
                            "north and west != east, else 422."))),
-    ApiRoute("GET", "/api/geofence-events", geofence_events, "Geofence events", "events", READ,
+    ApiRoute("GET", "/api/geofence-events", geofence_events, "Geofence events", "events", ROLES,
              params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUID_SCHEMA),
                      Param("geofence_id", schema=UUID_SCHEMA),
                      Param("event_type", schema={"enum": ["enter", "exit", "dwell",
                                                           "crossing"]})), response=PAGE),
-    ApiRoute("GET", "/api/vehicle-events", vehicle_events, "Vehicle events", "events", READ,
+    ApiRoute("GET", "/api/vehicle-events", vehicle_events, "Vehicle events", "events", ROLES,
              params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUID_SCHEMA),
                      Param("event_type"),
                      Param("severity", schema={"enum": ["info", "warning", "critical"]})),
              response=PAGE),
-    ApiRoute("GET", "/api/anomalies", anomalies, "Anomalies", "events", READ,
+    ApiRoute("GET", "/api/anomalies", anomalies, "Anomalies", "events", ROLES,
              params=(*PAGE_PARAMS, *TIME, Param("vehicle_id", schema=UUID_SCHEMA), Param("signal"),
                      Param("events_only", schema={"type": "boolean"})), response=PAGE),
     ApiRoute("GET", "/api/dashboard", dashboard, "Fleet metrics (cached 1 h)", "dashboard",
-             ("admin", "fleet_manager", "technician", "viewer")),
+             roles_except("driver")),
 ]

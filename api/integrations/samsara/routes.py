@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from api.auth import current_user
+from api.auth import ADMINS, current_user
 from api.db import tenant_transaction
 from api.errors import ApiError, ValidationError
 from api.integrations.state import INTEGRATIONS_KEY
@@ -44,6 +44,6 @@ async def samsara_token(request: web.Request) -> web.Response:
 
 ROUTES = [
     ApiRoute("PUT", "/api/integrations/samsara/token", samsara_token,
-             "Store the tenant's Samsara API token (encrypted)", "integrations", ("admin",),
+             "Store the tenant's Samsara API token (encrypted)", "integrations", ADMINS,
              body=SamsaraTokenBody, resource="integration"),
 ]

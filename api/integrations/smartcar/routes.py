@@ -26,7 +26,7 @@ from uuid import UUID
 from aiohttp import web
 
 from api.audit import record
-from api.auth import current_user
+from api.auth import MANAGERS, current_user, roles_except
 from api.cache import REDIS_KEY
 from api.config import SETTINGS_KEY
 from api.db import POOL_KEY, tenant_connection, tenant_transaction
@@ -41,13 +41,11 @@ from api.integrations.smartcar.signals import (
     webhook_v3_samples,
 )
 from api.integrations.state import INTEGRATIONS_KEY, Integrations
-from api.params import UUID_SCHEMA, path_uuid
-from api.routing import ApiRoute, Param
+from api.params import path_uuid
+from api.routing import ID_PARAM, ApiRoute, Param
 from core.protocol import Source
 
 log = logging.getLogger(__name__)
-
-MANAGERS = ("admin", "fleet_manager")
 
 
 def sign_webhook(management_token: str, body: bytes) -> str:
@@ -333,21 +331,18 @@ async def _publisher(app: web.Application) -> MqttPublisher:
     return integ.publisher
 
 
-_ID = (Param("id", location="path", schema=UUID_SCHEMA,
-             required=True),)
-
 ROUTES = [
     ApiRoute("GET", "/api/smartcar/auth-url", auth_url, "Smartcar Connect URL", "integrations",
              MANAGERS, params=(Param("vehicle_id", description="our vehicle to link"),)),
     ApiRoute("GET", "/api/smartcar/callback", callback, "Smartcar Connect redirect target",
              "integrations", None, params=(Param("code"), Param("state", required=True))),
     ApiRoute("POST", "/api/smartcar/vehicles/{id}/lock", lock, "Lock a Smartcar vehicle",
-             "integrations", MANAGERS, params=_ID, resource="vehicle", audit=False),
+             "integrations", MANAGERS, params=(ID_PARAM,), resource="vehicle", audit=False),
     ApiRoute("POST", "/api/smartcar/vehicles/{id}/unlock", unlock, "Unlock a Smartcar vehicle",
-             "integrations", MANAGERS, params=_ID, resource="vehicle", audit=False),
+             "integrations", MANAGERS, params=(ID_PARAM,), resource="vehicle", audit=False),
     ApiRoute("GET", "/api/smartcar/vehicles/{id}/location", location,
              "Last Smartcar location (cached 5 min)", "integrations",
-             ("admin", "fleet_manager", "technician", "viewer"), params=_ID),
+             roles_except("driver"), params=(ID_PARAM,)),
     ApiRoute("POST", "/api/smartcar/webhooks", webhook, "Smartcar webhook receiver",
              "integrations", None, audit=False),
 ]
