@@ -21,7 +21,8 @@ from stream.detectors.anomaly import AnomalySettings
 from stream.detectors.config import DetectorSettings
 
 DB_RETRY_DELAYS_S = (0.1, 0.25, 0.5, 1.0)
-"""Back-off between attempts while the database is unreachable, s; the last repeats forever
+"""Back-off between attempts while the database is unreachable, s, of every connection the
+stream holds (`stream.database.RetryingConnection`); the last repeats forever
 (the source holds its acknowledgements and the sink stalls the dataflow: back-pressure,
 nothing lost). Capped at 1 s: a refused connection costs nothing, and the former 5 s cap
 left up to 5 s of every database restart unused (`fleet bench faults`, db_restart)."""

@@ -26,9 +26,7 @@ from bytewax.outputs import Sink
 from stream.config import StreamSettings
 from stream.decode import Decoder
 from stream.detectors.base import Detector
-from stream.errors import StreamConfigError
-from stream.geo_step import GeoLookup, IndexProvider
-from stream.items import (
+from stream.envelopes import (
     EconomyItem,
     EmittedEvent,
     InboxMessage,
@@ -37,6 +35,8 @@ from stream.items import (
     VehicleBatch,
     VehicleOutput,
 )
+from stream.errors import StreamConfigError
+from stream.geo_step import GeoLookup, IndexProvider
 from stream.vehicle import VehicleStepConfig, vehicle_logic_builder
 
 FLOW_ID = "fleet_stream"

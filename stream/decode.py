@@ -10,7 +10,7 @@ import logging
 
 from core.protocol import Channel, Reject, RejectReason, Telemetry, decode, parse_topic
 from stream.directory import VehicleDirectory
-from stream.items import InboxMessage, RejectRow, VehicleBatch
+from stream.envelopes import InboxMessage, RejectRow, VehicleBatch
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from uuid import UUID
 
 import numpy as np
 
-from stream.items import RejectRow, VehicleBatch
+from stream.envelopes import RejectRow, VehicleBatch
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,15 @@
-"""Typed values that flow between the stream's steps: readings in, events out.
+"""The detectors' vocabulary: the domain values a detector reads and returns.
 
-The dataflow turns a decoded telemetry message into one `Reading` per sample (in event-time
-order per vehicle, duplicates removed) and hands each to the detectors in
-`stream.detectors.DETECTORS`. Detectors return `VehicleEvent`, `GeofenceEvent` and
-`AnomalyRecord` values, which map one-to-one onto the tables of the same names.
+A detector (`stream.detectors`) is handed one `Reading` per sample of a known vehicle
+(`VehicleRef`), in event-time order per vehicle with duplicates removed, and returns
+`VehicleEvent`, `GeofenceEvent` and `AnomalyRecord` values (`Event`), which map one-to-one
+onto the tables of the same names; `Severity` and the event type literals are the words they
+use. `snapshot_state` decorates the per-vehicle state classes that Bytewax snapshots. How
+these values travel between the dataflow's steps (with their inbox position, vehicle and
+destination) is `stream.envelopes`.
+
+Every vehicle's snapshot names this module (its `VehicleRef`): a class that leaves it must
+stay loadable from here (`stream.vehicle._SnapshotUnpickler`).
 """
 
 from __future__ import annotations

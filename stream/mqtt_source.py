@@ -29,7 +29,6 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,9 +46,10 @@ from core.errors import SettingsError
 from core.mqtt_url import MqttTarget, parse_mqtt_url
 from core.protocol import Channel, RejectReason, subscription
 from core.settings import MqttSettings
-from stream.config import DB_RETRY_DELAYS_S, DB_RETRY_LOG_EVERY, LimitSettings, SourceSettings
-from stream.errors import StreamConfigError, StreamSourceError, first_line
-from stream.items import InboxMessage, RejectRow
+from stream.config import LimitSettings, SourceSettings
+from stream.database import RetryingConnection
+from stream.envelopes import InboxMessage, RejectRow
+from stream.errors import StreamConfigError, StreamSourceError
 from stream.limits import Limiter, Verdict
 from stream.sink import REJECTS
 
@@ -138,44 +138,13 @@ class _Inbox:
 
     def __init__(self, url: str, partition: str, connect_timeout_s: float,
                  halt: threading.Event | None = None) -> None:
-        """`halt`, when set, ends a wait for an unreachable database with StreamSourceError."""
-        self.url = url
+        """`halt`, when set, ends a wait for an unreachable database with StreamSourceError.
+        While the database is down nothing is acknowledged, so the broker keeps the messages."""
         self.partition = partition
-        self.connect_timeout_s = connect_timeout_s
-        self.halt = halt or threading.Event()
-        self.conn: psycopg.Connection[Any] | None = None
+        self.db = RetryingConnection(url, name=f"inbox {partition}", error=StreamSourceError,
+                                     connect_timeout_s=connect_timeout_s, autocommit=True,
+                                     stop=halt)
         self.tenant_ids: dict[str, UUID] = {}
-
-    def _connect(self) -> psycopg.Connection[Any]:
-        if self.conn is None or self.conn.closed:
-            self.conn = psycopg.connect(self.url, connect_timeout=int(self.connect_timeout_s),
-                                        autocommit=True)
-        return self.conn
-
-    def _retrying(self, what: str, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        attempt = 0
-        while True:
-            try:
-                result = fn(self._connect())
-            except psycopg.OperationalError as exc:
-                # The database is down: hold on (nothing is acknowledged meanwhile, so the
-                # broker keeps the messages) and retry.
-                delay = DB_RETRY_DELAYS_S[min(attempt, len(DB_RETRY_DELAYS_S) - 1)]
-                log.log(logging.DEBUG if attempt % DB_RETRY_LOG_EVERY else logging.WARNING,
-                        "inbox %s %s failed (%s, attempt %d); retrying in %.2f s",
-                        self.partition, what, first_line(exc), attempt + 1, delay)
-                self.close()
-                if self.halt.wait(delay):
-                    raise StreamSourceError(f"inbox {self.partition}: stopped while the database "
-                                      f"was unreachable") from exc
-                attempt += 1
-            except psycopg.Error as exc:
-                raise StreamSourceError(f"inbox {self.partition}: {what} failed: {exc}") from exc
-            else:
-                if attempt:
-                    log.info("inbox %s %s succeeded again after %d failed attempts",
-                             self.partition, what, attempt)
-                return result
 
     def last_offset(self) -> int:
         """Highest offset stored (0 when empty)."""
@@ -183,7 +152,7 @@ class _Inbox:
             row = conn.execute("SELECT coalesce(max(inbox_offset), 0) FROM stream_inbox "
                                "WHERE source_partition = %s", (self.partition,)).fetchone()
             return int(row[0]) if row else 0
-        return int(self._retrying("read", q))
+        return self.db.run("read", q)
 
     def first_offset(self) -> int:
         """Lowest offset still stored (0 when empty)."""
@@ -191,7 +160,7 @@ class _Inbox:
             row = conn.execute("SELECT coalesce(min(inbox_offset), 0) FROM stream_inbox "
                                "WHERE source_partition = %s", (self.partition,)).fetchone()
             return int(row[0]) if row else 0
-        return int(self._retrying("read", q))
+        return self.db.run("read", q)
 
     def append(self, first_offset: int, messages: list[_Received],
                rejects: list[RejectRow] | None = None) -> None:
@@ -210,7 +179,7 @@ class _Inbox:
                                             m.topic, m.payload))
                 if rejects:
                     self._write_rejects(cur, rejects)
-        self._retrying("append", q)
+        self.db.run("append", q)
 
     def _write_rejects(self, cur: psycopg.Cursor[Any], rejects: list[RejectRow]) -> None:
         slugs = {r.topic.split("/")[2] for r in rejects if r.topic.count("/") >= 3}
@@ -238,22 +207,18 @@ class _Inbox:
             # so a replay must reproduce the very millisecond the live run used.
             return [InboxMessage(self.partition, int(off), (at - _EPOCH) // _ONE_MS, topic,
                                  bytes(payload)) for off, at, topic, payload in rows]
-        result: list[InboxMessage] = self._retrying("read", q)
-        return result
+        return self.db.run("read", q)
 
     def prune(self, upto: int) -> None:
         """Delete offsets <= upto."""
         def q(conn: psycopg.Connection[Any]) -> None:
             conn.execute("DELETE FROM stream_inbox WHERE source_partition = %s "
                          "AND inbox_offset <= %s", (self.partition, upto))
-        self._retrying("prune", q)
+        self.db.run("prune", q)
 
     def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            finally:
-                self.conn = None
+        """Drop the connection."""
+        self.db.close()
 
 
 class _MqttPartition(StatefulSourcePartition[InboxMessage, int]):

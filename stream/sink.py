@@ -47,9 +47,8 @@ from psycopg.types.json import Jsonb
 
 from core.live import LiveEvent, LivePosition, encode_live, live_channel
 from core.protocol import RejectReason
-from stream.config import DB_RETRY_DELAYS_S, DB_RETRY_LOG_EVERY
-from stream.errors import SinkError, first_line
-from stream.items import (
+from stream.database import RetryingConnection
+from stream.envelopes import (
     EmittedEvent,
     RejectRow,
     SinkInput,
@@ -58,6 +57,7 @@ from stream.items import (
     VehicleOutput,
     VehicleStateRow,
 )
+from stream.errors import SinkError, first_line
 from stream.model import AnomalyRecord, GeofenceEvent, Reading, VehicleEvent
 
 log = logging.getLogger(__name__)
@@ -465,61 +465,50 @@ def refused_row(table: str, item: Any, exc: Exception) -> RejectRow:
 
 
 class DatabaseWriter:
-    """Writes whole batches in one transaction each; reconnects on connection loss."""
+    """Writes whole batches in one transaction each; reconnects and retries while the database
+    is unreachable (`stream.database`)."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
-        self.url = url
-        self.connect_timeout_s = connect_timeout_s
-        self.sleep = sleep
-        self.conn: psycopg.Connection[Any] | None = None
+    def __init__(self, url: str, *, connect_timeout_s: float = 10.0) -> None:
+        self.db = RetryingConnection(url, name="database", error=SinkError,
+                                     connect_timeout_s=connect_timeout_s, prepare=self._prepare)
         self.writers: dict[str, TableWriter] = {}
-        self.continuous_aggregates: bool | None = None
-        """Whether the rollups are continuous aggregates (Timescale edition); None until the
-        first refresh has asked the database."""
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        if self.conn is None or self.conn.closed:
-            conn = psycopg.connect(self.url, connect_timeout=int(self.connect_timeout_s))
-            oid = register_geography(conn)
-            self.writers = {t.name: TableWriter(conn, t, oid) for t in
-                            (TELEMETRY, VEHICLE_EVENTS, GEOFENCE_EVENTS, ANOMALIES, REJECTS)}
-            self.conn = conn
-        return self.conn
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        oid = register_geography(conn)
+        self.writers = {t.name: TableWriter(conn, t, oid) for t in
+                        (TELEMETRY, VEHICLE_EVENTS, GEOFENCE_EVENTS, ANOMALIES, REJECTS)}
 
     def write(self, batch: Batch) -> None:
         """Commit a batch, retrying while the database is unreachable; rows it refuses become
         dead letters (module doc)."""
-        attempt = 0
-        isolate = False
-        while True:
-            try:
-                conn = self._connect()
-                if isolate:
-                    self._write_isolating(conn, batch)
-                else:
+        what = f"cannot write a batch of {len(batch.telemetry)} samples"
+        isolate = False  # once the database has refused the batch, every attempt isolates
+
+        def attempt(conn: psycopg.Connection[Any]) -> None:
+            nonlocal isolate
+            if not isolate:
+                try:
                     with conn.transaction():
                         self._write(conn, batch)
-                if attempt:
-                    log.info("database write succeeded again after %d failed attempts",
-                             attempt)
-                return  # noqa: TRY300
-            except psycopg.OperationalError as exc:
-                delay = DB_RETRY_DELAYS_S[min(attempt, len(DB_RETRY_DELAYS_S) - 1)]
-                log.log(logging.DEBUG if attempt % DB_RETRY_LOG_EVERY else logging.WARNING,
-                        "database write failed (%s, attempt %d); retrying in %.2f s",
-                        first_line(exc), attempt + 1, delay)
-                self.close()
-                self.sleep(delay)
-                attempt += 1
+                except psycopg.OperationalError:
+                    raise
+                except (psycopg.Error, ValueError, TypeError) as exc:
+                    if isinstance(exc, _SYSTEMIC):
+                        raise SinkError(f"{what}: {first_line(exc)}") from exc
+                    log.warning("the database refused a batch of %d samples (%s); writing it "
+                                "again with the refused rows set aside as dead letters",
+                                len(batch.telemetry), first_line(exc))
+                    isolate = True
+                else:
+                    return
+            try:
+                self._write_isolating(conn, batch)
+            except psycopg.OperationalError:
+                raise
             except (psycopg.Error, ValueError, TypeError) as exc:
-                what = f"cannot write a batch of {len(batch.telemetry)} samples"
-                if isolate or isinstance(exc, _SYSTEMIC):
-                    raise SinkError(f"{what}: {first_line(exc)}") from exc
-                log.warning("the database refused a batch of %d samples (%s); writing it again "
-                            "with the refused rows set aside as dead letters",
-                            len(batch.telemetry), first_line(exc))
-                isolate = True
+                raise SinkError(f"{what}: {first_line(exc)}") from exc
+
+        self.db.run("write", attempt)
 
     def _write_isolating(self, conn: psycopg.Connection[Any], batch: Batch) -> None:
         """Write `batch` with every row the database refuses turned into a dead letter."""
@@ -586,44 +575,9 @@ class DatabaseWriter:
             with conn.cursor() as cur:
                 cur.executemany(_STATE_UPSERT, [_state_params(s) for s in batch.states.values()])
 
-    def refresh_rollups(self, from_ms: int, to_ms: int,
-                        vehicles: Sequence[UUID] | None = None) -> bool:
-        """Recompute the minute/hour rollups of a time range, of these vehicles or all.
-        False when it failed (logged; the caller keeps the range for its next round)."""
-        try:
-            conn = self._connect()
-            if self.rollups_refresh_themselves(conn):
-                return True
-            with conn.transaction():
-                conn.execute("CALL fleet_refresh_rollups(%s, %s, %s)",
-                             (ts(from_ms), ts(to_ms), None if vehicles is None else
-                              list(vehicles)))
-        except (psycopg.Error, SinkError):
-            log.warning("rollup refresh failed; it is retried in the next round",
-                        exc_info=True)
-            self.close()
-            return False
-        return True
-
-    def rollups_refresh_themselves(self, conn: psycopg.Connection[Any]) -> bool:
-        """True on the Timescale-licence edition: its rollups are continuous aggregates that
-        their policies refresh, late rows included (migration 0014), and only their owner may
-        refresh them by hand."""
-        if self.continuous_aggregates is None:
-            row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
-            conn.rollback()
-            self.continuous_aggregates = row is not None and row[0] == "timescale"
-            if self.continuous_aggregates:
-                log.info("rollups: continuous aggregates, refreshed by their policies")
-        return self.continuous_aggregates
-
     def close(self) -> None:
         """Drop the connection (it is reopened on the next write)."""
-        if self.conn is not None:
-            try:
-                self.conn.close()
-            finally:
-                self.conn = None
+        self.db.close()
 
 
 MINUTE_MS = 60_000
@@ -658,7 +612,11 @@ class RollupRefresher:
 
     def __init__(self, url: str, interval_s: float, connect_timeout_s: float, *,
                  clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
-        self.db = DatabaseWriter(url, connect_timeout_s=connect_timeout_s)
+        self.db = RetryingConnection(url, name="rollups", error=SinkError,
+                                     connect_timeout_s=connect_timeout_s)
+        self.continuous_aggregates: bool | None = None
+        """Whether the rollups are continuous aggregates (Timescale edition); None until the
+        first round has asked the database."""
         self.interval_s = interval_s
         self.clock_ms = clock_ms
         self._lock = threading.Lock()
@@ -669,7 +627,7 @@ class RollupRefresher:
 
     def touch(self, lo_ms: int, hi_ms: int, vehicles: Iterable[UUID]) -> None:
         """Record that rows of these vehicles with sample times in [lo, hi] were committed."""
-        if self.db.continuous_aggregates:
+        if self.continuous_aggregates:
             return  # nothing to refresh by hand: spare the sink's every batch the bookkeeping
         with self._lock:
             touched = self._touched
@@ -700,13 +658,47 @@ class RollupRefresher:
             # fleet_refresh_rollups takes whole buckets overlapping [from, to): ending just
             # before the cutoff leaves the open minute out.
             to_ms = hi + 1 if cutoff is None else min(hi + 1, cutoff - 1)
-            if not self.db.refresh_rollups(lo, to_ms, sorted(due)):
+            if not self.refresh(lo, to_ms, sorted(due)):
                 # Each closed minute is refreshed once: a failed round must come again.
                 for v, (v_lo, v_hi) in due.items():
                     self.touch(v_lo, v_hi, (v,))
-        if self.db.continuous_aggregates:
+        if self.continuous_aggregates:
             with self._lock:
                 self._touched.clear()
+
+    def refresh(self, from_ms: int, to_ms: int, vehicles: Sequence[UUID] | None = None) -> bool:
+        """Recompute the minute/hour rollups of a time range, of these vehicles or all.
+        False when it failed (logged; the caller keeps the range for its next round)."""
+        def call(conn: psycopg.Connection[Any]) -> None:
+            if self._refresh_themselves(conn):
+                return
+            with conn.transaction():
+                conn.execute("CALL fleet_refresh_rollups(%s, %s, %s)",
+                             (ts(from_ms), ts(to_ms), None if vehicles is None else
+                              list(vehicles)))
+
+        try:
+            # One attempt: the next round is the retry, and a round waiting out an outage
+            # would hold up the sink's close.
+            self.db.run("refresh", call, retry=False)
+        except SinkError:
+            log.warning("rollup refresh failed; it is retried in the next round",
+                        exc_info=True)
+            self.db.close()
+            return False
+        return True
+
+    def _refresh_themselves(self, conn: psycopg.Connection[Any]) -> bool:
+        """True on the Timescale-licence edition: its rollups are continuous aggregates that
+        their policies refresh, late rows included (migration 0014), and only their owner may
+        refresh them by hand."""
+        if self.continuous_aggregates is None:
+            row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
+            conn.rollback()
+            self.continuous_aggregates = row is not None and row[0] == "timescale"
+            if self.continuous_aggregates:
+                log.info("rollups: continuous aggregates, refreshed by their policies")
+        return self.continuous_aggregates
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

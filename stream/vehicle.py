@@ -44,8 +44,7 @@ from stream.config import DataflowSettings, FilterSettings, RollupSettings
 from stream.derived import derive
 from stream.detectors.base import Detector
 from stream.economy import EconomyAccumulator
-from stream.filters import Fix, check_position, check_time, is_duplicate, strip_position
-from stream.items import (
+from stream.envelopes import (
     EconomyItem,
     EmittedEvent,
     RejectRow,
@@ -55,6 +54,7 @@ from stream.items import (
     VehicleOutput,
     VehicleStateRow,
 )
+from stream.filters import Fix, check_position, check_time, is_duplicate, strip_position
 from stream.model import Event, Reading, VehicleRef, snapshot_state
 from stream.seqset import SeqSet
 
@@ -182,6 +182,8 @@ class _SnapshotUnpickler(pickle.Unpickler):
         # module of its own: Bytewax unpickles the fleet economy step's state without us).
         "edge_gateway.protocol": "core.protocol",
         "stream.live": "core.live",
+        # Not stream.items (now stream.envelopes): no snapshot holds an envelope, and that
+        # module stays for the pickles Bytewax reads itself (items routed between processes).
     }
 
     def find_class(self, module: str, name: str, /) -> Any:

@@ -35,7 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def bench_items(n: int, tenant_id: uuid.UUID, vehicles: list[uuid.UUID]) -> list[Any]:
     from core.protocol import Sample, Source
-    from stream.items import StoredSample
+    from stream.envelopes import StoredSample
     from stream.model import Reading, VehicleRef
 
     refs = [VehicleRef(tenant_id, v, "bench", f"v{i}") for i, v in enumerate(vehicles)]

@@ -81,7 +81,7 @@ def _items(tenant: uuid.UUID, samples: dict[uuid.UUID, list[Any]], shift_ms: int
     import msgspec
 
     from core.protocol import Source
-    from stream.items import StoredSample
+    from stream.envelopes import StoredSample
     from stream.model import Reading, VehicleRef
 
     refs = {v: VehicleRef(tenant, v, "bench", f"v{i}") for i, v in enumerate(samples)}

@@ -20,7 +20,7 @@ from stream.decode import Decoder
 from stream.detectors.anomaly import AnomalySettings
 from stream.directory import VehicleDirectory, VehicleRecord
 from stream.economy import EconomyTracker, FleetEconomy
-from stream.items import InboxMessage, SinkItem, unbundle
+from stream.envelopes import InboxMessage, SinkItem, unbundle
 from stream.model import Event, Reading, VehicleEvent
 from stream.vehicle import VehicleStepConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stream.config import DataflowSettings
-from stream.items import EmittedEvent, RejectRow, StoredSample, VehicleStateRow
+from stream.envelopes import EmittedEvent, RejectRow, StoredSample, VehicleStateRow
 from tests.stream.helpers import T0, VEHICLE_ID, CountingDetector, Inbox, run_flow, sample
 
 

@@ -8,7 +8,7 @@ import uuid
 from stream.detectors.anomaly import AnomalySettings
 from stream.directory import VehicleRecord
 from stream.economy import ECONOMY_SIGNAL
-from stream.items import EmittedEvent
+from stream.envelopes import EmittedEvent
 from stream.model import AnomalyRecord
 from tests.stream.helpers import TENANT, TENANT_ID, Inbox, run_flow, sample
 

@@ -8,7 +8,7 @@ import uuid
 from core.protocol import Channel, topic_for
 from core.settings import MqttSettings
 from stream.config import SourceSettings
-from stream.items import InboxMessage
+from stream.envelopes import InboxMessage
 from stream.mqtt_source import MqttSource, _Inbox
 from tests.conftest import TestDatabase
 from tests.stream.streamproc import count, mqtt_client, wait_for

@@ -6,9 +6,9 @@ import psycopg
 import pytest
 
 from core.protocol import Sample, Source
-from stream.items import EmittedEvent, RejectRow, StoredSample, VehicleStateRow
+from stream.envelopes import EmittedEvent, RejectRow, StoredSample, VehicleStateRow
 from stream.model import Reading, VehicleEvent, VehicleRef
-from stream.sink import Batch, DatabaseWriter
+from stream.sink import Batch, DatabaseWriter, RollupRefresher
 from tests.conftest import TestDatabase
 from tests.stream.conftest import Fleet
 
@@ -39,8 +39,10 @@ def test_replayed_batches_leave_no_duplicates(database: TestDatabase, fleet: Fle
     assert writer.writers["telemetry"].direct
     # A replay overlapping the stored rows adds only the new rows.
     writer.write(Batch.of(items(fleet, range(50, 151))))
-    writer.refresh_rollups(T0, T0 + 200_000)  # every vehicle (no list)
     writer.close()
+    refresher = RollupRefresher(database.ingest_url, 3600.0, 10.0)
+    assert refresher.refresh(T0, T0 + 200_000)  # every vehicle (no list)
+    refresher.close()
     with psycopg.connect(database.owner_url) as conn:
         n, distinct = conn.execute(
             "SELECT count(*), count(DISTINCT seq) FROM telemetry").fetchone() or (0, 0)
@@ -85,7 +87,7 @@ def test_rollups_cover_closed_minutes_of_the_vehicles_written(database: TestData
     does the rest. Timescale edition: the rollups are continuous aggregates with real-time
     aggregation, so every committed row counts at once and the refresher, which may not
     refresh them (only their owner may), stops keeping marks. Same totals on both."""
-    from stream.sink import MINUTE_MS, RollupRefresher, closed_before
+    from stream.sink import MINUTE_MS, closed_before
 
     writer = DatabaseWriter(database.ingest_url)
     writer.write(Batch.of([*_samples_of(fleet, "v1", 150), *_samples_of(fleet, "v2", 150)]))
@@ -108,7 +110,7 @@ def test_rollups_cover_closed_minutes_of_the_vehicles_written(database: TestData
         done = minutes()
         if database.edition == "timescale":
             assert {code: n for code, (n, _last) in done.items()} == {"v1": 150, "v2": 150}
-            assert refresher.db.continuous_aggregates is True
+            assert refresher.continuous_aggregates is True
             refresher.touch(T0, T0 + 149_000, [fleet.vehicles["v2"]])
             assert refresher._touched == {}  # no marks kept where nothing is refreshed by hand
         else:
@@ -133,19 +135,17 @@ def test_a_failed_rollup_round_is_retried(database: TestDatabase, fleet: Fleet) 
     """Each closed minute is refreshed once, so a round that fails keeps its marks (on the
     Timescale edition the later round finds nothing to do by hand, and the rows count by
     real-time aggregation)."""
-    from stream.sink import RollupRefresher
-
     writer = DatabaseWriter(database.ingest_url)
     writer.write(Batch.of(_samples_of(fleet, "v1", 90)))
     writer.close()
     now = [T0 + 600_000]
     refresher = RollupRefresher(database.ingest_url, 3600.0, 10.0, clock_ms=lambda: now[0])
     try:
-        refresher.db = DatabaseWriter("postgresql://nobody@127.0.0.1:9/none",
-                                      connect_timeout_s=2)
+        refresher.db.url = "postgresql://nobody@127.0.0.1:9/none"
         refresher.touch(T0, T0 + 89_000, [fleet.vehicles["v1"]])
         refresher.flush()  # the database is unreachable: logged, kept
-        refresher.db = DatabaseWriter(database.ingest_url)
+        assert refresher._touched
+        refresher.db.url = database.ingest_url
         refresher.flush()
     finally:
         refresher.close()

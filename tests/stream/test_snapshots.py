@@ -10,8 +10,8 @@ from geo.index import FenceIndex
 from stream.config import StreamSettings
 from stream.dataflow import load_detectors
 from stream.economy import EconomyAccumulator, EconomyTracker
+from stream.envelopes import StoredSample, VehicleBatch
 from stream.filters import Fix
-from stream.items import StoredSample, VehicleBatch
 from stream.model import VehicleRef
 from stream.vehicle import VehicleLogic, VehicleStepConfig, load_snapshot
 
