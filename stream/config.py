@@ -69,6 +69,11 @@ class SourceSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     inbox_retention_s: PositiveInt = 600
     """Inbox rows are deleted once a snapshot at least this old covers them."""
     connect_timeout_s: PositiveFloat = 10.0
+    reconnect_max_delay_s: Annotated[int, Meta(ge=1, le=300)] = 2
+    """Longest wait between attempts to reach the broker again (paho doubles from 1 s up to
+    this). A stream holds a few sessions, not thousands, so it retries often: with 10, a
+    broker that was away 15 s was found again up to 10 s after it was back, and the backlog
+    it held (150,000 samples at 10,000/s) waited that long too."""
 
 
 class LimitSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -168,7 +168,6 @@ class AnomalySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 FloatArray = npt.NDArray[np.float32]
 
 
-@snapshot_state
 @dataclass(slots=True)
 class SignalState:
     """Rolling window and run bookkeeping of one signal of one vehicle (mutable, see
@@ -188,6 +187,20 @@ class SignalState:
     seen: int = 0
     held: int = 0
     """Suspicious samples in a row kept out of the window."""
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        # The window as its bytes: numpy's own pickling of a 120-value array cost ~8 us, and
+        # every vehicle holds one per signal at every snapshot (the stall at each epoch's
+        # end, docs/stream.md). Snapshots written before read as before (the class is
+        # called with the array).
+        return _signal_state, (self.window.tobytes(), self.window.dtype.str, self.count,
+                               self.pos, self.center, self.scale, self.since_refresh,
+                               self.run, self.fired, self.seen, self.held)
+
+
+def _signal_state(window: bytes, dtype: str, *rest: object) -> SignalState:
+    """A `SignalState` from its snapshot (a writable copy of the window)."""
+    return SignalState(np.frombuffer(window, dtype=np.dtype(dtype)).copy(), *rest)  # type: ignore[arg-type]
 
 
 @snapshot_state

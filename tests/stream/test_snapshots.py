@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import pickle
 import uuid
 from pathlib import Path
+
+import numpy as np
 
 from core.protocol import Sample, Source
 from geo.index import FenceIndex
 from stream.config import StreamSettings
 from stream.dataflow import load_detectors
-from stream.economy import EconomyAccumulator, EconomyTracker
+from stream.detectors.anomaly import SignalState
+from stream.economy import EconomyAccumulator, EconomyTracker, FleetEconomyState
 from stream.envelopes import StoredSample, VehicleBatch
 from stream.filters import Fix
 from stream.model import VehicleRef
@@ -53,11 +57,36 @@ def test_a_snapshot_of_the_previous_version_resumes() -> None:
 def test_the_fleet_economy_state_of_a_store_from_before_the_move_loads() -> None:
     """Bytewax unpickles the fleet economy step's state with plain pickle: a recovery store
     written before #14 names `stream.anomaly.FleetEconomyState`."""
-    import pickle
-
-    from stream.economy import FleetEconomyState
-
     state = FleetEconomyState()
     blob = pickle.dumps(state).replace(b"stream.economy", b"stream.anomaly")
     assert b"stream.anomaly" in blob
     assert isinstance(pickle.loads(blob), FleetEconomyState)  # noqa: S301 - our own bytes
+
+
+class _EarlierSignalState:
+    """Pickles as `SignalState` did before its windows pickled as bytes: the class called
+    with the field values, the window a numpy array."""
+
+    def __init__(self, values: tuple[object, ...]) -> None:
+        self.values = values
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return SignalState, self.values
+
+
+def test_anomaly_windows_snapshot_as_bytes_and_read_back_writable() -> None:
+    """The scorer's windows pickle as their bytes (numpy's own pickling of each window was
+    most of a vehicle's snapshot); they read back equal and writable, and the form written
+    before still loads."""
+    window = np.arange(120, dtype=np.float32) / 7
+    fields = (7, 3, 1.5, 0.25, 2, 1, True, 9, 0)
+    blob = pickle.dumps(SignalState(window.copy(), *fields), protocol=pickle.HIGHEST_PROTOCOL)
+    assert b"numpy" not in blob
+    earlier = pickle.dumps(_EarlierSignalState((window.copy(), *fields)))
+    for loaded in (pickle.loads(blob), pickle.loads(earlier)):  # noqa: S301 - our own bytes
+        assert isinstance(loaded, SignalState)
+        assert np.array_equal(loaded.window, window)
+        assert loaded.window.dtype == np.float32
+        loaded.window[0] = 42.0  # the scorer writes into its ring buffer
+        assert (loaded.count, loaded.pos, loaded.center, loaded.scale, loaded.since_refresh,
+                loaded.run, loaded.fired, loaded.seen, loaded.held) == fields
