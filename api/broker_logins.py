@@ -30,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from core.errors import FleetError
 from core.mqtt_url import parse_mqtt_url
@@ -261,9 +263,6 @@ class _Exchange:
             self.done.set()
 
     def send(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         target, timeout_s = self.admin.target, self.admin.timeout_s
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                              client_id=f"fleet-admin-{uuid.uuid4().hex[:12]}")

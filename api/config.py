@@ -15,7 +15,7 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta
 
-from core.settings import DatabaseSettings, MqttSettings, RedisSettings
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings, load_settings
 
 OSM_TILES_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 OSM_ATTRIBUTION = "&copy; OpenStreetMap contributors"
@@ -105,6 +105,4 @@ SETTINGS_KEY: web.AppKey[ApiSettings] = web.AppKey("settings", ApiSettings)
 
 def load_api_settings(config_file: str | None = None) -> ApiSettings:
     """Load and validate the API settings (TOML + FLEET_* environment)."""
-    from core.settings import load_settings
-
     return load_settings(ApiSettings, config_file)

@@ -16,6 +16,7 @@ from msgspec import Meta
 from core.protocol import ID_PATTERN, MAX_SAMPLES_PER_MESSAGE, whole
 from core.settings import MqttSettings
 from edge_gateway.errors import ConfigError
+from edge_gateway.signals import SIGNALS_BY_NAME
 
 PositiveS = Annotated[float, Meta(gt=0)]
 RateHz = Annotated[float, Meta(ge=0, le=100, description="0 = never")]
@@ -145,8 +146,6 @@ class GatewayProcessSettings(msgspec.Struct, frozen=True, kw_only=True,
             raise ValueError("power.resume_battery_v must be >= power.low_battery_v")
         if self.gateway.reconnect_max_s < self.gateway.reconnect_min_s:
             raise ValueError("gateway.reconnect_max_s must be >= gateway.reconnect_min_s")
-        from edge_gateway.signals import SIGNALS_BY_NAME
-
         unknown = sorted(set(self.signals.rates_hz) - set(SIGNALS_BY_NAME))
         if unknown:
             raise ValueError(f"signals.rates_hz: unknown signal(s) {unknown}; "

@@ -25,6 +25,7 @@ from edge_gateway.power import PowerMode, PowerState, next_power_state
 from edge_gateway.sampler import Board, Rates, SampleBuilder
 from edge_gateway.sdnotify import Notifier
 from edge_gateway.sources.base import ThreadedSource
+from edge_gateway.sources.obd import ObdSource
 from edge_gateway.spool import Spool, SpoolWorker
 from edge_gateway.uplink import STOP_DRAIN_S, Uplink, software
 
@@ -61,23 +62,23 @@ class Gateway:
         self._stop_requested = asyncio.Event()
 
     def _build_sources(self) -> None:
+        # A device library is imported only when its source is configured: CAN's and the GPS's
+        # with their source module here, python-obd (an optional extra) by the OBD-II source.
         s = self.settings
         common = {"reconnect_min_s": s.gateway.reconnect_min_s,
                   "reconnect_max_s": s.gateway.reconnect_max_s}
         if s.obd.port:
-            from edge_gateway.sources.obd import ObdSource
-
             self._obd = ObdSource(s.obd, self.board, self.rates, self.power_mode,
                                   forward_raw=s.gateway.forward_unknown_raw, **common)
             self.sources["obd"] = self._obd
         if s.can.interface:
-            from edge_gateway.sources.can import CanSource
+            from edge_gateway.sources.can import CanSource  # noqa: PLC0415 - python-can, cantools
 
             self.sources["can"] = CanSource(s.can, dbc_paths(s.can), self.board, self.rates,
                                             self.power_mode,
                                             forward_raw=s.gateway.forward_unknown_raw, **common)
         if s.gps.port:
-            from edge_gateway.sources.gps import GpsSource
+            from edge_gateway.sources.gps import GpsSource  # noqa: PLC0415 - pyserial, pynmea2
 
             self.sources["gps"] = GpsSource(s.gps, self.board, **common)
 

@@ -44,6 +44,7 @@ from core.protocol import (
     telemetry_payloads,
     topic_for,
 )
+from edge_gateway import __version__
 from edge_gateway.commands import CommandHandler
 from edge_gateway.config import GatewayProcessSettings
 from edge_gateway.errors import ConfigError
@@ -333,8 +334,6 @@ class Uplink:
 
 def software() -> str:
     """The software id reported in status messages."""
-    from edge_gateway import __version__
-
     return f"fleet-gateway {__version__}"
 
 

@@ -21,16 +21,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
+
+import can
 
 from simulators import dbc, isotp
 from simulators.errors import FrontEndError
 from simulators.obd_ecu import ObdEcu
 from simulators.pty_port import PtyServer
 from simulators.vehicle import ModelState, VehicleModel
-
-if TYPE_CHECKING:
-    import can
 
 log = logging.getLogger(__name__)
 
@@ -388,8 +387,6 @@ class CanSimulator:
 
     def start(self) -> str:
         """Open the bus and start transmitting from a background thread; returns the channel."""
-        import can
-
         if self._thread is not None:
             return self.channel
         kwargs: dict[str, Any] = {"interface": self.interface, "channel": self.channel}
@@ -428,8 +425,6 @@ class CanSimulator:
         self.ecu.misbehave(mode, duration_s)
 
     def _send(self, frames: list[Frame]) -> None:
-        import can
-
         bus = self._bus
         if bus is None:
             return
@@ -441,8 +436,6 @@ class CanSimulator:
                 continue  # a full transmit queue loses the frame, as on a busy bus
 
     def _serve(self) -> None:
-        import can
-
         bus = self._bus
         while bus is not None and not self._stop.is_set():
             now = time.monotonic()

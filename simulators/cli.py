@@ -122,10 +122,9 @@ def _run_vehicle(args: argparse.Namespace) -> int:
 
 def _start_front_ends(args: argparse.Namespace, model: Any, link_dir: Any,
                       stack: Any) -> dict[str, str]:
-    from simulators.can_bus import CanSimulator, SlcanAdapter
-    from simulators.elm327 import Elm327Emulator
+    # Each front-end's module is imported only when it is asked for: the ELM327 and CAN ones
+    # need cantools (and python-can), which only the `edge` extra installs.
     from simulators.errors import SimulatorError
-    from simulators.nmea import NmeaGps
 
     ports: dict[str, str] = {}
 
@@ -133,8 +132,12 @@ def _start_front_ends(args: argparse.Namespace, model: Any, link_dir: Any,
         return link_dir / name if link_dir else None
 
     if args.elm327:
+        from simulators.elm327 import Elm327Emulator
+
         ports["elm327"] = stack.enter_context(Elm327Emulator(model, link_path=link("elm327")))
     if args.can:
+        from simulators.can_bus import CanSimulator, SlcanAdapter
+
         if args.can == "slcan":
             ports["can"] = stack.enter_context(SlcanAdapter(model, link_path=link("can")))
         else:
@@ -144,6 +147,8 @@ def _start_front_ends(args: argparse.Namespace, model: Any, link_dir: Any,
             stack.enter_context(CanSimulator(model, interface=interface, channel=channel))
             ports["can"] = f"{interface}:{channel}"
     if args.gps:
+        from simulators.nmea import NmeaGps
+
         ports["gps"] = stack.enter_context(NmeaGps(model, link_path=link("gps")))
     return ports
 
@@ -156,7 +161,6 @@ def _run_fleet(args: argparse.Namespace) -> int:
     from core.stopping import StopSignals
     from simulators.config import SimSettings
     from simulators.load import LoadConfig, LoadGenerator, vehicle_codes
-    from simulators.seed import seed_simulated_fleet
 
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
@@ -176,6 +180,8 @@ def _run_fleet(args: argparse.Namespace) -> int:
             progress_interval_s=d.progress_interval_s)
         generator = LoadGenerator(config, log=lambda line: print(line, flush=True))
         if args.seed_db:
+            from simulators.seed import seed_simulated_fleet  # needs psycopg (server install)
+
             vins = {v.code: v.model.vin for v in generator.vehicles}
             seed_simulated_fleet(settings.database.owner_url, args.tenant, codes, vins=vins)
             print(f"seeded tenant {args.tenant} with {len(codes)} vehicles", flush=True)

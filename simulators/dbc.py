@@ -6,6 +6,8 @@ import functools
 from pathlib import Path
 from typing import Any, Final
 
+import cantools
+
 import edge_gateway
 
 DBC_DIR: Final = Path(edge_gateway.__file__).resolve().parent / "dbc"
@@ -18,6 +20,4 @@ OBD2_DBC: Final = DBC_DIR / "obd2.dbc"
 @functools.cache
 def load(path: Path) -> Any:
     """A cantools database (cached: parsing takes milliseconds, encoding microseconds)."""
-    import cantools
-
     return cantools.database.load_file(str(path))

@@ -20,8 +20,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+import aiomqtt
+
+from core.mqtt_url import parse_mqtt_url
 from core.protocol import (
     MAX_SAMPLES_PER_MESSAGE,
     Channel,
@@ -33,9 +36,6 @@ from core.protocol import (
 from simulators.errors import SimulatorError
 from simulators.roads import RouteSource, SyntheticCity
 from simulators.vehicle import Fault, FaultKind, ModelState, VehicleModel
-
-if TYPE_CHECKING:
-    import aiomqtt
 
 STEP_CHUNK: Final = 250
 """Vehicles stepped between yields to the event loop, so acknowledgements keep flowing."""
@@ -217,10 +217,6 @@ class LoadGenerator:
 
     async def run(self) -> LoadReport:
         """Simulate until `duration_s` passes or the task is cancelled; then flush."""
-        import aiomqtt
-
-        from core.mqtt_url import parse_mqtt_url
-
         self._wake = asyncio.Event()
         target = parse_mqtt_url(self.config.mqtt_url)
         if target.tls:

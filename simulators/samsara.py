@@ -4,13 +4,17 @@ Serves ``GET /fleet/vehicles/stats/feed`` (types, at most 3; ``after`` cursor; p
 ``pagination.endCursor`` / ``hasNextPage``; cursors that expire), ``GET /fleet/vehicles``
 and ``GET /fleet/safety-events`` (startTime/endTime, paginated), with Bearer-token auth,
 429 + fractional ``Retry-After`` and occasional 5xx (seeded, configurable). Vehicles move
-by the project's vehicle model when `simulators.vehicle` is present, otherwise by a small
-built-in route model. See docs/integrations.md.
+by the project's vehicle model (`simulators.vehicle`), or by a small built-in route model
+(`use_model=False`). See docs/integrations.md.
+
+`fleet sim` imports this module to register its options, on a gateway too: aiohttp, a server
+library, is imported only when the mock serves.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import math
@@ -20,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from core.stopping import StopSignals
+from simulators.vehicle import VehicleModel
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -94,12 +101,6 @@ def _make_truck(i: int, seed: int, lat0: float, lon0: float, *,
     name = f"Truck {i + 1:03d}"
     vid = str(281474976710000 + i)
     if not use_model:
-        truck = _Truck(vid, name, lat0 + 0.05 * i, lon0, phase=i * 0.7)
-        truck.step(0)
-        return truck
-    try:
-        from simulators.vehicle import VehicleModel  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
         truck = _Truck(vid, name, lat0 + 0.05 * i, lon0, phase=i * 0.7)
         truck.step(0)
         return truck
@@ -322,7 +323,7 @@ class MockSamsara:
     # -- aiohttp ----------------------------------------------------------------------------
     def app(self) -> web.Application:
         """The aiohttp application serving this mock."""
-        from aiohttp import web
+        from aiohttp import web  # noqa: PLC0415 - server library, only when serving
 
         async def handle(request: web.Request) -> web.Response:
             self.requests.append(f"{request.method} {request.path_qs}")
@@ -365,11 +366,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve the mock until interrupted, advancing the vehicles every --tick-s seconds."""
-    import asyncio
-
-    from aiohttp import web
-
-    from core.stopping import StopSignals
+    from aiohttp import web  # noqa: PLC0415 - server library, only when serving
 
     mock = MockSamsara(token=args.token, vehicles=args.vehicles, seed=args.seed,
                        error_rate=args.error_rate, rate_limit_per_s=args.rate_limit_per_s,

@@ -19,11 +19,15 @@ refresh token); under ``/v3`` every call needs that token, and vehicle calls the
 ``meta.oemUpdatedAt`` in epoch seconds) and ``POST /vehicles/{id}/commands/security/lock``
 or ``/unlock`` (no body; a ``command-execution`` answer). `MockSmartcar.webhook_v3` builds a
 signed ``VEHICLE_STATE`` delivery. The same 429/5xx injection applies to both versions.
+
+`fleet sim` imports this module to register its options, on a gateway too: aiohttp, a server
+library, is imported only when the mock serves.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -32,12 +36,13 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from core.stopping import StopSignals
 from simulators.samsara import Fault, _make_truck, _Truck
 
 if TYPE_CHECKING:
@@ -350,7 +355,7 @@ class MockSmartcar:
     # -- aiohttp ---------------------------------------------------------------------------------
     def app(self) -> web.Application:
         """The aiohttp application serving this mock."""
-        from aiohttp import web
+        from aiohttp import web  # noqa: PLC0415 - server library, only when serving
 
         async def authorize(request: web.Request) -> web.Response:
             self.requests.append(f"GET {request.path_qs}")
@@ -414,12 +419,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve the mock until interrupted; vehicles move every --tick-s seconds."""
-    import asyncio
-    from collections.abc import AsyncIterator
-
-    from aiohttp import web
-
-    from core.stopping import StopSignals
+    from aiohttp import web  # noqa: PLC0415 - server library, only when serving
 
     mock = MockSmartcar(client_id=args.client_id, client_secret=args.client_secret,
                         management_token=args.management_token, vehicles=args.vehicles,

@@ -12,6 +12,9 @@ import sys
 
 import psycopg
 
+from core.settings import load_settings
+from storage.config import DbCommandSettings
+
 # Columns that mean the same in every table are described once here instead of by COMMENT.
 COMMON_COLUMNS: dict[str, str] = {
     "id": "Primary key.",
@@ -148,9 +151,6 @@ def doc_file(edition: str) -> str:
 
 def main() -> int:
     """Print the document for the configured database (owner URL)."""
-    from core.settings import load_settings
-    from storage.config import DbCommandSettings
-
     settings = load_settings(DbCommandSettings)
     with psycopg.connect(settings.database.owner_url) as conn:
         sys.stdout.write(render(conn))

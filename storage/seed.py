@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from storage.errors import StorageError
 
 
@@ -39,8 +41,6 @@ def seed_fleet(owner_url: str, slug: str,
     columns every new vehicle gets unless its own say otherwise. `tenant_id` fixes the new
     tenant's id (tests that need a known one). Raises StorageError when the database refuses.
     """
-    import psycopg
-
     specs: dict[str, VehicleSpec] = (dict(vehicles) if isinstance(vehicles, Mapping)
                                      else {code: {} for code in vehicles})
     try:

@@ -25,6 +25,7 @@ from bytewax.outputs import Sink
 
 from stream.config import StreamSettings
 from stream.decode import Decoder
+from stream.detectors import build_detectors
 from stream.detectors.base import Detector
 from stream.envelopes import (
     EconomyItem,
@@ -113,8 +114,6 @@ def build_flow(parts: FlowParts) -> Dataflow:
 def load_detectors(settings: StreamSettings, index_provider: Callable[[], Any], *,
                    clock_ms: Callable[[], int] | None = None) -> Sequence[Detector]:
     """The one ordered detector list of `stream.detectors`, built from the settings."""
-    from stream.detectors import build_detectors
-
     extra: dict[str, Any] = {} if clock_ms is None else {"clock": clock_ms}
     built = build_detectors(settings.detectors, index_provider, settings.geofence,
                             settings.anomaly, **extra)

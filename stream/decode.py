@@ -7,6 +7,7 @@ whatever goes wrong with one message becomes a `RejectRow` with a reason.
 from __future__ import annotations
 
 import logging
+from uuid import UUID
 
 from core.protocol import Channel, Reject, RejectReason, Telemetry, decode, parse_topic
 from stream.directory import VehicleDirectory
@@ -52,8 +53,6 @@ class Decoder:
 
     def _reject(self, msg: InboxMessage, reject: Reject, tenant_id: object,
                 vehicle_code: str | None) -> RejectRow:
-        from uuid import UUID
-
         return RejectRow(
             time_ms=msg.received_ms, reason=reject.reason.value, detail=reject.detail[:2000],
             topic=msg.topic[:1000], payload=msg.payload[: self.payload_max_bytes],

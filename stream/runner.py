@@ -7,6 +7,11 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+from bytewax.testing import cluster_main
+
+from geo.store import FenceWatcher
 from stream.config import DataflowSettings, StreamSettings
 from stream.dataflow import FlowParts, build_flow, load_detectors
 from stream.decode import Decoder
@@ -23,8 +28,6 @@ def ensure_recovery_dir(cfg: DataflowSettings) -> Path | None:
     """Create and initialise the recovery partitions on first start; None when disabled."""
     if not cfg.recovery_dir:
         return None
-    from bytewax.recovery import init_db_dir
-
     path = Path(cfg.recovery_dir)
     if not any(path.glob("*.sqlite3")):
         path.mkdir(parents=True, exist_ok=True)
@@ -50,21 +53,6 @@ def _tune_gc() -> None:
 
 def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> None:
     """Run the dataflow in this process (as process `process_id` of a local cluster)."""
-    from bytewax.recovery import RecoveryConfig
-
-    # One process: `cluster_main`, not `bytewax.run.cli_main`. For one process with one
-    # worker, cli_main runs the dataflow on this very thread and turns a signal into a worker
-    # panic (a Rust backtrace, then `BytewaxRuntimeError: signal received` instead of
-    # KeyboardInterrupt). cluster_main runs the workers on their own threads while this one
-    # waits and checks for signals: on KeyboardInterrupt from our handler the workers leave
-    # their loop, close the sources and sinks, and the interrupt reaches the caller as itself
-    # (stream.cli). A process of a local cluster keeps cli_main, the path its kill -9 and
-    # shared-subscription tests were proven on; its workers already run on their own threads.
-    from bytewax.run import cli_main
-    from bytewax.testing import cluster_main
-
-    from geo.store import FenceWatcher
-
     db = settings.database
     cfg = settings.stream
     recovery_dir = ensure_recovery_dir(cfg)
@@ -102,6 +90,14 @@ def run_stream(settings: StreamSettings, *, process_id: int | None = None) -> No
         epoch = timedelta(seconds=cfg.snapshot_interval_s)
         recovery = (RecoveryConfig(str(recovery_dir), timedelta(0))  # type: ignore[no-untyped-call]
                     if recovery_dir is not None else None)
+        # One process: `cluster_main`, not `bytewax.run.cli_main`. For one process with one
+        # worker, cli_main runs the dataflow on this very thread and turns a signal into a worker
+        # panic (a Rust backtrace, then `BytewaxRuntimeError: signal received` instead of
+        # KeyboardInterrupt). cluster_main runs the workers on their own threads while this one
+        # waits and checks for signals: on KeyboardInterrupt from our handler the workers leave
+        # their loop, close the sources and sinks, and the interrupt reaches the caller as itself
+        # (stream.cli). A process of a local cluster keeps cli_main, the path its kill -9 and
+        # shared-subscription tests were proven on; its workers already run on their own threads.
         if cfg.processes > 1:
             cli_main(  # type: ignore[no-untyped-call]
                 flow, workers_per_process=cfg.workers_per_process, process_id=process_id,

@@ -39,6 +39,7 @@ from uuid import UUID
 
 import msgspec
 import psycopg
+import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from psycopg import sql
 from psycopg.adapt import Dumper
@@ -375,8 +376,6 @@ class LivePublisher:
     """Publishes live messages on Redis (best effort: failures are logged, not raised)."""
 
     def __init__(self, url: str) -> None:
-        import redis
-
         self._client = redis.Redis.from_url(url, socket_timeout=2.0)
 
     def publish(self, states: Iterable[VehicleStateRow], events: Iterable[EmittedEvent]) -> None:

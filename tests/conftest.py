@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 
 from deploy.services import (
@@ -51,8 +52,6 @@ class TestDatabase:
         """Bring telemetry_1m/1h up to date for [start, end) as the running system would:
         on the Apache edition the stream's call (as the ingest role), on the Timescale edition
         the owner's refresh of the continuous aggregates (what their policies do)."""
-        import psycopg
-
         url = self.owner_url if self.edition == "timescale" else self.ingest_url
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CALL fleet_refresh_rollups(%s, %s)", (start, end))

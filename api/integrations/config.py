@@ -8,6 +8,9 @@ from typing import Any
 
 import msgspec
 
+from core.errors import SettingsError
+from core.settings import env_overrides
+
 SAMSARA_FEED_TYPES_DEFAULT: tuple[tuple[str, ...], ...] = (
     ("gps", "engineStates", "obdOdometerMeters"),
     ("fuelPercents", "obdEngineSeconds"),
@@ -83,9 +86,6 @@ def integrations_settings(section: Mapping[str, Any],
     The API settings keep this section as a plain table, which the shared loader cannot
     resolve environment variables into; the same resolver is applied here instead.
     """
-    from core.errors import SettingsError
-    from core.settings import env_overrides
-
     env = env_overrides(_Root, os.environ if environ is None else environ)
     data = {**section, **env.get("integrations", {})}
     try:

@@ -9,7 +9,8 @@ from typing import Any
 import msgspec
 
 from api.integrations.config import IntegrationsSettings
-from core.settings import DatabaseSettings, MqttSettings, RedisSettings
+from core.errors import SettingsError
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings, env_overrides
 
 
 class JobsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,9 +66,6 @@ class _Root(msgspec.Struct, kw_only=True):
 def jobs_settings(section: Mapping[str, Any],
                   environ: Mapping[str, str] | None = None) -> JobsSettings:
     """Validate the API's free-form ``[jobs]`` table, with FLEET_JOBS_* variables on top."""
-    from core.errors import SettingsError
-    from core.settings import env_overrides
-
     env = env_overrides(_Root, os.environ if environ is None else environ)
     data = {**section, **env.get("jobs", {})}
     try:

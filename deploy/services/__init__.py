@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from core.settings import load_settings
 from deploy.services.credentials import (
     ADMIN_ROLE,
     APP_ROLE,
@@ -65,8 +66,6 @@ __all__ = [
 def local_services(config_file: str | None = None,
                    log: Callable[[str], None] = lambda _m: None) -> LocalServices:
     """The project's local services as `fleet services` sees them (TOML + FLEET_SERVICES_*)."""
-    from core.settings import load_settings
-
     return LocalServices(load_settings(ServicesProcessSettings, config_file).services, log=log)
 
 

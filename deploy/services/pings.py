@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import paho.mqtt.client as mqtt
+import redis
+from paho.mqtt.enums import CallbackAPIVersion
+
+from core.mqtt_url import parse_mqtt_url
 from deploy.errors import ServiceError
 
 
@@ -12,13 +18,6 @@ def mqtt_ping(url: str, timeout_s: float = 10.0, *, read_version: bool = True) -
 
     With `read_version` false it only checks the login (a device may not read $SYS).
     """
-    import threading
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from core.mqtt_url import parse_mqtt_url
-
     target = parse_mqtt_url(url)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     if target.username:
@@ -61,8 +60,6 @@ def mqtt_ping(url: str, timeout_s: float = 10.0, *, read_version: bool = True) -
 
 def redis_ping(url: str) -> str:
     """PING Redis and return its version; raises ServiceError on failure."""
-    import redis
-
     try:
         client = redis.Redis.from_url(url, socket_timeout=5)
         client.ping()

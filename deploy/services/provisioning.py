@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import psycopg
+from psycopg import sql
 
 from deploy.errors import ServiceError
 from deploy.services.credentials import APP_ROLE, INGEST_ROLE, OWNER_ROLE
 
-if TYPE_CHECKING:
-    import psycopg
-
 
 @contextlib.contextmanager
 def _pg_connect(url: str) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
-    import psycopg
-
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
     except psycopg.Error as exc:
@@ -37,8 +35,6 @@ def provision_cluster(admin_url: str, creds: dict[str, str]) -> None:
     binary COPY into such a table); since migration 0012 its policies on the ordinary tables
     would do, and dropping the attribute is a follow-up. Neither is a superuser.
     """
-    from psycopg import sql
-
     attributes = ((OWNER_ROLE, "NOBYPASSRLS CREATEROLE"), (APP_ROLE, "NOBYPASSRLS"),
                   (INGEST_ROLE, "BYPASSRLS"))
     with _pg_connect(admin_url) as conn:
@@ -51,8 +47,6 @@ def provision_cluster(admin_url: str, creds: dict[str, str]) -> None:
 
 def provision_database(admin_url: str, database: str) -> None:
     """Create a database owned by the owner role, with the timescaledb and postgis extensions."""
-    from psycopg import sql
-
     with _pg_connect(admin_url) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                               (database,)).fetchone()
@@ -94,8 +88,6 @@ END $$
 
 def drop_database(admin_url: str, database: str) -> None:
     """Drop a database (used by tests for their throwaway databases)."""
-    from psycopg import sql
-
     with _pg_connect(admin_url) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             sql.Identifier(database)))

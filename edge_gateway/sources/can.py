@@ -14,7 +14,6 @@ message describes but that does not decode (wrong length, bad multiplexer) is `m
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import select
@@ -22,6 +21,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import can
+import cantools
+import serial
+from can.interfaces.slcan import slcanBus
 
 from edge_gateway.config import CanSettings
 from edge_gateway.errors import DbcError, SourceError
@@ -39,8 +43,6 @@ _OBD_SIGNAL_RE = re.compile(r"^S01PID([0-9A-Fa-f]{2})_")
 
 def load_dbc(paths: list[Path]) -> Any:
     """One cantools database holding every message of the given DBC files."""
-    import cantools
-
     db = cantools.database.can.Database()
     for path in paths:
         try:
@@ -133,8 +135,6 @@ class CanSource(ThreadedSource):
 
     def open_bus(self) -> Any:
         """Open the python-can bus (wrapped errors)."""
-        import can
-
         kwargs: dict[str, Any] = {"interface": self.settings.interface,
                                   "channel": self.settings.channel or None}
         if self.settings.bitrate is not None:
@@ -149,8 +149,6 @@ class CanSource(ThreadedSource):
 
     def session(self) -> None:
         """Receive frames until the bus fails or the source stops."""
-        import can
-
         bus = self.open_bus()
         self.health.set_state(f"listening on {self.settings.interface}:{self.settings.channel}")
         next_due: dict[str, float] = dict.fromkeys(self.decoder.obd_pids, 0.0)
@@ -193,8 +191,6 @@ class CanSource(ThreadedSource):
             self.board.put_many(dict(values), _now_ms())
 
     def _send_requests(self, bus: Any, next_due: dict[str, float]) -> None:
-        import can
-
         if self.power_mode() is PowerMode.BUS_OFF:
             return
         now = time.monotonic()
@@ -213,11 +209,11 @@ class CanSource(ThreadedSource):
 
 
 def open_slcan(channel: str, bitrate: int | None) -> Any:
-    """python-can's SLCAN bus with a buffered reader (see `_buffered_slcan_class`)."""
+    """python-can's SLCAN bus with a buffered reader (see `BufferedSlcanBus`)."""
     kwargs: dict[str, Any] = {"channel": channel}
     if bitrate is not None:
         kwargs["bitrate"] = bitrate
-    return _buffered_slcan_class()(**kwargs)
+    return BufferedSlcanBus(**kwargs)
 
 
 _SLCAN_END = re.compile(rb"[\r\a]")
@@ -235,50 +231,42 @@ def take_slcan_line(buffer: bytearray) -> str | None:
     return line.decode("ascii", "replace")
 
 
-@functools.cache
-def _buffered_slcan_class() -> type[Any]:
+class BufferedSlcanBus(slcanBus):
     """python-can's SLCAN bus reading every waiting byte per system call.
 
     python-can 4.x reads the port one byte per call and polls it with a 1 ms serial timeout:
     about 34 system calls per J1939 frame, and a thousand wake-ups a second when idle, which
     was most of the gateway's CPU at 100 frames/s. This reader takes everything the port holds
     in one call, splits the replies in memory and, with nothing to read, waits in one
-    `select()` until data or the receive timeout. Built on first use so that python-can is
-    imported only when CAN is on; a port without a file descriptor (a pyserial URL) keeps
-    python-can's own loop.
+    `select()` until data or the receive timeout. A port without a file descriptor (a pyserial
+    URL) keeps python-can's own loop.
     """
-    import can
-    import serial
-    from can.interfaces.slcan import slcanBus
 
-    class BufferedSlcanBus(slcanBus):
-        def _read(self, timeout: float | None) -> str | None:
-            port = self.serialPortOrig
-            try:
-                fd = port.fileno()
-            except (AttributeError, OSError, ValueError):
-                line: str | None = super()._read(timeout)
-                return line
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while (line := take_slcan_line(self._buffer)) is None:
-                try:
-                    waiting = port.in_waiting
-                    if waiting:
-                        self._buffer += port.read(waiting)
-                        continue
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    ready, _, _ = select.select([fd], [], [], left)
-                    if ready and not port.in_waiting:
-                        # Readable with nothing to read is a hang-up: the adapter was
-                        # unplugged (or the pty's other end closed).
-                        raise can.CanOperationError("SLCAN device disconnected")
-                except (OSError, serial.SerialException) as exc:
-                    raise can.CanOperationError(f"cannot read from {port.port}: {exc}") from exc
-                if not ready:
-                    return None
+    def _read(self, timeout: float | None) -> str | None:
+        port = self.serialPortOrig
+        try:
+            fd = port.fileno()
+        except (AttributeError, OSError, ValueError):
+            line: str | None = super()._read(timeout)
             return line
-
-    return BufferedSlcanBus
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (line := take_slcan_line(self._buffer)) is None:
+            try:
+                waiting = port.in_waiting
+                if waiting:
+                    self._buffer += port.read(waiting)
+                    continue
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready, _, _ = select.select([fd], [], [], left)
+                if ready and not port.in_waiting:
+                    # Readable with nothing to read is a hang-up: the adapter was
+                    # unplugged (or the pty's other end closed).
+                    raise can.CanOperationError("SLCAN device disconnected")
+            except (OSError, serial.SerialException) as exc:
+                raise can.CanOperationError(f"cannot read from {port.port}: {exc}") from exc
+            if not ready:
+                return None
+        return line
 
 
 def _now_ms() -> int:

@@ -12,6 +12,9 @@ import logging
 import time
 from typing import Any
 
+import pynmea2
+import serial
+
 from edge_gateway.config import GpsSettings
 from edge_gateway.errors import SourceError
 from edge_gateway.sampler import Board
@@ -33,8 +36,6 @@ class NmeaParser:
 
     def parse(self, line: bytes) -> dict[str, Value]:  # noqa: PLR0911
         """Signal values carried by one line (empty for anything unusable)."""
-        import pynmea2
-
         if len(line) > MAX_LINE_BYTES:
             self._count("malformed")
             return {}
@@ -106,8 +107,6 @@ class GpsSource(ThreadedSource):
 
     def session(self) -> None:
         """Read lines until the port fails or the source stops."""
-        import serial
-
         try:
             port = serial.Serial(self.settings.port, self.settings.baudrate, timeout=0.5)
         except (serial.SerialException, OSError, ValueError) as exc:

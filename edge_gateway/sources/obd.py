@@ -276,7 +276,7 @@ def _import_obd() -> Any:
     # python-obd's unit registry redefines pint units at import time, with a WARNING each.
     logging.getLogger("pint").setLevel(logging.ERROR)
     try:
-        import obd
+        import obd  # noqa: PLC0415 - optional extra `obd` (GPL-2.0); pint's log level first
     except ImportError as exc:
         raise SourceError("OBD-II needs python-obd: pip install 'fleet-telemetry[obd]'") from exc
     # python-obd logs every query at INFO and every empty read at WARNING; we count those

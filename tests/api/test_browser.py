@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from playwright.async_api import async_playwright
 
 from core.live import LiveEvent, LivePosition, encode_live, live_channel
 from tests.api.conftest import PASSWORD, World
@@ -36,8 +37,6 @@ async def test_dispatcher_map_live(world: World) -> None:
     """End to end in a real browser, offline (no-tiles mode)."""
     # `make setup` installs Debian's chromium; without it this test must fail, not skip.
     assert shutil.which(CHROMIUM), "needs Debian's chromium: apt-get install chromium"
-    from playwright.async_api import async_playwright
-
     a = world.a
     v1, v2 = a.vehicles["assigned"], a.vehicles["other"]
     channel = live_channel(a.id)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import jwt
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import ClientWebSocketResponse, WSMsgType
@@ -263,8 +264,6 @@ async def test_slow_client_outbox_is_bounded() -> None:
 
 async def test_expired_token_closes_a_busy_stream(world: World, redis: Any) -> None:
     """A token that expires while updates keep flowing ends the stream with 4401."""
-    import jwt
-
     a = world.a
     now = int(time.time())
     token = jwt.encode({"sub": str(a.user_ids["admin"]), "tenant_id": str(a.id),
@@ -306,8 +305,6 @@ async def test_resubscribe_with_another_users_token_is_refused(world: World) -> 
 async def test_resubscribe_with_a_fresh_token_extends_the_connection(world: World,
                                                                       redis: Any) -> None:
     """The same user's refreshed token keeps the stream open past the first token's expiry."""
-    import jwt
-
     a = world.a
     now = int(time.time())
     short = jwt.encode({"sub": str(a.user_ids["admin"]), "tenant_id": str(a.id),

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from typing import Any
 
@@ -10,7 +12,7 @@ import asyncpg
 import pytest
 
 from api.app import create_app
-from api.openapi import openapi_path
+from api.openapi import build_openapi, openapi_path
 from api.routing import ROUTES_KEY
 from tests.api.conftest import World, api_settings
 
@@ -134,8 +136,6 @@ async def test_openapi_documents_every_route(world: World) -> None:
 async def test_openapi_with_extensions_mounted(world: World) -> None:
     """With the integrations/jobs packages mounted, the document still covers the router."""
     app = create_app(api_settings(world.db, world.redis_url, extensions=True))
-    from api.openapi import build_openapi
-
     doc = build_openapi(app[ROUTES_KEY])
     documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     for resource in app.router.resources():
@@ -187,9 +187,6 @@ async def test_cross_tenant_rest_denied(world: World) -> None:
     # A token whose tenant claim was swapped is not a valid token.
     token = world.b.tokens["admin"]
     head, payload, sig = token.split(".")
-    import base64
-    import json
-
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["tenant_id"] = str(a.id)
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()

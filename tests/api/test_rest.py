@@ -3,6 +3,7 @@ trips, events, dashboard, devices, errors and operations endpoints."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -11,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiomqtt
 import asyncpg
 import msgspec
 import pytest
@@ -326,8 +328,6 @@ async def _vehicle_with_device(client: Any, h: dict[str, str], code: str
 async def test_device_login_works_on_the_local_broker(world: World, make_client: Any) -> None:
     """In "dynsec" mode the returned credentials log in to the project's Mosquitto, with the
     login as client id."""
-    import aiomqtt
-
     client = make_client(mqtt_credentials="dynsec")
     await client.start_server()
     try:
@@ -375,10 +375,6 @@ async def test_provisioning_without_a_broker_admin_says_what_to_set(world: World
 
 async def _session_ends(mqtt: Any, topic: str, *, within_s: float) -> bool:
     """Whether the broker ends `mqtt`'s session within `within_s` (a QoS 1 publish fails)."""
-    import asyncio
-
-    import aiomqtt
-
     deadline = asyncio.get_running_loop().time() + within_s
     while asyncio.get_running_loop().time() < deadline:
         try:
@@ -394,8 +390,6 @@ async def test_a_device_lives_and_dies_with_its_vehicle(world: World,
     """Issue #23, finding 3: a vehicle's code cannot change under its device, deleting the
     vehicle revokes the device (its live session ends, its login no longer works), and a new
     vehicle with the same code gets a device of its own that the old login cannot use."""
-    import aiomqtt
-
     client = make_client(mqtt_credentials="dynsec")
     await client.start_server()
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import time
 import uuid
@@ -253,8 +254,6 @@ async def test_mutations_are_audited_and_verify_catches_an_edit(world: World,
 
 async def test_audit_verify_detects_deleted_and_truncated_rows() -> None:
     """Pure chain check: a gap, a broken link and a missing recorded head are reported."""
-    import hashlib
-
     def chain(n: int) -> list[tuple[int, str, str, str]]:
         rows, prev = [], audit_cli.GENESIS
         for i in range(1, n + 1):

@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from api.app import OPS_ROUTES, RESOURCE_MODULES
+from api.openapi import build_openapi
 from core import protocol as p
+from edge_gateway.config import GatewayProcessSettings
+from stream.config import StreamSettings
 from tests.core.payloads import json_values, mutated, telemetry, text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,13 +81,6 @@ def _patterns(node: Any) -> list[str]:
 
 
 def _published_patterns() -> list[str]:
-    import msgspec
-
-    from api.app import OPS_ROUTES, RESOURCE_MODULES
-    from api.openapi import build_openapi
-    from edge_gateway.config import GatewayProcessSettings
-    from stream.config import StreamSettings
-
     found = _patterns(p.json_schema())
     for settings_type in (GatewayProcessSettings, StreamSettings):
         found += _patterns(msgspec.json.schema(settings_type))

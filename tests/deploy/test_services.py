@@ -16,9 +16,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from api.broker_logins import device_acls, hash_verifies, mosquitto_hash
 from core.mqtt_url import parse_mqtt_url
 from deploy.errors import ServiceError
-from deploy.services import LocalServices, ServicesSettings
+from deploy.services import MQTT_ADMIN_USER, MQTT_SERVICE_USER, LocalServices, ServicesSettings
+from deploy.services.mosquitto import _same_dynsec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,10 +185,6 @@ def test_a_password_file_is_imported_once_into_the_plugins_logins(tmp_path: Path
     """A broker from before the dynamic-security plugin keeps its device logins (the same
     PBKDF2 hashes), each bound to its client id with its own rules; the old service entry
     is replaced by the project's own logins."""
-    from api.broker_logins import device_acls, hash_verifies, mosquitto_hash
-    from deploy.services import MQTT_ADMIN_USER, MQTT_SERVICE_USER
-    from deploy.services.mosquitto import _same_dynsec
-
     stack = LocalServices(ServicesSettings(state_dir=str(tmp_path / "state")),
                           log=lambda _m: None)
     stack.mq_dir.mkdir(parents=True)

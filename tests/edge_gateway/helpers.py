@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -49,8 +50,6 @@ class ModelDriver:
     """
 
     def __init__(self, model: object, speed: float = 1.0, step_s: float = 0.05) -> None:
-        import threading
-
         self.model = model
         self.speed = speed
         self.step_s = step_s

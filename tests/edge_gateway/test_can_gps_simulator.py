@@ -19,7 +19,10 @@ import pytest
 import simulators.can_bus as sim_can
 import simulators.nmea as sim_nmea
 import simulators.vehicle as sim_vehicle
-from edge_gateway.config import GatewayProcessSettings, apply_overrides
+from edge_gateway.config import CanSettings, GatewayProcessSettings, apply_overrides, dbc_paths
+from edge_gateway.power import PowerMode
+from edge_gateway.sampler import Board, Rates
+from edge_gateway.sources.can import CanSource
 from tests.edge_gateway.helpers import ModelDriver, wait_for
 from tests.edge_gateway.test_obd_simulator import gateway_and_samples
 
@@ -140,11 +143,6 @@ async def test_injected_faults_are_visible_on_can_and_gps(
 def test_slcan_adapter_on_a_pty_decodes_like_any_bus() -> None:
     """CAN through an SLCAN USB adapter (here the simulator's, on a pty), read by python-can's
     SLCAN driver with the gateway's buffered reader."""
-    from edge_gateway.config import CanSettings, dbc_paths
-    from edge_gateway.power import PowerMode
-    from edge_gateway.sampler import Board, Rates
-    from edge_gateway.sources.can import CanSource
-
     model = sim_vehicle.VehicleModel(2, warm_engine=True)
     model.step(30.0)
     state = model.state

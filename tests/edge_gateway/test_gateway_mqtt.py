@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
+from api.broker_logins import BrokerAdmin, device_acls
 from core.mqtt_url import parse_mqtt_url
 from core.protocol import (
     Channel,
@@ -20,12 +21,14 @@ from core.protocol import (
     Status,
     Telemetry,
     decode,
+    device_login,
     encode,
     topic_for,
 )
-from deploy.services import LocalServices
+from deploy.services import MQTT_ADMIN_USER, LocalServices
 from edge_gateway.config import GatewayProcessSettings, apply_overrides
 from edge_gateway.gateway import Gateway
+from edge_gateway.uplink import AckCheckingClient
 from tests.edge_gateway.helpers import mqtt_client, nmea, wait_for
 
 pytestmark = pytest.mark.services
@@ -174,11 +177,6 @@ async def test_refused_publishes_stay_in_the_spool(tmp_path: Path, services: Loc
     "not authorized") must not count as delivery. The login may use this gateway's client id
     but holds another vehicle's rules (a device's own login cannot even connect as another
     vehicle: its client id is bound)."""
-    from api.broker_logins import BrokerAdmin, device_acls
-    from core.protocol import device_login
-    from deploy.services import MQTT_ADMIN_USER
-    from edge_gateway.uplink import AckCheckingClient
-
     password = secrets.token_urlsafe(12)
     # Not "{tenant}/{vehicle}": the project's broker plugin refuses a device login whose
     # client id differs before any rule is read.
@@ -212,8 +210,6 @@ async def test_telemetry_nobody_subscribes_to_stays_in_the_spool(
         tmp_path: Path, services: LocalServices, mqtt_url: str, tenant_slug: str) -> None:
     """A PUBACK "no matching subscribers" (Mosquitto after a restart, before the stream has
     subscribed again) is not delivery: the samples stay spooled and go once someone listens."""
-    from edge_gateway.uplink import AckCheckingClient
-
     master, slave = os.openpty()
     settings = apply_overrides(
         _settings(tmp_path, mqtt_url, tenant_slug, os.ttyname(slave)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from edge_gateway.config import GatewayProcessSettings, apply_overrides
@@ -51,6 +52,4 @@ async def test_ignition_off_heartbeat_then_bus_off_and_back(tmp_path: Path) -> N
 
 
 def _now() -> int:
-    import time
-
     return time.time_ns() // 1_000_000

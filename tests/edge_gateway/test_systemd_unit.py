@@ -5,6 +5,9 @@ from __future__ import annotations
 import configparser
 from pathlib import Path
 
+from core.settings import load_settings
+from edge_gateway.config import GatewayProcessSettings
+
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "fleet-gateway.service"
 
 
@@ -23,9 +26,6 @@ def test_unit_runs_unprivileged_with_restart_and_watchdog() -> None:
 
 
 def test_example_config_loads() -> None:
-    from core.settings import load_settings
-    from edge_gateway.config import GatewayProcessSettings
-
     example = UNIT.parent / "gateway.toml.example"
     settings = load_settings(GatewayProcessSettings, example, environ={}, local_file=None)
     assert settings.gateway.vehicle == "truck-17"

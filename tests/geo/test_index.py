@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import shapely
 
-from deploy.bench.geodata import make_fences, make_positions
+from deploy.bench.geodata import FenceSpec, make_fences, make_positions
 from geo.config import GeofenceSettings
 from geo.fence import Fence
 from geo.geodesy import great_circle_m
@@ -66,7 +66,6 @@ def test_city_matches_brute_force_including_boundary_jitter(cell_m: float) -> No
 
 
 def _from_spec(spec: object) -> Fence:
-    from deploy.bench.geodata import FenceSpec
     assert isinstance(spec, FenceSpec)
     common = {"id": spec.id, "tenant_id": spec.tenant_id, "name": spec.name}
     if spec.kind == "circle":

@@ -13,6 +13,7 @@ import pytest
 import shapely
 
 from geo.config import GeofenceSettings
+from geo.index import FenceIndex
 from geo.store import FenceWatcher, load_fences
 from tests.conftest import TestDatabase
 from tests.geo.helpers import CITY, lonlat, ring_points, square_m
@@ -99,7 +100,6 @@ def test_index_agrees_with_postgis_st_covers_near_every_edge(
     snapshot = load_fences(database.ingest_url)
     assert {f.id for f in snapshot.fences} == set(ids.values())
     assert not snapshot.skipped
-    from geo.index import FenceIndex
     index = FenceIndex.build(snapshot.fences)
     rng = np.random.default_rng(1)
     zones = [f.zone for f in snapshot.fences]
@@ -132,7 +132,6 @@ def test_index_agrees_with_postgis_st_covers_near_every_edge(
 def test_circles_and_corridors_match_st_dwithin_in_metres(
         database: TestDatabase, owner: psycopg.Connection[Any]) -> None:
     t1, _, ids = _fixture_fences(owner)
-    from geo.index import FenceIndex
     index = FenceIndex.build(load_fences(database.ingest_url).fences)
     circle = index.fence(ids["circle"])
     corridor = index.fence(ids["corridor"])

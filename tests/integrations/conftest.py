@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -62,8 +63,6 @@ async def pool(url: str) -> AsyncIterator[asyncpg.Pool]:
 async def telemetry_listener(mqtt_url: str,
                              tenant: str) -> AsyncIterator[list[tuple[str, Telemetry]]]:
     """Subscribe to a tenant's telemetry; yields a list filled with (vehicle, message)."""
-    import asyncio
-
     target = parse_mqtt_url(mqtt_url)
     got: list[tuple[str, Telemetry]] = []
     async with aiomqtt.Client(target.host, target.port, username=target.username,
@@ -89,8 +88,6 @@ async def telemetry_listener(mqtt_url: str,
 
 async def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:
     """Poll `predicate` until true; fail after the timeout."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while not predicate():

@@ -12,15 +12,18 @@ import asyncpg
 import psycopg
 import pytest
 
+from api.integrations.config import IntegrationsSettings
 from api.integrations.crypto import TokenCipher
+from api.integrations.errors import TokenCipherError, VendorUnavailableError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import MqttPublisher, vendor_seq
 from api.integrations.samsara.client import SamsaraClient
 from api.integrations.samsara.puller import SamsaraPuller
 from api.integrations.samsara.signals import convert_vehicle_stats
+from api.integrations.services import samsara_service
 from api.integrations.store import IntegrationStore, TenantRef
-from core.protocol import Source
-from core.settings import MqttSettings
+from core.protocol import Sample, Source
+from core.settings import DatabaseSettings, MqttSettings
 from simulators.samsara import Fault, MockSamsara
 from tests.integrations.conftest import TOKEN_KEY, Fleet, pool, serve, telemetry_listener, wait_for
 
@@ -156,7 +159,6 @@ async def test_429_retry_after_and_5xx_backoff(database, fleet, mqtt_url) -> Non
         # Beyond the retry budget the puller gets a VendorUnavailableError, and the cursor stays.
         before = await r.store.load_cursor(fleet.tenant_id, ",".join(FEED))
         mock.faults = [Fault(500)] * 10
-        from api.integrations.errors import VendorUnavailableError
         with pytest.raises(VendorUnavailableError):
             await r.puller.follow_once(FEED, before)
         assert await r.store.load_cursor(fleet.tenant_id, ",".join(FEED)) == before
@@ -201,7 +203,6 @@ async def test_safety_events_into_video_events(database, fleet, mqtt_url) -> Non
 
 
 def test_wrong_key_cannot_decrypt() -> None:
-    from api.integrations.errors import TokenCipherError
     enc = TokenCipher(TOKEN_KEY).encrypt("secret")
     with pytest.raises(TokenCipherError):
         TokenCipher("another-key-0123456789").decrypt(enc)
@@ -210,10 +211,6 @@ def test_wrong_key_cannot_decrypt() -> None:
 
 async def test_samsara_service_follows_every_feed(database, fleet, mqtt_url) -> None:
     """The runner's Samsara service finds the tenant's token and follows both feeds."""
-
-    from api.integrations.config import IntegrationsSettings
-    from api.integrations.services import samsara_service
-    from core.settings import DatabaseSettings
 
     mock = MockSamsara(vehicles=3)
     cipher = TokenCipher(TOKEN_KEY)
@@ -275,8 +272,6 @@ async def test_rate_limit_and_random_errors_of_the_mock(database, fleet, mqtt_ur
 
 
 async def test_publisher_reconnects_after_a_lost_connection(fleet, mqtt_url) -> None:
-    from core.protocol import Sample
-
     async with telemetry_listener(mqtt_url, fleet.slug) as got, \
             MqttPublisher(MqttSettings(url=mqtt_url)) as pub:
         sample = Sample(seq=1, t_ms=1_767_225_600_000, fuel_pct=50.0)

@@ -18,14 +18,27 @@ from aiohttp.test_utils import TestServer
 from api.app import create_app
 from api.config import ApiSection, ApiSettings
 from api.integrations.config import IntegrationsSettings, integrations_settings
+from api.integrations.crypto import TokenCipher
 from api.integrations.errors import IntegrationConfigError
 from api.integrations.http import VendorHttp
 from api.integrations.publisher import MqttPublisher
-from api.integrations.smartcar.client import Connection, SmartcarAppToken, SmartcarV3Client
-from api.integrations.smartcar.consent import SmartcarV3Connections
-from api.integrations.smartcar.puller import SmartcarV3Puller, location_cache_key
+from api.integrations.services import puller_services
+from api.integrations.smartcar.client import (
+    Connection,
+    SmartcarAppToken,
+    SmartcarClient,
+    SmartcarV3Client,
+)
+from api.integrations.smartcar.consent import SmartcarTokens, SmartcarV3Connections
+from api.integrations.smartcar.puller import (
+    SmartcarPuller,
+    SmartcarV3Puller,
+    build_puller,
+    location_cache_key,
+)
 from api.integrations.smartcar.routes import sign_webhook
 from api.integrations.smartcar.signals import signals_to_samples
+from api.jobs.config import JobsSettings
 from core.errors import SettingsError
 from core.protocol import Source
 from core.settings import DatabaseSettings, MqttSettings, RedisSettings
@@ -371,10 +384,6 @@ async def test_second_vehicle_of_same_owner_links_the_new_one(database, fleet, r
 async def test_vehicle_connected_under_2_0_keeps_working_after_switch(
         database, fleet, redis_url, mqtt_url) -> None:
     """A deployment switched to v3 still commands vehicles whose consent is a 2.0 pair."""
-    from api.integrations.crypto import TokenCipher
-    from api.integrations.smartcar.client import SmartcarClient
-    from api.integrations.smartcar.consent import SmartcarTokens
-
     mock = MockSmartcar(vehicles=2, api_version="2.0")
     vid = fleet.vehicles["truck-2"]
     async with serve(mock.app()) as mock_url, pool(database.owner_url) as owner, \
@@ -405,11 +414,6 @@ async def test_vehicle_connected_under_2_0_keeps_working_after_switch(
 
 async def test_job_puller_covers_v3_vehicles(database, fleet, redis_url, mqtt_url) -> None:
     """`SmartcarPuller`, which the job runner builds, polls v3 connections under v3."""
-    from api.integrations.crypto import TokenCipher
-    from api.integrations.smartcar.client import SmartcarClient
-    from api.integrations.smartcar.consent import SmartcarTokens
-    from api.integrations.smartcar.puller import SmartcarPuller
-
     mock = MockSmartcar(vehicles=1, api_version="v3")
     sc_id = mock.vehicle_ids[0]
     user_id = mock.owners.setdefault(sc_id, str(uuid.uuid4()))
@@ -438,10 +442,6 @@ async def test_without_token_key_the_job_polls_v3_connections(database, fleet, r
                                                               mqtt_url) -> None:
     """A v3-only deployment needs no `integrations.token_key`: the job's puller is v3 alone,
     while the Samsara puller (encrypted API tokens) stays off."""
-    from api.integrations.services import puller_services
-    from api.integrations.smartcar.puller import SmartcarV3Puller, build_puller
-    from api.jobs.config import JobsSettings
-
     mock = MockSmartcar(vehicles=1, api_version="v3")
     sc_id = mock.vehicle_ids[0]
     user_id = mock.owners.setdefault(sc_id, str(uuid.uuid4()))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from tests.integrations.conftest import seed_fleet
 from tests.jobs.archive_rows import OLD_DAYS, insert_telemetry
@@ -88,8 +89,6 @@ class SmtpSink:
 @pytest.fixture
 def smtp_sink() -> Iterator[SmtpSink]:
     """An aiosmtpd server on a free port collecting every message."""
-    from aiosmtpd.controller import Controller
-
     sink = SmtpSink("127.0.0.1", _free_port())
 
     class Handler:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
 import struct
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 
@@ -230,11 +234,6 @@ async def test_retention_job_and_rollups(database, azurite, two_tenants) -> None
 
 
 def test_fleet_archive_cli(database, azurite, two_tenants) -> None:
-    import asyncio
-    import os
-    import subprocess
-    import sys
-
     a, _b = two_tenants
     container = f"c{uuid.uuid4().hex[:12]}"
     old_day = (NOW - timedelta(days=40)).date()
@@ -323,10 +322,6 @@ def test_fleet_archive_run_on_a_day_and_status(database, azurite, two_tenants) -
     """Issue #24, findings 2 and 5: `fleet archive run [--day] [--dry-run]` archives on
     demand with progress and is recorded like a scheduled run; `fleet archive status` shows
     the runs and exits 1 unless the last one succeeded."""
-    import os
-    import subprocess
-    import sys
-
     a, b = two_tenants
     container = f"c{uuid.uuid4().hex[:12]}"
     day40, day35 = (NOW - timedelta(days=40)).date(), (NOW - timedelta(days=35)).date()
@@ -372,11 +367,6 @@ def test_restore_goes_on_past_a_damaged_object_and_says_what_it_did(
         database, azurite, two_tenants) -> None:
     """Issue #24, finding 4: one tenant's damaged object does not stop the others'; the
     report names per tenant what was restored, already there, or failed; exit code 1."""
-    import asyncio
-    import os
-    import subprocess
-    import sys
-
     a, b = two_tenants
     container = f"c{uuid.uuid4().hex[:12]}"
     old_day = (NOW - timedelta(days=40)).date()

@@ -8,10 +8,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestServer
 
+from api.app import create_app
+from api.config import ApiSection, ApiSettings
 from api.jobs.errors import ScheduleError
 from api.jobs.runner import JobRunner, ScheduledJob
 from api.jobs.schedule import parse_schedule
+from api.jobs.wiring import RUNNER_KEY
+from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 
 pytestmark = pytest.mark.services
 
@@ -115,13 +120,6 @@ async def test_leader_connection_killed(database) -> None:
 
 async def test_two_api_apps_run_jobs_once(database, redis_url, mqtt_url) -> None:
     """Two API replicas (independent app objects, own pools and connections): one runner."""
-    from aiohttp.test_utils import TestServer
-
-    from api.app import create_app
-    from api.config import ApiSection, ApiSettings
-    from api.jobs.wiring import RUNNER_KEY
-    from core.settings import DatabaseSettings, MqttSettings, RedisSettings
-
     settings = ApiSettings(
         database=DatabaseSettings(url=database.app_url, owner_url=database.owner_url,
                                   ingest_url=database.ingest_url),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pynmea2
 import pytest
 import serial
 
+from deploy.cli import build_parser
 from tests.conftest import TestDatabase
 
 FLEET = [sys.executable, "-m", "deploy.cli"]
@@ -78,10 +80,6 @@ def test_sim_fleet_seeds_and_publishes(database: TestDatabase, mqtt_url: str,
 
 
 def test_vendor_mocks_are_delegated_when_installed() -> None:
-    import importlib.util
-
-    from deploy.cli import build_parser
-
     parser = build_parser()
     for name in ("samsara", "smartcar"):
         module = f"simulators.{name}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,8 +266,6 @@ def _exchange(fd: int, command: bytes, timeout_s: float = 5.0) -> bytes:
 
 
 def _open_raw(path: str) -> int:
-    import tty
-
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
     tty.setraw(fd)
     return fd

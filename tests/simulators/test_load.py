@@ -16,6 +16,7 @@ from core.protocol import (
     Telemetry,
     Topic,
     decode,
+    encode,
     parse_topic,
     subscription,
 )
@@ -173,8 +174,6 @@ async def test_stop_flushes_and_returns(mqtt_url: str, tenant_slug: str) -> None
 
 
 def test_every_sample_of_a_faulty_vehicle_passes_the_contract() -> None:
-    from core.protocol import encode
-
     faults = [Fault.parse(spec) for spec in (
         "overheat@10+300", "misfire@20+100", "fuel_theft@30+60:pct=90", "refuel@200+60",
         "harsh_brake@40", "speeding@60+120", "gps_jump@70+5", "gps_loss@80+20",

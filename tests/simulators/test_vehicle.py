@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 
 import pytest
 
@@ -224,8 +225,6 @@ def test_synthetic_city_stays_in_area() -> None:
 
 
 def test_vin_has_valid_check_digit() -> None:
-    import random
-
     weights = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
     values = {c: i for i, c in enumerate("0123456789")}
     values.update(dict(zip("ABCDEFGH", range(1, 9), strict=True)))

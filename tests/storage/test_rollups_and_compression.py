@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
+from stream.sink import RollupRefresher
 from tests.conftest import TestDatabase
 from tests.storage.rows import tenant_and_vehicle
 
@@ -60,8 +61,6 @@ def test_late_rows_reach_the_rollups_without_anyone_naming_a_range(
     """What runs by itself takes a three-day backlog: on the Timescale edition the refresh
     policies (their window covers what the stream accepts), on the Apache edition the stream's
     refresher, which marks the range the rows it wrote cover."""
-    from stream.sink import RollupRefresher
-
     now = datetime.now(UTC).replace(microsecond=0)
     late_start = (now - timedelta(days=3)).replace(minute=0, second=0)
     with psycopg.connect(database.owner_url, autocommit=True) as conn:

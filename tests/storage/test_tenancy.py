@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
+from deploy.cli import main
 from storage.admin import AdminError, create_analyst, drop_analyst, list_analysts
 from tests.conftest import TestDatabase
 
@@ -250,8 +251,6 @@ def test_analyst_names_are_checked(world: World) -> None:
 def test_fleet_db_analyst_and_refresh_from_the_command_line(
         world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The commands an operator runs: the password on stdout only, clear errors, exit 2."""
-    from deploy.cli import main
-
     monkeypatch.setenv("FLEET_DATABASE_OWNER_URL", world.db.owner_url)
     role = f"cli_{uuid.uuid4().hex[:10]}"
     assert main(["db", "analyst", "create", role, "--tenant", world.b.slug]) == 0

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from pathlib import Path
+
+from bytewax.recovery import init_db_dir
+from bytewax.testing import TestingSource
 
 from stream.config import DataflowSettings
 from stream.envelopes import EmittedEvent, RejectRow, StoredSample, VehicleStateRow
@@ -116,9 +121,6 @@ def test_exact_duplicate_fix_under_a_new_seq_is_dropped() -> None:
 
 
 def test_restart_resumes_dedupe_and_detector_state(tmp_path: Path) -> None:
-    from bytewax.recovery import init_db_dir
-    from bytewax.testing import TestingSource
-
     init_db_dir(tmp_path, 1)
     inbox = Inbox()
     first = inbox.telemetry([sample(1, 0), sample(2, 1)])
@@ -138,14 +140,9 @@ def test_restart_resumes_dedupe_and_detector_state(tmp_path: Path) -> None:
 
 
 def test_a_gap_that_never_fills_is_released_by_the_processing_time_hold() -> None:
-    import time as _time
-    from datetime import timedelta
-
-    from bytewax.testing import TestingSource
-
     inbox = Inbox()
     det = CountingDetector()
-    now = _time.time_ns() // 1_000_000
+    now = time.time_ns() // 1_000_000
     msgs: list = [inbox.telemetry([sample(1, 0)], received_ms=T0),
                   inbox.telemetry([sample(3, 2)], received_ms=T0),  # seq 2 never comes
                   TestingSource.PAUSE(timedelta(seconds=1.5))]

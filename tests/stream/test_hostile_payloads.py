@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from core.protocol import Channel, Reject, Sample, Telemetry, decode, topic_for
 from deploy.services import ADMIN_ROLE, LocalServices, drop_database
 from stream.sink import pg_text
-from tests.conftest import TestDatabase
+from tests.conftest import TestDatabase, make_database
 from tests.core.payloads import json_values, mutated, telemetry
 from tests.stream.conftest import Fleet, make_fleet
 from tests.stream.streamproc import StreamProcess, count, mqtt_client, publish, wait_for
@@ -57,8 +57,6 @@ hostile = st.one_of(
 
 @pytest.fixture(scope="module")
 def fleet_db(services: LocalServices) -> Iterator[tuple[TestDatabase, Fleet]]:
-    from tests.conftest import make_database
-
     db = make_database(services)
     fleet = make_fleet(db, f"h{uuid.uuid4().hex[:10]}", ["v1", "v2"])
     yield db, fleet

@@ -14,7 +14,9 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 
+from core.live import LivePosition, decode_live, live_channel
 from core.protocol import Channel, Sample, topic_for
 from tests.conftest import TestDatabase
 from tests.stream.conftest import Fleet
@@ -107,10 +109,6 @@ def stream_factory(tmp_path: Path, database: TestDatabase, mqtt_url: str, redis_
 
 def test_rows_events_rejects_and_live_feed(database: TestDatabase, fleet: Fleet, mqtt_url: str,
                                            redis_url: str, stream_factory) -> None:
-    import redis
-
-    from core.live import LivePosition, decode_live, live_channel
-
     add_fence(database, fleet)
     stream = stream_factory()
     stream.presubscribe()

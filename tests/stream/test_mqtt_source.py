@@ -9,7 +9,7 @@ from core.protocol import Channel, topic_for
 from core.settings import MqttSettings
 from stream.config import SourceSettings
 from stream.envelopes import InboxMessage
-from stream.mqtt_source import MqttSource, _Inbox
+from stream.mqtt_source import MqttSource, _Inbox, _Received
 from tests.conftest import TestDatabase
 from tests.stream.streamproc import count, mqtt_client, wait_for
 
@@ -37,8 +37,6 @@ def source_for(database: TestDatabase, mqtt_url: str, tenant_slug: str,
 
 
 def test_inbox_log_append_read_prune(database: TestDatabase) -> None:
-    from stream.mqtt_source import _Received
-
     inbox = _Inbox(database.ingest_url, "s-p0", 10)
     assert inbox.last_offset() == 0
     inbox.append(1, [_Received(i, 1, "t", bytes([i]), 1_780_000_000_000 + i) for i in range(5)])

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
 from core.protocol import Sample, Source
 from stream.envelopes import EmittedEvent, RejectRow, StoredSample, VehicleStateRow
 from stream.model import Reading, VehicleEvent, VehicleRef
-from stream.sink import Batch, DatabaseWriter, RollupRefresher
+from stream.sink import (
+    MINUTE_MS,
+    ROLLUP_GRACE_MS,
+    Batch,
+    DatabaseWriter,
+    RollupRefresher,
+    closed_before,
+)
 from tests.conftest import TestDatabase
 from tests.stream.conftest import Fleet
 
@@ -87,8 +96,6 @@ def test_rollups_cover_closed_minutes_of_the_vehicles_written(database: TestData
     does the rest. Timescale edition: the rollups are continuous aggregates with real-time
     aggregation, so every committed row counts at once and the refresher, which may not
     refresh them (only their owner may), stops keeping marks. Same totals on both."""
-    from stream.sink import MINUTE_MS, closed_before
-
     writer = DatabaseWriter(database.ingest_url)
     writer.write(Batch.of([*_samples_of(fleet, "v1", 150), *_samples_of(fleet, "v2", 150)]))
     writer.close()
@@ -156,10 +163,6 @@ def test_a_failed_rollup_round_is_retried(database: TestDatabase, fleet: Fleet) 
 def test_minutes_close_staggered_by_vehicle() -> None:
     """Each round takes a slice of the fleet: when a minute counts as closed depends on the
     vehicle (0-60 s after the grace), and never before the grace has passed."""
-    import uuid
-
-    from stream.sink import MINUTE_MS, ROLLUP_GRACE_MS, closed_before
-
     early, late = uuid.UUID(int=0), uuid.UUID(int=30_000)
     now = 10 * MINUTE_MS + ROLLUP_GRACE_MS + 15_000
     assert closed_before(early, now) == 10 * MINUTE_MS

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.bench.faults import PLATEAU_S, _plateau
+
 ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.timeout(200)
@@ -58,8 +60,6 @@ def test_a_slow_drain_is_not_a_plateau() -> None:
     """The loss rule: a backlog that keeps its level is a loss; one that drains slowly (the
     run that reported a database restart recovered with 250,000 samples still waiting) or
     swings is not."""
-    from deploy.bench.faults import PLATEAU_S, _plateau
-
     lag = 22_760
     times = [i * 0.5 for i in range(int(PLATEAU_S * 2) + 1)]
     now = times[-1]

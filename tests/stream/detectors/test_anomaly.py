@@ -14,7 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.detectors.anomaly import AnomalyScorer, AnomalySettings
+from stream.detectors.anomaly import (
+    MAD_TO_SIGMA,
+    AnomalyScorer,
+    AnomalySettings,
+    _robust_center_scale,
+)
 from stream.economy import ECONOMY_SIGNAL, EconomySample, EconomyTracker, FleetEconomy
 from stream.model import AnomalyRecord, Event
 from tests.stream.detectors.readings import VEHICLE, reading, run
@@ -235,8 +240,6 @@ def test_steady_signal_learns_a_lasting_change_after_a_full_window() -> None:
        floor=st.floats(0, 10))
 def test_robust_center_scale_is_the_median_and_scaled_mad(values: list[float],
                                                           floor: float) -> None:
-    from stream.detectors.anomaly import MAD_TO_SIGMA, _robust_center_scale
-
     window = np.asarray(values, dtype=np.float32)
     center, scale = _robust_center_scale(window, floor)
     assert center == pytest.approx(float(np.median(window)), rel=1e-6, abs=1e-6)

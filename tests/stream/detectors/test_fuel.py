@@ -7,7 +7,7 @@ import random
 import pytest
 
 from stream.detectors.config import DetectorSettings
-from stream.detectors.fuel import FuelDetector
+from stream.detectors.fuel import BUCKET_POINTS, FuelDetector
 
 from .readings import Reading, reading, run, secs, vehicle_events
 
@@ -92,8 +92,6 @@ def test_threshold_boundary(drop: float) -> None:
 
 def test_dense_samples_keep_the_bucket_bounded_and_still_find_a_theft() -> None:
     """At 20 Hz a bucket keeps at most BUCKET_POINTS values, and the theft is found as at 1 Hz."""
-    from stream.detectors.fuel import BUCKET_POINTS
-
     readings = fuel_trace([(0, 0, 70.0), (0, 600, DRIVE), (600, 660, -25 / 60),
                            (660, 900, DRIVE)], step_s=0.05)
     det = detector()

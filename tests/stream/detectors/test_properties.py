@@ -11,9 +11,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from geo.config import GeofenceSettings
 from stream.detectors import build_detectors
 from stream.detectors.base import fold
 from stream.detectors.config import DetectorSettings
+from stream.detectors.geofence import GeofenceDetector
 from stream.model import Event, Reading
 
 from .readings import reading
@@ -136,9 +138,6 @@ def test_on_readings_equals_reading_by_reading(phases: list[tuple[dict[str, Any]
                                                cuts: list[int], fenced: bool) -> None:
     """Every detector's ``on_readings`` over any split into batches gives exactly the state
     and events of `on_reading` one by one (the meaning the per-vehicle step relies on)."""
-    from geo.config import GeofenceSettings
-    from stream.detectors.geofence import GeofenceDetector
-
     readings = to_readings(_phases_to_steps(phases))
     index = Fences(fenced)
     clock = Clock()
