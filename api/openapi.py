@@ -36,7 +36,10 @@ COMMON_SCHEMAS: dict[str, Any] = {
         "expires_in": {"type": "integer", "description": "seconds"},
         "refresh_token": {"type": "string"}, "user": {"type": "object"}}},
     "GeofenceFeature": {"type": "object", "required": ["type", "geometry", "properties"],
-                        "properties": {"type": {"const": "Feature"}, "id": {"type": "string"},
+                        "properties": {"type": {"const": "Feature"},
+                                       # An answer's id is always the row's; a request's
+                                       # Feature id is ignored (FenceFeature).
+                                       "id": {"type": "string", "format": "uuid"},
                                        "geometry": {"type": "object"},
                                        "properties": {"type": "object"}}},
     "FeatureCollection": {"type": "object", "properties": {

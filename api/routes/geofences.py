@@ -81,13 +81,19 @@ class FenceProperties(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     is_active: bool = True
 
 
+FeatureId = Annotated[str | None, msgspec.Meta(extra_json_schema={
+    "readOnly": True,
+    "description": "The server issues a geofence's id (a UUID, in the answer); an id sent "
+                   "with the Feature is accepted and ignored, as RFC 7946 allows any."})]
+
+
 class FenceFeature(msgspec.Struct, kw_only=True):
     """A GeoJSON Feature carrying one geofence."""
 
     type: Literal["Feature"]
     geometry: Geometry
     properties: FenceProperties
-    id: str | None = None
+    id: FeatureId = None
 
 
 def _positions(coords: Any) -> list[tuple[float, float]]:
