@@ -90,8 +90,6 @@ class TenantResource:
     """Caches that every write of this resource makes stale."""
     before_update: PatchHook | None = None
     before_delete: DeleteHook | None = None
-    summaries: Mapping[str, str] = field(default_factory=dict)
-    """OpenAPI summaries by operation (defaults: "List vehicles", "One vehicle", ...)."""
 
     @property
     def item_path(self) -> str:
@@ -321,8 +319,6 @@ def crud_routes(res: TenantResource, *, operations: Sequence[Operation] = (
                 raise ValueError(f"{res.noun}: {op} needs a body type or a handler")
             handler = _GENERATORS[op](res)
         entry = {**entries[op], "tag": res.tag}
-        if op in res.summaries:
-            entry["summary"] = res.summaries[op]
         entry.update(overrides.get(op, {}))
         routes.append(ApiRoute(handler=handler, **entry))
     return routes

@@ -76,8 +76,7 @@ DRIVERS = TenantResource(
                     lambda request, name: query_choice(request, name, DRIVER_STATUSES)),),
     # Deleting a driver clears vehicles.assigned_driver_id (the foreign key): cached vehicle
     # lists are stale.
-    invalidates=("vehicles",),
-    summaries={"list": "List drivers (drivers: themselves)"})
+    invalidates=("vehicles",))
 
 
 # -- users -----------------------------------------------------------------------------------
@@ -152,7 +151,7 @@ async def create_user(request: web.Request) -> web.Response:
 
 
 ROUTES = [
-    *crud_routes(DRIVERS),
+    *crud_routes(DRIVERS, overrides={"list": {"summary": "List drivers (drivers: themselves)"}}),
     ApiRoute("GET", "/api/users", list_users, "List user accounts", "users",
              MANAGERS, params=PAGE_PARAMS,
              response={"$ref": "#/components/schemas/Page"}),

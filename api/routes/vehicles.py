@@ -137,8 +137,7 @@ VEHICLES = TenantResource(
                "(v.code ILIKE {0} OR v.license_plate ILIKE {0} OR v.vin ILIKE {0})", _search),
     ),
     references={"assigned_driver_id": "drivers"}, invalidates=(CACHE,),
-    before_update=_before_update, before_delete=_before_delete,
-    summaries={"list": "List vehicles (drivers: the assigned one)"})
+    before_update=_before_update, before_delete=_before_delete)
 
 
 async def list_vehicles(request: web.Request) -> web.Response:
@@ -174,4 +173,6 @@ async def _refuse_recode(conn: asyncpg.Connection, tenant_id: UUID, vid: UUID, c
                        "provision a new one", field="code")
 
 
-ROUTES = crud_routes(VEHICLES, handlers={"list": list_vehicles})
+ROUTES = crud_routes(
+    VEHICLES, handlers={"list": list_vehicles},
+    overrides={"list": {"summary": "List vehicles (drivers: the assigned one)"}})
