@@ -16,18 +16,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from core.ports import free_port
 from edge_gateway.errors import GatewayError
 
 STOP_TIMEOUT_S = 10.0
 """How long `PrivateBroker.stop` waits for Mosquitto to save and exit before SIGKILL."""
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PrivateBroker:

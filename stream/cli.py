@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
         ensure_recovery_dir(settings.stream)
         if settings.stream.processes > 1 and args.process_id is None:
+            _check_cluster_ports(settings.stream)
             return _supervise(args, settings.stream.processes, stop)
         from stream.runner import run_stream
 
@@ -108,6 +109,24 @@ def _first_of(exc: BaseException, kinds: tuple[type[BaseException], ...]
         seen.add(id(at))
         at = at.__cause__ or at.__context__
     return None
+
+
+def _check_cluster_ports(cfg: Any) -> None:
+    """Refuse to start a cluster whose exchange ports are taken, naming them and the setting.
+
+    Otherwise a process that cannot bind ends with Bytewax's "failed to initialize
+    networking" trace and takes the cluster down with it.
+    """
+    from core.ports import busy_ports
+    from stream.errors import StreamConfigError
+
+    ports = range(cfg.process_base_port, cfg.process_base_port + cfg.processes)
+    busy = busy_ports(ports)
+    if busy:
+        listed = ", ".join(f"127.0.0.1:{p}" for p in busy)
+        raise StreamConfigError(
+            f"the cluster's exchange port(s) {listed} are in use; stop what listens there or "
+            f"choose another stream.process_base_port (now {cfg.process_base_port})")
 
 
 def _child_argv(args: argparse.Namespace, process_id: int, processes: int) -> list[str]:

@@ -169,7 +169,7 @@ async def _anchor(body: bytes) -> AsyncIterator[str]:
 
     import aiohttp
 
-    from deploy.bench.apiproc import free_port
+    from core.ports import free_port
 
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         fh.write(body)

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
+
+from core.ports import free_port
 
 BENCH_PASSWORD = "Bench!Pass2024"  # noqa: S105 - throwaway benchmark database
 
@@ -28,14 +29,6 @@ class BenchEnv:
     token: str
     tenant_id: UUID
     vehicles: list[tuple[UUID, str]] = field(default_factory=list)
-
-
-def free_port() -> int:
-    """An unused TCP port on localhost."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def _seed(app_url: str, vehicles: int) -> tuple[UUID, str, list[tuple[UUID, str]]]:

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.ports import free_port_block
 from deploy.bench import cpu_seconds, memory_mib, process_tree
 
 STEADY_WARMUP_S = 5.0
@@ -429,7 +430,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                 "FLEET_STREAM_PROCESSES": str(args.processes),
                 "FLEET_STREAM_WORKERS_PER_PROCESS": str(args.workers),
                 "FLEET_STREAM_RECOVERY_DIR": str(tmp / "recovery"),
-                "FLEET_STREAM_PROCESS_BASE_PORT": str(2300 + os.getpid() % 1000),
+                "FLEET_STREAM_PROCESS_BASE_PORT": str(free_port_block(args.processes)),
                 "FLEET_STREAM_DISABLED_DETECTORS": json.dumps(
                     [d for d in args.disable.split(",") if d]),
             })

@@ -44,6 +44,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from core.ports import free_port_block
 from deploy.bench import cpu_seconds, process_tree
 
 PHASES = ("anchor", "flood")
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script
             "FLEET_SOURCE_SESSION_EXPIRY_S": "600",
             "FLEET_STREAM_PROCESSES": str(args.processes),
             "FLEET_STREAM_RECOVERY_DIR": str(tmp / "recovery"),
-            "FLEET_STREAM_PROCESS_BASE_PORT": str(2300 + os.getpid() % 1000),
+            "FLEET_STREAM_PROCESS_BASE_PORT": str(free_port_block(args.processes)),
         })
         proc = subprocess.Popen([sys.executable, "-m", "stream.cli"], env=env,
                                 stdout=(tmp / "stream.log").open("wb"),

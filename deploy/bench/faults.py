@@ -76,6 +76,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
+from core.ports import free_port, free_port_block
 from deploy.bench import stop_process
 
 if TYPE_CHECKING:
@@ -788,7 +789,6 @@ def _bench(args: argparse.Namespace, faults: list[Fault]) -> dict[str, Any]:  # 
     from core.live import live_channel
     from deploy.bench.e2e import _presubscribe, _Publisher, seed_tenant
     from deploy.services import LocalServices, ServicesSettings
-    from edge_gateway.testing import free_port
     from storage.migrate import migrate
 
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-faults-"))
@@ -926,26 +926,6 @@ def _remove(tmp: Path, stack: LocalServices, *, keep: bool) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     if stack.state != stack.project_state:
         shutil.rmtree(stack.state, ignore_errors=True)
-
-
-def free_port_block(n: int) -> int:
-    """A base port with `n` free ports from it (the stream cluster's ports)."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n >= 65_000:
-            continue
-        try:
-            for port in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no block of free ports")
 
 
 def _drain(bench: _Run, lo: list[int], hi: list[int], gateway: tuple[int, int, list[int]],

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from core.ports import free_port
 from deploy.services import LocalServices
 from tests.conftest import TestDatabase
 
 pytestmark = pytest.mark.services
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_env(services: LocalServices, database: TestDatabase) -> dict[str, str]:

@@ -18,17 +18,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from api.broker_logins import device_acls, hash_verifies, mosquitto_hash
 from core.mqtt_url import parse_mqtt_url
+from core.ports import free_port
 from deploy.errors import ServiceError
 from deploy.services import MQTT_ADMIN_USER, MQTT_SERVICE_USER, LocalServices, ServicesSettings
 from deploy.services.mosquitto import _same_dynsec
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

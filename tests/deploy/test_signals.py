@@ -316,6 +316,19 @@ def test_stream_says_what_is_unreachable(down: str, stream_settings: Callable[[i
     _refused_at_start(start(["stream"], env), "stream", says)
 
 
+def test_stream_cluster_says_its_port_is_taken(stream_settings: Callable[[int], StreamProcess],
+                                               start: Callable[..., Command]) -> None:
+    """A port of the local cluster already bound: one line naming it and the setting."""
+    stream = stream_settings(2)
+    base = int(stream.env["FLEET_STREAM_PROCESS_BASE_PORT"])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", base + 1))
+        squatter.listen()
+        cmd = start(["stream"], stream.env)
+        _refused_at_start(cmd, "stream", f"127.0.0.1:{base + 1} are in use")
+    assert "stream.process_base_port" in cmd.log()
+
+
 def test_api_says_the_database_is_unreachable(services: LocalServices,
                                               module_database: TestDatabase,
                                               start: Callable[..., Command]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ import pytest
 from psycopg import sql
 
 from core.errors import SettingsError
+from core.ports import free_port
 from core.settings import load_settings
 from deploy.errors import ServiceError
 from deploy.services import (
@@ -39,12 +39,6 @@ VENDOR_SHA256 = "70f0807d121cd9ec3828d3e8bed7ea0cdff47f50fab090406e22f49e4ced6ce
 
 License = Literal["apache", "timescale"]
 Cluster = Callable[[License], LocalServices]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_script(*args: str, source: Path | None = None) -> subprocess.CompletedProcess[str]:

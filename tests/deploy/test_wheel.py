@@ -21,9 +21,9 @@ import msgspec
 import psycopg
 import pytest
 
+from core.ports import free_port
 from deploy.install.check_pi import canonical, pins
 from deploy.services import ADMIN_ROLE, LocalServices, drop_database
-from edge_gateway.testing import free_port
 from tests.conftest import make_database
 from tests.edge_gateway.helpers import mqtt_client, nmea
 

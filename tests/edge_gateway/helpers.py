@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 import aiomqtt
 
 from core.mqtt_url import parse_mqtt_url
-from edge_gateway.testing import PrivateBroker, free_port
+from core.ports import free_port
+from edge_gateway.testing import PrivateBroker
 
 __all__ = ["ModelDriver", "PrivateBroker", "free_port", "mqtt_client", "nmea", "wait_for"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+
+from core.ports import free_port as _free_port
 
 SCRIPT = """
 import argparse, sys
@@ -19,12 +20,6 @@ m.register(p)
 args = p.parse_args(sys.argv[1:])
 sys.exit(args.func(args))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize(("mod", "path", "headers", "expect"), [

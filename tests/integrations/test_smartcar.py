@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from api.integrations.smartcar.client import SmartcarClient
 from api.integrations.smartcar.consent import SmartcarTokens
 from api.integrations.smartcar.puller import SmartcarPuller, location_cache_key
 from api.integrations.smartcar.routes import sign_webhook
+from core.ports import free_port as _free_port
 from core.protocol import Source
 from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 from simulators.samsara import Fault
@@ -34,12 +34,6 @@ from simulators.smartcar import MockSmartcar
 from tests.integrations.conftest import TOKEN_KEY, pool, serve, telemetry_listener, wait_for
 
 pytestmark = pytest.mark.services
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def integ_settings(mock_url: str, api_url: str = "http://127.0.0.1:1") -> dict[str, object]:

@@ -40,12 +40,13 @@ from api.integrations.smartcar.routes import sign_webhook
 from api.integrations.smartcar.signals import signals_to_samples
 from api.jobs.config import JobsSettings
 from core.errors import SettingsError
+from core.ports import free_port as _free_port
 from core.protocol import Source
 from core.settings import DatabaseSettings, MqttSettings, RedisSettings
 from simulators.samsara import Fault
 from simulators.smartcar import MockSmartcar
 from tests.integrations.conftest import TOKEN_KEY, pool, serve, telemetry_listener, wait_for
-from tests.integrations.test_smartcar import Api, _free_port
+from tests.integrations.test_smartcar import Api
 
 pytestmark = pytest.mark.services
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from core.ports import free_port as _free_port
 from tests.integrations.conftest import seed_fleet
 from tests.jobs.archive_rows import OLD_DAYS, insert_telemetry
 
@@ -27,12 +28,6 @@ AZURITE_BIN = (Path(__file__).resolve().parents[2]
 DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
            "K1SZFPTOtr/KBHBeksoGMGw==")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def azurite_connection_string(port: int) -> str:

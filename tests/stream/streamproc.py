@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from core.mqtt_url import parse_mqtt_url
+from core.ports import free_port_block
 from core.protocol import (
     Channel,
     Sample,
@@ -32,17 +32,6 @@ from core.protocol import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port_block(n: int) -> int:
-    """A base port with n free ports after it (best effort)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n < 65000:
-            return base
-    raise RuntimeError("no free ports")
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
@@ -149,6 +138,13 @@ class StreamProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+
+    def alive(self) -> bool:
+        """True while the stream runs; a stream that ended fails the test now, with its log."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"the stream ended (exit {self.proc.returncode})\n"
+                                 f"{self.log_text()}")
+        return True
 
     def log_text(self) -> str:
         """Every run's output, for failure messages."""

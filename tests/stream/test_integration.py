@@ -72,9 +72,9 @@ def assert_exact_results(db: TestDatabase, fleet: Fleet, stream: StreamProcess) 
     """Every sample once; one enter and one exit per vehicle; nothing else."""
     total = SAMPLES * len(VEHICLES)
     url = db.owner_url
-    wait_for(lambda: count(url, "SELECT count(*) FROM telemetry") >= total, 90,
+    wait_for(lambda: stream.alive() and count(url, "SELECT count(*) FROM telemetry") >= total, 90,
              f"{total} telemetry rows\n{stream.log_text()}")
-    wait_for(lambda: count(url, "SELECT count(*) FROM geofence_events "
+    wait_for(lambda: stream.alive() and count(url, "SELECT count(*) FROM geofence_events "
                                 "WHERE event_type IN ('enter', 'exit')") >= 2 * len(VEHICLES),
              30, f"geofence events\n{stream.log_text()}")
     time.sleep(2.0)  # anything spurious would have arrived by now
