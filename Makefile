@@ -64,14 +64,19 @@ dist: venv node
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w dist .
 	@ls dist/*.whl
 
-# Leaflet for the dispatcher map (served by the API, no CDN) and Azurite for the archive tests.
+# The dispatcher console (TypeScript bundled with Leaflet by esbuild, served by the API, no CDN)
+# and Azurite for the archive tests, both from their npm locks.
 NODE_STAMPS := api/web/node_modules/.installed api/jobs/azurite/node_modules/.installed
+CONSOLE     := api/web/dist/console.js
 
-node: $(NODE_STAMPS)
+node: $(NODE_STAMPS) $(CONSOLE)
 
 %/node_modules/.installed: %/package-lock.json
 	npm ci --prefix $* --no-audit --no-fund --loglevel=error
 	@touch $@
+
+$(CONSOLE): api/web/node_modules/.installed api/web/build.mjs $(wildcard api/web/src/*)
+	npm run --prefix api/web --silent build
 
 services: venv
 	$(BIN)/fleet services up
@@ -79,15 +84,17 @@ services: venv
 migrate: services
 	$(BIN)/fleet db migrate
 
-lint: venv
+lint: venv node
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	npm run --prefix api/web --silent check
 
 # The whole suite on the Timescale-licence edition (the default, what Timescale's packages
 # and images run), then the edition-dependent tests (marked `editions`: schema, tenancy,
 # rollups, compression, sink, jobs) again on the Apache edition: the project's PostgreSQL
 # restarts with the other licence for them and with the default again afterwards.
 test: setup lint
+	npm test --prefix api/web --silent
 	$(BIN)/pytest
 	$(MAKE) --no-print-directory test-apache
 

@@ -43,7 +43,8 @@ from api.routing import ROUTE_INDEX_KEY, ROUTES_KEY, ApiRoute, register
 
 log = logging.getLogger("api")
 WEB_DIR = Path(__file__).parent / "web"
-LEAFLET_DIR = WEB_DIR / "node_modules" / "leaflet" / "dist"
+CONSOLE_DIR = WEB_DIR / "dist"
+"""The console's bundle (Leaflet inside), built by `make setup` (`npm run build` in api/web)."""
 
 RESOURCE_MODULES = (auth_routes, vehicles, drivers, devices, geofences, history)
 """Every REST resource module, in the order their routes are registered."""
@@ -85,9 +86,16 @@ async def map_config(request: web.Request) -> web.Response:
 
 
 async def index(_request: web.Request) -> web.FileResponse:
-    """GET /: the dispatcher map."""
+    """GET /: the dispatcher console."""
     return web.FileResponse(WEB_DIR / "index.html",
                             headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(_request: web.Request) -> web.FileResponse:
+    """GET /favicon.svg and /favicon.ico (browsers ask for the latter whatever the page says)."""
+    return web.FileResponse(WEB_DIR / "favicon.svg",
+                            headers={"Content-Type": "image/svg+xml",
+                                     "Cache-Control": "max-age=86400"})
 
 
 OPS_ROUTES = [
@@ -136,11 +144,13 @@ def create_app(settings: ApiSettings) -> web.Application:
         register(app, module.ROUTES)
     register(app, OPS_ROUTES)
     app.router.add_get("/", index)
-    app.router.add_static("/static/app", WEB_DIR / "static")
-    if LEAFLET_DIR.is_dir():
-        app.router.add_static("/static/leaflet", LEAFLET_DIR)
+    app.router.add_get("/favicon.svg", favicon)
+    app.router.add_get("/favicon.ico", favicon)
+    if CONSOLE_DIR.is_dir():
+        app.router.add_static("/static/app", CONSOLE_DIR)
     else:
-        log.warning("Leaflet not installed: run `npm ci --prefix api/web`")
+        log.warning("the dispatcher console is not built: run `make node` "
+                    "(npm ci and npm run build in api/web)")
     app.cleanup_ctx.append(_resources)
     if section.extensions:
         integration_routes.setup(app)

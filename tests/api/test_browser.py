@@ -1,16 +1,21 @@
-"""The dispatcher map in headless Chromium (Debian's package, driven by Playwright):
-log in, watch markers move, see a geofence event appear, click it, save a screenshot."""
+"""The dispatcher console in headless Chromium (Debian's package, driven by Playwright): log in,
+watch vehicles move, find one by plate, filter by status, open a pasted link, see past events
+at load and why a vehicle is red. Screenshots go to tests/artifacts/ (docs/console.md)."""
 
 from __future__ import annotations
 
 import shutil
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
-from playwright.async_api import async_playwright
+from playwright.async_api import Browser, Page, async_playwright
 
 from core.live import LiveEvent, LivePosition, encode_live, live_channel
 from tests.api.conftest import PASSWORD, World
@@ -24,77 +29,269 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
 WAIT_MS = 15_000
 
 
-def _pos(vid: Any, code: str, lat: float, lon: float, *, heading: float, moving: bool
-         ) -> bytes:
+def _pos(vid: Any, code: str, lat: float, lon: float, *, heading: float = 0.0,
+         moving: bool = True, ignition: bool = True, speed: float | None = None) -> bytes:
     now = int(time.time() * 1000)
-    return encode_live(LivePosition(vehicle_id=str(vid), code=code, t_ms=now, lat=lat, lon=lon,
-                                    speed_kph=35.0 if moving else 0.0, heading_deg=heading,
-                                    ignition=True, moving=moving, fuel_pct=61.0,
-                                    coolant_c=88.0, battery_v=13.9, sent_ms=now))
+    return encode_live(LivePosition(
+        vehicle_id=str(vid), code=code, t_ms=now, lat=lat, lon=lon,
+        speed_kph=speed if speed is not None else (35.0 if moving else 0.0), heading_deg=heading,
+        ignition=ignition, moving=moving, fuel_pct=61.0, coolant_c=88.0, battery_v=13.9,
+        sent_ms=now))
 
 
-async def test_dispatcher_map_live(world: World) -> None:
-    """End to end in a real browser, offline (no-tiles mode)."""
-    # `make setup` installs Debian's chromium; without it this test must fail, not skip.
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    # `make setup` installs Debian's chromium; without it these tests must fail, not skip.
     assert shutil.which(CHROMIUM), "needs Debian's chromium: apt-get install chromium"
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+class Session:
+    """One dispatcher's tab; page errors fail the test."""
+
+    def __init__(self, page: Page, base: str) -> None:
+        self.page = page
+        self.base = base
+        self.errors: list[str] = []
+        page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+
+    async def login(self, email: str, hash_: str = "") -> None:
+        await self.page.goto(self.base + hash_)
+        await self.page.fill("#email", email)
+        await self.page.fill("#password", PASSWORD)
+        await self.page.click("#login-button")
+        await self.page.wait_for_selector("#status.ok", timeout=WAIT_MS)
+
+    def row(self, vid: Any) -> str:
+        return f'#vehicle-rows [data-vehicle-id="{vid}"]'
+
+    async def visible_rows(self) -> list[str]:
+        return await self.page.eval_on_selector_all(
+            "#vehicle-rows [data-vehicle-id]", "els => els.map(e => e.dataset.vehicleId)")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def session(browser: Browser, world: World) -> AsyncIterator[Session]:
+    context = await browser.new_context(viewport={"width": 1400, "height": 860})
+    s = Session(await context.new_page(), str(world.client.make_url("/")))
+    try:
+        yield s
+        assert s.errors == []
+    finally:
+        await context.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def live(world: World) -> AsyncIterator[Any]:
+    """Publish to tenant a's live channel as the stream does."""
+    r = aioredis.Redis.from_url(world.redis_url)
+    channel = live_channel(world.a.id)
+
+    async def publish(message: bytes) -> None:
+        await r.publish(channel, message)
+
+    try:
+        yield publish
+    finally:
+        await r.aclose()
+
+
+async def _vehicle(world: World, code: str, **fields: Any) -> str:
+    resp = await world.client.post("/api/vehicles", json={"code": code, **fields},
+                                   headers=world.auth(world.a.tokens["fleet_manager"]))
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["id"])
+
+
+async def test_live_map_feed_and_panel(session: Session, world: World, live: Any) -> None:
+    """Vehicles appear and move; a live geofence event opens the vehicle's panel."""
     a = world.a
     v1, v2 = a.vehicles["assigned"], a.vehicles["other"]
-    channel = live_channel(a.id)
-    redis = aioredis.Redis.from_url(world.redis_url)
-    base = str(world.client.make_url("/"))
+    page = session.page
+    await session.login(a.users["fleet_manager"])
+    # The depot geofence is drawn on the canvas; the page knows it.
+    await page.wait_for_function("document.querySelector('#map canvas') !== null",
+                                 timeout=WAIT_MS)
+    await live(_pos(v1, "assigned", 52.5195, 13.3990, heading=45))
+    await live(_pos(v2, "other", 52.5210, 13.4020, moving=False))
+    await page.wait_for_selector(f'{session.row(v1)}[data-status="moving"]', timeout=WAIT_MS)
+    await page.wait_for_selector(f'{session.row(v2)}[data-status="idle"]', timeout=WAIT_MS)
+    assert await page.evaluate("window.fleet.map.markerCount") >= 2
+    before = await page.evaluate(f"window.fleet.map.screenPoint('{v1}')")
+    # The vehicle drives north-east: its marker moves on screen.
+    for step in range(1, 4):
+        await live(_pos(v1, "assigned", 52.5195 + step * 0.0004, 13.3990 + step * 0.0004))
+    await page.wait_for_function(
+        f"window.fleet.fleet.get('{v1}').position.lat > 52.5206", timeout=WAIT_MS)
+    after = await page.evaluate(f"window.fleet.map.screenPoint('{v1}')")
+    assert after["y"] < before["y"]
+    assert after["x"] > before["x"]
+
+    event = LiveEvent(vehicle_id=str(v1), code="assigned", t_ms=int(time.time() * 1000),
+                      kind="geofence", event_type="enter", geofence_id=str(a.geofence_id),
+                      geofence_name="Depot", lat=52.5207, lon=13.4002)
+    await live(encode_live(event))
+    item = page.locator("#events li.geofence", has_text="Depot")
+    await item.wait_for(timeout=WAIT_MS)
+    assert "enter" in await item.inner_text()
+    await item.click()
+    await page.wait_for_selector("#panel:not([hidden])", timeout=WAIT_MS)
+    assert await page.inner_text("#panel-title") == "assigned"
+    signals = await page.inner_text("#panel-signals")
+    assert "km/h" in signals
+    assert "moving" in signals
+    assert "Dana Driver" in await page.inner_text("#panel-facts")
+    assert "enter Depot" in await page.inner_text("#panel-events")
+    assert "vehicle=assigned" in page.url  # the selection is in the link
     ARTIFACTS.mkdir(exist_ok=True)
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                           args=CHROMIUM_ARGS)
+    await page.screenshot(path=str(ARTIFACTS / "console_live.png"))
+
+
+async def test_find_by_plate_and_paste_the_link(browser: Browser, session: Session,
+                                                world: World, live: Any) -> None:
+    """Search by a plate typed without separators; a colleague opens the same view by link."""
+    code = f"van-{uuid.uuid4().hex[:6]}"
+    vid = await _vehicle(world, code, license_plate="B-FT 4711", vin="WDB9066331S471100")
+    page = session.page
+    await session.login(world.a.users["fleet_manager"])
+    await live(_pos(vid, code, 52.515, 13.41, speed=42.0))
+    await page.fill("#vehicle-search", "bft4711")
+    await page.wait_for_function(
+        "document.querySelectorAll('#vehicle-rows [data-vehicle-id]').length === 1",
+        timeout=WAIT_MS)
+    assert await session.visible_rows() == [vid]
+    assert "1 of " in await page.inner_text("#vehicle-summary")
+    await page.click(session.row(vid))
+    await page.wait_for_selector("#panel:not([hidden])", timeout=WAIT_MS)
+    facts = await page.inner_text("#panel-facts")
+    assert "B-FT 4711" in facts
+    assert "WDB9066331S471100" in facts
+    link = page.url
+    assert f"vehicle={code}" in link
+    assert "q=bft4711" in link
+
+    # The colleague: another browser session, signs in from the pasted link.
+    other = await browser.new_context(viewport={"width": 1400, "height": 860})
+    try:
+        colleague = Session(await other.new_page(), link.split("#")[0])
+        await colleague.login(world.a.users["fleet_manager"], "#" + link.split("#", 1)[1])
+        await colleague.page.wait_for_selector("#panel:not([hidden])", timeout=WAIT_MS)
+        assert await colleague.page.inner_text("#panel-title") == code
+        assert await colleague.page.input_value("#vehicle-search") == "bft4711"
+        assert await colleague.visible_rows() == [vid]
+        assert colleague.errors == []
+    finally:
+        await other.close()
+
+
+async def test_status_filters_and_counts(session: Session, world: World, live: Any) -> None:
+    a = world.a
+    v1, v2 = a.vehicles["assigned"], a.vehicles["other"]
+    page = session.page
+    await session.login(a.users["fleet_manager"])
+    await live(_pos(v1, "assigned", 52.52, 13.40, moving=True))
+    await live(_pos(v2, "other", 52.52, 13.41, moving=False, ignition=False))
+    await page.wait_for_selector(f'{session.row(v2)}[data-status="off"]', timeout=WAIT_MS)
+    await page.click('#status-filters [data-status="moving"]')
+    await page.wait_for_function(
+        f"!document.querySelector('{session.row(v2)}')", timeout=WAIT_MS)
+    rows = await session.visible_rows()
+    assert str(v1) in rows
+    statuses = await page.eval_on_selector_all(
+        "#vehicle-rows [data-vehicle-id]", "els => els.map(e => e.dataset.status)")
+    assert set(statuses) == {"moving"}
+    assert "status=moving" in page.url
+    moving = await page.inner_text('#status-filters [data-status="moving"] .n')
+    assert int(moving) == len(rows)
+    # Both filters: OR.
+    await page.click('#status-filters [data-status="off"]')
+    await page.wait_for_selector(session.row(v2), timeout=WAIT_MS)
+
+
+async def test_past_events_at_load_and_why_a_vehicle_is_red(session: Session,
+                                                            world: World) -> None:
+    """Events of the last hours are in the feed before any live message; a recent critical
+    event makes its vehicle alerting, and the panel says why."""
+    a = world.a
+    vid = a.vehicles["other"]
+    with psycopg.connect(world.db.owner_url) as conn:
+        conn.execute(
+            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity, value, "
+            "threshold) VALUES (now() - interval '5 minutes', %s, %s, 'coolant_overheat', "
+            "'critical', 118.5, 110)", (a.id, vid))
+        conn.execute(
+            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity, value) "
+            "VALUES (now() - interval '3 hours', %s, %s, 'harsh_braking', 'warning', 6.1)",
+            (a.id, a.vehicles["assigned"]))
+    page = session.page
+    await session.login(a.users["fleet_manager"])
+    item = page.locator("#events li.vehicle", has_text="coolant overheat")
+    await item.wait_for(timeout=WAIT_MS)
+    assert "critical" in (await item.get_attribute("class") or "")
+    await page.locator("#events li.vehicle", has_text="harsh braking").wait_for(timeout=WAIT_MS)
+    await page.wait_for_selector(f'{session.row(vid)}[data-alerting="true"]', timeout=WAIT_MS)
+    # Alerting first when sorted by status (the default).
+    assert (await session.visible_rows())[0] == str(vid)
+    await page.click('#status-filters [data-status="alerting"]')
+    await page.wait_for_function(
+        "document.querySelectorAll('#vehicle-rows [data-vehicle-id]').length === 1",
+        timeout=WAIT_MS)
+    await page.click(session.row(vid))
+    alert = page.locator("#panel-alert")
+    await alert.wait_for(timeout=WAIT_MS)
+    assert "critical" in await alert.inner_text()
+    assert "coolant overheat 118.5" in await alert.inner_text()
+    # Severity filter: warnings and above leave the info events out.
+    await page.select_option("#event-severity", "critical")
+    await page.wait_for_function(
+        "[...document.querySelectorAll('#events li')]"
+        ".every(li => li.classList.contains('critical'))",
+        timeout=WAIT_MS)
+    await page.screenshot(path=str(ARTIFACTS / "console_alerting.png"))
+
+
+async def test_favicon(world: World) -> None:
+    for path in ("/favicon.ico", "/favicon.svg"):
+        resp = await world.client.get(path)
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "image/svg+xml"
+        assert (await resp.read()).startswith(b"<svg")
+
+
+async def test_the_bundle_is_served(world: World) -> None:
+    page = await (await world.client.get("/")).text()
+    assert 'src="/static/app/console.js"' in page
+    for path in ("/static/app/console.js", "/static/app/console.css"):
+        resp = await world.client.get(path)
+        assert resp.status == 200, path
+        assert len(await resp.read()) > 1000
+
+
+async def test_roles_see_what_the_matrix_allows(browser: Browser, world: World) -> None:
+    """A driver's list holds only their vehicle; a viewer gets the list, no live feed."""
+    a = world.a
+    base = str(world.client.make_url("/"))
+    for role in ("driver", "viewer"):
+        context = await browser.new_context(viewport={"width": 1400, "height": 860})
         try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(base)
-            await page.fill("#email", a.users["fleet_manager"])
-            await page.fill("#password", PASSWORD)
-            await page.click("#login-button")
-            await page.wait_for_selector("#status.ok", timeout=WAIT_MS)
-            # The depot geofence is drawn (Leaflet renders vector layers as SVG paths).
-            await page.wait_for_selector("path.leaflet-interactive", timeout=WAIT_MS)
-
-            await redis.publish(channel, _pos(v1, "assigned", 52.5195, 13.3990, heading=45,
-                                              moving=True))
-            await redis.publish(channel, _pos(v2, "other", 52.5210, 13.4020, heading=180,
-                                              moving=False))
-            marker = f'.vehicle-icon[data-vehicle-id="{v1}"]'
-            await page.wait_for_selector(marker, timeout=WAIT_MS)
-            await page.wait_for_selector(f'.vehicle-icon[data-vehicle-id="{v2}"]',
-                                         timeout=WAIT_MS)
-            assert await page.get_attribute(marker, "data-status") == "moving"
-            before = await page.locator(marker).bounding_box()
-            assert before is not None
-            # The vehicle drives north-east: the marker moves on screen.
-            for step in range(1, 4):
-                await redis.publish(channel, _pos(v1, "assigned", 52.5195 + step * 0.0004,
-                                                  13.3990 + step * 0.0004, heading=45, moving=True))
-            await page.wait_for_function(
-                f"window.fleet.positions['{v1}'] && "
-                f"window.fleet.positions['{v1}'].lat > 52.5206", timeout=WAIT_MS)
-            after = await page.locator(marker).bounding_box()
-            assert after is not None
-            assert after["y"] < before["y"]
-            assert after["x"] > before["x"]
-
-            event = LiveEvent(vehicle_id=str(v1), code="assigned", t_ms=int(time.time() * 1000),
-                              kind="geofence", event_type="enter",
-                              geofence_id=str(a.geofence_id), lat=52.5207, lon=13.4002)
-            # As the stream sends it: the id only; the page knows the fence's name.
-            await redis.publish(channel, encode_live(event))
-            item = page.locator("#events li.geofence", has_text="Depot")
-            await item.wait_for(timeout=WAIT_MS)
-            assert "enter" in await item.inner_text()
-            await item.click()
-            await page.wait_for_selector("#panel:not([hidden])", timeout=WAIT_MS)
-            assert await page.inner_text("#panel-title") == "assigned"
-            assert "km/h" in await page.inner_text("#panel-signals")
-            await page.screenshot(path=str(ARTIFACTS / "dispatcher_map.png"))
-            assert errors == []
+            s = Session(await context.new_page(), base)
+            await s.page.goto(base)
+            await s.page.fill("#email", a.users[role])
+            await s.page.fill("#password", PASSWORD)
+            await s.page.click("#login-button")
+            if role == "driver":
+                await s.page.wait_for_selector("#status.ok", timeout=WAIT_MS)
+                await s.page.wait_for_selector(s.row(a.vehicles["assigned"]), timeout=WAIT_MS)
+                assert await s.visible_rows() == [str(a.vehicles["assigned"])]
+            else:
+                await s.page.wait_for_selector("#status.bad", timeout=WAIT_MS)
+                assert "not available to this role" in await s.page.inner_text("#status")
+                await s.page.wait_for_selector(s.row(a.vehicles["other"]), timeout=WAIT_MS)
+            assert s.errors == []
         finally:
-            await browser.close()
-            await redis.aclose()
+            await context.close()

@@ -76,11 +76,12 @@ def test_the_wheel_carries_every_file_fleet_reads(wheel: Path) -> None:
     # The foundation every part imports (the gateway's install included).
     assert {"core/protocol.py", "core/settings.py", "core/logs.py"} <= names
     assert {"edge_gateway/dbc/j1939.dbc", "edge_gateway/dbc/obd2.dbc", "api/web/index.html",
-            "api/web/static/app.js", "api/web/static/app.css",
-            "api/web/node_modules/leaflet/LICENSE",
-            "api/web/node_modules/leaflet/dist/leaflet.js",
-            "api/web/node_modules/leaflet/dist/leaflet.css",
-            "api/web/node_modules/leaflet/dist/images/marker-icon.png"} <= names
+            "api/web/favicon.svg", "api/web/dist/console.js", "api/web/dist/console.css",
+            "api/web/dist/leaflet.LICENSE.txt", "api/web/dist/console.js.LEGAL.txt"} <= names
+    # The stylesheet's images (Leaflet's layer control) travel too.
+    assert [n for n in names if n.startswith("api/web/dist/assets/") and n.endswith(".png")]
+    # Sources, lint and test tooling stay in the checkout.
+    assert not [n for n in names if n.startswith(("api/web/src/", "api/web/node_modules/"))]
     # Set-up scripts and tests stay in the checkout.
     assert not [n for n in names if n.startswith(("tests/", "deploy/install/"))]
 
@@ -131,12 +132,13 @@ def test_server_install_migrates_and_serves_the_map(
                 assert time.monotonic() < deadline, "the API did not answer within 60 s"
                 time.sleep(0.3)
         assert status == 200
-        assert b'src="/static/leaflet/leaflet.js"' in page
-        status, script = fetch(f"{base}/static/leaflet/leaflet.js")
+        assert b'src="/static/app/console.js"' in page
+        status, script = fetch(f"{base}/static/app/console.js")
         assert status == 200
-        assert b"Leaflet 1.9.4" in script[:400]
-        assert fetch(f"{base}/static/leaflet/images/marker-icon.png")[1][:4] == b"\x89PNG"
-        assert fetch(f"{base}/static/app/app.js")[0] == 200
+        assert b'"1.9.4"' in script  # Leaflet, bundled
+        assert b"Leaflet 1.9.4" in fetch(f"{base}/static/app/console.js.LEGAL.txt")[1]
+        assert fetch(f"{base}/static/app/console.css")[0] == 200
+        assert fetch(f"{base}/favicon.ico")[1].startswith(b"<svg")
     finally:
         api.send_signal(signal.SIGTERM)
         api.wait(timeout=30)

@@ -1,0 +1,267 @@
+// The dispatcher console: sign in, then the vehicle list, the live map, the vehicle panel and
+// the event feed, kept in step. Live updates are applied at most once per animation frame;
+// what the dispatcher looks at lives in the URL (view.ts).
+
+import "leaflet/dist/leaflet.css";
+import "./console.css";
+
+import { Api, ApiError } from "./api";
+import { byId } from "./dom";
+import { fromAnomalyRow, fromGeofenceRow, fromVehicleRow, Inbox } from "./events";
+import { EventFeed } from "./feed";
+import { Fleet, isAlerting, motionStatus, type Query } from "./fleet";
+import { VehicleList } from "./list";
+import { LiveConnection } from "./live";
+import { FleetMap } from "./map";
+import { VehiclePanel } from "./panel";
+import type { Driver, FenceFeature, FleetEvent, LiveMessage, MapConfig, Page, Vehicle } from "./types";
+import { formatView, parseView, rangeMs, type ViewState } from "./view";
+
+/** The feed starts with this much history, then goes live. */
+const INBOX_HISTORY_MS = 6 * 3_600_000;
+/** Statuses age (moving -> offline) without any message: redraw everything this often. */
+const AGE_REDRAW_MS = 15_000;
+/** Durations of the last applied live messages kept for `fleet bench map`. */
+const APPLY_SAMPLES = 2000;
+
+const api = new Api();
+
+class Console {
+  readonly fleet = new Fleet();
+  readonly inbox = new Inbox();
+  readonly map: FleetMap;
+  readonly list: VehicleList;
+  readonly panel: VehiclePanel;
+  readonly feed: EventFeed;
+  readonly live: LiveConnection;
+  view: ViewState;
+  /** Milliseconds spent applying each live message (newest last). */
+  readonly applyMs: number[] = [];
+  private readonly dirty = new Set<string>();
+  private everything = true;
+  private frame = 0;
+  private trackFor: string | null = null;
+
+  constructor(config: MapConfig) {
+    this.view = parseView(location.hash);
+    this.map = new FleetMap(byId("map"), config, (id) => this.select(id));
+    this.list = new VehicleList({ query: (q) => this.setQuery(q), select: (id) => this.select(id) },
+                                this.view);
+    this.panel = new VehiclePanel(() => this.select(null));
+    this.feed = new EventFeed(this.inbox, (e) => this.pick(e));
+    this.live = new LiveConnection(api, {
+      message: (msg) => this.onMessage(msg),
+      status: (text, ok) => {
+        const s = byId("status");
+        s.textContent = text;
+        s.className = `status ${ok ? "ok" : "bad"}`;
+      },
+    });
+    api.onTokens = (tokens) => this.live.renew(tokens.access_token);
+    window.addEventListener("hashchange", () => this.onHash());
+    setInterval(() => this.redrawAll(), AGE_REDRAW_MS);
+  }
+
+  async load(): Promise<void> {
+    const since = new Date(Date.now() - INBOX_HISTORY_MS).toISOString();
+    const [vehicles, drivers, fences] = await Promise.all([
+      api.all<Vehicle>("/api/vehicles"),
+      api.all<Driver>("/api/drivers").catch(optional<Driver[]>([])),
+      api.get<{ features: FenceFeature[] }>("/api/geofences?active=true")
+        .catch(optional({ features: [] as FenceFeature[] })),
+    ]);
+    this.fleet.setVehicles(vehicles, drivers);
+    this.map.showFences(fences.features);
+    this.redrawAll();
+    this.live.start();
+    // Past events after the list: the feed fills while the map is already live.
+    const from = encodeURIComponent(since);
+    const [geo, veh, anom] = await Promise.all([
+      pastEvents(`/api/geofence-events?from=${from}`, fromGeofenceRow),
+      pastEvents(`/api/vehicle-events?from=${from}`, fromVehicleRow),
+      pastEvents(`/api/anomalies?events_only=true&from=${from}`, fromAnomalyRow),
+    ]);
+    this.addEvents([...geo, ...veh, ...anom]);
+    if (this.view.vehicle) this.select(this.view.vehicle);
+  }
+
+  private onMessage(msg: LiveMessage): void {
+    if (msg.type !== "snapshot" && msg.type !== "batch") return;
+    const started = performance.now();
+    for (const p of msg.positions ?? []) {
+      if (this.fleet.applyPosition(p)) this.dirty.add(p.vehicle_id);
+    }
+    if (msg.type === "batch" && msg.events?.length) this.addEvents(msg.events);
+    this.schedule();
+    this.applyMs.push(performance.now() - started);
+    if (this.applyMs.length > APPLY_SAMPLES) this.applyMs.splice(0, this.applyMs.length - APPLY_SAMPLES);
+  }
+
+  private addEvents(events: FleetEvent[]): void {
+    for (const e of events) {
+      this.fleet.noteEvent(e);
+      this.dirty.add(e.vehicle_id);
+    }
+    if (this.inbox.add(events)) this.feed.draw();
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
+  }
+
+  private redrawAll(): void {
+    this.everything = true;
+    this.schedule();
+  }
+
+  private render(): void {
+    this.frame = 0;
+    const now = Date.now();
+    const ids = this.everything ? [...this.fleet.rows.keys()] : [...this.dirty];
+    this.everything = false;
+    this.dirty.clear();
+    for (const id of ids) {
+      const row = this.fleet.rows.get(id);
+      const p = row?.position;
+      if (!row || p?.lat == null || p.lon == null) continue;
+      this.map.place(id, row.code, p.lat, p.lon, motionStatus(p, now), isAlerting(row, now));
+      if (id === this.selectedId && this.trackFor === id) this.map.extendTrack(p.lat, p.lon);
+    }
+    const selected = this.selectedId;
+    this.list.show(this.fleet.query(this.view, now), this.fleet.counts(now), now, selected);
+    if (selected && ids.includes(selected)) this.showPanel(selected, now);
+  }
+
+  get selectedId(): string | null {
+    return this.view.vehicle ? this.fleet.get(this.view.vehicle)?.id ?? null : null;
+  }
+
+  private setQuery(q: Query): void {
+    this.view = { ...this.view, q: q.q, statuses: [...q.statuses], sort: q.sort };
+    this.saveView();
+    this.redrawAll();
+  }
+
+  select(idOrCode: string | null): void {
+    const row = idOrCode ? this.fleet.get(idOrCode) : undefined;
+    this.view = { ...this.view, vehicle: row?.code ?? null };
+    this.saveView();
+    this.map.select(row?.id ?? null);
+    this.feed.setSelected(row?.id ?? null);
+    if (!row) {
+      this.panel.hide();
+      this.map.clearTrack();
+      this.trackFor = null;
+      this.redrawAll();
+      return;
+    }
+    this.list.reveal(row.id);
+    this.showPanel(row.id, Date.now());
+    void this.loadTrack(row.id);
+    this.redrawAll();
+  }
+
+  private showPanel(id: string, now: number): void {
+    const row = this.fleet.rows.get(id);
+    if (!row) return;
+    const events = this.inbox.list({ kinds: new Set(["geofence", "vehicle", "anomaly"]),
+                                     minSeverity: "info", vehicleId: id });
+    this.panel.show(row, events, now);
+  }
+
+  private async loadTrack(id: string): Promise<void> {
+    this.map.clearTrack();
+    this.trackFor = null;
+    const from = new Date(Date.now() - rangeMs(this.view.range)).toISOString();
+    try {
+      const track = await api.get<{ geometry: { coordinates: [number, number][] } }>(
+        `/api/vehicles/${id}/track?from=${encodeURIComponent(from)}`);
+      if (this.selectedId !== id) return;
+      this.map.showTrack(track.geometry.coordinates);
+      this.trackFor = id;
+    } catch (err) {
+      // A role without history (or no data yet): the panel still shows the live signals.
+      if (!(err instanceof ApiError)) throw err;
+    }
+  }
+
+  private pick(e: FleetEvent): void {
+    if (e.lat != null && e.lon != null) this.map.focus(e.lat, e.lon);
+    this.select(e.vehicle_id);
+  }
+
+  private saveView(): void {
+    const hash = formatView(this.view);
+    if (hash !== location.hash && !(hash === "" && location.hash === "")) {
+      history.replaceState(null, "", hash || location.pathname + location.search);
+    }
+  }
+
+  private onHash(): void {
+    const next = parseView(location.hash);
+    const vehicleChanged = next.vehicle !== this.view.vehicle;
+    this.view = next;
+    if (vehicleChanged) this.select(next.vehicle);
+    else this.redrawAll();
+  }
+}
+
+function optional<T>(fallback: T): (err: unknown) => T {
+  return (err) => {
+    if (err instanceof ApiError && (err.status === 403 || err.status === 404)) return fallback;
+    throw err;
+  };
+}
+
+async function pastEvents(path: string, convert: (row: Record<string, unknown>) => FleetEvent
+                          ): Promise<FleetEvent[]> {
+  try {
+    const page = await api.get<Page<Record<string, unknown>>>(`${path}&limit=100`);
+    return page.items.map(convert);
+  } catch (err) {
+    if (err instanceof ApiError) return [];
+    throw err;
+  }
+}
+
+declare global {
+  interface Window {
+    /** The running console, for browser tests and `fleet bench map`. */
+    fleet?: Console;
+  }
+}
+
+async function start(): Promise<void> {
+  byId("login").hidden = true;
+  byId("app").hidden = false;
+  const user = api.tokens?.user;
+  byId("who").textContent = user ? `${user.email} (${user.role})` : "";
+  const config = await (await fetch("/api/map-config")).json() as MapConfig;
+  const app = new Console(config);
+  window.fleet = app;
+  await app.load();
+}
+
+function signOut(): void {
+  void api.logout().then(() => location.reload());
+}
+
+async function onLogin(ev: SubmitEvent): Promise<void> {
+  ev.preventDefault();
+  const error = byId("login-error");
+  error.textContent = "";
+  try {
+    await api.login(byId<HTMLInputElement>("email").value, byId<HTMLInputElement>("password").value);
+    await start();
+  } catch (err) {
+    error.textContent = err instanceof Error ? err.message : String(err);
+  }
+}
+
+byId<HTMLFormElement>("login-form").addEventListener("submit", (ev) => void onLogin(ev));
+byId("logout").addEventListener("click", signOut);
+api.onSignedOut = signOut;
+if (api.restore()) {
+  void api.refresh().then((ok) => (ok ? start() : api.logout()));
+}
