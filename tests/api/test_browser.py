@@ -295,3 +295,93 @@ async def test_roles_see_what_the_matrix_allows(browser: Browser, world: World) 
             assert s.errors == []
         finally:
             await context.close()
+
+
+def _drive_history(world: World, vid: Any) -> None:
+    """The last 40 minutes at 1 Hz: 15 min north at 40 km/h, 10 min parked (ignition off),
+    15 min east; a harsh-braking event at minute 5."""
+    with psycopg.connect(world.db.owner_url) as conn:
+        conn.execute("DELETE FROM telemetry WHERE vehicle_id = %s", (vid,))
+        conn.execute("""
+            INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, source, received_at, lat_e7,
+                                   lon_e7, speed_kph, rpm, fuel_level_pct, ignition)
+            SELECT now() - interval '40 minutes' + s * interval '1 second', %(t)s, %(v)s, s,
+                   'simulator', now(),
+                   round((52.50 + 0.0001 * least(s, 900)) * 1e7)::int,
+                   round((13.40 + 0.00015 * greatest(s - 1500, 0)) * 1e7)::int,
+                   CASE WHEN s < 900 OR s >= 1500 THEN 40 ELSE 0 END,
+                   CASE WHEN s < 900 OR s >= 1500 THEN 1800 ELSE 0 END,
+                   60 - s * 0.001,
+                   s < 900 OR s >= 1500
+              FROM generate_series(0, 2399) AS s""", {"t": world.a.id, "v": vid})
+        conn.execute(
+            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity, value, "
+            "location) VALUES (now() - interval '35 minutes', %s, %s, 'harsh_braking', 'warning', "
+            "7.2, ST_GeogFromText('POINT(13.40 52.53)'))", (world.a.id, vid))
+
+
+async def test_replay_the_last_hour(session: Session, world: World) -> None:
+    """Replay: the track downsampled from the hypertable, trips, stops and events listed, the
+    marker follows the scrubber and the play button; a custom range comes from the link."""
+    vid = world.a.vehicles["assigned"]
+    _drive_history(world, vid)
+    page = session.page
+    await session.login(world.a.users["fleet_manager"], "#vehicle=assigned")
+    await page.wait_for_selector("#panel:not([hidden])", timeout=WAIT_MS)
+    await page.click("#panel-replay")
+    await page.wait_for_selector("#replay[data-ready]", timeout=WAIT_MS)
+    # The map shows the whole track (zoomed out from the depot's zoom 16).
+    assert await page.evaluate("window.fleet.map.map.getZoom()") <= 13
+    assert "replay=1" in page.url
+    summary = await page.inner_text("#replay-summary")
+    assert "2 trips" in summary, summary
+    assert "1 stop " in summary, summary
+    assert "1 event" in summary, summary
+    state = await page.evaluate("window.fleet.replay.state")
+    # An hour at 1 Hz is bucketed to at most 2,000 points by the server.
+    assert 1000 <= state["points"] <= 2000
+    assert await page.locator("#replay-ticks .tick.vehicle").count() == 1
+    assert await page.locator("#replay-spans li.trip").count() == 2
+    assert await page.locator("#replay-spans li.stop").count() == 1
+    # Scrubbing to the parked stretch puts the marker where the van stood (52.59, 13.40).
+    await page.locator("#replay-scrub").fill("583")  # 35 of 60 minutes: parked
+    state = await page.evaluate("window.fleet.replay.state")
+    assert abs(state["position"]["lat"] - 52.59) < 0.0005
+    assert abs(state["position"]["lon"] - 13.40) < 0.0005
+    # A click on the event's tick seeks to it.
+    await page.click("#replay-ticks .tick.vehicle")
+    event_t = int(await page.get_attribute("#replay-ticks .tick.vehicle", "data-t") or 0)
+    assert (await page.evaluate("window.fleet.replay.state"))["t"] == event_t
+    # Play moves the clock forward; pause stops it.
+    await page.select_option("#replay-speed", "300")
+    await page.click("#replay-play")
+    await page.wait_for_function(f"window.fleet.replay.state.t > {event_t + 30_000}",
+                                 timeout=WAIT_MS)
+    await page.click("#replay-play")
+    assert (await page.evaluate("window.fleet.replay.state"))["playing"] is False
+    await page.screenshot(path=str(ARTIFACTS / "console_replay.png"))
+
+    # A custom range: only the first 10 minutes of the drive.
+    await page.select_option("#replay-range", "custom")
+    start = await page.evaluate(
+        "(() => { const d = new Date(Date.now() - 40 * 60000 - new Date().getTimezoneOffset() "
+        "* 60000); return d.toISOString().slice(0, 16); })()")
+    end = await page.evaluate(
+        "(() => { const d = new Date(Date.now() - 30 * 60000 - new Date().getTimezoneOffset() "
+        "* 60000); return d.toISOString().slice(0, 16); })()")
+    await page.fill("#replay-from", end)
+    await page.fill("#replay-to", start)
+    await page.click("#replay-custom button[type=submit]")
+    assert "before the end" in await page.inner_text("#replay-range-error")
+    await page.fill("#replay-from", start)
+    await page.fill("#replay-to", end)
+    await page.click("#replay-custom button[type=submit]")
+    await page.wait_for_function("location.hash.includes('from=')", timeout=WAIT_MS)
+    await page.wait_for_function(
+        "window.fleet.replay.state && window.fleet.replay.state.points <= 660 "
+        "&& window.fleet.replay.state.source === 'telemetry'", timeout=WAIT_MS)
+    # Ten minutes at 1 Hz fit in max_points: raw samples, and the harsh braking is in range.
+    assert "1 event" in await page.inner_text("#replay-summary")
+    await page.click("#replay-close")
+    assert await page.locator("#replay").is_hidden()
+    assert "replay=1" not in page.url

@@ -7,15 +7,17 @@ import "./console.css";
 
 import { Api, ApiError } from "./api";
 import { byId } from "./dom";
-import { fromAnomalyRow, fromGeofenceRow, fromVehicleRow, Inbox } from "./events";
+import { Inbox } from "./events";
 import { EventFeed } from "./feed";
 import { Fleet, isAlerting, motionStatus, type Query } from "./fleet";
 import { VehicleList } from "./list";
 import { LiveConnection } from "./live";
+import { fetchEvents } from "./history";
 import { FleetMap } from "./map";
 import { VehiclePanel } from "./panel";
-import type { Driver, FenceFeature, FleetEvent, LiveMessage, MapConfig, Page, Vehicle } from "./types";
-import { formatView, parseView, rangeMs, type ViewState } from "./view";
+import { Replay } from "./replay";
+import type { Driver, FenceFeature, FleetEvent, LiveMessage, MapConfig, Vehicle } from "./types";
+import { formatView, parseView, timeRange, type Range, type ViewState } from "./view";
 
 /** The feed starts with this much history, then goes live. */
 const INBOX_HISTORY_MS = 6 * 3_600_000;
@@ -34,6 +36,7 @@ class Console {
   readonly panel: VehiclePanel;
   readonly feed: EventFeed;
   readonly live: LiveConnection;
+  readonly replay: Replay;
   view: ViewState;
   /** Milliseconds spent applying each live message (newest last). */
   readonly applyMs: number[] = [];
@@ -47,7 +50,11 @@ class Console {
     this.map = new FleetMap(byId("map"), config, (id) => this.select(id));
     this.list = new VehicleList({ query: (q) => this.setQuery(q), select: (id) => this.select(id) },
                                 this.view);
-    this.panel = new VehiclePanel(() => this.select(null));
+    this.panel = new VehiclePanel({ close: () => this.select(null), replay: () => this.openReplay() });
+    this.replay = new Replay(api, this.map.map, {
+      range: (range) => this.setRange(range),
+      close: () => this.closeReplay(),
+    });
     this.feed = new EventFeed(this.inbox, (e) => this.pick(e));
     this.live = new LiveConnection(api, {
       message: (msg) => this.onMessage(msg),
@@ -63,7 +70,6 @@ class Console {
   }
 
   async load(): Promise<void> {
-    const since = new Date(Date.now() - INBOX_HISTORY_MS).toISOString();
     const [vehicles, drivers, fences] = await Promise.all([
       api.all<Vehicle>("/api/vehicles"),
       api.all<Driver>("/api/drivers").catch(optional<Driver[]>([])),
@@ -75,13 +81,8 @@ class Console {
     this.redrawAll();
     this.live.start();
     // Past events after the list: the feed fills while the map is already live.
-    const from = encodeURIComponent(since);
-    const [geo, veh, anom] = await Promise.all([
-      pastEvents(`/api/geofence-events?from=${from}`, fromGeofenceRow),
-      pastEvents(`/api/vehicle-events?from=${from}`, fromVehicleRow),
-      pastEvents(`/api/anomalies?events_only=true&from=${from}`, fromAnomalyRow),
-    ]);
-    this.addEvents([...geo, ...veh, ...anom]);
+    const now = Date.now();
+    this.addEvents(await fetchEvents(api, now - INBOX_HISTORY_MS, now + 60_000));
     if (this.view.vehicle) this.select(this.view.vehicle);
   }
 
@@ -153,13 +154,46 @@ class Console {
       this.panel.hide();
       this.map.clearTrack();
       this.trackFor = null;
+      if (this.replay.open) this.closeReplay();
       this.redrawAll();
       return;
     }
     this.list.reveal(row.id);
     this.showPanel(row.id, Date.now());
-    void this.loadTrack(row.id);
+    if (this.view.replay) this.openReplay();
+    else void this.loadTrack(row.id);
     this.redrawAll();
+  }
+
+  /** Replay the selected vehicle over the view's range. */
+  openReplay(): void {
+    const row = this.view.vehicle ? this.fleet.get(this.view.vehicle) : undefined;
+    if (!row) return;
+    this.view = { ...this.view, replay: true };
+    this.saveView();
+    this.map.clearTrack();
+    this.trackFor = null;
+    const [from, to] = timeRange(this.view, Date.now());
+    const custom = this.view.from != null;
+    void this.replay.show({ vehicleId: row.id, code: row.code, from, to },
+                          custom ? "custom" : this.view.range);
+  }
+
+  private closeReplay(): void {
+    this.view = { ...this.view, replay: false };
+    this.saveView();
+    this.replay.close();
+    const id = this.selectedId;
+    if (id) void this.loadTrack(id);
+  }
+
+  private setRange(range: Range | { from: number; to: number }): void {
+    this.view = typeof range === "string"
+      ? { ...this.view, range, from: null, to: null }
+      : { ...this.view, from: range.from, to: range.to };
+    this.saveView();
+    if (this.view.replay) this.openReplay();
+    else if (this.selectedId) void this.loadTrack(this.selectedId);
   }
 
   private showPanel(id: string, now: number): void {
@@ -173,11 +207,13 @@ class Console {
   private async loadTrack(id: string): Promise<void> {
     this.map.clearTrack();
     this.trackFor = null;
-    const from = new Date(Date.now() - rangeMs(this.view.range)).toISOString();
+    const [from, to] = timeRange(this.view, Date.now());
+    const range = `from=${encodeURIComponent(new Date(from).toISOString())}` +
+      `&to=${encodeURIComponent(new Date(to).toISOString())}`;
     try {
       const track = await api.get<{ geometry: { coordinates: [number, number][] } }>(
-        `/api/vehicles/${id}/track?from=${encodeURIComponent(from)}`);
-      if (this.selectedId !== id) return;
+        `/api/vehicles/${id}/track?${range}`);
+      if (this.selectedId !== id || this.replay.open) return;
       this.map.showTrack(track.geometry.coordinates);
       this.trackFor = id;
     } catch (err) {
@@ -200,10 +236,17 @@ class Console {
 
   private onHash(): void {
     const next = parseView(location.hash);
-    const vehicleChanged = next.vehicle !== this.view.vehicle;
+    const before = this.view;
     this.view = next;
-    if (vehicleChanged) this.select(next.vehicle);
-    else this.redrawAll();
+    if (next.vehicle !== before.vehicle) {
+      this.select(next.vehicle);
+    } else if (next.replay !== before.replay || next.range !== before.range ||
+               next.from !== before.from || next.to !== before.to) {
+      if (next.replay) this.openReplay();
+      else if (this.replay.open) this.closeReplay();
+      else if (this.selectedId) void this.loadTrack(this.selectedId);
+    }
+    this.redrawAll();
   }
 }
 
@@ -212,17 +255,6 @@ function optional<T>(fallback: T): (err: unknown) => T {
     if (err instanceof ApiError && (err.status === 403 || err.status === 404)) return fallback;
     throw err;
   };
-}
-
-async function pastEvents(path: string, convert: (row: Record<string, unknown>) => FleetEvent
-                          ): Promise<FleetEvent[]> {
-  try {
-    const page = await api.get<Page<Record<string, unknown>>>(`${path}&limit=100`);
-    return page.items.map(convert);
-  } catch (err) {
-    if (err instanceof ApiError) return [];
-    throw err;
-  }
 }
 
 declare global {

@@ -14,8 +14,9 @@ export class VehiclePanel {
   private readonly alert = byId("panel-alert");
   private readonly recent = byId("panel-events");
 
-  constructor(onClose: () => void) {
-    byId("panel-close").addEventListener("click", onClose);
+  constructor(handlers: { close(): void; replay(): void }) {
+    byId("panel-close").addEventListener("click", () => handlers.close());
+    byId("panel-replay").addEventListener("click", () => handlers.replay());
   }
 
   hide(): void {

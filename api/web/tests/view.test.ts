@@ -5,8 +5,11 @@ import { DEFAULT_VIEW, formatView, parseView, type ViewState } from "../src/view
 
 test("a view survives the URL", () => {
   const view: ViewState = { vehicle: "van 7/ü", q: "b-ft 1&2", statuses: ["moving", "alerting"],
-                            sort: "speed", range: "24h" };
+                            sort: "speed", range: "24h", from: null, to: null, replay: true };
   assert.deepEqual(parseView(formatView(view)), view);
+  const custom = { ...view, from: Date.parse("2026-12-01T08:00:00Z"), to: Date.parse("2026-12-01T09:30:00Z") };
+  assert.deepEqual(parseView(formatView(custom)), custom);
+  assert.match(formatView(custom), /from=2026-12-01T08%3A00%3A00.000Z/);
 });
 
 test("defaults stay out of the link", () => {
@@ -23,4 +26,12 @@ test("malformed or unknown values fall back to defaults instead of failing", () 
   assert.equal(v.vehicle, null);
   assert.equal(v.q.length, 200);
   assert.deepEqual(parseView("#%E0%A4%A"), DEFAULT_VIEW);
+  // A custom range needs both ends, in order, and at most a month.
+  for (const bad of ["from=2026-12-02T00:00:00Z", "from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z",
+                     "from=2026-01-01T00:00:00Z&to=2026-12-01T00:00:00Z", "from=soon&to=later"]) {
+    const w = parseView(`#${bad}`);
+    assert.equal(w.from, null, bad);
+    assert.equal(w.to, null, bad);
+  }
+  assert.equal(parseView("#from=1000&to=2000").to, 2000, "epoch milliseconds are accepted");
 });
