@@ -60,7 +60,7 @@ outdated: venv
 # The wheel: carries migrations, DBC files and the dispatcher map with Leaflet (`make dist`
 # first installs the npm lock, whose files the wheel packs).
 dist: venv node
-	rm -rf dist build
+	rm -rf dist build *.egg-info/SOURCES.txt
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w dist .
 	@ls dist/*.whl
 

@@ -17,7 +17,9 @@ if (tests) {
   rmSync("dist", { recursive: true, force: true });
   await build({
     entryPoints: { console: "src/main.ts" },
-    outdir: "dist", bundle: true, format: "esm", target: "es2022", minify: true,
+    // Splitting: what only some users need (the geofence editor) is a chunk loaded on use.
+    outdir: "dist", bundle: true, format: "esm", splitting: true, target: "es2022", minify: true,
+    chunkNames: "chunks/[name]-[hash]",
     sourcemap: "linked", logLevel: "warning",
     loader: { ".png": "file", ".svg": "file" }, assetNames: "assets/[name]-[hash]",
     legalComments: "linked",

@@ -18,7 +18,9 @@ import redis.asyncio as aioredis
 from playwright.async_api import Browser, Page, async_playwright
 
 from core.live import LiveEvent, LivePosition, encode_live, live_channel
+from core.protocol import Sample
 from tests.api.conftest import PASSWORD, World
+from tests.stream.streamproc import StreamProcess, mqtt_client, publish
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 CHROMIUM = "/usr/bin/chromium"
@@ -385,3 +387,189 @@ async def test_replay_the_last_hour(session: Session, world: World) -> None:
     await page.click("#replay-close")
     assert await page.locator("#replay").is_hidden()
     assert "replay=1" not in page.url
+
+
+# -- the geofence editor ----------------------------------------------------------------------
+
+async def _click_map(page: Page, lat: float, lon: float) -> None:
+    """A click on the map at a position."""
+    point = await page.evaluate(
+        f"(() => {{ const p = window.fleet.map.map.latLngToContainerPoint([{lat}, {lon}]);"
+        " const r = document.getElementById('map').getBoundingClientRect();"
+        " return {x: r.left + p.x, y: r.top + p.y}; })()")
+    await page.mouse.click(point["x"], point["y"])
+    await page.wait_for_timeout(60)  # Geoman tells a double click from two clicks
+
+
+async def _draw(page: Page, kind: str, points: list[tuple[float, float]]) -> None:
+    await page.click(f"#fence-draw-{kind}")
+    for lat, lon in points:
+        await _click_map(page, lat, lon)
+    await page.wait_for_selector("#fence-form:not([hidden])", timeout=WAIT_MS)
+
+
+async def _fences(world: World) -> dict[str, dict[str, Any]]:
+    resp = await world.client.get("/api/geofences",
+                                  headers=world.auth(world.a.tokens["fleet_manager"]))
+    return {f["properties"]["name"]: f for f in (await resp.json())["features"]}
+
+
+async def _open_editor(session: Session, world: World) -> Page:
+    page = session.page
+    page.on("dialog", lambda dialog: dialog.accept())  # "Delete ...?"
+    await session.login(world.a.users["fleet_manager"])
+    await page.evaluate("window.fleet.map.map.setView([52.52, 13.40], 15, {animate: false})")
+    await page.click("#edit-fences")
+    await page.wait_for_selector("#fence-editor:not([hidden]) #fence-list li", timeout=WAIT_MS)
+    return page
+
+
+async def test_fence_editor_draws_edits_and_deletes(session: Session, world: World) -> None:
+    page = await _open_editor(session, world)
+    name = f"Site {uuid.uuid4().hex[:4]}"
+    # A polygon: four corners, then the first again to close it.
+    square = [(52.523, 13.395), (52.523, 13.405), (52.517, 13.405), (52.517, 13.395)]
+    await _draw(page, "polygon", [*square, square[0]])
+    await page.click("#fence-form button[type=submit]")
+    assert "a name is needed" in await page.inner_text("#fence-form")  # checked before sending
+    await page.fill("#fence-form [name=name]", name)
+    await page.fill("#fence-form [name=speedLimitKph]", "fast")
+    await page.click("#fence-form button[type=submit]")
+    assert "a number" in await page.inner_text("#fence-form")
+    await page.fill("#fence-form [name=speedLimitKph]", "30")
+    await page.check("#fence-form [name=alertOnEntry]")
+    await page.click("#fence-form button[type=submit]")
+    await page.wait_for_selector(f"#fence-list li:has-text('{name}')", timeout=WAIT_MS)
+    saved = (await _fences(world))[name]
+    assert saved["properties"]["kind"] == "polygon"
+    assert saved["properties"]["speed_limit_kph"] == 30
+    assert saved["properties"]["alert_on_entry"] is True
+    ring = saved["geometry"]["coordinates"][0]
+    assert len(ring) == 5
+    assert abs(min(p[1] for p in ring) - 52.517) < 0.0005
+    assert abs(max(p[0] for p in ring) - 13.405) < 0.0005
+
+    # A hole cut into it.
+    await page.click(f"#fence-list li:has-text('{name}')")
+    await page.click("#fence-hole")
+    hole = [(52.521, 13.398), (52.521, 13.402), (52.519, 13.402), (52.519, 13.398)]
+    for lat, lon in [*hole, hole[0]]:
+        await _click_map(page, lat, lon)
+    await page.wait_for_selector("#fence-message:has-text('hole cut')", timeout=WAIT_MS)
+    await page.click("#fence-form button[type=submit]")
+    await page.wait_for_selector("#fence-message:has-text('saved')", timeout=WAIT_MS)
+    geometry = (await _fences(world))[name]["geometry"]
+    rings = geometry["coordinates"] if geometry["type"] == "Polygon" else geometry["coordinates"][0]
+    assert len(rings) == 2, geometry  # the outline and the hole
+
+    # A circle and a corridor.
+    await _draw(page, "circle", [(52.5205, 13.3985), (52.5205, 13.4005)])
+    await page.fill("#fence-form [name=name]", f"{name} circle")
+    await page.click("#fence-form button[type=submit]")
+    await page.wait_for_selector(f"#fence-list li:has-text('{name} circle')", timeout=WAIT_MS)
+    circle = (await _fences(world))[f"{name} circle"]
+    assert circle["geometry"]["type"] == "Point"
+    assert 125 < circle["properties"]["radius_m"] < 145  # 0.002 degrees of longitude at 52.5 N
+    road = [(52.5185, 13.396), (52.519, 13.400), (52.5185, 13.404)]
+    await _draw(page, "corridor", [*road, road[-1]])
+    await page.fill("#fence-form [name=name]", f"{name} road")
+    await page.fill("#fence-form [name=corridorWidthM]", "40")
+    await page.click("#fence-form button[type=submit]")
+    await page.wait_for_selector(f"#fence-list li:has-text('{name} road')", timeout=WAIT_MS)
+    road_fence = (await _fences(world))[f"{name} road"]
+    assert road_fence["geometry"]["type"] == "LineString"
+    assert len(road_fence["geometry"]["coordinates"]) == 3
+    assert road_fence["properties"]["corridor_width_m"] == 40
+    await page.screenshot(path=str(ARTIFACTS / "console_geofences.png"))
+
+    # Delete the circle.
+    await page.click(f"#fence-list li:has-text('{name} circle')")
+    await page.click("#fence-delete")
+    await page.wait_for_selector("#fence-message:has-text('deleted')", timeout=WAIT_MS)
+    assert f"{name} circle" not in await _fences(world)
+    # Done: the live map shows the new fences without a reload.
+    await page.click("#fence-done")
+    assert await page.locator("#fence-editor").is_hidden()
+
+
+async def test_fence_editor_shows_the_server_refusal_at_its_vertex(session: Session,
+                                                                    world: World) -> None:
+    page = await _open_editor(session, world)
+    # A bow tie: its edges cross at (52.52, 13.40); GEOS names that point.
+    bow = [(52.523, 13.395), (52.517, 13.405), (52.523, 13.405), (52.517, 13.395)]
+    await _draw(page, "polygon", [*bow, bow[0]])
+    await page.fill("#fence-form [name=name]", "bow tie")
+    await page.click("#fence-form button[type=submit]")
+    await page.wait_for_selector("#fence-message.error", timeout=WAIT_MS)
+    assert "Self-intersection" in await page.inner_text("#fence-message")
+    marker = page.locator(".fence-error")
+    await marker.wait_for(timeout=WAIT_MS)
+    where = await page.evaluate(
+        "(() => { const r = document.querySelector('.fence-error').getBoundingClientRect();"
+        " const m = document.getElementById('map').getBoundingClientRect();"
+        " const ll = window.fleet.map.map.containerPointToLatLng("
+        "[r.left + r.width / 2 - m.left, r.top + r.height / 2 - m.top]);"
+        " return [ll.lat, ll.lng]; })()")
+    assert abs(where[0] - 52.52) < 0.0005
+    assert abs(where[1] - 13.40) < 0.0005
+    assert "bow tie" not in await _fences(world)
+    await page.screenshot(path=str(ARTIFACTS / "console_geofence_error.png"))
+
+
+async def test_only_managers_edit_fences(browser: Browser, world: World) -> None:
+    base = str(world.client.make_url("/"))
+    for role, can in (("viewer", False), ("admin", True)):
+        context = await browser.new_context()
+        try:
+            s = Session(await context.new_page(), base)
+            await s.page.goto(base)
+            await s.page.fill("#email", world.a.users[role])
+            await s.page.fill("#password", PASSWORD)
+            await s.page.click("#login-button")
+            await s.page.wait_for_selector("#app:not([hidden])", timeout=WAIT_MS)
+            await s.page.wait_for_function("window.fleet !== undefined", timeout=WAIT_MS)
+            assert await s.page.locator("#edit-fences").is_visible() is can
+        finally:
+            await context.close()
+
+
+async def test_a_fence_drawn_in_the_browser_reports_the_van_arriving(
+        session: Session, world: World, tmp_path: Path, mqtt_url: str) -> None:
+    """End to end: the stream runs; a dispatcher draws a fence around a van's road; the stream
+    picks the fence up without a restart and the enter event reaches the console live."""
+    stream = StreamProcess(tmp_path, ingest_url=world.db.ingest_url, mqtt_url=mqtt_url,
+                           redis_url=world.redis_url, tenant=world.a.slug)
+    stream.presubscribe()
+    stream.start()
+    try:
+        page = await _open_editor(session, world)
+        await page.evaluate("window.fleet.map.map.setView([52.5055, 13.43], 15, {animate: false})")
+        name = f"Customer {uuid.uuid4().hex[:4]}"
+        site = [(52.5065, 13.428), (52.5065, 13.432), (52.5045, 13.432), (52.5045, 13.428)]
+        await _draw(page, "polygon", [*site, site[0]])
+        await page.fill("#fence-form [name=name]", name)
+        await page.click("#fence-form button[type=submit]")
+        await page.wait_for_selector(f"#fence-list li:has-text('{name}')", timeout=WAIT_MS)
+        await page.click("#fence-done")
+        # The stream reloads its fences on the table's NOTIFY (after a short coalescing wait).
+        deadline = time.monotonic() + 30
+        while "geofence index v2" not in stream.log_text():
+            assert time.monotonic() < deadline, stream.log_text()
+            assert stream.alive()
+            await page.wait_for_timeout(200)
+
+        # The van drives north along 13.43 through the new fence, one fix a second.
+        client = mqtt_client(mqtt_url)
+        t0 = int(time.time() * 1000) - 60_000
+        samples = [Sample(seq=seq, t_ms=t0 + seq * 1000, lat_deg=52.500 + seq * 0.0002,
+                          lon_deg=13.43, speed_kph=72.0, ignition=True)
+                   for seq in range(1, 51)]
+        for k in range(0, len(samples), 10):
+            publish(client, world.a.slug, "assigned", samples[k:k + 10])
+        client.disconnect()
+        item = page.locator("#events li.geofence", has_text=f"enter {name}")
+        await item.wait_for(timeout=60_000)
+        assert stream.alive()
+        await page.screenshot(path=str(ARTIFACTS / "console_fence_enter.png"))
+    finally:
+        stream.stop()

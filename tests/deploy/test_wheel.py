@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,8 +39,11 @@ SERVER_ONLY = ("bytewax", "aiohttp", "asyncpg", "psycopg", "shapely", "numpy", "
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`make dist`'s wheel, built from the checkout as it is."""
     out = tmp_path_factory.mktemp("dist")
-    # Stale files under build/ would otherwise travel into the wheel.
+    # Stale files under build/, and files an older egg-info manifest still lists (setuptools
+    # reads SOURCES.txt back), would otherwise travel into the wheel.
     shutil.rmtree(REPO / "build", ignore_errors=True)
+    for manifest in REPO.glob("*.egg-info/SOURCES.txt"):
+        manifest.unlink()
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "--no-build-isolation", "-w", str(out), str(REPO)],
                    check=True, timeout=300, capture_output=True)
@@ -77,7 +81,9 @@ def test_the_wheel_carries_every_file_fleet_reads(wheel: Path) -> None:
     assert {"core/protocol.py", "core/settings.py", "core/logs.py"} <= names
     assert {"edge_gateway/dbc/j1939.dbc", "edge_gateway/dbc/obd2.dbc", "api/web/index.html",
             "api/web/favicon.svg", "api/web/dist/console.js", "api/web/dist/console.css",
-            "api/web/dist/leaflet.LICENSE.txt", "api/web/dist/console.js.LEGAL.txt"} <= names
+            "api/web/dist/leaflet.LICENSE.txt"} <= names
+    # The chunks the bundle loads (Leaflet, shared; the geofence editor, on use).
+    assert [n for n in names if n.startswith("api/web/dist/chunks/fences-") and n.endswith(".js")]
     # The stylesheet's images (Leaflet's layer control) travel too.
     assert [n for n in names if n.startswith("api/web/dist/assets/") and n.endswith(".png")]
     # Sources, lint and test tooling stay in the checkout.
@@ -135,8 +141,11 @@ def test_server_install_migrates_and_serves_the_map(
         assert b'src="/static/app/console.js"' in page
         status, script = fetch(f"{base}/static/app/console.js")
         assert status == 200
-        assert b'"1.9.4"' in script  # Leaflet, bundled
-        assert b"Leaflet 1.9.4" in fetch(f"{base}/static/app/console.js.LEGAL.txt")[1]
+        # Leaflet, bundled into a chunk the console imports, and its licence.
+        chunks = re.findall(rb"chunks/chunk-[A-Z0-9]+\.js", script)
+        assert chunks
+        assert any(b'"1.9.4"' in fetch(f"{base}/static/app/{c.decode()}")[1] for c in chunks)
+        assert b"BSD 2-Clause License" in fetch(f"{base}/static/app/leaflet.LICENSE.txt")[1]
         assert fetch(f"{base}/static/app/console.css")[0] == 200
         assert fetch(f"{base}/favicon.ico")[1].startswith(b"<svg")
     finally:

@@ -83,6 +83,11 @@ export class Api {
     return this.request<T>(path, {});
   }
 
+  /** A write: the body is sent as JSON. */
+  send<T = unknown>(method: "POST" | "PUT" | "PATCH" | "DELETE", path: string, body?: unknown): Promise<T> {
+    return this.request<T>(path, { method, body: body === undefined ? null : JSON.stringify(body) });
+  }
+
   /** Every item of a paged list, fetched a few pages at a time. */
   async all<T>(path: string): Promise<T[]> {
     const sep = path.includes("?") ? "&" : "?";

@@ -3,6 +3,8 @@
 // what the dispatcher looks at lives in the URL (view.ts).
 
 import "leaflet/dist/leaflet.css";
+// The editor's styles live in the main stylesheet: esbuild does not load a lazy chunk's CSS.
+import "@geoman-io/leaflet-geoman-free/dist/leaflet-geoman.css";
 import "./console.css";
 
 import { Api, ApiError } from "./api";
@@ -12,6 +14,7 @@ import { EventFeed } from "./feed";
 import { Fleet, isAlerting, motionStatus, type Query } from "./fleet";
 import { VehicleList } from "./list";
 import { LiveConnection } from "./live";
+import type { FenceEditor } from "./fences";
 import { fetchEvents } from "./history";
 import { FleetMap } from "./map";
 import { VehiclePanel } from "./panel";
@@ -37,10 +40,15 @@ class Console {
   readonly feed: EventFeed;
   readonly live: LiveConnection;
   readonly replay: Replay;
+  /** Loaded on first use: Geoman and its geometry libraries are most of the bundle, and only
+   * fleet managers and admins edit fences. */
+  fences: FenceEditor | null = null;
   view: ViewState;
   /** Milliseconds spent applying each live message (newest last). */
   readonly applyMs: number[] = [];
   private readonly dirty = new Set<string>();
+  /** Fence names by id: live geofence events carry only the id. */
+  private readonly fenceNames = new Map<string, string>();
   private everything = true;
   private frame = 0;
   private trackFor: string | null = null;
@@ -64,26 +72,44 @@ class Console {
         s.className = `status ${ok ? "ok" : "bad"}`;
       },
     });
+    const editButton = byId("edit-fences");
+    editButton.hidden = !canEditFences();
+    editButton.addEventListener("click", () => void this.toggleFenceEditor());
     api.onTokens = (tokens) => this.live.renew(tokens.access_token);
     window.addEventListener("hashchange", () => this.onHash());
     setInterval(() => this.redrawAll(), AGE_REDRAW_MS);
   }
 
   async load(): Promise<void> {
-    const [vehicles, drivers, fences] = await Promise.all([
+    const [vehicles, drivers] = await Promise.all([
       api.all<Vehicle>("/api/vehicles"),
       api.all<Driver>("/api/drivers").catch(optional<Driver[]>([])),
-      api.get<{ features: FenceFeature[] }>("/api/geofences?active=true")
-        .catch(optional({ features: [] as FenceFeature[] })),
+      this.loadFences(true),
     ]);
     this.fleet.setVehicles(vehicles, drivers);
-    this.map.showFences(fences.features);
     this.redrawAll();
     this.live.start();
     // Past events after the list: the feed fills while the map is already live.
     const now = Date.now();
     this.addEvents(await fetchEvents(api, now - INBOX_HISTORY_MS, now + 60_000));
     if (this.view.vehicle) this.select(this.view.vehicle);
+  }
+
+  private async toggleFenceEditor(): Promise<void> {
+    if (!this.fences) {
+      const { FenceEditor } = await import("./fences");
+      this.fences = new FenceEditor(api, this.map.map, () => this.loadFences(false));
+    }
+    if (this.fences.open) await this.fences.close();
+    else await this.fences.show();
+  }
+
+  /** The active fences on the map (again after the editor closes). */
+  async loadFences(fit: boolean): Promise<void> {
+    const fences = await api.get<{ features: FenceFeature[] }>("/api/geofences?active=true")
+      .catch(optional({ features: [] as FenceFeature[] }));
+    for (const f of fences.features) this.fenceNames.set(String(f.id), f.properties.name);
+    this.map.showFences(fences.features, fit);
   }
 
   private onMessage(msg: LiveMessage): void {
@@ -98,7 +124,9 @@ class Console {
     if (this.applyMs.length > APPLY_SAMPLES) this.applyMs.splice(0, this.applyMs.length - APPLY_SAMPLES);
   }
 
-  private addEvents(events: FleetEvent[]): void {
+  private addEvents(received: FleetEvent[]): void {
+    const events = received.map((e) => (e.kind === "geofence" && !e.geofence_name && e.geofence_id
+      ? { ...e, geofence_name: this.fenceNames.get(e.geofence_id) ?? null } : e));
     for (const e of events) {
       this.fleet.noteEvent(e);
       this.dirty.add(e.vehicle_id);
@@ -248,6 +276,11 @@ class Console {
     }
     this.redrawAll();
   }
+}
+
+function canEditFences(): boolean {
+  const role = api.tokens?.user.role;
+  return role === "admin" || role === "fleet_manager";
 }
 
 function optional<T>(fallback: T): (err: unknown) => T {

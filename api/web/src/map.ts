@@ -45,7 +45,7 @@ export class FleetMap {
     this.fenceLayer.addTo(this.map);
   }
 
-  showFences(features: readonly FenceFeature[]): void {
+  showFences(features: readonly FenceFeature[], fit = true): void {
     this.fenceLayer.clearLayers();
     const bounds = L.latLngBounds([]);
     for (const f of features) {
@@ -68,7 +68,8 @@ export class FleetMap {
       layer.addTo(this.fenceLayer);
       bounds.extend(layer.getBounds());
     }
-    if (bounds.isValid()) this.map.fitBounds(bounds.pad(0.3));
+    // Not animated: a zoom animation ignores any other view change until it ends.
+    if (fit && bounds.isValid()) this.map.fitBounds(bounds.pad(0.3), { animate: false });
   }
 
   /** Place or move a vehicle. */
