@@ -36,8 +36,8 @@ from api.live_socket import HUB_KEY, LiveHub, live_handler
 from api.metrics import METRICS_KEY, ApiMetrics, metrics_handler
 from api.middleware import ACCESS_LOG_KEY, RATE_LIMIT_KEY, access_log, pipeline
 from api.openapi import openapi_handler
+from api.routes import acks, devices, drivers, geofences, history, vehicles
 from api.routes import auth as auth_routes
-from api.routes import devices, drivers, geofences, history, vehicles
 from api.routes.common import json_response
 from api.routing import ROUTE_INDEX_KEY, ROUTES_KEY, ApiRoute, register
 
@@ -46,7 +46,7 @@ WEB_DIR = Path(__file__).parent / "web"
 CONSOLE_DIR = WEB_DIR / "dist"
 """The console's bundle (Leaflet inside), built by `make setup` (`npm run build` in api/web)."""
 
-RESOURCE_MODULES = (auth_routes, vehicles, drivers, devices, geofences, history)
+RESOURCE_MODULES = (auth_routes, vehicles, drivers, devices, geofences, history, acks)
 """Every REST resource module, in the order their routes are registered."""
 
 

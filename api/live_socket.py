@@ -6,8 +6,8 @@ Protocol (JSON text frames):
   "vehicles": [id or code, ...] | null}`` (the token may instead come in an
   ``Authorization: Bearer`` header); sent again, it replaces the filters;
 - server -> ``{"type": "subscribed", ...}``, then ``{"type": "snapshot", "positions": [...]}``
-  from `vehicle_state`, then ``{"type": "batch", "positions": [...], "events": [...]}`` at
-  most every `live_flush_ms`, ``{"type": "heartbeat"}`` when idle, and
+  from `vehicle_state`, then ``{"type": "batch", "positions": [...], "events": [...],
+  "acks": [...]}`` at most every `live_flush_ms`, ``{"type": "heartbeat"}`` when idle, and
   ``{"type": "error", ...}`` before closing (4400 bad request, 4401 unauthenticated or token
   expired, 4403 forbidden). A `bbox` is RFC 7946's: west > east crosses the antimeridian,
   [-180, -90, 180, 90] is the whole world; one that is not a box on Earth is a 4400.
@@ -15,7 +15,10 @@ Protocol (JSON text frames):
 Every API process subscribes to the ``fleet:live:*`` pattern (`core.live`), so any number of
 replicas serve clients of any tenant. Per tenant and per tick, changed positions are coalesced
 (latest per vehicle) and encoded once; a client that is still busy sending keeps at most the
-latest position per vehicle plus a bounded event deque, never an unbounded buffer.
+latest position per vehicle plus bounded deques of events and of acknowledgements, never an
+unbounded buffer. Events and acknowledgements are never dropped silently: what a bound
+drops is counted (`dropped_events`, `dropped_acks` in the next frame, and the
+`fleet_api_ws_dropped_events_total` metric).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import logging
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -44,9 +48,10 @@ from api.params import BBox, check_tree, parse_bbox
 from api.routes.common import driver_scope
 from api.routes.history import POSITIONS_SQL
 from api.tasks import bounded, cancel_and_wait
-from core.live import LIVE_CHANNEL_PREFIX, LiveEvent, LivePosition, decode_live
+from core.live import LIVE_CHANNEL_PREFIX, LiveAck, LiveEvent, LivePosition, decode_live
 
 log = logging.getLogger("api.live_socket")
+T = TypeVar("T")
 
 SEND_BUFFER_BYTES = 64 * 1024
 """Per-connection send buffering (aiohttp writer limit and kernel SO_SNDBUF), bytes."""
@@ -60,7 +65,22 @@ class BatchFrame(msgspec.Struct, tag_field="type", tag="batch", kw_only=True):
     t_ms: int
     positions: list[LivePosition]
     events: list[LiveEvent]
+    acks: list[LiveAck] = msgspec.field(default_factory=list)
     dropped_events: int = 0
+    dropped_acks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Events and acknowledgements a tenant's tick could not hold (its bound is the same
+    `live_event_buffer`). Every client of the tenant counts them, since each may have missed
+    one of its own (a filtered client counts some that were not for it)."""
+
+    events: int = 0
+    acks: int = 0
+
+
+NOTHING_DROPPED = Dropped()
 
 
 class Snapshot(msgspec.Struct, tag_field="type", tag="snapshot", kw_only=True):
@@ -102,7 +122,9 @@ class LiveClient:
     bbox: BBox | None = None
     pending: dict[str, LivePosition] = field(default_factory=dict)
     events: deque[LiveEvent] = field(init=False)
+    acks: deque[LiveAck] = field(init=False)
     dropped_events: int = 0
+    dropped_acks: int = 0
     ready: bytes | None = None
     snapshot: bytes | None = None
     sending: bool = False
@@ -110,8 +132,11 @@ class LiveClient:
     last_frame: float = 0.0
 
     def __post_init__(self) -> None:
-        # Overflow policy: the oldest events are dropped (and counted in `dropped_events`).
+        # Overflow policy: the oldest events are dropped (and counted in `dropped_events`);
+        # acknowledgements likewise, in a deque of their own (`dropped_acks`), so that a
+        # burst of events never pushes out the acknowledgement of one of them.
         self.events = deque(maxlen=self.event_buffer)
+        self.acks = deque(maxlen=self.event_buffer)
 
     @property
     def filtered(self) -> bool:
@@ -121,7 +146,12 @@ class LiveClient:
     @property
     def busy(self) -> bool:
         """Something is still waiting to be sent."""
-        return self.sending or self.ready is not None or bool(self.pending) or bool(self.events)
+        return self.sending or self.ready is not None or self.has_changes
+
+    @property
+    def has_changes(self) -> bool:
+        """Coalesced positions, events or acknowledgements wait for the next frame."""
+        return bool(self.pending) or bool(self.events) or bool(self.acks)
 
     def wants(self, vehicle_id: str, code: str, lat: float | None, lon: float | None) -> bool:
         """Whether a message about this vehicle (at this place) passes the filters."""
@@ -134,32 +164,50 @@ class LiveClient:
             return self.bbox.contains(lon, lat)
         return True
 
+    def wants_event(self, vehicle_id: str, code: str, lat: float | None = None,
+                    lon: float | None = None) -> bool:
+        """Whether an event or acknowledgement about this vehicle passes the filters: the
+        vehicles filter always, the bbox only when the event has a place (an
+        acknowledgement has none: it reaches every client that watches the vehicle)."""
+        if self.vehicles is not None and vehicle_id not in self.vehicles \
+                and code not in self.vehicles:
+            return False
+        if lat is None or lon is None:
+            return True
+        return self.wants(vehicle_id, code, lat, lon)
+
     def offer(self, positions: list[LivePosition], events: list[LiveEvent],
-              shared: Callable[[], bytes], metrics: ApiMetrics) -> None:
-        """Take one tick's changes: share the encoded frame, or coalesce when busy/filtered."""
+              shared: Callable[[], bytes], metrics: ApiMetrics, *,
+              acks: Sequence[LiveAck] = (), dropped: Dropped = NOTHING_DROPPED) -> None:
+        """Take one tick's changes: share the encoded frame, or coalesce when busy/filtered.
+
+        `dropped` is what the tick itself could not hold; the shared frame carries it, and a
+        coalescing client adds it to its own counts.
+        """
+        if dropped.events or dropped.acks:
+            metrics.ws_dropped_events.inc(dropped.events + dropped.acks)
         if not self.filtered and not self.busy:
             self.ready = shared()
             self.wake.set()
             return
+        self.dropped_events += dropped.events
+        self.dropped_acks += dropped.acks
         coalesced = 0
         for pos in positions:
             if self.wants(pos.vehicle_id, pos.code, pos.lat, pos.lon):
                 if pos.vehicle_id in self.pending:
                     coalesced += 1
                 self.pending[pos.vehicle_id] = pos
-        for ev in events:
-            if self.vehicles is None or ev.vehicle_id in self.vehicles or \
-                    ev.code in self.vehicles:
-                if self.bbox is not None and ev.lat is not None and ev.lon is not None and \
-                        not self.wants(ev.vehicle_id, ev.code, ev.lat, ev.lon):
-                    continue
-                if len(self.events) == self.events.maxlen:
-                    self.dropped_events += 1
-                    metrics.ws_dropped_events.inc()
-                self.events.append(ev)
         if coalesced:
             metrics.ws_coalesced.inc(coalesced)
-        if self.pending or self.events:
+        lost_events = _keep(self.events, [e for e in events
+                                          if self.wants_event(e.vehicle_id, e.code, e.lat, e.lon)])
+        lost_acks = _keep(self.acks, [a for a in acks if self.wants_event(a.vehicle_id, a.code)])
+        if lost_events or lost_acks:
+            self.dropped_events += lost_events
+            self.dropped_acks += lost_acks
+            metrics.ws_dropped_events.inc(lost_events + lost_acks)
+        if self.has_changes or self.dropped_events or self.dropped_acks:
             self.wake.set()
 
     def take_frame(self) -> bytes | None:
@@ -170,23 +218,72 @@ class LiveClient:
         if self.ready is not None:
             frame, self.ready = self.ready, None
             return frame
-        if self.pending or self.events:
+        if self.has_changes or self.dropped_events or self.dropped_acks:
             batch = BatchFrame(t_ms=now_ms(), positions=list(self.pending.values()),
-                          events=list(self.events), dropped_events=self.dropped_events)
+                               events=list(self.events), acks=list(self.acks),
+                               dropped_events=self.dropped_events,
+                               dropped_acks=self.dropped_acks)
             self.pending = {}
             self.events.clear()
+            self.acks.clear()
             self.dropped_events = 0
+            self.dropped_acks = 0
             return _encoder.encode(batch)
         return None
+
+
+def _keep(outbox: deque[T], items: list[T]) -> int:
+    """Append to a bounded deque (the oldest go when it is full); returns how many went."""
+    room = len(items) if outbox.maxlen is None else outbox.maxlen - len(outbox)
+    outbox.extend(items)
+    return max(0, len(items) - room)
 
 
 @dataclass(eq=False)
 class TenantFeed:
     """Per-tenant state of one process: its clients and the changes of the current tick."""
 
+    event_buffer: int
     clients: set[LiveClient] = field(default_factory=set)
     changed: dict[str, LivePosition] = field(default_factory=dict)
-    events: list[LiveEvent] = field(default_factory=list)
+    events: deque[LiveEvent] = field(init=False)
+    acks: deque[LiveAck] = field(init=False)
+    dropped_events: int = 0
+    dropped_acks: int = 0
+
+    def __post_init__(self) -> None:
+        # A tick never holds more events (or acknowledgements) than a client keeps; beyond
+        # that the oldest go, counted, and every client of the tenant is told.
+        self.events = deque(maxlen=self.event_buffer)
+        self.acks = deque(maxlen=self.event_buffer)
+
+    def add_event(self, event: LiveEvent) -> None:
+        """Keep one event of this tick (the oldest dropped and counted when full)."""
+        if len(self.events) == self.events.maxlen:
+            self.dropped_events += 1
+        self.events.append(event)
+
+    def add_ack(self, ack: LiveAck) -> None:
+        """Keep one acknowledgement of this tick (the oldest dropped and counted when full)."""
+        if len(self.acks) == self.acks.maxlen:
+            self.dropped_acks += 1
+        self.acks.append(ack)
+
+    def take(self) -> tuple[list[LivePosition], list[LiveEvent], list[LiveAck], Dropped]:
+        """This tick's changes, leaving the feed empty for the next."""
+        taken = (list(self.changed.values()), list(self.events), list(self.acks),
+                 Dropped(self.dropped_events, self.dropped_acks))
+        self.changed = {}
+        self.events.clear()
+        self.acks.clear()
+        self.dropped_events = self.dropped_acks = 0
+        return taken
+
+    @property
+    def idle(self) -> bool:
+        """Nothing happened in this tick."""
+        return not (self.changed or self.events or self.acks or self.dropped_events
+                    or self.dropped_acks)
 
 
 class LiveHub:
@@ -217,7 +314,11 @@ class LiveHub:
 
     def add(self, client: LiveClient) -> None:
         """Register a client (before its snapshot is read, so nothing falls in between)."""
-        self.tenants.setdefault(str(client.user.tenant_id), TenantFeed()).clients.add(client)
+        feed = self.tenants.get(str(client.user.tenant_id))
+        if feed is None:
+            feed = self.tenants[str(client.user.tenant_id)] = TenantFeed(
+                self.section.live_event_buffer)
+        feed.clients.add(client)
         self.metrics.ws_clients.inc()
 
     def remove(self, client: LiveClient) -> None:
@@ -245,11 +346,12 @@ class LiveHub:
             if msg.vehicle_id in feed.changed:
                 self.metrics.ws_coalesced.inc()
             feed.changed[msg.vehicle_id] = msg
-        else:
+        elif isinstance(msg, LiveEvent):
             self.metrics.live_messages.labels("event").inc()
-            # Bounded: a tick never holds more events than a client keeps.
-            if len(feed.events) < self.section.live_event_buffer:
-                feed.events.append(msg)
+            feed.add_event(msg)
+        else:
+            self.metrics.live_messages.labels("ack").inc()
+            feed.add_ack(msg)
 
     async def _read_loop(self) -> None:
         if self._redis is None:
@@ -281,23 +383,23 @@ class LiveHub:
     def tick(self) -> None:
         """Hand each tenant's changes of this tick to its clients."""
         for feed in list(self.tenants.values()):
-            if not feed.changed and not feed.events:
+            if feed.idle:
                 continue
-            positions = list(feed.changed.values())
-            events = feed.events
-            feed.changed = {}
-            feed.events = []
+            positions, events, acks, dropped = feed.take()
             encoded: list[bytes] = []
 
             def shared(p: list[LivePosition] = positions, e: list[LiveEvent] = events,
+                       a: list[LiveAck] = acks, d: Dropped = dropped,
                        cache: list[bytes] = encoded) -> bytes:
                 # Encoded once per tenant and tick, only if some client takes it as is.
                 if not cache:
-                    cache.append(_encoder.encode(BatchFrame(t_ms=now_ms(), positions=p, events=e)))
+                    cache.append(_encoder.encode(BatchFrame(
+                        t_ms=now_ms(), positions=p, events=e, acks=a,
+                        dropped_events=d.events, dropped_acks=d.acks)))
                 return cache[0]
 
             for client in feed.clients:
-                client.offer(positions, events, shared, self.metrics)
+                client.offer(positions, events, shared, self.metrics, acks=acks, dropped=dropped)
 
 
 HUB_KEY: web.AppKey[LiveHub] = web.AppKey("live_hub", LiveHub)
@@ -364,7 +466,7 @@ async def _writer(client: LiveClient, hub: LiveHub) -> None:
             finally:
                 client.sending = False
             hub.metrics.ws_frames.inc()
-            if client.ready is None and not client.pending and not client.events:
+            if client.ready is None and not client.has_changes:
                 break
             wait_s = client.last_frame + hub.flush_s - time.monotonic()
             if wait_s > 0:

@@ -1,8 +1,9 @@
-"""The live fan-out contract on Redis pub/sub, between the stream (publisher) and the API.
+"""The live fan-out contract on Redis pub/sub, between its publishers and the API's fan-out.
 
 One channel per tenant, ``fleet:live:{tenant_id}``; each message is one JSON object, a
-`LivePosition` or a `LiveEvent`, tagged by ``type``. Messages are compact because the API
-fans them out to every dispatcher of the tenant.
+`LivePosition` or a `LiveEvent` (published by the stream) or a `LiveAck` (published by the
+API when a dispatcher acknowledges an event), tagged by ``type``. Messages are compact because
+the API fans them out to every dispatcher of the tenant.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from uuid import UUID
 import msgspec
 
 LIVE_CHANNEL_PREFIX = "fleet:live:"
+EventKind = Literal["geofence", "vehicle", "anomaly"]
+"""Which table an event is in: geofence_events, vehicle_events or anomalies."""
 
 
 def live_channel(tenant_id: UUID | str) -> str:
@@ -47,7 +50,7 @@ class LiveEvent(msgspec.Struct, tag_field="type", tag="event", omit_defaults=Tru
     vehicle_id: str
     code: str
     t_ms: int
-    kind: Literal["geofence", "vehicle", "anomaly"]
+    kind: EventKind
     event_type: str
     """enter/exit/dwell/crossing, overspeed, harsh_braking, ..., or the anomalous signal."""
     severity: str = "info"
@@ -59,7 +62,27 @@ class LiveEvent(msgspec.Struct, tag_field="type", tag="event", omit_defaults=Tru
     details: dict[str, Any] | None = None
 
 
-LiveMessage = LivePosition | LiveEvent
+class LiveAck(msgspec.Struct, tag_field="type", tag="ack", omit_defaults=True,
+              frozen=True, kw_only=True):
+    """A dispatcher acknowledged an event: the event as `LiveEvent` names it, who and when.
+
+    `vehicle_id`, `t_ms`, `kind`, `event_type` and `geofence_id` match the `LiveEvent` of
+    the acknowledged event (for a vehicle event `geofence_id` is always absent).
+    """
+
+    vehicle_id: str
+    code: str
+    t_ms: int
+    """The event's time, ms since the epoch."""
+    kind: EventKind
+    event_type: str
+    geofence_id: str | None = None
+    acked_by_email: str
+    acked_at_ms: int
+    comment: str | None = None
+
+
+LiveMessage = LivePosition | LiveEvent | LiveAck
 _decoder: msgspec.json.Decoder[LiveMessage] = msgspec.json.Decoder(LiveMessage)
 _encoder = msgspec.json.Encoder()
 

@@ -3,6 +3,7 @@ the dashboard metrics."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
@@ -30,6 +31,7 @@ from api.params import (
 from api.routes.common import driver_scope, json_response, page_body, visible_vehicle
 from api.routing import ID_PARAM, PAGE_PARAMS, ApiRoute, Param
 from api.trips import Point, detect_trips
+from core.live import EventKind
 
 MAX_RANGE = timedelta(days=366)
 RESOLUTIONS = ("auto", "raw", "1m", "1h")
@@ -185,8 +187,14 @@ _DRIVER_VEHICLES = ("($2::uuid IS NULL OR e.vehicle_id IN (SELECT id FROM vehicl
                     "WHERE tenant_id = $1 AND assigned_driver_id = $2))")
 
 
-async def _paged(request: web.Request, select: str, where: str, args: list[Any],
-                 order: str) -> web.Response:
+async def paged_events(request: web.Request, select: str, where: str, args: list[Any],
+                       order: str) -> web.Response:
+    """One page of `select` (a subquery `e` with tenant_id, vehicle_id and time) over the
+    request's `from`/`to` (default: the last day), drivers limited to their vehicles.
+
+    $1 is the tenant, $2 the driver scope, $3/$4 the range; `where` continues with $5...
+    bound to `args`.
+    """
     user = current_user(request)
     page, limit, offset = page_params(request)
     start, end = time_range(request, timedelta(days=1))
@@ -210,17 +218,57 @@ def _clean(row: Any) -> dict[str, Any]:
     return out
 
 
-_GEO_EVENTS = """(SELECT g.time, g.tenant_id, g.vehicle_id, v.code AS vehicle_code, g.geofence_id,
+@dataclass(frozen=True)
+class EventTable:
+    """Where one kind of event is stored and which columns name one event of it: the
+    vehicle, the time, the type and, for geofence events, the fence. `event_acks` points at
+    an event with them. They are the unique keys of geofence_events and vehicle_events; an
+    anomaly's key also has its `kind` (signal or fleet_relative), which an acknowledgement
+    does not tell apart: one acknowledges both when they fire at the same instant."""
+
+    view: str
+    type_column: str
+    """The event's type: event_type, or an anomaly's signal."""
+    by_fence: bool = False
+    """Geofence events are per fence as well."""
+    fired_only: bool = False
+    """Anomalies: only rows with is_event are events (the others are scores)."""
+
+
+EVENT_TABLES: dict[EventKind, EventTable] = {
+    "geofence": EventTable("tenant.geofence_events", "event_type", by_fence=True),
+    "vehicle": EventTable("tenant.vehicle_events", "event_type"),
+    "anomaly": EventTable("tenant.anomalies", "signal", fired_only=True),
+}
+ACK_COLUMNS = "k.acked_at, ku.email AS acked_by_email, k.comment AS ack_comment"
+"""What an event list shows of an event's acknowledgement (null when there is none)."""
+
+
+def acked(kind: EventKind, alias: str) -> str:
+    """LEFT JOINs adding the acknowledgement of each event row `alias` (ACK_COLUMNS)."""
+    table = EVENT_TABLES[kind]
+    match = (f"k.tenant_id = {alias}.tenant_id AND k.kind = '{kind}' "
+             f"AND k.vehicle_id = {alias}.vehicle_id AND k.event_time = {alias}.time "
+             f"AND k.event_type = {alias}.{table.type_column}")
+    if table.by_fence:
+        match += f" AND k.geofence_id = {alias}.geofence_id"
+    if table.fired_only:
+        match += f" AND {alias}.is_event"
+    return f"LEFT JOIN event_acks k ON {match} LEFT JOIN users ku ON ku.id = k.acked_by"
+
+
+_GEO_EVENTS = f"""(SELECT g.time, g.tenant_id, g.vehicle_id, v.code AS vehicle_code, g.geofence_id,
   f.name AS geofence_name, g.event_type, ST_Y(g.location::geometry) AS lat,
-  ST_X(g.location::geometry) AS lon, g.speed_kph, g.dwell_s, g.seq, g.details
+  ST_X(g.location::geometry) AS lon, g.speed_kph, g.dwell_s, g.seq, g.details, {ACK_COLUMNS}
   FROM tenant.geofence_events g JOIN vehicles v ON v.id = g.vehicle_id
-  LEFT JOIN geofences f ON f.id = g.geofence_id WHERE g.tenant_id = $1) e"""
+  LEFT JOIN geofences f ON f.id = g.geofence_id {acked("geofence", "g")}
+  WHERE g.tenant_id = $1) e"""  # noqa: S608 - constant text
 
 
 async def geofence_events(request: web.Request) -> web.Response:
     """GET /api/geofence-events: enter/exit/dwell/crossing events, newest first."""
     et = query_choice(request, "event_type", ("enter", "exit", "dwell", "crossing"))
-    return await _paged(
+    return await paged_events(
         request, _GEO_EVENTS,
         "AND ($5::uuid IS NULL OR e.vehicle_id = $5) AND ($6::uuid IS NULL OR e.geofence_id = $6)"
         " AND ($7::text IS NULL OR e.event_type = $7)",
@@ -228,16 +276,16 @@ async def geofence_events(request: web.Request) -> web.Response:
         "e.time DESC")
 
 
-_VEHICLE_EVENTS = """(SELECT ve.time, ve.tenant_id, ve.vehicle_id, v.code AS vehicle_code,
+_VEHICLE_EVENTS = f"""(SELECT ve.time, ve.tenant_id, ve.vehicle_id, v.code AS vehicle_code,
   ve.event_type, ve.severity, ve.started_at, ve.ended_at, ve.duration_s, ve.value, ve.threshold,
   ST_Y(ve.location::geometry) AS lat, ST_X(ve.location::geometry) AS lon, ve.geofence_id,
-  ve.details FROM tenant.vehicle_events ve JOIN vehicles v ON v.id = ve.vehicle_id
-  WHERE ve.tenant_id = $1) e"""
+  ve.details, {ACK_COLUMNS} FROM tenant.vehicle_events ve JOIN vehicles v ON v.id = ve.vehicle_id
+  {acked("vehicle", "ve")} WHERE ve.tenant_id = $1) e"""  # noqa: S608 - constant text
 
 
 async def vehicle_events(request: web.Request) -> web.Response:
     """GET /api/vehicle-events: detector events (overspeed, harsh braking, ...)."""
-    return await _paged(
+    return await paged_events(
         request, _VEHICLE_EVENTS,
         "AND ($5::uuid IS NULL OR e.vehicle_id = $5) AND ($6::text IS NULL OR e.event_type = $6)"
         " AND ($7::text IS NULL OR e.severity = $7)",
@@ -246,14 +294,15 @@ async def vehicle_events(request: web.Request) -> web.Response:
         "e.time DESC")
 
 
-_ANOMALIES = """(SELECT a.time, a.tenant_id, a.vehicle_id, v.code AS vehicle_code, a.signal,
-  a.kind, a.value, a.score, a.threshold, a.is_event, a.details
-  FROM tenant.anomalies a JOIN vehicles v ON v.id = a.vehicle_id WHERE a.tenant_id = $1) e"""
+_ANOMALIES = f"""(SELECT a.time, a.tenant_id, a.vehicle_id, v.code AS vehicle_code, a.signal,
+  a.kind, a.value, a.score, a.threshold, a.is_event, a.details, {ACK_COLUMNS}
+  FROM tenant.anomalies a JOIN vehicles v ON v.id = a.vehicle_id {acked("anomaly", "a")}
+  WHERE a.tenant_id = $1) e"""  # noqa: S608 - constant text
 
 
 async def anomalies(request: web.Request) -> web.Response:
     """GET /api/anomalies: anomaly scores; `events_only=true` for fired anomalies."""
-    return await _paged(
+    return await paged_events(
         request, _ANOMALIES,
         "AND ($5::uuid IS NULL OR e.vehicle_id = $5) AND ($6::text IS NULL OR e.signal = $6)"
         " AND ($7::boolean IS NULL OR e.is_event = $7)",

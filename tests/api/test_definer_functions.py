@@ -70,6 +70,8 @@ def seed_rows(t: Seeded) -> list[tuple[str, dict[str, object]]]:
         ("work_orders", {"tenant_id": t.id, "vehicle_id": t.vehicle_id,
                          "schedule_id": t.schedule_id, "type": "preventive",
                          "description": "oil"}),
+        ("event_acks", {"tenant_id": t.id, "kind": "vehicle", "vehicle_id": t.vehicle_id,
+                        "event_time": now, "event_type": "overspeed", "acked_by": t.user_id}),
         # id, prev_hash and hash come from the chain trigger.
         ("audit_logs", {"tenant_id": t.id, "action": "seed", "resource_type": "tenant",
                         "outcome": "success"}),

@@ -23,7 +23,9 @@ AM = {"admin", "fleet_manager"}
 # Written from the seed's "Role-Based Access Control Matrix" (docs/api.md maps each route to
 # a column): Vehicles / Drivers CRUD for admin and fleet_manager, read for everyone (drivers:
 # assigned vehicle / themselves); geofences follow "Routes" (technician: none); devices are
-# vehicle equipment (no driver access); user accounts are "Settings" (admin writes).
+# vehicle equipment (no driver access); user accounts are "Settings" (admin writes);
+# acknowledging an event is "Dispatch" (admin, fleet_manager), reading acknowledgements is
+# reading events.
 EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/vehicles"): ALL,
     ("POST", "/api/vehicles"): AM,
@@ -53,6 +55,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("GET", "/api/geofence-events"): ALL,
     ("GET", "/api/vehicle-events"): ALL,
     ("GET", "/api/anomalies"): ALL,
+    ("POST", "/api/event-acks"): AM,
+    ("GET", "/api/event-acks"): ALL,
     ("GET", "/api/dashboard"): {"admin", "fleet_manager", "technician", "viewer"},
     ("GET", "/api/auth/me"): ALL,
     ("POST", "/api/auth/logout"): ALL,
@@ -60,6 +64,9 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
           ("GET", "/api/openapi.json"), ("GET", "/api/map-config"), ("GET", "/api/live"),
           ("POST", "/api/auth/login"), ("POST", "/api/auth/refresh")}
+
+NOT_OPERATIONS = ("/", "/favicon.svg", "/favicon.ico")
+"""The console's page and its icon: served by the API, not API operations."""
 
 
 def concrete(world: World, path: str) -> str:
@@ -115,7 +122,7 @@ async def test_openapi_documents_every_route(world: World) -> None:
     served = set()
     for resource in world.client.app.router.resources():
         info = resource.get_info()
-        if "directory" in info or resource.canonical in ("/", "/favicon.svg", "/favicon.ico"):
+        if "directory" in info or resource.canonical in NOT_OPERATIONS:
             continue  # static files, the console's page and its icon are not API operations
         for route in resource:
             if route.method != "HEAD":
@@ -139,7 +146,7 @@ async def test_openapi_with_extensions_mounted(world: World) -> None:
     doc = build_openapi(app[ROUTES_KEY])
     documented = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
     for resource in app.router.resources():
-        if "directory" in resource.get_info() or resource.canonical == "/":
+        if "directory" in resource.get_info() or resource.canonical in NOT_OPERATIONS:
             continue
         for route in resource:
             if route.method != "HEAD":

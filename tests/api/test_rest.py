@@ -461,8 +461,8 @@ async def test_errors_and_operations(world: World) -> None:
     assert "fleet_api_requests_total" in metrics
     assert (await (await c.get("/api/map-config")).json())["tiles_url"] == ""
     page = await c.get("/")
-    assert "leaflet" in await page.text()
-    assert (await c.get("/static/leaflet/leaflet.js")).status == 200
+    assert "/static/app/console.js" in await page.text()
+    assert (await c.get("/static/app/console.js")).status == 200
 
 
 async def test_metrics_show_how_each_job_last_ended(world: World, make_client: Any) -> None:
