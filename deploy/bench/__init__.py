@@ -26,6 +26,7 @@ BENCHMARKS: list[tuple[str, str, str]] = [
      "one flooding device beside 1,000 normal vehicles: their p99 against the same run without"),
     ("ws", "deploy.bench.ws", "WebSocket live map fan-out staleness"),
     ("api", "deploy.bench.api", "REST GET /api/vehicles under concurrency"),
+    ("map", "deploy.bench.map", "the dispatcher console in headless Chromium with N vehicles live"),
 ]
 
 

@@ -122,6 +122,40 @@ async def api_process(*, vehicles: int, with_state: bool, extra_env: dict[str, s
             stop_process(proc)
 
 
+async def publish_positions(redis_url: str, tenant_id: UUID, vehicles: Sequence[tuple[UUID, str]],
+                            rate_hz: float, stop: asyncio.Event) -> None:
+    """Every vehicle's position at `rate_hz`, published to Redis exactly as the stream does
+    (`core.live`, `t_ms` = `sent_ms` = publish time), spread over each second in ten ticks;
+    the vehicles drive slowly east. Until `stop` is set."""
+    import redis.asyncio as aioredis
+
+    from core.live import LivePosition, encode_live, live_channel
+
+    channel = live_channel(tenant_id)
+    ticks_per_s = 10
+    per_tick = max(1, round(len(vehicles) * rate_hz / ticks_per_s))
+    i = 0
+    next_t = time.monotonic()
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        while not stop.is_set():
+            now_ms = int(time.time() * 1000)
+            async with redis.pipeline(transaction=False) as pipe:
+                for _ in range(per_tick):
+                    vid, code = vehicles[i % len(vehicles)]
+                    k = i // len(vehicles)
+                    pipe.publish(channel, encode_live(LivePosition(
+                        vehicle_id=str(vid), code=code, t_ms=now_ms, sent_ms=now_ms,
+                        lat=52.0 + (i % 100) / 100 + k * 1e-5, lon=13.0 + k * 1e-5,
+                        speed_kph=40.0, heading_deg=90.0, ignition=True, moving=True)))
+                    i += 1
+                await pipe.execute()
+            next_t += 1 / ticks_per_s
+            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+    finally:
+        await redis.aclose()
+
+
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile (0 for no values)."""
     if not values:

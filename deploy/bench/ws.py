@@ -153,9 +153,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
     import redis.asyncio as aioredis
 
     from api.config import load_api_settings
-    from core.live import LivePosition, decode_live, encode_live, live_channel
+    from core.live import LivePosition, decode_live, live_channel
     from deploy.bench import cpu_seconds, memory_mib
-    from deploy.bench.apiproc import api_process
+    from deploy.bench.apiproc import api_process, publish_positions
 
     redis_url = load_api_settings(None).redis.url
     n_slow = round(args.clients * args.slow_pct / 100)
@@ -169,26 +169,6 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
         channel = live_channel(env.tenant_id)
         print(f"ws: {args.clients} clients ({n_slow} slow, {n_measure} measuring) in {procs} "
               f"processes, {args.vehicles} vehicles at {args.rate_hz} Hz", file=sys.stderr)
-
-        async def publisher(redis: aioredis.Redis) -> None:
-            ticks_per_s = 10
-            per_tick = max(1, round(len(env.vehicles) * args.rate_hz / ticks_per_s))
-            i = 0
-            next_t = time.monotonic()
-            while not state["stop"]:
-                now_ms = int(time.time() * 1000)
-                async with redis.pipeline(transaction=False) as pipe:
-                    for _ in range(per_tick):
-                        vid, code = env.vehicles[i % len(env.vehicles)]
-                        k = i // len(env.vehicles)
-                        pipe.publish(channel, encode_live(LivePosition(
-                            vehicle_id=str(vid), code=code, t_ms=now_ms, sent_ms=now_ms,
-                            lat=52.0 + (i % 100) / 100 + k * 1e-5, lon=13.0 + k * 1e-5,
-                            speed_kph=40.0, heading_deg=90.0, ignition=True, moving=True)))
-                        i += 1
-                    await pipe.execute()
-                next_t += 1 / ticks_per_s
-                await asyncio.sleep(max(0.0, next_t - time.monotonic()))
 
         async def anchor(redis: aioredis.Redis) -> None:
             pubsub = redis.pubsub()
@@ -221,7 +201,10 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
                    for proc, spec_bytes in workers]
         redis = aioredis.Redis.from_url(redis_url)
         await asyncio.sleep(settle_s)  # let the connections and snapshots settle
-        side = [asyncio.create_task(publisher(redis)), asyncio.create_task(anchor(redis))]
+        stop_publishing = asyncio.Event()
+        side = [asyncio.create_task(publish_positions(redis_url, env.tenant_id, env.vehicles,
+                                                      args.rate_hz, stop_publishing)),
+                asyncio.create_task(anchor(redis))]
         await asyncio.sleep(max(0.0, measure_from - time.time()))
         state["measuring"] = True
         cpu0, t0 = cpu_seconds([env.pid]), time.monotonic()
@@ -236,6 +219,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:  # noqa: PLR0915
         results = [json.loads(out.splitlines()[-1]) for out, _ in
                    [await task for task in outputs]]
         state["stop"] = True
+        stop_publishing.set()
         for task in side:
             task.cancel()
         for task in side:

@@ -573,3 +573,70 @@ async def test_a_fence_drawn_in_the_browser_reports_the_van_arriving(
         await page.screenshot(path=str(ARTIFACTS / "console_fence_enter.png"))
     finally:
         stream.stop()
+
+
+async def test_acknowledge_an_alert_seen_by_a_second_dispatcher(
+        browser: Browser, session: Session, world: World) -> None:
+    """One dispatcher acknowledges with a comment; another sees it live, and the vehicle
+    stops alerting for both; a viewer cannot acknowledge."""
+    a = world.a
+    vid = a.vehicles["assigned"]
+    with psycopg.connect(world.db.owner_url) as conn:
+        conn.execute(
+            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity, value) "
+            "VALUES (date_trunc('milliseconds', now()) - interval '2 minutes', %s, %s, "
+            "'low_battery', 'critical', 11.2)", (a.id, vid))
+    alert_item = "#events li.vehicle:has-text('low battery')"
+    other_context = await browser.new_context(viewport={"width": 1400, "height": 860})
+    try:
+        second = Session(await other_context.new_page(), session.base)
+        await second.login(a.users["admin"])
+        await second.page.wait_for_selector(alert_item, timeout=WAIT_MS)
+        await second.page.wait_for_selector(f'{second.row(vid)}[data-alerting="true"]',
+                                            timeout=WAIT_MS)
+        assert "unacknowledged" in await second.page.inner_text("#alerts-open")
+
+        page = session.page
+        await session.login(a.users["fleet_manager"])
+        item = page.locator(alert_item)
+        await item.wait_for(timeout=WAIT_MS)
+        await item.locator(".ack-button").click()
+        await item.locator(".ack-form input").fill("driver called, charger fixed")
+        await item.locator(".ack-form button").click()
+        await page.wait_for_selector(f"{alert_item}.acked", timeout=WAIT_MS)
+        assert a.users["fleet_manager"] in await item.inner_text()
+        # The other dispatcher sees it without reloading: who, and the comment.
+        acked = second.page.locator(f"{alert_item}.acked")
+        await acked.wait_for(timeout=WAIT_MS)
+        text = await acked.inner_text()
+        assert a.users["fleet_manager"] in text
+        assert "charger fixed" in text
+        await second.page.wait_for_selector(f'{second.row(vid)}[data-alerting="false"]',
+                                            timeout=WAIT_MS)
+        await second.page.screenshot(path=str(ARTIFACTS / "console_acknowledged.png"))
+        assert second.errors == []
+    finally:
+        await other_context.close()
+    # Stored and audited.
+    with psycopg.connect(world.db.owner_url) as conn:
+        stored = conn.execute("SELECT comment FROM event_acks WHERE vehicle_id = %s "
+                              "AND event_type = 'low_battery'", (vid,)).fetchall()
+        audited = conn.execute("SELECT count(*) FROM audit_logs WHERE action = 'event.ack'"
+                               ).fetchone()
+    assert stored == [("driver called, charger fixed",)]
+    assert audited is not None
+    assert audited[0] >= 1
+
+
+async def test_a_viewer_cannot_acknowledge(browser: Browser, world: World) -> None:
+    context = await browser.new_context()
+    try:
+        s = Session(await context.new_page(), str(world.client.make_url("/")))
+        await s.page.goto(s.base)
+        await s.page.fill("#email", world.a.users["viewer"])
+        await s.page.fill("#password", PASSWORD)
+        await s.page.click("#login-button")
+        await s.page.wait_for_selector("#events li", timeout=WAIT_MS)
+        assert await s.page.locator("#events .ack-button").count() == 0
+    finally:
+        await context.close()

@@ -11,13 +11,13 @@ const PARALLEL_PAGES = 4;
 
 export class ApiError extends Error {
   constructor(message: string, readonly status: number, readonly code?: string,
-              readonly field?: string) {
+              readonly field?: string, readonly details?: Record<string, unknown>) {
     super(message);
   }
 }
 
 interface ErrorBody {
-  error?: { message?: string; code?: string; field?: string };
+  error?: { message?: string; code?: string; field?: string; details?: Record<string, unknown> };
 }
 
 export class Api {
@@ -116,7 +116,8 @@ export class Api {
     const body: unknown = res.status === 204 ? null : await res.json().catch(() => null);
     if (!res.ok) {
       const error = (body as ErrorBody | null)?.error;
-      throw new ApiError(error?.message ?? res.statusText, res.status, error?.code, error?.field);
+      throw new ApiError(error?.message ?? res.statusText, res.status, error?.code, error?.field,
+                         error?.details);
     }
     return body as T;
   }

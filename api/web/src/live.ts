@@ -2,6 +2,7 @@
 // on, reconnect with a growing delay, and refresh the token when the server says it expired.
 
 import type { Api } from "./api";
+import { timings } from "./perf";
 import type { LiveMessage } from "./types";
 
 const FIRST_RETRY_MS = 1000;
@@ -50,7 +51,9 @@ export class LiveConnection {
       ws.send(JSON.stringify({ type: "subscribe", token: this.api.tokens?.access_token }));
     };
     ws.onmessage = (ev: MessageEvent<string>) => {
+      const started = performance.now();
       const msg = JSON.parse(ev.data) as LiveMessage;
+      timings.add(timings.parseMs, performance.now() - started);
       if (msg.type === "subscribed") {
         this.retryMs = FIRST_RETRY_MS;
         this.handlers.status("live", true);

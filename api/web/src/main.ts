@@ -9,7 +9,7 @@ import "./console.css";
 
 import { Api, ApiError } from "./api";
 import { byId } from "./dom";
-import { Inbox } from "./events";
+import { ackOf, eventKey, Inbox } from "./events";
 import { EventFeed } from "./feed";
 import { Fleet, isAlerting, motionStatus, type Query } from "./fleet";
 import { VehicleList } from "./list";
@@ -18,16 +18,18 @@ import type { FenceEditor } from "./fences";
 import { fetchEvents } from "./history";
 import { FleetMap } from "./map";
 import { VehiclePanel } from "./panel";
+import { timings } from "./perf";
 import { Replay } from "./replay";
-import type { Driver, FenceFeature, FleetEvent, LiveMessage, MapConfig, Vehicle } from "./types";
+import type { Ack, Driver, FenceFeature, FleetEvent, LiveMessage, MapConfig, Vehicle } from "./types";
 import { formatView, parseView, timeRange, type Range, type ViewState } from "./view";
 
 /** The feed starts with this much history, then goes live. */
 const INBOX_HISTORY_MS = 6 * 3_600_000;
+/** The list follows live updates at most this often (the map at every frame): sorting
+ * 10,000 rows four times a second would cost more than everything else together. */
+const LIST_REFRESH_MS = 1000;
 /** Statuses age (moving -> offline) without any message: redraw everything this often. */
 const AGE_REDRAW_MS = 15_000;
-/** Durations of the last applied live messages kept for `fleet bench map`. */
-const APPLY_SAMPLES = 2000;
 
 const api = new Api();
 
@@ -44,13 +46,18 @@ class Console {
    * fleet managers and admins edit fences. */
   fences: FenceEditor | null = null;
   view: ViewState;
-  /** Milliseconds spent applying each live message (newest last). */
-  readonly applyMs: number[] = [];
+  /** Self-measurements (perf.ts), read by `fleet bench map`. */
+  readonly timings = timings;
   private readonly dirty = new Set<string>();
   /** Fence names by id: live geofence events carry only the id. */
   private readonly fenceNames = new Map<string, string>();
   private everything = true;
   private frame = 0;
+  private listShownAt = 0;
+  /** The map has been fitted to the fleet (after the first snapshot). */
+  private fitted = false;
+  private fitAfterRender = false;
+  private listTimer: ReturnType<typeof setTimeout> | undefined;
   private trackFor: string | null = null;
 
   constructor(config: MapConfig) {
@@ -63,7 +70,10 @@ class Console {
       range: (range) => this.setRange(range),
       close: () => this.closeReplay(),
     });
-    this.feed = new EventFeed(this.inbox, (e) => this.pick(e));
+    this.feed = new EventFeed(this.inbox, {
+      pick: (e) => this.pick(e),
+      acknowledge: canAcknowledge() ? (e, comment) => this.acknowledge(e, comment) : undefined,
+    });
     this.live = new LiveConnection(api, {
       message: (msg) => this.onMessage(msg),
       status: (text, ok) => {
@@ -118,10 +128,16 @@ class Console {
     for (const p of msg.positions ?? []) {
       if (this.fleet.applyPosition(p)) this.dirty.add(p.vehicle_id);
     }
+    if (msg.type === "snapshot" && !this.fitted) {
+      this.fitted = true;
+      this.fitAfterRender = !this.view.vehicle;
+    }
     if (msg.type === "batch" && msg.events?.length) this.addEvents(msg.events);
+    if (msg.type === "batch" && msg.acks?.length) {
+      for (const a of msg.acks) this.applyAck(eventKey(a), a.vehicle_id, ackOf(a));
+    }
     this.schedule();
-    this.applyMs.push(performance.now() - started);
-    if (this.applyMs.length > APPLY_SAMPLES) this.applyMs.splice(0, this.applyMs.length - APPLY_SAMPLES);
+    timings.add(timings.applyMs, performance.now() - started);
   }
 
   private addEvents(received: FleetEvent[]): void {
@@ -135,6 +151,40 @@ class Console {
     this.schedule();
   }
 
+  private applyAck(key: string, vehicleId: string, ack: Ack): void {
+    this.fleet.noteAck(vehicleId, key, ack);
+    this.inbox.acknowledge(key, ack);
+    this.feed.draw();
+    this.dirty.add(vehicleId);
+    this.schedule();
+  }
+
+  /** POST the acknowledgement; every dispatcher (this one too) also gets it live. */
+  private async acknowledge(e: FleetEvent, comment: string): Promise<string | null> {
+    try {
+      const saved = await api.send<{ acked_by_email: string; acked_at: string; comment: string | null }>(
+        "POST", "/api/event-acks", {
+          kind: e.kind, vehicle_id: e.vehicle_id, time: new Date(e.t_ms).toISOString(),
+          event_type: e.event_type, geofence_id: e.kind === "geofence" ? e.geofence_id ?? null : null,
+          comment: comment.trim() || null,
+        });
+      this.applyAck(eventKey(e), e.vehicle_id, { by: saved.acked_by_email,
+                                                 at_ms: Date.parse(saved.acked_at), comment: saved.comment });
+      return null;
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      const existing = err.status === 409 ? err.details?.ack as
+        { acked_by_email: string; acked_at: string; comment: string | null } | undefined : undefined;
+      if (existing) {
+        // Someone was quicker: show theirs.
+        this.applyAck(eventKey(e), e.vehicle_id, { by: existing.acked_by_email,
+                                                   at_ms: Date.parse(existing.acked_at), comment: existing.comment });
+        return null;
+      }
+      return err.message;
+    }
+  }
+
   private schedule(): void {
     if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
   }
@@ -145,9 +195,11 @@ class Console {
   }
 
   private render(): void {
+    const started = performance.now();
     this.frame = 0;
     const now = Date.now();
-    const ids = this.everything ? [...this.fleet.rows.keys()] : [...this.dirty];
+    const everything = this.everything;
+    const ids = everything ? [...this.fleet.rows.keys()] : [...this.dirty];
     this.everything = false;
     this.dirty.clear();
     for (const id of ids) {
@@ -157,9 +209,33 @@ class Console {
       this.map.place(id, row.code, p.lat, p.lon, motionStatus(p, now), isAlerting(row, now));
       if (id === this.selectedId && this.trackFor === id) this.map.extendTrack(p.lat, p.lon);
     }
+    if (this.fitAfterRender) {
+      this.fitAfterRender = false;
+      this.map.fitFleet();
+    }
     const selected = this.selectedId;
-    this.list.show(this.fleet.query(this.view, now), this.fleet.counts(now), now, selected);
+    this.showList(everything, now, selected);
     if (selected && ids.includes(selected)) this.showPanel(selected, now);
+    if (timings.firstVehicleAt == null && this.map.markerCount > 0) timings.firstVehicleAt = performance.now();
+    timings.add(timings.renderMs, performance.now() - started);
+  }
+
+  /** The list now when the dispatcher changed something, else at most every LIST_REFRESH_MS
+   * (a timer makes sure the last update is shown). */
+  private showList(now_: boolean, now: number, selected: string | null): void {
+    const wait = LIST_REFRESH_MS - (now - this.listShownAt);
+    if (now_ || wait <= 0) {
+      clearTimeout(this.listTimer);
+      this.listTimer = undefined;
+      this.listShownAt = now;
+      this.list.show(this.fleet.query(this.view, now), this.fleet.counts(now), now, selected);
+    } else if (this.listTimer === undefined) {
+      this.listTimer = setTimeout(() => {
+        this.listTimer = undefined;
+        this.listShownAt = 0;
+        this.schedule();
+      }, wait);
+    }
   }
 
   get selectedId(): string | null {
@@ -276,6 +352,11 @@ class Console {
     }
     this.redrawAll();
   }
+}
+
+function canAcknowledge(): boolean {
+  const role = api.tokens?.user.role;
+  return role === "admin" || role === "fleet_manager";
 }
 
 function canEditFences(): boolean {

@@ -5,6 +5,7 @@
 import * as L from "leaflet";
 
 import type { MotionStatus } from "./fleet";
+import { timings } from "./perf";
 import type { FenceFeature, MapConfig } from "./types";
 
 export const STATUS_COLOURS: Record<MotionStatus, string> = {
@@ -43,6 +44,7 @@ export class FleetMap {
         '<span class="no-tiles-note">no base map (offline mode)</span>');
     }
     this.fenceLayer.addTo(this.map);
+    timePainting(this.renderer);
   }
 
   showFences(features: readonly FenceFeature[], fit = true): void {
@@ -101,6 +103,18 @@ export class FleetMap {
     if (selected) m.layer.bringToFront();
   }
 
+  /** Show the whole fleet (and the fences): once, when the first snapshot has arrived. */
+  fitFleet(): void {
+    const bounds = L.latLngBounds([]);
+    for (const m of this.markers.values()) bounds.extend(m.layer.getLatLng());
+    for (const layer of this.fenceLayer.getLayers()) {
+      if (layer instanceof L.Path && "getBounds" in layer) {
+        bounds.extend((layer as L.Polyline).getBounds());
+      }
+    }
+    if (bounds.isValid()) this.map.fitBounds(bounds.pad(0.1), { animate: false, maxZoom: 16 });
+  }
+
   get markerCount(): number {
     return this.markers.size;
   }
@@ -150,5 +164,18 @@ function look(status: MotionStatus, alerting: boolean, selected: boolean): L.Cir
     radius: selected ? 9 : 6, fillColor: STATUS_COLOURS[status], fillOpacity: 0.95,
     color: alerting ? ALERT_COLOUR : selected ? "#1d2430" : "#ffffff",
     weight: alerting || selected ? 3 : 1,
+  };
+}
+
+/** Time the canvas renderer's paint (Leaflet's private `_redraw`, run in its own animation
+ * frame callback), so that `fleet bench map` counts it in an update's cost. */
+function timePainting(renderer: L.Canvas): void {
+  const r = renderer as unknown as { _redraw?: () => void };
+  const paint = r._redraw;
+  if (typeof paint !== "function") return;  // another Leaflet version: not measured
+  r._redraw = function (this: unknown) {
+    const started = performance.now();
+    paint.call(this);
+    timings.add(timings.drawMs, performance.now() - started);
   };
 }

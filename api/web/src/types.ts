@@ -79,13 +79,35 @@ export interface FleetEvent {
   geofence_id?: string | null;
   geofence_name?: string | null;
   value?: number | null;
+  /** Set once a dispatcher acknowledged the event. */
+  ack?: Ack | null;
+}
+
+/** Who acknowledged an event, when, and why. */
+export interface Ack {
+  by: string;
+  at_ms: number;
+  comment: string | null;
+}
+
+/** core.live.LiveAck: an event was acknowledged (names the event as LiveEvent does). */
+export interface LiveAck {
+  vehicle_id: string;
+  code: string;
+  t_ms: number;
+  kind: EventKind;
+  event_type: string;
+  geofence_id?: string | null;
+  acked_by_email: string;
+  acked_at_ms: number;
+  comment?: string | null;
 }
 
 export type LiveMessage =
   | { type: "subscribed"; role: Role; tenant_id: string; flush_ms: number }
   | { type: "snapshot"; t_ms: number; positions: LivePosition[] }
   | { type: "batch"; t_ms: number; positions?: LivePosition[]; events?: FleetEvent[];
-      dropped_events?: number }
+      acks?: LiveAck[]; dropped_events?: number; dropped_acks?: number }
   | { type: "heartbeat"; t_ms: number }
   | { type: "error"; code: string; message: string; field?: string };
 

@@ -14,7 +14,7 @@ test("REST rows become the live socket's events", () => {
                               geofence_name: "Depot", event_type: "enter", lat: 52.5, lon: 13.4 });
   assert.deepEqual(g, { kind: "geofence", event_type: "enter", vehicle_id: "a", code: "van-1",
                         t_ms: Date.parse(T), lat: 52.5, lon: 13.4, severity: "info",
-                        geofence_id: "f", geofence_name: "Depot" });
+                        geofence_id: "f", geofence_name: "Depot", ack: null });
   const v = fromVehicleRow({ time: T, vehicle_id: "a", vehicle_code: "van-1", event_type: "harsh_braking",
                              severity: "critical", value: 9.5, lat: null, lon: null });
   assert.equal(v.severity, "critical");
@@ -45,4 +45,32 @@ test("filters: kind, lowest severity, vehicle", () => {
   assert.deepEqual(times({ minSeverity: "warning" }), [4, 2]);
   assert.deepEqual(times({ kinds: new Set(["geofence"]) }), [3]);
   assert.deepEqual(times({ vehicleId: "b" }), [4]);
+});
+
+test("acknowledgements: applied to the event they name, from REST rows too; counted while open", async () => {
+  const { eventKey, ackOf } = await import("../src/events");
+  const inbox = new Inbox();
+  const alert = ev(10, { severity: "critical" });
+  const fenceEnter = ev(11, { kind: "geofence", event_type: "enter", severity: "info", geofence_id: "f1" });
+  inbox.add([alert, fenceEnter, ev(12, { severity: "warning" })]);
+  assert.equal(inbox.unacknowledged, 2, "info events are not alerts");
+  const ack = ackOf({ vehicle_id: "a", code: "van-1", t_ms: 10, kind: "vehicle", event_type: "overspeed",
+                      acked_by_email: "d@example.com", acked_at_ms: 99, comment: "called the driver" });
+  assert.ok(inbox.acknowledge(eventKey(alert), ack));
+  assert.ok(!inbox.acknowledge(eventKey(alert), ack), "once");
+  assert.equal(inbox.unacknowledged, 1);
+  assert.deepEqual(inbox.list({ ...ALL_EVENTS, unacknowledged: true }).map((e) => e.t_ms), [12, 11]);
+  assert.equal(inbox.list().find((e) => e.t_ms === 10)?.ack?.comment, "called the driver");
+  // A geofence event is named with its fence; a vehicle event's geofence_id does not matter.
+  assert.notEqual(eventKey(fenceEnter), eventKey({ ...fenceEnter, geofence_id: "f2" }));
+  assert.equal(eventKey(alert), eventKey({ ...alert, geofence_id: "zone" }));
+  // An ack that arrives before its event waits for it.
+  inbox.acknowledge(eventKey(ev(20)), ack);
+  inbox.add([ev(20)]);
+  assert.equal(inbox.list().find((e) => e.t_ms === 20)?.ack?.by, "d@example.com");
+  // A REST row carries its ack.
+  const row = fromVehicleRow({ time: T, vehicle_id: "a", vehicle_code: "van-1", event_type: "idling",
+                               severity: "warning", acked_at: T, acked_by_email: "m@example.com",
+                               ack_comment: null });
+  assert.deepEqual(row.ack, { by: "m@example.com", at_ms: Date.parse(T), comment: null });
 });

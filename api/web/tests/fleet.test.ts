@@ -102,3 +102,17 @@ test("reloading the vehicle list keeps live state", () => {
   assert.equal(f.get("van-2b")?.position?.speed_kph, 12);
   assert.equal(f.get("van-2"), undefined);
 });
+
+test("an acknowledged alert no longer makes its vehicle alerting", async () => {
+  const { eventKey } = await import("../src/events");
+  const f = fleet();
+  const alert = { vehicle_id: "c", code: "truck-1", t_ms: NOW, kind: "vehicle" as const,
+                  event_type: "overspeed", severity: "critical" };
+  f.noteEvent(alert);
+  assert.equal(f.counts(NOW).alerting, 1);
+  f.noteAck("c", eventKey(alert), { by: "d@example.com", at_ms: NOW, comment: null });
+  assert.equal(f.counts(NOW).alerting, 0);
+  // An acknowledged event from the REST list does not alert either.
+  f.noteEvent({ ...alert, t_ms: NOW + 1, ack: { by: "x", at_ms: NOW, comment: null } });
+  assert.equal(f.counts(NOW + 1).alerting, 0);
+});
