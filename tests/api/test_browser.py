@@ -62,11 +62,16 @@ class Session:
         self.errors: list[str] = []
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
 
-    async def login(self, email: str, hash_: str = "") -> None:
+    async def sign_in(self, email: str, hash_: str = "") -> None:
+        """Open the console and submit the sign-in form."""
         await self.page.goto(self.base + hash_)
         await self.page.fill("#email", email)
         await self.page.fill("#password", PASSWORD)
         await self.page.click("#login-button")
+
+    async def login(self, email: str, hash_: str = "") -> None:
+        """Sign in and wait for the live feed."""
+        await self.sign_in(email, hash_)
         await self.page.wait_for_selector("#status.ok", timeout=WAIT_MS)
 
     def row(self, vid: Any) -> str:
@@ -282,10 +287,7 @@ async def test_roles_see_what_the_matrix_allows(browser: Browser, world: World) 
         context = await browser.new_context(viewport={"width": 1400, "height": 860})
         try:
             s = Session(await context.new_page(), base)
-            await s.page.goto(base)
-            await s.page.fill("#email", a.users[role])
-            await s.page.fill("#password", PASSWORD)
-            await s.page.click("#login-button")
+            await s.sign_in(a.users[role])
             if role == "driver":
                 await s.page.wait_for_selector("#status.ok", timeout=WAIT_MS)
                 await s.page.wait_for_selector(s.row(a.vehicles["assigned"]), timeout=WAIT_MS)
@@ -522,10 +524,7 @@ async def test_only_managers_edit_fences(browser: Browser, world: World) -> None
         context = await browser.new_context()
         try:
             s = Session(await context.new_page(), base)
-            await s.page.goto(base)
-            await s.page.fill("#email", world.a.users[role])
-            await s.page.fill("#password", PASSWORD)
-            await s.page.click("#login-button")
+            await s.sign_in(world.a.users[role])
             await s.page.wait_for_selector("#app:not([hidden])", timeout=WAIT_MS)
             await s.page.wait_for_function("window.fleet !== undefined", timeout=WAIT_MS)
             assert await s.page.locator("#edit-fences").is_visible() is can
@@ -629,13 +628,15 @@ async def test_acknowledge_an_alert_seen_by_a_second_dispatcher(
 
 
 async def test_a_viewer_cannot_acknowledge(browser: Browser, world: World) -> None:
+    with psycopg.connect(world.db.owner_url) as conn:
+        conn.execute(
+            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity) "
+            "VALUES (now() - interval '1 minute', %s, %s, 'idling', 'warning')",
+            (world.a.id, world.a.vehicles["other"]))
     context = await browser.new_context()
     try:
         s = Session(await context.new_page(), str(world.client.make_url("/")))
-        await s.page.goto(s.base)
-        await s.page.fill("#email", world.a.users["viewer"])
-        await s.page.fill("#password", PASSWORD)
-        await s.page.click("#login-button")
+        await s.sign_in(world.a.users["viewer"])
         await s.page.wait_for_selector("#events li", timeout=WAIT_MS)
         assert await s.page.locator("#events .ack-button").count() == 0
     finally:
