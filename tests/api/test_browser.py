@@ -641,3 +641,51 @@ async def test_a_viewer_cannot_acknowledge(browser: Browser, world: World) -> No
         assert await s.page.locator("#events .ack-button").count() == 0
     finally:
         await context.close()
+
+
+async def test_fleet_overview_page(browser: Browser, session: Session, world: World) -> None:
+    """The dashboard's figures on a page of their own, in the link; the vehicle with the most
+    open alerts leads back to the map; drivers have no overview (the dashboard's roles)."""
+    a = world.a
+    with psycopg.connect(world.db.owner_url) as conn:
+        conn.execute(
+            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity) "
+            "VALUES (now() - interval '3 minutes', %s, %s, 'overspeed', 'critical')",
+            (a.id, a.vehicles["other"]))
+    page = session.page
+    await session.login(a.users["fleet_manager"])
+    await page.wait_for_selector("#events li", timeout=WAIT_MS)
+    await page.click("#tab-overview")
+    await page.wait_for_selector("#overview-cards .card", timeout=WAIT_MS)
+    assert "page=overview" in page.url
+    assert await page.locator("#live").is_hidden()
+    resp = await world.client.get("/api/dashboard",
+                                  headers=world.auth(a.tokens["fleet_manager"]))
+    dashboard = await resp.json()
+    cards = await page.inner_text("#overview-cards")
+    assert f"vehicles\n{dashboard['vehicles_total']}" in cards.lower()
+    assert await page.locator("#overview-bars .bars").count() == 3
+    assert "computed" in await page.inner_text("#overview-computed")
+    await page.screenshot(path=str(ARTIFACTS / "console_overview.png"))
+    top = page.locator(f'#overview-alerts li[data-vehicle-id="{a.vehicles["other"]}"]')
+    await top.wait_for(timeout=WAIT_MS)
+    await top.click()
+    await page.wait_for_selector("#panel:not([hidden])", timeout=WAIT_MS)
+    assert await page.inner_text("#panel-title") == "other"
+    assert "page=overview" not in page.url
+
+    # A link to the overview opens it after sign-in; a driver gets the map instead.
+    for role, shown in (("fleet_manager", True), ("driver", False)):
+        context = await browser.new_context(viewport={"width": 1400, "height": 860})
+        try:
+            other = Session(await context.new_page(), session.base)
+            await other.login(a.users[role], "#page=overview")
+            await other.page.wait_for_function("window.fleet !== undefined", timeout=WAIT_MS)
+            if shown:
+                await other.page.wait_for_selector("#overview:not([hidden])", timeout=WAIT_MS)
+            else:
+                assert await other.page.locator("#tab-overview").is_hidden()
+                assert await other.page.locator("#overview").is_hidden()
+            assert other.errors == []
+        finally:
+            await context.close()

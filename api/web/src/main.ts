@@ -19,6 +19,7 @@ import { fetchEvents } from "./history";
 import { FleetMap } from "./map";
 import { VehiclePanel } from "./panel";
 import { timings } from "./perf";
+import { Overview } from "./overview";
 import { Replay } from "./replay";
 import type { Ack, Driver, FenceFeature, FleetEvent, LiveMessage, MapConfig, Vehicle } from "./types";
 import { formatView, parseView, timeRange, type Range, type ViewState } from "./view";
@@ -42,6 +43,7 @@ class Console {
   readonly feed: EventFeed;
   readonly live: LiveConnection;
   readonly replay: Replay;
+  readonly overview: Overview;
   /** Loaded on first use: Geoman and its geometry libraries are most of the bundle, and only
    * fleet managers and admins edit fences. */
   fences: FenceEditor | null = null;
@@ -82,6 +84,13 @@ class Console {
         s.className = `status ${ok ? "ok" : "bad"}`;
       },
     });
+    this.overview = new Overview(api, () => this.inbox.list(), (id) => {
+      this.showPage("map");
+      this.select(id);
+    });
+    byId("tab-map").addEventListener("click", () => this.showPage("map"));
+    byId("tab-overview").addEventListener("click", () => this.showPage("overview"));
+    byId("tab-overview").hidden = !canSeeOverview();
     const editButton = byId("edit-fences");
     editButton.hidden = !canEditFences();
     editButton.addEventListener("click", () => void this.toggleFenceEditor());
@@ -103,6 +112,23 @@ class Console {
     const now = Date.now();
     this.addEvents(await fetchEvents(api, now - INBOX_HISTORY_MS, now + 60_000));
     if (this.view.vehicle) this.select(this.view.vehicle);
+    if (this.view.page === "overview") this.showPage("overview");
+  }
+
+  /** The live map or the fleet overview (in the URL, like the rest of the view). */
+  showPage(page: ViewState["page"]): void {
+    if (page === "overview" && !canSeeOverview()) page = "map";
+    this.view = { ...this.view, page };
+    this.saveView();
+    byId("tab-map").setAttribute("aria-pressed", String(page === "map"));
+    byId("tab-overview").setAttribute("aria-pressed", String(page === "overview"));
+    byId("live").hidden = page !== "map";
+    if (page === "overview") {
+      void this.overview.show();
+    } else {
+      this.overview.hide();
+      this.map.map.invalidateSize();
+    }
   }
 
   private async toggleFenceEditor(): Promise<void> {
@@ -342,6 +368,7 @@ class Console {
     const next = parseView(location.hash);
     const before = this.view;
     this.view = next;
+    if (next.page !== before.page) this.showPage(next.page);
     if (next.vehicle !== before.vehicle) {
       this.select(next.vehicle);
     } else if (next.replay !== before.replay || next.range !== before.range ||
@@ -352,6 +379,11 @@ class Console {
     }
     this.redrawAll();
   }
+}
+
+/** The dashboard's roles (docs/api.md): everyone but drivers. */
+function canSeeOverview(): boolean {
+  return api.tokens?.user.role !== "driver";
 }
 
 function canAcknowledge(): boolean {

@@ -20,6 +20,8 @@ export interface ViewState {
   to: number | null;
   /** The replay is open. */
   replay: boolean;
+  /** Which page: the live map or the fleet overview. */
+  page: "map" | "overview";
 }
 
 /** The longest custom range: a month of 1 Hz samples is still only max_points on the wire. */
@@ -27,7 +29,7 @@ export const MAX_CUSTOM_MS = 31 * 86_400_000;
 
 export const DEFAULT_VIEW: Readonly<ViewState> = {
   vehicle: null, q: "", statuses: [], sort: "status", range: "1h", from: null, to: null,
-  replay: false,
+  replay: false, page: "map",
 };
 
 const RANGE_MS: Record<Range, number> = {
@@ -68,6 +70,7 @@ export function parseView(hash: string): ViewState {
     range: oneOf(RANGES, params.get("range")) ?? DEFAULT_VIEW.range,
     ...customRange(instant(params.get("from")), instant(params.get("to"))),
     replay: params.get("replay") === "1",
+    page: params.get("page") === "overview" ? "overview" : "map",
   };
 }
 
@@ -90,6 +93,7 @@ export function formatView(view: ViewState): string {
     params.set("to", new Date(view.to).toISOString());
   }
   if (view.replay) params.set("replay", "1");
+  if (view.page !== "map") params.set("page", view.page);
   const text = params.toString();
   return text ? `#${text}` : "";
 }

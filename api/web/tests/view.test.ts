@@ -5,7 +5,8 @@ import { DEFAULT_VIEW, formatView, parseView, type ViewState } from "../src/view
 
 test("a view survives the URL", () => {
   const view: ViewState = { vehicle: "van 7/ü", q: "b-ft 1&2", statuses: ["moving", "alerting"],
-                            sort: "speed", range: "24h", from: null, to: null, replay: true };
+                            sort: "speed", range: "24h", from: null, to: null, replay: true,
+                            page: "overview" };
   assert.deepEqual(parseView(formatView(view)), view);
   const custom = { ...view, from: Date.parse("2026-12-01T08:00:00Z"), to: Date.parse("2026-12-01T09:30:00Z") };
   assert.deepEqual(parseView(formatView(custom)), custom);
