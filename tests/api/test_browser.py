@@ -41,6 +41,18 @@ def _pos(vid: Any, code: str, lat: float, lon: float, *, heading: float = 0.0,
         sent_ms=now))
 
 
+def _vehicle_event(world: World, vehicle_id: Any, event_type: str, severity: str, ago: str, *,
+                   value: float | None = None, threshold: float | None = None,
+                   where: str | None = None) -> None:
+    """A detector event of tenant a, `ago` before now, as the stream writes it (milliseconds)."""
+    with psycopg.connect(world.db.owner_url) as conn:
+        conn.execute(
+            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity, value, "
+            "threshold, location) VALUES (date_trunc('milliseconds', now()) - %s::interval, %s, "
+            "%s, %s, %s, %s, %s, ST_GeogFromText(%s))",
+            (ago, world.a.id, vehicle_id, event_type, severity, value, threshold, where))
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
     # `make setup` installs Debian's chromium; without it these tests must fail, not skip.
@@ -226,15 +238,10 @@ async def test_past_events_at_load_and_why_a_vehicle_is_red(session: Session,
     event makes its vehicle alerting, and the panel says why."""
     a = world.a
     vid = a.vehicles["other"]
-    with psycopg.connect(world.db.owner_url) as conn:
-        conn.execute(
-            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity, value, "
-            "threshold) VALUES (now() - interval '5 minutes', %s, %s, 'coolant_overheat', "
-            "'critical', 118.5, 110)", (a.id, vid))
-        conn.execute(
-            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity, value) "
-            "VALUES (now() - interval '3 hours', %s, %s, 'harsh_braking', 'warning', 6.1)",
-            (a.id, a.vehicles["assigned"]))
+    _vehicle_event(world, vid, "coolant_overheat", "critical", "5 minutes", value=118.5,
+                   threshold=110)
+    _vehicle_event(world, a.vehicles["assigned"], "harsh_braking", "warning", "3 hours",
+                   value=6.1)
     page = session.page
     await session.login(a.users["fleet_manager"])
     item = page.locator("#events li.vehicle", has_text="coolant overheat")
@@ -318,10 +325,8 @@ def _drive_history(world: World, vid: Any) -> None:
                    60 - s * 0.001,
                    s < 900 OR s >= 1500
               FROM generate_series(0, 2399) AS s""", {"t": world.a.id, "v": vid})
-        conn.execute(
-            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity, value, "
-            "location) VALUES (now() - interval '35 minutes', %s, %s, 'harsh_braking', 'warning', "
-            "7.2, ST_GeogFromText('POINT(13.40 52.53)'))", (world.a.id, vid))
+    _vehicle_event(world, vid, "harsh_braking", "warning", "35 minutes", value=7.2,
+                   where="POINT(13.40 52.53)")
 
 
 async def test_replay_the_last_hour(session: Session, world: World) -> None:
@@ -580,11 +585,7 @@ async def test_acknowledge_an_alert_seen_by_a_second_dispatcher(
     stops alerting for both; a viewer cannot acknowledge."""
     a = world.a
     vid = a.vehicles["assigned"]
-    with psycopg.connect(world.db.owner_url) as conn:
-        conn.execute(
-            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity, value) "
-            "VALUES (date_trunc('milliseconds', now()) - interval '2 minutes', %s, %s, "
-            "'low_battery', 'critical', 11.2)", (a.id, vid))
+    _vehicle_event(world, vid, "low_battery", "critical", "2 minutes", value=11.2)
     alert_item = "#events li.vehicle:has-text('low battery')"
     other_context = await browser.new_context(viewport={"width": 1400, "height": 860})
     try:
@@ -628,11 +629,7 @@ async def test_acknowledge_an_alert_seen_by_a_second_dispatcher(
 
 
 async def test_a_viewer_cannot_acknowledge(browser: Browser, world: World) -> None:
-    with psycopg.connect(world.db.owner_url) as conn:
-        conn.execute(
-            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity) "
-            "VALUES (now() - interval '1 minute', %s, %s, 'idling', 'warning')",
-            (world.a.id, world.a.vehicles["other"]))
+    _vehicle_event(world, world.a.vehicles["other"], "idling", "warning", "1 minute")
     context = await browser.new_context()
     try:
         s = Session(await context.new_page(), str(world.client.make_url("/")))
@@ -647,11 +644,7 @@ async def test_fleet_overview_page(browser: Browser, session: Session, world: Wo
     """The dashboard's figures on a page of their own, in the link; the vehicle with the most
     open alerts leads back to the map; drivers have no overview (the dashboard's roles)."""
     a = world.a
-    with psycopg.connect(world.db.owner_url) as conn:
-        conn.execute(
-            "INSERT INTO vehicle_events (time, tenant_id, vehicle_id, event_type, severity) "
-            "VALUES (now() - interval '3 minutes', %s, %s, 'overspeed', 'critical')",
-            (a.id, a.vehicles["other"]))
+    _vehicle_event(world, a.vehicles["other"], "overspeed", "critical", "3 minutes")
     page = session.page
     await session.login(a.users["fleet_manager"])
     await page.wait_for_selector("#events li", timeout=WAIT_MS)
