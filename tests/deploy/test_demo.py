@@ -102,7 +102,11 @@ def test_demo_runs_end_to_end_and_again(services: LocalServices, database: TestD
         assert vehicles["total"] == 6
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
         with page:
-            assert b"leaflet" in page.read().lower()
+            assert b'src="/static/app/console.js"' in page.read()
+        bundle = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/app/console.js",
+                                        timeout=10)
+        with bundle:
+            assert bundle.status == 200
         # Data from both paths: the real gateway (van-001) and the load generator (the rest).
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
