@@ -29,6 +29,8 @@ class BenchEnv:
     token: str
     tenant_id: UUID
     vehicles: list[tuple[UUID, str]] = field(default_factory=list)
+    owner_url: str = ""
+    """The throwaway database as its owner (for benchmarks that write history directly)."""
 
 
 async def _seed(app_url: str, vehicles: int) -> tuple[UUID, str, list[tuple[UUID, str]]]:
@@ -117,6 +119,7 @@ async def api_process(*, vehicles: int, with_state: bool, extra_env: dict[str, s
                                         json={"email": email, "password": BENCH_PASSWORD}) as resp:
                     token = (await resp.json())["access_token"]
             yield BenchEnv(base_url=base, pid=proc.pid, token=token, tenant_id=tenant,
+                           owner_url=owner_url,
                            vehicles=rows)
         finally:
             stop_process(proc)

@@ -20,7 +20,11 @@ Figures, from the console's own timings (`api/web/src/perf.ts`) over `--duration
 - `heap_start_mb` / `heap_end_mb`: the JS heap after a forced garbage collection (DevTools
   protocol) at the start and the end of the measurement; `heap_growth_pct`;
 - anchor, same run: `anchor_parse_p95_ms`, the browser's `JSON.parse` of the same frames,
-  the floor any client pays; `update_vs_parse` is the ratio.
+  the floor any client pays; `update_vs_parse` is the ratio;
+- `replay_track_ms_*` and `replay_complete_ms_*` (first and second try): with
+  `--replay-days` of 1 Hz history written for one vehicle (and the rollups refreshed, as their
+  policies would), from opening the replay over that range to its track and chart drawn, and
+  to its trips, stops and events drawn too; `replay_points` as fetched.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate-hz", type=float, default=1.0)
     parser.add_argument("--duration-s", type=float, default=600.0)
     parser.add_argument("--warmup-s", type=float, default=15.0)
+    parser.add_argument("--replay-days", type=int, default=7, choices=(0, 1, 7),
+                        help="days of 1 Hz history to replay afterwards (the console's presets "
+                        "24h and 7d; 0: none)")
     parser.set_defaults(func=run)
 
 
@@ -124,6 +131,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 " long: window.__longTasks,"
                 " markers: window.fleet.map.markerCount})")
             heap_end = await _heap_mb(cdp)
+            replay = await _replay(page, env, args.replay_days) if args.replay_days else {}
         finally:
             stop.set()
             await publisher
@@ -147,8 +155,68 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         if heap_start else 0.0,
         "anchor_parse_p95_ms": anchor,
         "update_vs_parse": round(update_p95 / anchor, 1) if anchor else None,
+        **replay,
         "page_errors": errors,
     }
+
+
+def _history(owner_url: str, tenant_id: Any, vehicle_id: Any, days: int) -> int:
+    """`days` of 1 Hz samples up to now for one vehicle, driving a slow loop; rollups refreshed."""
+    import psycopg
+
+    seconds = days * 86_400
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute("""
+            INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, source, received_at, lat_e7,
+                                   lon_e7, speed_kph, rpm, fuel_level_pct, ignition)
+            SELECT now() - (%(n)s - s) * interval '1 second', %(t)s, %(v)s, 1000000 + s,
+                   'simulator', now(),
+                   round((52.5 + 0.05 * sin(s / 3600.0)) * 1e7)::int,
+                   round((13.4 + 0.08 * cos(s / 3600.0)) * 1e7)::int,
+                   CASE WHEN (s / 1800) %% 3 = 2 THEN 0 ELSE 45 END,
+                   CASE WHEN (s / 1800) %% 3 = 2 THEN 0 ELSE 1700 END,
+                   80 - (s %% 86400) / 3000.0, (s / 1800) %% 3 <> 2
+              FROM generate_series(0, %(n)s - 1) AS s""",
+                     {"n": seconds, "t": tenant_id, "v": vehicle_id})
+        span = (f"now() - interval '{days + 1} days'", "now() + interval '1 hour'")
+        try:  # the Timescale edition: continuous aggregates, refreshed by a procedure
+            conn.execute(f"CALL fleet_refresh_rollups({span[0]}, {span[1]})")
+        except psycopg.Error:  # the Apache edition: plain tables, refreshed by a function
+            conn.execute(f"SELECT fleet_refresh_rollups({span[0]}, {span[1]})")
+    return seconds
+
+
+async def _replay(page: Any, env: Any, days: int) -> dict[str, Any]:
+    """Open the replay of `days` of one vehicle's history twice; milliseconds to drawn."""
+    vid, code = env.vehicles[0]
+    started = time.monotonic()
+    rows = await asyncio.to_thread(_history, env.owner_url, env.tenant_id, vid, days)
+    print(f"map: {rows} samples of history written in {time.monotonic() - started:.0f} s",
+          file=sys.stderr)
+    preset = "7d" if days == 7 else "24h"
+    took: list[tuple[int, int]] = []
+    for _ in range(2):
+        await page.evaluate("location.hash = ''")
+        await page.wait_for_function("!window.fleet.replay.open", timeout=30_000)
+        ms = await page.evaluate(f"""new Promise((resolve) => {{
+            const t0 = performance.now();
+            let track = null;
+            location.hash = 'vehicle={code}&range={preset}&replay=1';
+            const poll = () => {{
+              const box = document.querySelector('#replay');
+              if (track === null && box.dataset.ready) track = performance.now() - t0;
+              if (box.dataset.complete) resolve([track, performance.now() - t0]);
+              else requestAnimationFrame(poll);
+            }};
+            poll();
+        }})""")
+        took.append((round(ms[0]), round(ms[1])))
+    state = await page.evaluate("window.fleet.replay.state")
+    return {"replay_days": days, "replay_samples": rows,
+            "replay_track_ms_first": took[0][0], "replay_complete_ms_first": took[0][1],
+            "replay_track_ms_second": took[1][0], "replay_complete_ms_second": took[1][1],
+            "replay_points": state["points"],
+            "replay_source": state["source"]}
 
 
 async def _admin_email(base_url: str, token: str) -> str:

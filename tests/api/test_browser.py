@@ -338,7 +338,8 @@ async def test_replay_the_last_hour(session: Session, world: World) -> None:
     await session.login(world.a.users["fleet_manager"], "#vehicle=assigned")
     await page.wait_for_selector("#panel:not([hidden])", timeout=WAIT_MS)
     await page.click("#panel-replay")
-    await page.wait_for_selector("#replay[data-ready]", timeout=WAIT_MS)
+    await page.wait_for_selector("#replay[data-ready]", timeout=WAIT_MS)  # the track first
+    await page.wait_for_selector("#replay[data-complete]", timeout=WAIT_MS)  # then the rest
     # The map shows the whole track (zoomed out from the depot's zoom 16).
     assert await page.evaluate("window.fleet.map.map.getZoom()") <= 13
     assert "replay=1" in page.url
@@ -388,7 +389,8 @@ async def test_replay_the_last_hour(session: Session, world: World) -> None:
     await page.wait_for_function("location.hash.includes('from=')", timeout=WAIT_MS)
     await page.wait_for_function(
         "window.fleet.replay.state && window.fleet.replay.state.points <= 660 "
-        "&& window.fleet.replay.state.source === 'telemetry'", timeout=WAIT_MS)
+        "&& window.fleet.replay.state.source === 'telemetry' "
+        "&& window.fleet.replay.state.complete", timeout=WAIT_MS)
     # Ten minutes at 1 Hz fit in max_points: raw samples, and the harsh braking is in range.
     assert "1 event" in await page.inner_text("#replay-summary")
     await page.click("#replay-close")

@@ -46,6 +46,8 @@ interface Loaded {
   stops: Stop[];
   events: FleetEvent[];
   source: string;
+  /** Trips, stops and events have arrived. */
+  complete: boolean;
 }
 
 export class Replay {
@@ -118,11 +120,12 @@ export class Replay {
   }
 
   /** What the replay shows, for tests and tooling. */
-  get state(): { t: number; playing: boolean; points: number; source: string;
+  get state(): { t: number; playing: boolean; points: number; source: string; complete: boolean;
                  position: { lat: number; lon: number } | null } | null {
     if (!this.clock || !this.data) return null;
     return { t: this.clock.t, playing: this.clock.playing, points: this.data.samples.length,
-             source: this.data.source, position: positionAt(this.data.samples, this.clock.t) };
+             source: this.data.source, complete: this.data.complete,
+             position: positionAt(this.data.samples, this.clock.t) };
   }
 
   async show(target: ReplayTarget, range: Range | "custom"): Promise<void> {
@@ -138,13 +141,18 @@ export class Replay {
     this.layer.clearLayers();
     this.layer.addTo(this.map);
     this.map.invalidateSize();  // the bar took room from the map
-    const data = await this.load(target);
+    // The track and the chart first (one request, downsampled by the server); the trips,
+    // stops and events (a scan of each day's samples for trips) are added when they come.
+    const seriesRequest = this.loadSeries(target);  // asked first: it is what is drawn first
+    const details = this.loadDetails(target);
+    const series = await seriesRequest;
     if (generation !== this.generation) return;
+    const data: Loaded = { samples: samplesFrom(series.points), trips: [], stops: [], events: [],
+                           source: series.source, complete: false };
     this.data = data;
     this.clock = new ReplayClock(target.from, target.to);
     this.clock.speed = Number(this.speedSelect.value);
     this.drawTrack(data);
-    this.drawTimeline(data, target);
     this.drawChart(data, target);
     this.summary.textContent = summaryOf(data);
     // Start where the vehicle first has a position, not in an empty stretch.
@@ -152,6 +160,13 @@ export class Replay {
     this.clock.seek(first ? first.t : target.from);
     this.draw();
     this.root.dataset.ready = "true";
+    const { trips, stops, events } = await details;
+    if (generation !== this.generation) return;
+    Object.assign(data, { trips, stops, events, complete: true });
+    this.drawPins(data);
+    this.drawTimeline(data, target);
+    this.summary.textContent = summaryOf(data);
+    this.root.dataset.complete = "true";
   }
 
   close(): void {
@@ -162,6 +177,7 @@ export class Replay {
     this.clock = null;
     this.root.hidden = true;
     delete this.root.dataset.ready;
+    delete this.root.dataset.complete;
     this.layer.remove();
     this.map.invalidateSize();
     this.chart?.destroy();
@@ -174,24 +190,23 @@ export class Replay {
     this.draw();
   }
 
-  private async load(target: ReplayTarget): Promise<Loaded> {
-    const range = `from=${encodeURIComponent(new Date(target.from).toISOString())}` +
-      `&to=${encodeURIComponent(new Date(target.to).toISOString())}`;
+  private loadSeries(target: ReplayTarget): Promise<{ source: string; points: Record<string, unknown>[] }> {
+    return this.api.get(`/api/vehicles/${target.vehicleId}/telemetry?${rangeQuery(target)}` +
+                        `&max_points=${MAX_POINTS}`);
+  }
+
+  private async loadDetails(target: ReplayTarget): Promise<Pick<Loaded, "trips" | "stops" | "events">> {
     const base = `/api/vehicles/${target.vehicleId}`;
-    const [series, days, events] = await Promise.all([
-      this.api.get<{ source: string; points: Record<string, unknown>[] }>(
-        `${base}/telemetry?${range}&max_points=${MAX_POINTS}`),
+    const [days, events] = await Promise.all([
       Promise.all(utcDays(target.from, target.to).map((day) =>
         this.api.get<{ trips: Record<string, unknown>[]; stops: Record<string, unknown>[] }>(
           `${base}/trips?date=${day}`))),
       fetchEvents(this.api, target.from, target.to, target.vehicleId),
     ]);
     return {
-      samples: samplesFrom(series.points),
       trips: overlapping(days.flatMap((d) => tripsFrom(d.trips)), target.from, target.to),
       stops: overlapping(days.flatMap((d) => stopsFrom(d.stops)), target.from, target.to),
       events: events.sort((a, b) => a.t_ms - b.t_ms),
-      source: series.source,
     };
   }
 
@@ -261,6 +276,9 @@ export class Replay {
       // Not animated: a zoom animation ignores any other view change until it ends.
       this.map.fitBounds(track.getBounds().pad(0.2), { animate: false });
     }
+  }
+
+  private drawPins(data: Loaded): void {
     for (const s of data.stops) {
       if (s.lat == null || s.lon == null) continue;
       this.layer.addLayer(L.circleMarker([s.lat, s.lon], {
@@ -321,14 +339,21 @@ export class Replay {
 }
 
 function summaryOf(data: Loaded): string {
-  const km = data.trips.reduce((sum, t) => sum + t.distanceKm, 0);
   const source = data.source === "telemetry" ? "samples" : `from ${data.source}`;
-  return `${plural(data.samples.length, "point")} (${source}) · ${plural(data.trips.length, "trip")}, ` +
+  const points = `${plural(data.samples.length, "point")} (${source})`;
+  if (!data.complete) return `${points} · trips and events loading…`;
+  const km = data.trips.reduce((sum, t) => sum + t.distanceKm, 0);
+  return `${points} · ${plural(data.trips.length, "trip")}, ` +
     `${fmt(km, "km", 1)} · ${plural(data.stops.length, "stop")} · ${plural(data.events.length, "event")}`;
 }
 
 function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function rangeQuery(target: ReplayTarget): string {
+  return `from=${encodeURIComponent(new Date(target.from).toISOString())}` +
+    `&to=${encodeURIComponent(new Date(target.to).toISOString())}`;
 }
 
 /** An instant as a datetime-local input's value (local time, minutes). */
