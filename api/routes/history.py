@@ -360,6 +360,12 @@ async def dashboard(request: web.Request) -> web.Response:
             out["anomalies_24h"] = await conn.fetchval(
                 "SELECT count(*)::int FROM tenant.anomalies WHERE tenant_id = $1 AND is_event "
                 "AND time > now() - interval '24 hours'", user.tenant_id)
+            # From the 1-minute rollup: as fresh as its last refresh (about a minute behind).
+            distance = await conn.fetchval(
+                "SELECT sum(distance_km) FROM tenant.telemetry_1m WHERE tenant_id = $1 "
+                "AND bucket >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+                user.tenant_id)
+            out["distance_today_km"] = round(float(distance or 0.0), 1)
         out["vehicles_total"] = sum(out["vehicles_by_status"].values())
         out.update(dict(live.items()) if live else {})
         return out

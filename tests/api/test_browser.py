@@ -659,6 +659,7 @@ async def test_fleet_overview_page(browser: Browser, session: Session, world: Wo
     dashboard = await resp.json()
     cards = await page.inner_text("#overview-cards")
     assert f"vehicles\n{dashboard['vehicles_total']}" in cards.lower()
+    assert f"distance today\n{dashboard['distance_today_km']:.1f} km" in cards.lower()
     assert await page.locator("#overview-bars .bars").count() == 3
     assert "computed" in await page.inner_text("#overview-computed")
     await page.screenshot(path=str(ARTIFACTS / "console_overview.png"))

@@ -20,7 +20,7 @@ import pytest
 from api.broker_logins import mosquitto_hash
 from core.mqtt_url import parse_mqtt_url
 from edge_gateway.config import GatewayProcessSettings
-from tests.api.conftest import World
+from tests.api.conftest import World, login, seed_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -270,6 +270,37 @@ async def test_positions_events_anomalies_dashboard(world: World) -> None:
     assert dash1["online"] >= 1
     dash2 = await (await c.get("/api/dashboard", headers=H(world, "admin"))).json()
     assert dash2["computed_at"] == dash1["computed_at"]  # served from the 1 h cache
+
+
+async def test_dashboard_distance_today(world: World) -> None:
+    """Distance driven today (UTC) by the tenant's vehicles, from the 1-minute rollup."""
+    conn = await asyncpg.connect(world.db.app_url)
+    try:
+        tenant = await seed_tenant(conn, "dist")  # a tenant of its own: no cached dashboard
+    finally:
+        await conn.close()
+    owner = await asyncpg.connect(world.db.owner_url)
+    try:
+        # 100 samples 25 m apart at the start of today (UTC), and one yesterday that must not count.
+        await owner.execute(
+            "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, source, received_at, "
+            "distance_m) SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
+            "+ s * interval '1 second', $1, $2, s, 'simulator', now(), 25 "
+            "FROM generate_series(1, 100) AS s", tenant.id, tenant.vehicles["assigned"])
+        await owner.execute(
+            "INSERT INTO telemetry (time, tenant_id, vehicle_id, seq, source, received_at, "
+            "distance_m) VALUES (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
+            "- interval '1 hour', $1, $2, 0, 'simulator', now(), 5000)",
+            tenant.id, tenant.vehicles["assigned"])
+    finally:
+        await owner.close()
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    world.db.refresh_rollups((day - timedelta(days=1)).isoformat(),
+                             (day + timedelta(days=1)).isoformat())
+    token = await login(world.client, tenant.users["fleet_manager"])
+    dash = await (await world.client.get("/api/dashboard",
+                                         headers=world.auth(token))).json()
+    assert dash["distance_today_km"] == 2.5
 
 
 async def test_device_provisioning(world: World) -> None:

@@ -16,6 +16,7 @@ export interface Dashboard {
   online?: number | null;
   moving?: number | null;
   avg_fuel_level_pct?: number | null;
+  distance_today_km?: number | null;
 }
 
 /** How many vehicles the "most alerts" list shows. */
@@ -83,6 +84,7 @@ export class Overview {
       card("Vehicles", String(d.vehicles_total), "in the fleet"),
       card("Online", String(d.online ?? 0), "reported in the last 5 min"),
       card("Moving", String(d.moving ?? 0), "now"),
+      card("Distance today", `${(d.distance_today_km ?? 0).toFixed(1)} km`, "since 00:00 UTC"),
       card("Average fuel", pct, "of those reporting"),
       card("Anomalies", String(d.anomalies_24h), "last 24 h"),
     );
