@@ -56,9 +56,8 @@ class Console {
   private everything = true;
   private frame = 0;
   private listShownAt = 0;
-  /** The map has been fitted to the fleet (after the first snapshot). */
-  private fitted = false;
-  private fitAfterRender = false;
+  /** Fitting the map to the fleet: once, in the frame after the first snapshot. */
+  private fit: "waiting" | "due" | "done" = "waiting";
   private listTimer: ReturnType<typeof setTimeout> | undefined;
   private trackFor: string | null = null;
 
@@ -154,9 +153,8 @@ class Console {
     for (const p of msg.positions ?? []) {
       if (this.fleet.applyPosition(p)) this.dirty.add(p.vehicle_id);
     }
-    if (msg.type === "snapshot" && !this.fitted) {
-      this.fitted = true;
-      this.fitAfterRender = !this.view.vehicle;
+    if (msg.type === "snapshot" && this.fit === "waiting") {
+      this.fit = this.view.vehicle ? "done" : "due";  // a linked vehicle keeps its view
     }
     if (msg.type === "batch" && msg.events?.length) this.addEvents(msg.events);
     if (msg.type === "batch" && msg.acks?.length) {
@@ -228,20 +226,22 @@ class Console {
     const ids = everything ? [...this.fleet.rows.keys()] : [...this.dirty];
     this.everything = false;
     this.dirty.clear();
+    const selected = this.selectedId;
+    let selectedChanged = false;
     for (const id of ids) {
+      if (id === selected) selectedChanged = true;
       const row = this.fleet.rows.get(id);
       const p = row?.position;
       if (!row || p?.lat == null || p.lon == null) continue;
       this.map.place(id, row.code, p.lat, p.lon, motionStatus(p, now), isAlerting(row, now));
-      if (id === this.selectedId && this.trackFor === id) this.map.extendTrack(p.lat, p.lon);
+      if (id === selected && this.trackFor === id) this.map.extendTrack(p.lat, p.lon);
     }
-    if (this.fitAfterRender) {
-      this.fitAfterRender = false;
+    if (this.fit === "due") {
+      this.fit = "done";
       this.map.fitFleet();
     }
-    const selected = this.selectedId;
     this.showList(everything, now, selected);
-    if (selected && ids.includes(selected)) this.showPanel(selected, now);
+    if (selected && selectedChanged) this.showPanel(selected, now);
     if (timings.firstVehicleAt == null && this.map.markerCount > 0) timings.firstVehicleAt = performance.now();
     timings.add(timings.renderMs, performance.now() - started);
   }
